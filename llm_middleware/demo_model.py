@@ -1,0 +1,195 @@
+"""Random-weight models of real architectures, built locally for demos, tests and benchmarks.
+
+Nothing here downloads anything: the tokenizer is a byte-level BPE trained on a small
+built-in corpus, the weights are random, and the result is saved with ``save_pretrained``
+so that it loads through the same ``from_pretrained`` path as a hub model.  The text such a
+model writes is gibberish; its mechanics (shapes, rotary positions, GQA, the chat template,
+eos handling) are those of the real architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+logger = logging.getLogger("llm_middleware")
+
+Arch = Literal["qwen3", "llama"]
+Size = Literal["tiny", "small"]
+
+#: Marker file written next to the weights; the engine reports such models as random weights.
+DEMO_MARKER = "llm_middleware_demo.json"
+
+# ChatML, as Qwen templates render it, including Hermes-style tool definitions and calls.
+CHAT_TEMPLATE = (
+    "{% if tools %}"
+    "<|im_start|>system\n"
+    "{% if messages[0].role == 'system' %}{{ messages[0].content }}\n\n{% endif %}"
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+    "{% for tool in tools %}\n{{ tool | tojson }}{% endfor %}\n</tools>\n\n"
+    "For each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n'
+    "{% elif messages[0].role == 'system' %}"
+    "<|im_start|>system\n{{ messages[0].content }}<|im_end|>\n"
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{% if message.role == 'system' %}"
+    "{% elif message.role == 'tool' %}"
+    "<|im_start|>user\n<tool_response>\n{{ message.content }}\n</tool_response><|im_end|>\n"
+    "{% elif message.role == 'assistant' %}"
+    "<|im_start|>assistant\n{% if message.content %}{{ message.content }}{% endif %}"
+    "{% for call in message.tool_calls or [] %}"
+    "{% set fn = call.function if call.function is defined else call %}"
+    '\n<tool_call>\n{"name": "{{ fn.name }}", "arguments": '
+    "{{ fn.arguments if fn.arguments is string else fn.arguments | tojson }}}\n</tool_call>"
+    "{% endfor %}<|im_end|>\n"
+    "{% else %}"
+    "<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+    "{% endif %}"
+)
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+EXTRA_TOKENS = ["<tool_call>", "</tool_call>", "<think>", "</think>"]
+
+# A small multilingual corpus so that the BPE learns merges across scripts, and
+# multi-byte characters (accents, CJK, emoji) are split over several tokens.
+_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello, world! How are you today? I am fine, thank you.",
+    "def add(a, b):\n    return a + b\n",
+    '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}',
+    "Large language models generate text one token at a time.",
+    "Le café est très bon à Paris, où il fait beau en été.",
+    "Über den Wolken muss die Freiheit wohl grenzenlos sein.",
+    "東京は日本の首都です。今日はいい天気ですね。",
+    "你好，世界！我们今天学习语言模型。",
+    "Emoji test: 🚀 🌍 😀 👍🏽 — and some symbols: € ± ∞ ≠.",
+    "Numbers 0 1 2 3 4 5 6 7 8 9 10 100 1000 3.14159 -42 true false null",
+    "SELECT name, price FROM products WHERE price > 10 ORDER BY name;",
+    "<tool_call>\n{\"name\": \"lookup\", \"arguments\": {\"query\": \"llm\"}}\n</tool_call>",
+]
+
+_SIZES: dict[str, dict[str, int]] = {
+    # A few hundred thousand parameters: fast enough for every unit test on two cores.
+    "tiny": dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, vocab_size=512,
+    ),
+    # About 24M parameters: the CPU benchmark shape, and the default demo model.
+    "small": dict(
+        hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
+        num_key_value_heads=2, head_dim=64, vocab_size=1024,
+    ),
+}
+
+
+def _train_tokenizer(vocab_size: int) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(SPECIAL_TOKENS) - len(EXTRA_TOKENS),
+        special_tokens=[],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
+    fast.add_tokens(EXTRA_TOKENS)
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_demo_model(
+    path: str | os.PathLike[str],
+    *,
+    arch: Arch = "qwen3",
+    size: Size = "tiny",
+    seed: int = 0,
+    max_position_embeddings: int = 2048,
+    **config_overrides: Any,
+) -> Path:
+    """Build a random-weight causal LM of ``arch`` and save it (model, tokenizer, template) to ``path``.
+
+    ``config_overrides`` replace fields of the architecture's config (for example
+    ``num_hidden_layers``).  Returns the directory, ready for ``Engine(path)``.
+    """
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    shape = dict(_SIZES[size])
+    shape.update(config_overrides)
+    tokenizer = _train_tokenizer(shape["vocab_size"])
+    shape["vocab_size"] = max(shape["vocab_size"], len(tokenizer))
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    common = dict(
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=None,
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=True,
+        **shape,
+    )
+    torch.manual_seed(seed)
+    if arch == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(rope_theta=1_000_000.0, **common))
+    elif arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    else:
+        raise ValueError(f"unknown demo architecture {arch!r}; choose 'qwen3' or 'llama'")
+    # Random init has tiny logits; a larger output scale gives peaked, varied distributions,
+    # which makes sampling tests meaningful (and greedy ties practically impossible).
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(8.0)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / DEMO_MARKER).write_text(json.dumps({"arch": arch, "size": size, "seed": seed, "random_weights": True}))
+    return out
+
+
+def demo_model_path(*, arch: Arch = "qwen3", size: Size = "small", cache_dir: str | None = None) -> Path:
+    """Return the cached demo model directory, building it on first use.
+
+    The cache lives in ``$LLM_MIDDLEWARE_CACHE`` or ``~/.cache/llm_middleware``.
+    """
+    root = Path(cache_dir or os.environ.get("LLM_MIDDLEWARE_CACHE") or Path.home() / ".cache" / "llm_middleware")
+    path = root / f"demo-{arch}-{size}"
+    if not (path / DEMO_MARKER).exists():
+        logger.warning("building a random-weight demo model (%s, %s) at %s: its output is gibberish", arch, size, path)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        build_demo_model(tmp, arch=arch, size=size)
+        try:
+            tmp.replace(path)
+        except OSError:  # another process finished first: keep its copy
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def is_demo_model(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a directory written by :func:`build_demo_model` (random weights)."""
+    return (Path(path) / DEMO_MARKER).is_file()

@@ -1,0 +1,1 @@
+"""The shared inference engine: continuous batching over transformers models."""

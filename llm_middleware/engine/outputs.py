@@ -1,0 +1,106 @@
+"""What the engine hands back to callers: stream deltas, whole completions, embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(slots=True)
+class TopLogprob:
+    """One alternative token at a position, with its log-probability."""
+
+    token_id: int
+    token: str
+    logprob: float
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    """The chosen token at a position, its log-probability and the most likely alternatives."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top_logprobs: list[TopLogprob] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts of one request (all choices together)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class Delta:
+    """A piece of one choice's output, as streamed.
+
+    ``text`` is always whole UTF-8 characters and never contains a stop string.  The last
+    delta of a choice has ``finish_reason`` set; the last delta of the whole request (after
+    every choice finished) carries ``usage``.
+    """
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+
+@dataclass(slots=True)
+class Choice:
+    """One whole generated answer."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass(slots=True)
+class Completion:
+    """A finished request: every choice and the usage."""
+
+    id: str
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    prompt_token_ids: list[int]
+
+    @property
+    def text(self) -> str:
+        """The first choice's text: what single-answer callers want."""
+        return self.choices[0].text
+
+
+@dataclass(slots=True)
+class Embeddings:
+    """Embedding vectors, one per input, in input order."""
+
+    model: str
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+@dataclass(slots=True)
+class ModelInfo:
+    """A model served by the engine, as ``/v1/models`` lists it."""
+
+    name: str
+    source: str
+    task: Literal["generate", "embed"]
+    created: int
+    max_model_len: int
+    random_weights: bool
+    state: Literal["loading", "ready", "failed"]
+    error: str | None = None
