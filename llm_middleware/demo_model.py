@@ -57,6 +57,8 @@ CHAT_TEMPLATE = (
     "{% endif %}"
 )
 
+OUTPUT_SCALE = 3.0
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 EXTRA_TOKENS = ["<tool_call>", "</tool_call>", "<think>", "</think>"]
 
@@ -154,10 +156,10 @@ def build_demo_model(
         model = LlamaForCausalLM(LlamaConfig(**common))
     else:
         raise ValueError(f"unknown demo architecture {arch!r}; choose 'qwen3' or 'llama'")
-    # Random init has tiny logits; a larger output scale gives peaked, varied distributions,
-    # which makes sampling tests meaningful (and greedy ties practically impossible).
+    # Random init gives nearly uniform next-token distributions; a larger output scale makes them
+    # peaked enough for greedy ties to be practically impossible, yet still varied under sampling.
     with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(8.0)
+        model.get_output_embeddings().weight.mul_(OUTPUT_SCALE)
     model.generation_config = GenerationConfig(
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
         pad_token_id=ids["<|endoftext|>"],

@@ -1,0 +1,55 @@
+"""Turn a request body into a request Struct, or an error that says what the client got wrong."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import msgspec
+
+from ..errors import InvalidRequestError, LLMError
+from .errors import validation_error_message, validation_error_param
+from .http import Request
+
+T = TypeVar("T")
+
+
+class UnsupportedMediaTypeError(LLMError):
+    """The body is not JSON (HTTP 415)."""
+
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+def _check_content_type(request: Request) -> None:
+    # A missing Content-Type is allowed: `curl -d` users forget it and the body says what it is.
+    value = request.headers.get("content-type")
+    if value is None:
+        return
+    media_type, _, params = value.partition(";")
+    media_type = media_type.strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise UnsupportedMediaTypeError(
+            f"Content-Type must be application/json, got '{value}'. Send the request body as JSON."
+        )
+    for param in params.split(";"):
+        name, _, charset = param.partition("=")
+        if name.strip().lower() == "charset" and charset.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise UnsupportedMediaTypeError(f"JSON bodies must be UTF-8 encoded, got charset '{charset.strip()}'.")
+
+
+def decode_body(request: Request, decoder: msgspec.json.Decoder[T]) -> T:
+    """Decode ``request.body`` with ``decoder``; raise an :class:`LLMError` naming the problem."""
+    _check_content_type(request)
+    if not request.body.strip():
+        raise InvalidRequestError("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        return decoder.decode(request.body)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequestError(validation_error_message(exc), param=validation_error_param(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequestError(
+            f"We could not parse the JSON body of your request ({exc}). Send valid JSON.", code="invalid_json"
+        ) from None
+    except UnicodeDecodeError:
+        raise InvalidRequestError("The request body is not valid UTF-8.", code="invalid_encoding") from None

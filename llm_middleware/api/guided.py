@@ -1,0 +1,98 @@
+"""Grammar specs for constrained decoding: ``response_format`` and forced tool calls.
+
+The API hands the engine a ``guided`` sampling option, ``{"json_schema": {...}}`` or
+``{"lark": "..."}``, and the engine masks tokens so the output follows it.  Engines whose
+sampling parameters have no ``guided`` field cannot constrain output, and requests that need
+it are refused with a clear 400 rather than answered with unconstrained text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from typing import Any
+
+from ..engine.sampling import SamplingParams
+from ..errors import InvalidRequestError
+from .schemas import NamedToolChoice, ResponseFormat, ToolDefinition
+from .tool_calls import HERMES_END, HERMES_START
+
+#: Whether the engine's sampler takes a grammar (``SamplingParams.guided``).
+GUIDED_SUPPORTED = "guided" in {f.name for f in fields(SamplingParams)}
+
+_ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+def _unsupported(param: str, what: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"{what} needs constrained decoding, which this server's engine does not provide yet.",
+        param=param,
+        code="unsupported_parameter",
+    )
+
+
+def _check_grammar(grammar: str, param: str) -> None:
+    """Reject a grammar or schema that the grammar library cannot compile."""
+    from llguidance import LLMatcher
+
+    problem = LLMatcher.validate_grammar(grammar)
+    if problem:
+        raise InvalidRequestError(f"Invalid schema for '{param}': {problem}", param=param)
+
+
+def response_format_spec(response_format: ResponseFormat | None) -> dict[str, Any] | None:
+    """The ``guided`` spec for a ``response_format`` (None for plain text)."""
+    if response_format is None or response_format.type == "text":
+        return None
+    if not GUIDED_SUPPORTED:
+        raise _unsupported("response_format", f"response_format '{response_format.type}'")
+    if response_format.type == "json_object":
+        return {"json_schema": _ANY_OBJECT}
+    if response_format.json_schema is None:
+        raise InvalidRequestError(
+            "response_format of type 'json_schema' needs a 'json_schema' object.", param="response_format.json_schema"
+        )
+    schema = response_format.json_schema.schema or _ANY_OBJECT
+    from llguidance import LLMatcher
+
+    _check_grammar(LLMatcher.grammar_from_json_schema(schema), "response_format.json_schema.schema")
+    return {"json_schema": schema}
+
+
+def _call_schema(tool: ToolDefinition) -> dict[str, Any]:
+    """The JSON a call of ``tool`` must be: its name, then arguments following its parameters."""
+    return {
+        "type": "object",
+        "properties": {
+            "name": {"const": tool.function.name},
+            "arguments": tool.function.parameters or _ANY_OBJECT,
+        },
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    }
+
+
+def tool_call_spec(
+    tools: list[ToolDefinition], choice: NamedToolChoice | str, parallel: bool
+) -> dict[str, Any] | None:
+    """The ``guided`` spec forcing Hermes-style tool calls for ``tool_choice`` required or named.
+
+    ``auto`` and ``none`` need no grammar (None).  Named: exactly one call of that function.
+    Required: one call of any offered tool, or several when ``parallel``.
+    """
+    if not isinstance(choice, NamedToolChoice) and choice != "required":
+        return None
+    if not GUIDED_SUPPORTED:
+        raise _unsupported("tool_choice", "tool_choice 'required' or a named function")
+    chosen = tools if choice == "required" else [t for t in tools if t.function.name == choice.function.name]
+    alternatives = [f"fn{i}" for i in range(len(chosen))]
+    lines = [
+        "start: call" + (' ("\\n" call)*' if parallel and choice == "required" else ""),
+        f"call: {json.dumps(HERMES_START + chr(10))} ({' | '.join(alternatives)}) {json.dumps(chr(10) + HERMES_END)}",
+    ]
+    lines += [f"{name}: %json {json.dumps(_call_schema(tool))}" for name, tool in zip(alternatives, chosen)]
+    grammar = "\n".join(lines) + "\n"
+    from llguidance import LLMatcher
+
+    _check_grammar(LLMatcher.grammar_from_lark(grammar), "tools")
+    return {"lark": grammar}

@@ -1,0 +1,59 @@
+"""Attention over the paged KV cache, registered with transformers' attention interface.
+
+The model computes q/k/v and rotary embeddings as usual and then calls this function for
+every layer.  It writes the new keys and values into their cache slots and attends over
+each row's cached context, so the model code of transformers is used unchanged while the
+cache layout and the ragged batching are ours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+from .kv_cache import KVCache
+
+ATTENTION_NAME = "llm_middleware_paged"
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    """Per-step tensors shared by every layer (passed to the model as ``llm_attention=``)."""
+
+    kv_cache: KVCache
+    slot_mapping: torch.Tensor  # [B * S] cache slot of each new token (scratch for padding)
+    context_slots: torch.Tensor | None  # [B, L] cache slots of each row's whole context
+    mask: torch.Tensor | None  # [B, 1, S, L] True where a query may attend a key
+    causal_only: bool  # one row, no earlier context: plain causal attention on the new tokens
+
+
+def paged_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,  # [B, H, S, D]
+    key: torch.Tensor,  # [B, KVH, S, D]
+    value: torch.Tensor,  # [B, KVH, S, D]
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    meta: AttentionMetadata = kwargs["llm_attention"]
+    layer = module.layer_idx
+    k_cache, v_cache = meta.kv_cache.keys[layer], meta.kv_cache.values[layer]
+    batch, kv_heads, seq_len, head_dim = key.shape
+    k_cache.index_copy_(0, meta.slot_mapping, key.transpose(1, 2).reshape(-1, kv_heads, head_dim))
+    v_cache.index_copy_(0, meta.slot_mapping, value.transpose(1, 2).reshape(-1, kv_heads, head_dim))
+    if meta.causal_only:
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=True)
+    else:
+        keys = k_cache[meta.context_slots].transpose(1, 2)  # [B, KVH, L, D]
+        values = v_cache[meta.context_slots].transpose(1, 2)
+        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=meta.mask, scale=scaling, enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None  # [B, S, H, D]
+
+
+AttentionInterface.register(ATTENTION_NAME, paged_attention_forward)

@@ -1,0 +1,333 @@
+"""The step loop of one generative model: a thread that batches every running request."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Any
+
+import torch
+
+from ..errors import ContextLengthExceededError, EngineNotReadyError, EngineOverloadedError, EngineStepError
+from .block_manager import BlockManager
+from .config import ModelConfig
+from .delivery import Outbox, Sink
+from .detokenizer import IncrementalDetokenizer
+from .kv_cache import KVCache
+from .loader import LoadedModel
+from .model_runner import ModelRunner
+from .outputs import Delta, TokenLogprob, TopLogprob, Usage
+from .request import GenerationRequest
+from .sampler import SampleResult, Sampler
+from .sampling import SamplingParams
+from .scheduler import ScheduledBatch, Scheduler
+from .sequence import Sequence
+
+logger = logging.getLogger("llm_middleware")
+
+# Sampling fields a model's generation config may set defaults for.
+_DEFAULTABLE = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+class GenerationWorker:
+    """Owns one model's KV cache, scheduler and step-loop thread.
+
+    ``submit`` and ``abort`` are thread-safe; everything else runs on the worker's thread.
+    """
+
+    def __init__(self, name: str, loaded: LoadedModel, config: ModelConfig, seed: int | None) -> None:
+        self.name = name
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.config = config
+        hf_config = self.model.config
+        text_config = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+        context = getattr(text_config, "max_position_embeddings", None) or 4096
+        self.max_model_len = min(context, config.max_model_len or context)
+        gen = self.model.generation_config
+        self.eos_ids = sorted(self._eos_ids(gen))
+        self.defaults = self._sampling_defaults(gen)
+        self.pad_id = next(
+            (i for i in (getattr(gen, "pad_token_id", None), self.tokenizer.pad_token_id, *self.eos_ids) if i is not None), 0
+        )
+
+        num_blocks = self._num_kv_blocks(text_config, loaded.device)
+        head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+        kv_heads = getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads
+        self.kv_cache = KVCache(
+            num_layers=text_config.num_hidden_layers,
+            num_blocks=num_blocks,
+            block_size=config.block_size,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+            dtype=self._activation_dtype(),
+            device=loaded.device,
+        )
+        self.blocks = BlockManager(num_blocks, config.block_size)
+        self.scheduler = Scheduler(
+            self.blocks, max_batch_size=config.max_batch_size, max_prefill_tokens=config.max_prefill_tokens
+        )
+        self.runner = ModelRunner(self.model, self.kv_cache, self.pad_id)
+        self.generator = torch.Generator(device=loaded.device)
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        else:
+            self.generator.seed()
+        self.sampler = Sampler(self.eos_ids, self.generator)
+        self.device = loaded.device
+
+        self._inbox: deque[GenerationRequest] = deque()
+        self._aborts: deque[GenerationRequest] = deque()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._active: set[GenerationRequest] = set()
+        self._thread = threading.Thread(target=self._loop, name=f"llm-engine-{name}", daemon=True)
+        #: Set by tests and fault injection: called with the scheduled batch before each model step.
+        self.before_step: Any = None
+
+    # ---- configuration read from the model -------------------------------------------------
+
+    def _eos_ids(self, gen: Any) -> set[int]:
+        ids: set[int] = set()
+        for source in (getattr(gen, "eos_token_id", None), self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(source)
+        return ids
+
+    @staticmethod
+    def _sampling_defaults(gen: Any) -> dict[str, Any]:
+        explicit = gen.to_diff_dict() if hasattr(gen, "to_diff_dict") else {}
+        if not explicit.get("do_sample", False):
+            return {"temperature": 0.0}
+        defaults = {k: explicit[k] for k in _DEFAULTABLE if explicit.get(k) is not None}
+        defaults.setdefault("temperature", 1.0)
+        return defaults
+
+    def _activation_dtype(self) -> torch.dtype:
+        for p in self.model.parameters():
+            if p.dtype.is_floating_point:
+                return p.dtype
+        return torch.float32
+
+    def _num_kv_blocks(self, text_config: Any, device: torch.device) -> int:
+        cfg = self.config
+        if cfg.kv_cache_blocks is not None:
+            blocks = cfg.kv_cache_blocks
+        else:
+            head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+            per_token = KVCache.bytes_per_token(
+                num_layers=text_config.num_hidden_layers,
+                num_kv_heads=getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads,
+                head_dim=head_dim,
+                dtype=self._activation_dtype(),
+            )
+            if device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(device)
+                budget = int(free * cfg.kv_cache_memory_fraction)
+            else:
+                wanted = cfg.max_batch_size * self.max_model_len * per_token
+                budget = min(wanted, cfg.cpu_kv_cache_bytes)
+            blocks = budget // (per_token * cfg.block_size)
+        minimum = -(-self.max_model_len // cfg.block_size)
+        if blocks < minimum:
+            logger.warning(
+                "KV cache of %d blocks cannot hold one full context of %d tokens; using %d blocks",
+                blocks, self.max_model_len, minimum,
+            )
+            blocks = minimum
+        return blocks
+
+    # ---- thread-safe API ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop; every unfinished request ends with :class:`EngineNotReadyError`."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=30)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Sink, request_id: str) -> GenerationRequest:
+        """Queue a request, or raise at once: context too long, queue full, engine stopping."""
+        if not prompt_ids:
+            raise ContextLengthExceededError("the prompt is empty: it must contain at least one token", param="prompt")
+        if len(prompt_ids) >= self.max_model_len:
+            raise ContextLengthExceededError(
+                f"this model's maximum context length is {self.max_model_len} tokens, but the prompt has "
+                f"{len(prompt_ids)} tokens; shorten the prompt or the conversation",
+                param="messages",
+            )
+        if self._stopping:
+            raise EngineNotReadyError("the engine is shutting down", retry_after=5)
+        waiting = len(self._inbox) + len(self.scheduler.waiting)
+        if waiting >= self.config.max_waiting:
+            raise EngineOverloadedError(
+                f"model {self.name!r} has {waiting} requests waiting (max_waiting={self.config.max_waiting}); retry later",
+                retry_after=1,
+            )
+        params = params.with_defaults(self.defaults)
+        room = self.max_model_len - len(prompt_ids)
+        request = GenerationRequest(request_id, prompt_ids, params, sink)
+        for index in range(params.n):
+            generator = None
+            if params.seed is not None:
+                generator = torch.Generator(device=self.device)
+                generator.manual_seed(params.seed + index)
+            detok = IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop)
+            max_total = len(prompt_ids) + min(room, params.max_tokens or room)
+            request.seqs.append(Sequence(request, index, prompt_ids, params, generator, detok, max_total))
+            request.pending_ids.append([])
+            request.pending_logprobs.append([])
+        with self._wake:
+            self._inbox.append(request)
+            self._wake.notify()
+        return request
+
+    def abort(self, request: GenerationRequest) -> None:
+        """Cancel ``request``: it leaves the batch at the next step and its KV blocks are freed."""
+        with self._wake:
+            self._aborts.append(request)
+            self._wake.notify()
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "running": len(self.scheduler.running),
+            "waiting": len(self._inbox) + len(self.scheduler.waiting),
+            "free_kv_blocks": self.blocks.num_free,
+            "total_kv_blocks": self.blocks.num_blocks,
+        }
+
+    # ---- the step loop -------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        outbox = Outbox()
+        while True:
+            with self._wake:
+                while not (self._stopping or self._inbox or self._aborts or self.scheduler.has_work):
+                    self._wake.wait()
+                if self._stopping:
+                    break
+                incoming = list(self._inbox)
+                self._inbox.clear()
+                aborts = list(self._aborts)
+                self._aborts.clear()
+            for request in incoming:
+                self._active.add(request)
+                for seq in request.seqs:
+                    self.scheduler.add(seq)
+            for request in aborts:
+                self._drop(request)
+            batch = self.scheduler.schedule()
+            if batch:
+                self._step(batch, outbox)
+            outbox.flush()
+        self._fail_all(EngineNotReadyError("the engine shut down before this request finished", retry_after=5))
+
+    def _step(self, batch: ScheduledBatch, outbox: Outbox) -> None:
+        try:
+            if self.before_step is not None:
+                self.before_step(batch)
+            logits: list[torch.Tensor] = []
+            sampled: list[Sequence] = []
+            if batch.decode:
+                logits.append(self.runner.run([(seq, 1) for seq in batch.decode]))
+                sampled.extend(batch.decode)
+            if batch.prefill:
+                out = self.runner.run(batch.prefill)
+                finishing = [i for i, (seq, n) in enumerate(batch.prefill) if n == seq.num_uncomputed]
+                logits.append(out[finishing])
+                sampled.extend(batch.prefill[i][0] for i in finishing)
+            for seq in batch.decode:
+                seq.num_computed += 1
+            for seq, n in batch.prefill:
+                seq.num_computed += n
+            if sampled:
+                result = self.sampler(torch.cat(logits), sampled)
+                self._process(sampled, result, outbox)
+        except Exception as exc:
+            logger.exception("model step failed; failing the %d requests in it", len(batch.decode) + len(batch.prefill))
+            error = EngineStepError(f"the model step failed: {type(exc).__name__}: {exc}")
+            for request in {seq.request for seq in (*batch.decode, *(s for s, _ in batch.prefill))}:
+                outbox.put(request.sink, error)
+                self._drop(request)
+
+    def _process(self, seqs: list[Sequence], result: SampleResult, outbox: Outbox) -> None:
+        stop_ids = self.eos_ids
+        for row, seq in enumerate(seqs):
+            token = result.tokens[row]
+            params = seq.params
+            seq.token_ids.append(token)
+            request = seq.request
+            request.pending_ids[seq.index].append(token)
+            if params.logprobs and result.logprobs is not None:
+                request.pending_logprobs[seq.index].append(self._logprob_entry(token, row, result, params.top_logprobs))
+            is_stop_token = token in params.stop_token_ids or (not params.ignore_eos and token in stop_ids)
+            if is_stop_token and seq.num_output_tokens > params.min_tokens - 1:
+                seq.finish_reason = "stop"
+            else:
+                seq.detokenizer.add(token)
+                if seq.detokenizer.stopped:
+                    seq.finish_reason = "stop"
+                elif seq.num_tokens >= seq.max_total_tokens:
+                    seq.finish_reason = "length"
+            self._emit(seq, outbox)
+
+    def _logprob_entry(self, token: int, row: int, result: SampleResult, top: int) -> TokenLogprob:
+        assert result.logprobs is not None
+        tops: list[TopLogprob] = []
+        if top and result.top_ids is not None and result.top_logprobs is not None:
+            tops = [
+                TopLogprob(t, self._piece(t), lp)
+                for t, lp in zip(result.top_ids[row][:top], result.top_logprobs[row][:top])
+            ]
+        return TokenLogprob(token, self._piece(token), result.logprobs[row], tops)
+
+    def _piece(self, token: int) -> str:
+        return self.tokenizer.decode([token], clean_up_tokenization_spaces=False)
+
+    def _emit(self, seq: Sequence, outbox: Outbox) -> None:
+        request = seq.request
+        finished = seq.finish_reason is not None
+        text = seq.detokenizer.take(final=finished)
+        want_logprobs = seq.params.logprobs
+        if not (text or finished or (want_logprobs and request.pending_logprobs[seq.index])):
+            return  # part of a character or of a possible stop string: wait for more tokens
+        delta = Delta(
+            index=seq.index,
+            text=text,
+            token_ids=request.pending_ids[seq.index],
+            logprobs=request.pending_logprobs[seq.index] if want_logprobs else None,
+            finish_reason=seq.finish_reason,
+        )
+        request.pending_ids[seq.index] = []
+        request.pending_logprobs[seq.index] = []
+        if finished:
+            self.scheduler.remove(seq)
+            request.num_finished += 1
+            if request.finished:
+                delta.usage = Usage(len(request.prompt_ids), sum(s.num_output_tokens for s in request.seqs))
+                self._active.discard(request)
+        outbox.put(request.sink, delta)
+
+    def _drop(self, request: GenerationRequest) -> None:
+        request.cancelled = True
+        for seq in request.seqs:
+            if seq.finish_reason is None:
+                self.scheduler.remove(seq)
+        self._active.discard(request)
+
+    def _fail_all(self, error: Exception) -> None:
+        outbox = Outbox()
+        for request in list(self._active) + list(self._inbox):
+            outbox.put(request.sink, error)
+            self._drop(request)
+        outbox.flush()

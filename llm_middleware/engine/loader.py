@@ -1,0 +1,128 @@
+"""Loading a model and its tokenizer through ``from_pretrained``, with in-situ quantization."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ..demo_model import is_demo_model
+from ..errors import InvalidRequestError
+
+logger = logging.getLogger("llm_middleware")
+
+Quantize = Literal["4bit", "8bit"] | None
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message names the model and says why."""
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    task: Literal["generate", "embed"]
+    random_weights: bool
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype | str:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        # Half precision on a CPU is slow and often unsupported: full precision there.
+        return "auto" if device.type == "cuda" else torch.float32
+    try:
+        return getattr(torch, dtype)
+    except AttributeError:
+        raise InvalidRequestError(f"unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'") from None
+
+
+def detect_task(source: str) -> Literal["generate", "embed"]:
+    """``embed`` for sentence-transformers folders and encoder-only configs, else ``generate``."""
+    path = Path(source)
+    if (path / "modules.json").is_file():
+        return "embed"
+    config_file = path / "config.json"
+    if config_file.is_file():
+        archs = json.loads(config_file.read_text()).get("architectures") or []
+        if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs):
+            return "embed"
+    return "generate"
+
+
+def quantization_config(quantize: Quantize, dtype: Any) -> Any:
+    if quantize is None:
+        return None
+    if quantize not in ("4bit", "8bit"):
+        raise InvalidRequestError(f"quantize must be None, '4bit' or '8bit', got {quantize!r}")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModelLoadError(
+            f"quantize={quantize!r} needs bitsandbytes: pip install 'llm_middleware[quantize]'"
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = dtype if isinstance(dtype, torch.dtype) else torch.bfloat16
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+
+
+def load(
+    source: str | os.PathLike[str],
+    *,
+    task: Literal["auto", "generate", "embed"],
+    quantize: Quantize,
+    dtype: str | torch.dtype,
+    device: str,
+    attn_implementation: str,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load ``source`` (hub id or local directory); raise :class:`ModelLoadError` naming it on failure."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    source = os.fspath(source)
+    local = Path(source).expanduser()
+    if local.exists():
+        source = str(local)
+        if not (local / "config.json").is_file():
+            raise ModelLoadError(f"model directory {local} has no config.json: is it a transformers model folder?")
+    elif source.startswith((".", "/", "~")) or source.count("/") > 1:  # a path, not an "org/name" hub id
+        raise ModelLoadError(f"model path {source} does not exist")
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    chosen_task = detect_task(source) if task == "auto" else task
+    logger.info("loading %s model %s on %s (dtype=%s, quantize=%s)", chosen_task, source, dev, dtype, quantize)
+    common: dict[str, Any] = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        if chosen_task == "embed":
+            model = AutoModel.from_pretrained(source, **common).to(dev)
+        else:
+            qconfig = quantization_config(quantize, torch_dtype)
+            if qconfig is not None:
+                common["quantization_config"] = qconfig
+                common["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
+            model = AutoModelForCausalLM.from_pretrained(source, attn_implementation=attn_implementation, **common)
+            if qconfig is None:
+                model = model.to(dev)
+    except (ModelLoadError, InvalidRequestError):
+        raise
+    except Exception as exc:  # transformers raises many types (OSError, ValueError, KeyError...)
+        raise ModelLoadError(f"could not load model {source}: {type(exc).__name__}: {exc}") from exc
+    model.eval()
+    return LoadedModel(model, tokenizer, dev, chosen_task, is_demo_model(source))

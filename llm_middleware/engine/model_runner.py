@@ -1,0 +1,70 @@
+"""Runs the model on one group of rows: builds the step's tensors and returns next-token logits."""
+
+from __future__ import annotations
+
+import torch
+
+from .attention import AttentionMetadata
+from .kv_cache import KVCache
+from .sequence import Sequence
+
+
+class ModelRunner:
+    """Turns ``(sequence, num_tokens)`` rows into one left-padded forward pass; makes no policy decisions.
+
+    Left padding puts every row's last token in the last column, so the model's own
+    ``logits_to_keep=1`` yields exactly the logits to sample from.
+    """
+
+    def __init__(self, model: torch.nn.Module, kv_cache: KVCache, pad_id: int) -> None:
+        self.model = model
+        self.kv_cache = kv_cache
+        self.pad_id = pad_id
+        self.device = next(model.parameters()).device
+        self.block_size = kv_cache.block_size
+
+    @torch.inference_mode()
+    def run(self, rows: list[tuple[Sequence, int]]) -> torch.Tensor:
+        """Compute ``num_tokens`` new tokens of each row; return logits ``[len(rows), vocab]``."""
+        width = max(n for _, n in rows)
+        starts = [seq.num_computed for seq, _ in rows]
+        input_ids = []
+        for (seq, n), start in zip(rows, starts):
+            input_ids.append([self.pad_id] * (width - n) + seq.token_ids[start : start + n])
+        dev = self.device
+        ids = torch.tensor(input_ids, dtype=torch.long)  # [B, S]
+        start_t = torch.tensor(starts, dtype=torch.long)[:, None]  # [B, 1]
+        count_t = torch.tensor([n for _, n in rows], dtype=torch.long)[:, None]
+        col = torch.arange(width)[None, :]
+        pad = width - count_t  # [B, 1]
+        positions = start_t + (col - pad).clamp_min(0)  # [B, S]; padding repeats the first position
+        context = start_t + count_t  # [B, 1]
+        blocks = max(len(seq.block_table) for seq, _ in rows)
+        table = torch.tensor([seq.block_table + [0] * (blocks - len(seq.block_table)) for seq, _ in rows])
+        bs = self.block_size
+        new_slots = table.gather(1, positions // bs) * bs + positions % bs
+        new_slots = torch.where(col >= pad, new_slots, self.kv_cache.scratch_slot)  # [B, S]
+
+        causal_only = len(rows) == 1 and starts[0] == 0
+        context_slots = mask = None
+        if not causal_only:
+            length = int(context.max())
+            key_pos = torch.arange(length)[None, :]  # [1, L]
+            context_slots = table.gather(1, (key_pos // bs).expand(len(rows), -1).clamp_max(blocks - 1)) * bs + key_pos % bs
+            context_slots = torch.where(key_pos < context, context_slots, self.kv_cache.scratch_slot).to(dev)
+            mask = (key_pos[:, None, :] <= positions[:, :, None])[:, None].to(dev)  # [B, 1, S, L]
+        meta = AttentionMetadata(
+            kv_cache=self.kv_cache,
+            slot_mapping=new_slots.reshape(-1).to(dev),
+            context_slots=context_slots,
+            mask=mask,
+            causal_only=causal_only,
+        )
+        out = self.model(
+            input_ids=ids.to(dev),
+            position_ids=positions.to(dev),
+            use_cache=False,
+            logits_to_keep=1,
+            llm_attention=meta,
+        )
+        return out.logits[:, -1, :]

@@ -1,0 +1,125 @@
+"""Batched sampling with per-row parameters: one set of tensor ops for the whole step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .sequence import Sequence
+
+
+@dataclass(slots=True)
+class SampleResult:
+    """Chosen tokens ``[N]``, and for rows that asked: chosen-token logprobs and the top-k alternatives."""
+
+    tokens: list[int]
+    logprobs: list[float] | None
+    top_ids: list[list[int]] | None
+    top_logprobs: list[list[float]] | None
+
+
+class Sampler:
+    """Applies penalties, biases, temperature, top-k/top-p/min-p and draws one token per row.
+
+    Randomness comes from exponential noise (``argmax(p / q)``, ``q ~ Exp(1)``, the Gumbel-max
+    trick) so that a seeded row draws its noise from its own generator: its tokens do not
+    depend on which other requests share the batch.
+    """
+
+    def __init__(self, eos_ids: list[int], generator: torch.Generator) -> None:
+        self.eos_ids = eos_ids
+        self.generator = generator
+
+    @torch.inference_mode()
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
+        # logits: [N, V]
+        logits = logits.float()
+        n, vocab = logits.shape
+        device = logits.device
+        want_logprobs = any(s.params.logprobs for s in seqs)
+        raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
+
+        self._apply_penalties(logits, seqs)
+        self._apply_bans_and_biases(logits, seqs, vocab)
+
+        greedy = [s.params.greedy for s in seqs]
+        if all(greedy):
+            tokens = logits.argmax(dim=-1)
+        else:
+            temps = torch.tensor([s.params.temperature or 1.0 for s in seqs], device=device).clamp_min(1e-5)
+            scaled = logits / temps[:, None]
+            self._truncate(scaled, seqs)
+            probs = torch.softmax(scaled, dim=-1)
+            noise = torch.empty_like(probs).exponential_(generator=self.generator)
+            for i, s in enumerate(seqs):
+                if s.generator is not None:
+                    noise[i] = torch.empty(vocab, device=device).exponential_(generator=s.generator)
+            sampled = (probs / noise).argmax(dim=-1)
+            greedy_mask = torch.tensor(greedy, device=device)
+            tokens = torch.where(greedy_mask, logits.argmax(dim=-1), sampled)
+
+        token_list = tokens.tolist()
+        if raw_logprobs is None:
+            return SampleResult(token_list, None, None, None)
+        chosen = raw_logprobs.gather(1, tokens[:, None]).squeeze(1).tolist()
+        k = max(s.params.top_logprobs for s in seqs)
+        if k:
+            top_lp, top_ids = raw_logprobs.topk(k, dim=-1)
+            return SampleResult(token_list, chosen, top_ids.tolist(), top_lp.tolist())
+        return SampleResult(token_list, chosen, None, None)
+
+    def _apply_penalties(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+        rows = [
+            i for i, s in enumerate(seqs)
+            if (s.params.repetition_penalty or 1.0) != 1.0 or s.params.presence_penalty or s.params.frequency_penalty
+        ]
+        if not rows:
+            return
+        vocab = logits.shape[1]
+        for i in rows:
+            p = seqs[i].params
+            row = logits[i]
+            out = torch.tensor(seqs[i].output_ids, dtype=torch.long, device=logits.device)
+            if (p.repetition_penalty or 1.0) != 1.0:
+                # Like transformers: every token seen (prompt and output) is made less likely.
+                seen = torch.tensor(sorted(set(seqs[i].token_ids)), dtype=torch.long, device=logits.device)
+                vals = row[seen]
+                row[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+            if (p.presence_penalty or p.frequency_penalty) and out.numel():
+                counts = torch.bincount(out, minlength=vocab).to(row.dtype)
+                row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)
+
+    def _apply_bans_and_biases(self, logits: torch.Tensor, seqs: list[Sequence], vocab: int) -> None:
+        for i, s in enumerate(seqs):
+            p = s.params
+            if p.logit_bias:
+                ids = torch.tensor([t for t in p.logit_bias if 0 <= t < vocab], dtype=torch.long, device=logits.device)
+                vals = torch.tensor([p.logit_bias[t] for t in p.logit_bias if 0 <= t < vocab], device=logits.device)
+                logits[i].index_add_(0, ids, vals)
+            if s.num_output_tokens < p.min_tokens:
+                banned = [t for t in (*self.eos_ids, *p.stop_token_ids) if 0 <= t < vocab]
+                logits[i, banned] = float("-inf")
+
+    @staticmethod
+    def _truncate(scaled: torch.Tensor, seqs: list[Sequence]) -> None:
+        """Mask tokens outside each row's top-k, top-p nucleus and min-p floor (in place)."""
+        top_k = [s.params.top_k if s.params.top_k and s.params.top_k > 0 else 0 for s in seqs]
+        top_p = [s.params.top_p if s.params.top_p is not None else 1.0 for s in seqs]
+        min_p = [s.params.min_p or 0.0 for s in seqs]
+        device = scaled.device
+        if any(top_k) or any(p < 1.0 for p in top_p):
+            sorted_logits, order = scaled.sort(dim=-1, descending=True)
+            vocab = scaled.shape[1]
+            ranks = torch.arange(vocab, device=device)[None, :]
+            k = torch.tensor([k or vocab for k in top_k], device=device)[:, None]
+            remove = ranks >= k
+            probs = torch.softmax(sorted_logits.masked_fill(remove, float("-inf")), dim=-1)
+            # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+            before = probs.cumsum(dim=-1) - probs
+            remove |= before >= torch.tensor(top_p, device=device)[:, None]
+            scaled.scatter_(1, order, sorted_logits.masked_fill(remove, float("-inf")))
+        if any(min_p):
+            probs = torch.softmax(scaled, dim=-1)
+            floor = torch.tensor(min_p, device=device)[:, None] * probs.max(dim=-1, keepdim=True).values
+            scaled.masked_fill_(probs < floor, float("-inf"))

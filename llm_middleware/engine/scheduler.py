@@ -1,0 +1,104 @@
+"""Which sequences run in the next step: decodes first, then prefill chunks within a token budget."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from .block_manager import BlockManager
+from .sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class ScheduledBatch:
+    """One step's work.  ``prefill`` pairs a sequence with how many of its tokens to compute."""
+
+    decode: list[Sequence] = field(default_factory=list)
+    prefill: list[tuple[Sequence, int]] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.decode or self.prefill)
+
+
+class Scheduler:
+    """Continuous batching policy; never touches tensors.
+
+    Running sequences decode every step (so streams never stall behind a long prompt); the
+    remaining per-step token budget prefills waiting prompts in chunks.  When the KV cache
+    runs out, the most recently admitted sequence is preempted and later recomputed.
+    """
+
+    def __init__(self, block_manager: BlockManager, *, max_batch_size: int, max_prefill_tokens: int) -> None:
+        self.blocks = block_manager
+        self.max_batch_size = max_batch_size
+        self.max_prefill_tokens = max_prefill_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def remove(self, seq: Sequence) -> None:
+        """Take ``seq`` out (finished or cancelled) and free its blocks."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.blocks.free(seq)
+        seq.status = SequenceStatus.FINISHED
+
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        decoding = [s for s in self.running if s.num_uncomputed == 1]
+        for seq in decoding:
+            if seq.status is not SequenceStatus.RUNNING:
+                continue  # preempted earlier in this loop
+            while not self.blocks.can_allocate(seq, 1):
+                victim = self.running[-1]
+                self._preempt(victim)
+                batch.preempted.append(victim)
+                if victim is seq:
+                    break
+            if seq.status is SequenceStatus.RUNNING:
+                self.blocks.allocate(seq, 1)
+                batch.decode.append(seq)
+
+        budget = self.max_prefill_tokens
+        # Sequences already part-way through their prompt continue first, then new ones.
+        for seq in [s for s in self.running if s.num_uncomputed > 1]:
+            if budget <= 0:
+                break
+            chunk = self._fit(seq, min(seq.num_uncomputed, budget))
+            if chunk:
+                self.blocks.allocate(seq, chunk)
+                batch.prefill.append((seq, chunk))
+                budget -= chunk
+        while self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
+            seq = self.waiting[0]
+            chunk = self._fit(seq, min(seq.num_uncomputed, budget))
+            if not chunk:
+                break
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            self.blocks.allocate(seq, chunk)
+            batch.prefill.append((seq, chunk))
+            budget -= chunk
+        return batch
+
+    def _fit(self, seq: Sequence, chunk: int) -> int:
+        """The largest part of ``chunk`` whose KV slots are free now."""
+        free_slots = self.blocks.num_free * self.blocks.block_size
+        partial = len(seq.block_table) * self.blocks.block_size - seq.num_computed
+        return max(0, min(chunk, free_slots + partial))
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.blocks.free(seq)
+        seq.reset_for_recompute()
+        self.waiting.appendleft(seq)

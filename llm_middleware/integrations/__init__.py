@@ -1,0 +1,1 @@
+"""Framework-specific ways to mount the LLM API (each imports its framework lazily)."""

@@ -1,0 +1,91 @@
+"""``LLMPlugin``: the LLM API as a Litestar plugin, mounted at ``base_path``.
+
+Litestar only runs middleware for routes it matched, so the plugin mounts an ASGI route at
+``base_path`` instead of wrapping the app; the engine starts before every other part of the
+app's lifespan and shuts down after all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from litestar import Litestar, asgi
+from litestar.config.app import AppConfig
+from litestar.exceptions import NotFoundException
+from litestar.plugins import InitPlugin
+from litestar.types import Receive, Scope, Send
+
+from ..middleware.endpoint import APIEndpoint, resolve_engine
+from ..middleware.paths import normalize_base_path
+
+if TYPE_CHECKING:
+    from ..engine.engine import Engine
+
+
+class LLMPlugin(InitPlugin):
+    """Serve an OpenAI-compatible LLM API under ``base_path`` of a Litestar app.
+
+    ``Litestar(route_handlers=[...], plugins=[LLMPlugin(base_path="/ai", model="Qwen/Qwen3-4B")])``.
+    The options are those of :class:`~llm_middleware.LLMMiddleware`; as there, an ``engine``
+    passed in is started but never shut down by the plugin.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_path: str = "/ai",
+        engine: Engine | None = None,
+        model: str | os.PathLike[str] | None = None,
+        allowed_origins: Iterable[str] | None = None,
+        max_body_size: int = 10 * 2**20,
+        include_docs: bool = True,
+        **engine_options: Any,
+    ) -> None:
+        engine, owns_engine = resolve_engine(engine, model, engine_options)
+        self.endpoint = APIEndpoint(
+            engine,
+            owns_engine=owns_engine,
+            base_path=normalize_base_path(base_path),
+            allowed_origins=list(allowed_origins) if allowed_origins is not None else None,
+            max_body_size=max_body_size,
+            include_docs=include_docs,
+        )
+
+    @property
+    def engine(self) -> Engine:
+        """The engine behind the API, for the app's own handlers (``await plugin.engine.chat(...)``)."""
+        return self.endpoint.engine
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        """Mount the API route and hook the engine into the app's lifespan."""
+        app_config.route_handlers.append(self._route())
+        # Lifespan managers are entered before on_startup hooks and left before on_shutdown
+        # hooks run: starting in the first manager and stopping in the last hook brackets both.
+        app_config.lifespan.insert(0, self._engine_started)
+        app_config.on_shutdown.append(self._shutdown_engine)
+        return app_config
+
+    @asynccontextmanager
+    async def _engine_started(self, app: Litestar) -> AsyncIterator[None]:
+        self.endpoint.start_engine()
+        yield
+
+    async def _shutdown_engine(self) -> None:
+        await asyncio.to_thread(self.endpoint.shutdown_engine)
+
+    def _route(self) -> Any:
+        endpoint = self.endpoint
+
+        # is_static keeps Litestar from appending a slash to the path under the mount.
+        @asgi(endpoint.base_path, is_mount=True, is_static=True, copy_scope=True, include_in_schema=False)
+        async def llm_api(scope: Scope, receive: Receive, send: Send) -> None:
+            path = scope["path"]
+            if not path.startswith("/"):  # Litestar mounts match by prefix: /aix lands here too
+                raise NotFoundException()
+            await endpoint.serve_asgi(scope, receive, send, path)  # type: ignore[arg-type]
+
+        return llm_api

@@ -1,0 +1,5 @@
+"""Mounting the LLM API under a path prefix of any WSGI or ASGI app."""
+
+from .core import LLMMiddleware
+
+__all__ = ["LLMMiddleware"]

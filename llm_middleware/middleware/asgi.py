@@ -1,0 +1,114 @@
+"""Serving API requests over ASGI: reading the body, sending a Response, noticing disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope
+
+from ..api.http import Request, Response
+from .body import BodyTooLargeError, check_declared_length
+
+
+def scope_headers(scope: HTTPScope) -> dict[str, str]:
+    """The request headers with lower-case names; repeated headers joined with ``", "``."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope["headers"]:
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
+
+
+class ClientDisconnectedError(Exception):
+    """The client went away before it finished sending the request."""
+
+
+async def read_body(receive: ASGIReceiveCallable, headers: dict[str, str], limit: int) -> bytes:
+    """Read the whole request body, raising :class:`BodyTooLargeError` as soon as it passes ``limit``."""
+    check_declared_length(headers.get("content-length"), limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnectedError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def build_request(scope: HTTPScope, path: str, root_path: str, headers: dict[str, str], body: bytes) -> Request:
+    """The API's view of an ASGI request whose path relative to the base path is ``path``."""
+    client = scope.get("client")
+    return Request(
+        method=scope["method"],
+        path=path,
+        root_path=root_path,
+        headers=headers,
+        query_string=scope.get("query_string", b""),
+        body=body,
+        client=(client[0], client[1]) if client else None,
+    )
+
+
+async def send_response(send: ASGISendCallable, response: Response) -> None:
+    """Send ``response``, each stream chunk as soon as it is produced; always close the stream."""
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in response.headers],
+                "trailers": False,
+            }
+        )
+        if response.stream is None:
+            await send({"type": "http.response.body", "body": response.body, "more_body": False})
+            return
+        async for chunk in response.stream:
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        await close_stream(response)
+
+
+async def close_stream(response: Response) -> None:
+    """Release what a streamed response holds (the engine request behind it)."""
+    aclose: Callable[[], Awaitable[None]] | None = getattr(response.stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def run_until_disconnect(receive: ASGIReceiveCallable, work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` (answering the request), cancelling it if the client disconnects first.
+
+    Cancelling the task unwinds the handler and the response stream it awaits, which cancels
+    the engine request.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # Reached on normal completion, on disconnect, and when the server cancels us.
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        with contextlib.suppress(asyncio.CancelledError, OSError):
+            await task
+
+
+async def _wait_for_disconnect(receive: ASGIReceiveCallable) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
