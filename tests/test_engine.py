@@ -1,0 +1,405 @@
+"""The engine end to end on tiny random-weight models: exactness, sampling, stops, cancellation, load."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llm_middleware import errors
+from llm_middleware.engine import Engine
+
+PROMPTS = [
+    "Hello",
+    "The quick brown fox jumps over the lazy dog, and then it jumps again over the other dog",
+    "东京 🚀 café",
+    "def add(a, b):\n    return a + b\n# and now subtract: def sub(a, b):",
+]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path):
+    # A small prefill budget forces long prompts through several chunks.
+    eng = Engine(tiny_model_dir, seed=0, max_prefill_tokens=8, max_batch_size=8)
+    eng.wait_ready_sync()
+    yield eng
+    eng.shutdown()
+
+
+def reference_greedy(model_dir: Path, prompt: str, n: int) -> list[int]:
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    ids = tok.encode(prompt, add_special_tokens=False)
+    out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+    return out[0, len(ids):].tolist()
+
+
+@pytest.mark.parametrize("arch_fixture", ["tiny_model_dir", "tiny_llama_dir"])
+async def test_greedy_equals_generate_for_staggered_batch(arch_fixture: str, request: pytest.FixtureRequest) -> None:
+    model_dir: Path = request.getfixturevalue(arch_fixture)
+    eng = Engine(model_dir, max_prefill_tokens=8, seed=0)
+    try:
+        await eng.wait_ready()
+
+        async def run(i: int, prompt: str) -> list[int]:
+            await asyncio.sleep(0.03 * i)  # arrive while earlier requests are mid-decode
+            done = await eng.complete(prompt, max_tokens=24, temperature=0, ignore_eos=True)
+            return done.choices[0].token_ids
+
+        got = await asyncio.gather(*(run(i, p) for i, p in enumerate(PROMPTS)))
+        for prompt, tokens in zip(PROMPTS, got):
+            assert tokens == reference_greedy(model_dir, prompt, 24), prompt
+    finally:
+        eng.shutdown()
+
+
+async def test_seeded_sampling_reproducible_while_sharing_batch(engine: Engine) -> None:
+    messages = [{"role": "user", "content": "tell me a story"}]
+    alone = await engine.chat(messages, max_tokens=16, temperature=1.0, seed=1234, ignore_eos=True)
+
+    async def noise(i: int) -> None:
+        await engine.complete(PROMPTS[i % len(PROMPTS)], max_tokens=20, temperature=1.0, ignore_eos=True)
+
+    crowd = [asyncio.create_task(noise(i)) for i in range(5)]
+    shared = await engine.chat(messages, max_tokens=16, temperature=1.0, seed=1234, ignore_eos=True)
+    await asyncio.gather(*crowd)
+    other = await engine.chat(messages, max_tokens=16, temperature=1.0, seed=99, ignore_eos=True)
+    assert shared.choices[0].token_ids == alone.choices[0].token_ids
+    assert other.choices[0].token_ids != alone.choices[0].token_ids
+
+
+async def test_n_choices_differ_and_usage_counts_all(engine: Engine) -> None:
+    done = await engine.complete("Hello", max_tokens=6, n=3, temperature=1.0, seed=5, ignore_eos=True)
+    assert [c.index for c in done.choices] == [0, 1, 2]
+    assert len({tuple(c.token_ids) for c in done.choices}) > 1
+    assert done.usage.completion_tokens == 18
+    assert done.usage.prompt_tokens == len(engine.tokenize("Hello"))
+
+
+def test_stop_string_split_across_tokens_is_never_emitted(engine: Engine) -> None:
+    full = engine.complete_sync(PROMPTS[1], max_tokens=30, temperature=0, ignore_eos=True)
+    text = full.text
+    # Pick a stop string that spans a token boundary of the greedy output.
+    pieces = [engine.detokenize([t]) for t in full.choices[0].token_ids]
+    boundary = len(pieces[0]) + len(pieces[1])
+    stop = text[boundary - 2 : boundary + 2]
+    assert len(stop) == 4
+    deltas = list(engine.stream_complete_sync(PROMPTS[1], max_tokens=30, temperature=0, ignore_eos=True, stop=[stop]))
+    streamed = "".join(d.text for d in deltas)
+    assert streamed == text[: text.index(stop)]
+    assert stop not in streamed
+    assert deltas[-1].finish_reason == "stop"
+
+
+def test_utf8_never_broken_across_deltas(engine: Engine) -> None:
+    from llm_middleware.engine.detokenizer import IncrementalDetokenizer
+
+    tokenizer = engine._models[engine.resolve_model(None)].worker.tokenizer  # noqa: SLF001
+    text = "东京 🚀 café — ok 👍🏽"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert len(ids) > len(text) // 2  # multi-byte characters are split over several tokens
+    detok = IncrementalDetokenizer(tokenizer, [], [])
+    chunks = []
+    for token in ids:
+        detok.add(token)
+        chunks.append(detok.take(final=False))
+    assert "".join(chunks) == text
+    assert all("\ufffd" not in c for c in chunks)
+    # Streamed output of the engine joins to the decoding of all its tokens.
+    for seed in range(3):
+        deltas = list(engine.stream_complete_sync(text, max_tokens=30, temperature=1.0, seed=seed))
+        all_ids = [t for d in deltas for t in d.token_ids]
+        assert "".join(d.text for d in deltas) == tokenizer.decode(all_ids, skip_special_tokens=True)
+
+
+def test_stop_token_ids_and_min_tokens(engine: Engine) -> None:
+    first = engine.complete_sync("Hello", max_tokens=10, temperature=0, ignore_eos=True).choices[0].token_ids
+    stopped = engine.complete_sync("Hello", max_tokens=10, temperature=0, stop_token_ids=[first[2]])
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.choices[0].token_ids == first[: first.index(first[2]) + 1]
+    forced = engine.complete_sync("Hello", max_tokens=10, temperature=0, stop_token_ids=[first[0]], min_tokens=4)
+    assert len(forced.choices[0].token_ids) >= 4
+
+
+def test_logprobs_and_top_logprobs(engine: Engine) -> None:
+    done = engine.complete_sync("Hello", max_tokens=4, temperature=0, logprobs=True, top_logprobs=3, ignore_eos=True)
+    lps = done.choices[0].logprobs
+    assert lps is not None and len(lps) == 4
+    for entry, token in zip(lps, done.choices[0].token_ids):
+        assert entry.token_id == token
+        assert len(entry.top_logprobs) == 3
+        assert entry.top_logprobs[0].token_id == token  # greedy picks the most likely
+        assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob)
+        assert entry.logprob <= 0
+
+
+def test_sampling_filters_restrict_choices(engine: Engine) -> None:
+    greedy = engine.complete_sync("Hello", max_tokens=8, temperature=0, ignore_eos=True).choices[0].token_ids
+    topk1 = engine.complete_sync("Hello", max_tokens=8, temperature=1.5, top_k=1, seed=3, ignore_eos=True)
+    assert topk1.choices[0].token_ids == greedy
+    tiny_p = engine.complete_sync("Hello", max_tokens=8, temperature=1.5, top_p=1e-6, seed=3, ignore_eos=True)
+    assert tiny_p.choices[0].token_ids == greedy
+    banned = engine.complete_sync(
+        "Hello", max_tokens=1, temperature=0, ignore_eos=True, logit_bias={greedy[0]: -100.0}
+    )
+    assert banned.choices[0].token_ids[0] != greedy[0]
+    no_repeat = engine.complete_sync("Hello", max_tokens=8, temperature=0, ignore_eos=True, repetition_penalty=10.0)
+    assert no_repeat.choices[0].token_ids != greedy
+
+
+def test_max_tokens_and_eos(engine: Engine) -> None:
+    done = engine.complete_sync("Hello", max_tokens=3, temperature=0, ignore_eos=True)
+    assert done.choices[0].finish_reason == "length"
+    assert done.usage.completion_tokens == 3
+    eos = engine._models[engine.resolve_model(None)].worker.eos_ids[0]  # noqa: SLF001
+    forced = engine.complete_sync("Hello", max_tokens=5, temperature=0, logit_bias={eos: 100.0})
+    assert forced.choices[0].finish_reason == "stop"
+    assert forced.choices[0].token_ids == [eos]
+    assert forced.text == ""
+
+
+async def test_cancellation_frees_slot_and_kv(tiny_model_dir: Path) -> None:
+    eng = Engine(tiny_model_dir, max_batch_size=1, seed=0)
+    await eng.wait_ready()
+    try:
+        total = eng.stats()["total_kv_blocks"]
+        stream = eng.stream_complete("Hello", max_tokens=10_000, ignore_eos=True)
+        async for _ in stream:
+            break
+        assert eng.stats()["running"] == 1
+        await stream.aclose()
+        # The one slot is free again: a later request runs to completion.
+        done = await asyncio.wait_for(eng.complete("Hi", max_tokens=3, ignore_eos=True), timeout=30)
+        assert done.usage.completion_tokens == 3
+        assert eng.stats() == {"running": 0, "waiting": 0, "free_kv_blocks": total, "total_kv_blocks": total}
+    finally:
+        eng.shutdown()
+
+
+def test_sync_iterator_close_cancels(engine: Engine) -> None:
+    total = engine.stats()["total_kv_blocks"]
+    it = engine.stream_complete_sync("Hello", max_tokens=10_000, ignore_eos=True)
+    next(it)
+    it.close()  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 10
+    while engine.stats()["running"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.stats()["free_kv_blocks"] == total
+
+
+async def test_cancelled_task_cancels_request(engine: Engine) -> None:
+    started = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in engine.stream_complete("Hello", max_tokens=10_000, ignore_eos=True):
+            started.set()
+
+    task = asyncio.create_task(consume())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(500):
+        if engine.stats()["running"] == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.stats()["running"] == 0
+
+
+async def test_overload_past_max_waiting(tiny_model_dir: Path) -> None:
+    eng = Engine(tiny_model_dir, max_batch_size=1, max_waiting=2, seed=0)
+    await eng.wait_ready()
+    gate = threading.Event()
+    eng._models[eng.resolve_model(None)].worker.before_step = lambda batch: gate.wait()  # noqa: SLF001
+    try:
+        tasks = [asyncio.create_task(eng.complete("Hello", max_tokens=2)) for _ in range(3)]
+        await asyncio.sleep(0.3)  # one is running (held in its step), two wait
+        with pytest.raises(errors.EngineOverloadedError) as info:
+            await eng.complete("Hello", max_tokens=2)
+        assert info.value.status == 429 and info.value.retry_after
+        gate.set()
+        await asyncio.gather(*tasks)
+    finally:
+        gate.set()
+        eng.shutdown()
+
+
+def test_context_length_error_before_batch(tiny_model_dir: Path) -> None:
+    eng = Engine(tiny_model_dir, max_model_len=32)
+    try:
+        with pytest.raises(errors.ContextLengthExceededError, match="maximum context length is 32"):
+            eng.complete_sync("word " * 100)
+        assert eng.stats()["running"] == 0
+        # Generation stops at the context limit instead of overrunning it.
+        done = eng.complete_sync("Hello", ignore_eos=True, temperature=0)
+        assert done.choices[0].finish_reason == "length"
+        assert done.usage.total_tokens == 32
+    finally:
+        eng.shutdown()
+
+
+def test_long_prompt_prefill_does_not_stall_running_stream(tiny_model_dir: Path) -> None:
+    eng = Engine(tiny_model_dir, max_prefill_tokens=4, seed=0)
+    eng.wait_ready_sync()
+    steps: list[tuple[int, int]] = []
+    worker = eng._models[eng.resolve_model(None)].worker  # noqa: SLF001
+    worker.before_step = lambda batch: steps.append((len(batch.decode), sum(n for _, n in batch.prefill)))
+    try:
+        stream = eng.stream_complete_sync("Hello", max_tokens=60, ignore_eos=True, temperature=0)
+        next(stream)
+        long_prompt = " ".join(["jumps over the lazy dog"] * 12)
+        done = eng.complete_sync(long_prompt, max_tokens=2, temperature=0, ignore_eos=True)
+        list(stream)
+        assert done.usage.completion_tokens == 2
+        # While the long prompt was prefilled 4 tokens at a time, the stream kept decoding.
+        mixed = [s for s in steps if s[0] == 1 and s[1] > 0]
+        assert len(mixed) >= 5
+        assert max(p for _, p in steps) <= 4
+    finally:
+        eng.shutdown()
+
+
+def test_preemption_when_kv_cache_is_full(tiny_model_dir: Path) -> None:
+    # 8 blocks of 4 slots: two 24-token generations cannot both fit; one is preempted and recomputed.
+    eng = Engine(tiny_model_dir, kv_cache_blocks=8, block_size=4, max_model_len=32, seed=0)
+    eng.wait_ready_sync()
+    try:
+        solo = [eng.complete_sync(p, max_tokens=20, temperature=0, ignore_eos=True).choices[0].token_ids
+                for p in ("Hello", "Hi there")]
+        results: list[list[int]] = [[], []]
+
+        def run(i: int, prompt: str) -> None:
+            results[i] = eng.complete_sync(prompt, max_tokens=20, temperature=0, ignore_eos=True).choices[0].token_ids
+
+        threads = [threading.Thread(target=run, args=(i, p)) for i, p in enumerate(("Hello", "Hi there"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert results == solo
+        assert eng.stats()["free_kv_blocks"] == 8
+    finally:
+        eng.shutdown()
+
+
+def test_two_models_at_once(tiny_model_dir: Path, tiny_llama_dir: Path) -> None:
+    eng = Engine(tiny_model_dir, name="qwen", seed=0)
+    eng.add_model(tiny_llama_dir, name="llama")
+    try:
+        eng.wait_ready_sync()
+        results: dict[str, list[int]] = {}
+
+        def run(name: str) -> None:
+            results[name] = eng.chat_sync([{"role": "user", "content": "hi"}], model=name, max_tokens=5,
+                                          temperature=0, ignore_eos=True).choices[0].token_ids
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in ("qwen", "llama")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        for name, path in (("qwen", tiny_model_dir), ("llama", tiny_llama_dir)):
+            prompt = eng.apply_chat_template([{"role": "user", "content": "hi"}], model=name)
+            assert results[name] == reference_greedy(path, prompt, 5)
+        assert eng.resolve_model("default") == "qwen"
+        assert [m.name for m in eng.models()] == ["qwen", "llama"]
+        with pytest.raises(errors.ModelNotFoundError, match="available models: qwen, llama"):
+            eng.chat_sync([{"role": "user", "content": "hi"}], model="gpt-4")
+    finally:
+        eng.shutdown()
+
+
+def test_missing_model_fails_with_its_path(tmp_path: Path) -> None:
+    eng = Engine(tmp_path / "nowhere")
+    with pytest.raises(errors.EngineNotReadyError, match="nowhere"):
+        eng.wait_ready_sync()
+    assert eng.state == "failed" and "does not exist" in (eng.error or "")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    eng2 = Engine(broken)
+    with pytest.raises(errors.EngineNotReadyError, match="broken"):
+        eng2.wait_ready_sync()
+
+
+def test_generation_config_defaults_respected(tmp_path: Path) -> None:
+    from llm_middleware.demo_model import build_demo_model
+    from transformers import GenerationConfig
+
+    path = build_demo_model(tmp_path / "m", size="tiny")
+    gen = GenerationConfig.from_pretrained(path)
+    gen.do_sample, gen.temperature, gen.top_k = True, 0.7, 5
+    gen.save_pretrained(path)
+    eng = Engine(path)
+    try:
+        eng.wait_ready_sync()
+        worker = eng._models[eng.resolve_model(None)].worker  # noqa: SLF001
+        assert worker.defaults["temperature"] == 0.7 and worker.defaults["top_k"] == 5
+        assert set(worker.eos_ids) >= {gen.eos_token_id[0]}
+    finally:
+        eng.shutdown()
+
+
+def test_invalid_sampling_rejected(engine: Engine) -> None:
+    with pytest.raises(errors.InvalidRequestError) as info:
+        engine.complete_sync("Hello", top_p=1.5)
+    assert info.value.param == "top_p"
+    with pytest.raises(errors.InvalidRequestError):
+        engine.complete_sync("Hello", n=0)
+    with pytest.raises(errors.InvalidRequestError, match="unknown sampling option"):
+        engine.complete_sync("Hello", temprature=0.5)
+
+
+@pytest.mark.parametrize("quantize", ["8bit", "4bit"])
+def test_quantized_loading_generates(tiny_model_dir: Path, quantize: str) -> None:
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes as bnb
+
+    eng = Engine(tiny_model_dir, quantize=quantize, seed=0)
+    try:
+        eng.wait_ready_sync()
+        model = eng._models[eng.resolve_model(None)].worker.model  # noqa: SLF001
+        kinds = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
+        assert any(isinstance(m, kinds) for m in model.modules())
+        done = eng.complete_sync("Hello", max_tokens=5, temperature=0, ignore_eos=True)
+        assert done.usage.completion_tokens == 5
+    finally:
+        eng.shutdown()
+
+
+def test_embeddings_rank_paraphrase_above_unrelated(minilm_dir: Path) -> None:
+    eng = Engine(minilm_dir, task="embed")
+    try:
+        out = eng.embed_sync([
+            "A man is playing a guitar.",
+            "Someone is strumming a guitar.",
+            "The stock market fell sharply today.",
+        ])
+        a, b, c = (torch.tensor(v) for v in out.vectors)
+        assert abs(float(a.norm()) - 1.0) < 1e-4
+        assert float(a @ b) > float(a @ c) + 0.2
+        assert out.prompt_tokens > 0
+        short = eng.embed_sync("hello", dimensions=64)
+        assert len(short.vectors[0]) == 64
+        assert eng.models()[0].task == "embed"
+    finally:
+        eng.shutdown()
+
+
+async def test_async_api_from_another_thread_and_loop(engine: Engine) -> None:
+    results: list[str] = []
+
+    def other_thread() -> None:
+        done = asyncio.run(engine.chat([{"role": "user", "content": "hi"}], max_tokens=4, ignore_eos=True))
+        results.append(done.text)
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    mine = await engine.chat([{"role": "user", "content": "hi"}], max_tokens=4, ignore_eos=True)
+    await asyncio.to_thread(t.join, 60)
+    assert results and mine.usage.completion_tokens == 4
