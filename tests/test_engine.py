@@ -403,3 +403,27 @@ async def test_async_api_from_another_thread_and_loop(engine: Engine) -> None:
     mine = await engine.chat([{"role": "user", "content": "hi"}], max_tokens=4, ignore_eos=True)
     await asyncio.to_thread(t.join, 60)
     assert results and mine.usage.completion_tokens == 4
+
+
+def test_guided_json_schema_output_validates(engine: Engine) -> None:
+    import json
+
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"},
+                       "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3}},
+        "required": ["name", "age", "tags"],
+        "additionalProperties": False,
+    }
+    done = engine.complete_sync("Hello", max_tokens=120, temperature=1.0, seed=0, n=3, guided={"json_schema": schema})
+    for choice in done.choices:
+        value = json.loads(choice.text)
+        assert set(value) == {"name", "age", "tags"}
+        assert isinstance(value["age"], int) and len(value["name"]) <= 12 and set(value["tags"]) <= {"a", "b"}
+        assert choice.finish_reason == "stop"
+    regex = engine.complete_sync("Hello", max_tokens=20, temperature=1.0, seed=1, guided={"regex": "[0-9]{3}-[a-z]{2}"})
+    import re
+
+    assert re.fullmatch("[0-9]{3}-[a-z]{2}", regex.text)
+    with pytest.raises(errors.InvalidRequestError, match="invalid json_schema"):
+        engine.complete_sync("Hello", guided={"json_schema": {"type": "nonsense"}})

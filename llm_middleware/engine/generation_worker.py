@@ -14,6 +14,7 @@ from .block_manager import BlockManager
 from .config import ModelConfig
 from .delivery import Outbox, Sink
 from .detokenizer import IncrementalDetokenizer
+from .grammar import GrammarCompiler
 from .kv_cache import KVCache
 from .loader import LoadedModel
 from .model_runner import ModelRunner
@@ -75,6 +76,7 @@ class GenerationWorker:
         else:
             self.generator.seed()
         self.sampler = Sampler(self.eos_ids, self.generator)
+        self.grammars = GrammarCompiler(self.tokenizer, self.model.get_output_embeddings().weight.shape[0], self.eos_ids)
         self.device = loaded.device
 
         self._inbox: deque[GenerationRequest] = deque()
@@ -175,6 +177,7 @@ class GenerationWorker:
                 retry_after=1,
             )
         params = params.with_defaults(self.defaults)
+        matcher = self.grammars.compile(params.guided) if params.guided is not None else None
         room = self.max_model_len - len(prompt_ids)
         request = GenerationRequest(request_id, prompt_ids, params, sink)
         for index in range(params.n):
@@ -184,7 +187,8 @@ class GenerationWorker:
                 generator.manual_seed(params.seed + index)
             detok = IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop)
             max_total = len(prompt_ids) + min(room, params.max_tokens or room)
-            request.seqs.append(Sequence(request, index, prompt_ids, params, generator, detok, max_total))
+            seq_matcher = matcher.deep_copy() if matcher is not None else None
+            request.seqs.append(Sequence(request, index, prompt_ids, params, generator, detok, max_total, seq_matcher))
             request.pending_ids.append([])
             request.pending_logprobs.append([])
         with self._wake:
@@ -271,8 +275,13 @@ class GenerationWorker:
             if params.logprobs and result.logprobs is not None:
                 request.pending_logprobs[seq.index].append(self._logprob_entry(token, row, result, params.top_logprobs))
             is_stop_token = token in params.stop_token_ids or (not params.ignore_eos and token in stop_ids)
+            if seq.matcher is not None:
+                seq.matcher.consume_token(token)
             if is_stop_token and seq.num_output_tokens > params.min_tokens - 1:
                 seq.finish_reason = "stop"
+            elif seq.matcher is not None and seq.matcher.is_stopped():
+                seq.detokenizer.add(token)
+                seq.finish_reason = "stop"  # the grammar is complete: nothing else may follow
             else:
                 seq.detokenizer.add(token)
                 if seq.detokenizer.stopped:

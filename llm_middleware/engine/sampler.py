@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .grammar import apply_grammar_masks
 from .sequence import Sequence
 
 
@@ -42,6 +43,8 @@ class Sampler:
 
         self._apply_penalties(logits, seqs)
         self._apply_bans_and_biases(logits, seqs, vocab)
+        if any(s.matcher is not None for s in seqs):
+            apply_grammar_masks(logits, [s.matcher for s in seqs])
 
         greedy = [s.params.greedy for s in seqs]
         if all(greedy):

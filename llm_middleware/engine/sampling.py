@@ -38,6 +38,8 @@ class SamplingParams:
     n: int = 1
     logprobs: bool = False
     top_logprobs: int = 0
+    #: Constrained decoding: ``{"json_schema": {...}}``, ``{"lark": "..."}`` or ``{"regex": "..."}``.
+    guided: dict[str, Any] | None = None
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> SamplingParams:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from enum import Enum, auto
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -34,7 +34,7 @@ class Sequence:
     __slots__ = (
         "seq_id", "request", "index", "token_ids", "num_prompt_tokens", "num_computed",
         "block_table", "status", "params", "generator", "detokenizer", "finish_reason",
-        "max_total_tokens",
+        "max_total_tokens", "matcher",
     )
 
     def __init__(
@@ -46,6 +46,7 @@ class Sequence:
         generator: torch.Generator | None,
         detokenizer: IncrementalDetokenizer,
         max_total_tokens: int,
+        matcher: Any = None,
     ) -> None:
         self.seq_id = next(_ids)
         self.request = request
@@ -60,6 +61,7 @@ class Sequence:
         self.detokenizer = detokenizer
         self.finish_reason: FinishReason | None = None
         self.max_total_tokens = max_total_tokens
+        self.matcher = matcher  # llguidance matcher when the output must follow a grammar
 
     @property
     def num_tokens(self) -> int:
