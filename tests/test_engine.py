@@ -218,9 +218,12 @@ async def test_overload_past_max_waiting(tiny_model_dir: Path) -> None:
     eng._models[eng.resolve_model(None)].worker.before_step = lambda batch: gate.wait()  # noqa: SLF001
     try:
         tasks = [asyncio.create_task(eng.complete("Hello", max_tokens=2)) for _ in range(3)]
-        await asyncio.sleep(0.3)  # one is running (held in its step), two wait
+        for _ in range(1000):  # until one is running (held in its step) and two wait
+            if eng.stats()["running"] == 1 and eng.stats()["waiting"] == 2:
+                break
+            await asyncio.sleep(0.01)
         with pytest.raises(errors.EngineOverloadedError) as info:
-            await eng.complete("Hello", max_tokens=2)
+            await asyncio.wait_for(eng.complete("Hello", max_tokens=2), timeout=10)
         assert info.value.status == 429 and info.value.retry_after
         gate.set()
         await asyncio.gather(*tasks)

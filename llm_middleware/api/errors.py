@@ -16,11 +16,10 @@ import msgspec
 
 from ..errors import LLMError
 from .http import Response
-from .schemas import ErrorBody, ErrorDetail, encoder
+from .responses import json_response
+from .schemas import ErrorBody, ErrorDetail
 
 logger = logging.getLogger("llm_middleware")
-
-JSON_HEADERS: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
 
 # msgspec ends a validation message with " - at `$.messages[0].role`".
 _PATH_SUFFIX = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
@@ -49,8 +48,7 @@ def error_response(
     headers: Iterable[tuple[str, str]] = (),
 ) -> Response:
     """An OpenAI-shaped JSON error response."""
-    body = encoder.encode(error_detail(message, type=type, code=code, param=param))
-    return Response(status=status, headers=[*JSON_HEADERS, *headers], body=body)
+    return json_response(error_detail(message, type=type, code=code, param=param), status=status, headers=headers)
 
 
 def retry_after_header(seconds: float | None) -> list[tuple[str, str]]:

@@ -22,6 +22,10 @@ GUIDED_SUPPORTED = "guided" in {f.name for f in fields(SamplingParams)}
 
 _ANY_OBJECT: dict[str, Any] = {"type": "object"}
 
+# Calls are written the way Hermes templates render them (`{"name": "f", "arguments": {...}}`), with no
+# other whitespace: free whitespace lets a weak model wander through blank space instead of answering.
+_CALL_LAYOUT = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
+
 
 def _unsupported(param: str, what: str) -> InvalidRequestError:
     return InvalidRequestError(
@@ -62,6 +66,7 @@ def response_format_spec(response_format: ResponseFormat | None) -> dict[str, An
 def _call_schema(tool: ToolDefinition) -> dict[str, Any]:
     """The JSON a call of ``tool`` must be: its name, then arguments following its parameters."""
     return {
+        "x-guidance": _CALL_LAYOUT,
         "type": "object",
         "properties": {
             "name": {"const": tool.function.name},
@@ -77,6 +82,9 @@ def tool_call_spec(
 ) -> dict[str, Any] | None:
     """The ``guided`` spec forcing Hermes-style tool calls for ``tool_choice`` required or named.
 
+    The grammar names ``<tool_call>`` and ``</tool_call>`` as tokens of the model's vocabulary,
+    so the engine compiles it with the model's tokenizer.
+
     ``auto`` and ``none`` need no grammar (None).  Named: exactly one call of that function.
     Required: one call of any offered tool, or several when ``parallel``.
     """
@@ -88,7 +96,8 @@ def tool_call_spec(
     alternatives = [f"fn{i}" for i in range(len(chosen))]
     lines = [
         "start: call" + (' ("\\n" call)*' if parallel and choice == "required" else ""),
-        f"call: {json.dumps(HERMES_START + chr(10))} ({' | '.join(alternatives)}) {json.dumps(chr(10) + HERMES_END)}",
+        # The markers are single tokens in Hermes-style vocabularies (Qwen, Hermes): referenced as tokens.
+        f'call: {HERMES_START} "\\n" ({" | ".join(alternatives)}) "\\n" {HERMES_END}',
     ]
     lines += [f"{name}: %json {json.dumps(_call_schema(tool))}" for name, tool in zip(alternatives, chosen)]
     grammar = "\n".join(lines) + "\n"

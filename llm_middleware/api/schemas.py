@@ -159,12 +159,12 @@ class EmbeddingRequest(Struct, kw_only=True):
 
 
 class TokenizeRequest(Struct, kw_only=True):
-    """Body of ``POST /tokenize``: either ``prompt`` or chat ``messages`` (rendered by the template)."""
+    """Body of ``POST /tokenize``: either ``prompt`` or chat ``messages`` (rendered by the template,
+    with the assistant's turn opened)."""
 
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
-    add_generation_prompt: bool = True
     tools: list[ToolDefinition] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
 
@@ -221,8 +221,8 @@ class ToolCallOut(Struct, kw_only=True):
     """A tool call made by the model."""
 
     id: str
-    function: FunctionCallOut
     type: Literal["function"] = "function"
+    function: FunctionCallOut
 
 
 class AssistantMessage(Struct, kw_only=True):

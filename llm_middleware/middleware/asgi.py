@@ -66,7 +66,9 @@ async def send_response(send: ASGISendCallable, response: Response) -> None:
             {
                 "type": "http.response.start",
                 "status": response.status,
-                "headers": [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in response.headers],
+                "headers": [
+                    (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in response.headers
+                ],
                 "trailers": False,
             }
         )

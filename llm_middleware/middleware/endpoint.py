@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from ..engine.engine import Engine
 
 
-def resolve_engine(engine: Engine | None, model: str | os.PathLike[str] | None, options: dict[str, Any]) -> tuple[Engine, bool]:
+def resolve_engine(
+    engine: Engine | None, model: str | os.PathLike[str] | None, options: dict[str, Any]
+) -> tuple[Engine, bool]:
     """The engine to serve and whether we created it (and so must shut it down).
 
     Exactly one of ``engine`` and ``model`` is required; engine options only apply to a
@@ -99,7 +101,9 @@ class APIEndpoint:
         response = body_too_large_response(self.max_body_size)
         return response if self._cors is None else self._cors.apply(headers, response)
 
-    async def serve_asgi(self, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable, path: str) -> None:
+    async def serve_asgi(
+        self, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable, path: str
+    ) -> None:
         """Answer an ASGI HTTP request; ``path`` is relative to the base path, ``root_path`` is the server's."""
         self.start_engine()
         headers = asgi.scope_headers(scope)

@@ -54,7 +54,9 @@ def read_body(environ: WSGIEnvironment, headers: dict[str, str], limit: int) -> 
     return b"".join(chunks)
 
 
-def build_request(environ: WSGIEnvironment, path: str, root_path: str, headers: dict[str, str], body: bytes) -> Request:
+def build_request(
+    environ: WSGIEnvironment, path: str, root_path: str, headers: dict[str, str], body: bytes
+) -> Request:
     """The API's view of a WSGI request whose path relative to the base path is ``path``."""
     port = environ.get("REMOTE_PORT")
     addr = environ.get("REMOTE_ADDR")
@@ -74,7 +76,9 @@ def decode_wsgi_str(value: str) -> str:
     return value.encode("latin-1").decode("utf-8", "replace")
 
 
-def serve_response(response: Response, start_response: StartResponse, loop: LoopThread) -> Iterator[bytes] | list[bytes]:
+def serve_response(
+    response: Response, start_response: StartResponse, loop: LoopThread
+) -> Iterator[bytes] | list[bytes]:
     """Start ``response`` and return the WSGI iterable for its body."""
     status = f"{response.status} {_reason(response.status)}"
     start_response(status, list(response.headers))

@@ -1,0 +1,199 @@
+"""``POST /v1/completions``: the legacy text completion endpoint, streamed or whole."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any
+
+from msgspec import UNSET, UnsetType
+
+from ..engine.outputs import Completion, Delta
+from ..errors import InvalidRequestError
+from .decoding import decode_body
+from .http import Request, Response
+from .logprobs import completion_logprobs
+from .options import sampling_options
+from .responses import json_response
+from .schemas import CompletionChoice, CompletionRequest, TextCompletion, Usage, completion_request_decoder
+from .sse import DONE, error_event, event, streaming_response
+from .streams import first_items, merge, resume
+
+if TYPE_CHECKING:
+    from ..engine.engine import Engine
+
+Prompt = str | list[int]
+
+
+def _is_token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(type(x) is int for x in value)
+
+
+def _prompts(prompt: str | list[Any]) -> list[Prompt]:
+    """One prompt per entry: a string, a list of strings, token ids, or a list of token-id lists."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if _is_token_ids(prompt):
+        return [prompt]
+    if prompt and all(isinstance(p, str) or _is_token_ids(p) for p in prompt):
+        return prompt
+    raise InvalidRequestError(
+        "'prompt' must be a string, a list of strings, a list of token ids, or a list of token-id lists.",
+        param="prompt",
+    )
+
+
+def _check_unsupported(request: CompletionRequest) -> None:
+    if request.suffix:
+        raise InvalidRequestError("'suffix' (fill-in-the-middle) is not supported.", param="suffix", code="unsupported_parameter")
+    if request.best_of is not None and request.best_of != (request.n or 1):
+        raise InvalidRequestError("'best_of' other than 'n' is not supported.", param="best_of", code="unsupported_parameter")
+    if request.echo and request.logprobs is not None:
+        # Echoed logprobs need the prompt's log-probabilities, which the engine does not compute.
+        raise InvalidRequestError(
+            "'echo' together with 'logprobs' is not supported.", param="echo", code="unsupported_parameter"
+        )
+
+
+async def completions(engine: Engine, request: Request, request_id: str) -> Response:
+    """Answer a text completion request; several prompts give ``n`` choices each, in prompt order."""
+    body = decode_body(request, completion_request_decoder)
+    prompts = _prompts(body.prompt)
+    _check_unsupported(body)
+    model = engine.resolve_model(body.model, task="generate")
+    options = sampling_options(body, max_tokens=body.max_tokens)
+    if body.logprobs is not None:
+        options["logprobs"] = True
+        options["top_logprobs"] = body.logprobs
+    n = body.n or 1
+    echoes = [await _echo(engine, p, model) if body.echo else "" for p in prompts]
+    ids = [request_id] if len(prompts) == 1 else [f"{request_id}-{k}" for k in range(len(prompts))]
+
+    if body.stream:
+        streams = [engine.stream_complete(p, model=model, request_id=i, **options) for p, i in zip(prompts, ids)]
+        firsts = await first_items(streams)
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        chunks = _CompletionChunks(request_id, int(time.time()), model, n, echoes, include_usage, body.logprobs is not None)
+        if len(streams) == 1:
+            tagged: AsyncGenerator[tuple[int, Delta], None] = _single(firsts[0], streams[0])
+        else:
+            tagged = merge([resume(first, stream) for first, stream in zip(firsts, streams)])
+        return streaming_response(_events(chunks, tagged))
+
+    tasks = [
+        asyncio.ensure_future(engine.complete(p, model=model, request_id=i, **options)) for p, i in zip(prompts, ids)
+    ]
+    try:
+        results: list[Completion] = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:  # one prompt failed: the others' answers are of no use
+            task.cancel()
+        raise
+    choices = [
+        CompletionChoice(
+            index=k * n + choice.index,
+            text=echoes[k] + choice.text,
+            logprobs=completion_logprobs(choice.logprobs or [], 0) if body.logprobs is not None else None,
+            finish_reason=choice.finish_reason,
+        )
+        for k, result in enumerate(results)
+        for choice in result.choices
+    ]
+    usage = Usage(
+        prompt_tokens=sum(r.usage.prompt_tokens for r in results),
+        completion_tokens=sum(r.usage.completion_tokens for r in results),
+        total_tokens=sum(r.usage.total_tokens for r in results),
+    )
+    return json_response(TextCompletion(id=request_id, created=int(time.time()), model=model, choices=choices, usage=usage))
+
+
+async def _echo(engine: Engine, prompt: Prompt, model: str) -> str:
+    """The prompt as text, to put in front of the answer (``echo``)."""
+    if isinstance(prompt, str):
+        return prompt
+    # detokenize waits for the model to load: keep that wait off the event loop.
+    return await asyncio.to_thread(engine.detokenize, prompt, model=model)
+
+
+async def _single(first: Delta | None, stream: AsyncGenerator[Delta, None]) -> AsyncGenerator[tuple[int, Delta], None]:
+    """A single prompt's deltas in the shape :func:`merge` gives (without its per-item tasks)."""
+    try:
+        if first is not None:
+            yield 0, first
+        async for delta in stream:
+            yield 0, delta
+    finally:
+        await stream.aclose()
+
+
+class _CompletionChunks:
+    """Turns engine deltas into text completion chunk events; holds per-choice state."""
+
+    def __init__(
+        self, request_id: str, created: int, model: str, n: int, echoes: list[str], include_usage: bool, logprobs: bool
+    ) -> None:
+        self.request_id = request_id
+        self.created = created
+        self.model = model
+        self.n = n
+        self.echoes = echoes
+        self.include_usage = include_usage
+        self.logprobs = logprobs
+        # With include_usage every chunk carries "usage": null; without it the key is absent.
+        self._usage_field: None | UnsetType = None if include_usage else UNSET
+        self._offsets: dict[int, int] = {}  # choice index -> characters sent so far
+        self._usage = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+
+    def _chunk(self, choice: CompletionChoice) -> bytes:
+        return event(
+            TextCompletion(
+                id=self.request_id,
+                created=self.created,
+                model=self.model,
+                choices=[choice],
+                usage=self._usage_field,
+            )
+        )
+
+    def on_delta(self, prompt_index: int, delta: Delta) -> bytes:
+        """Every event one delta produces, joined."""
+        index = prompt_index * self.n + delta.index
+        offset = self._offsets.get(index)
+        text = delta.text
+        if offset is None:  # the choice's first text starts with the echoed prompt
+            text = self.echoes[prompt_index] + text
+            offset = 0
+        self._offsets[index] = offset + len(text)
+        parts = []
+        logprobs = completion_logprobs(delta.logprobs, offset) if self.logprobs and delta.logprobs else None
+        if text or logprobs:
+            parts.append(self._chunk(CompletionChoice(index=index, text=text, logprobs=logprobs)))
+        if delta.finish_reason is not None:
+            parts.append(self._chunk(CompletionChoice(index=index, text="", finish_reason=delta.finish_reason)))
+        if delta.usage is not None:
+            self._usage.prompt_tokens += delta.usage.prompt_tokens
+            self._usage.completion_tokens += delta.usage.completion_tokens
+            self._usage.total_tokens += delta.usage.total_tokens
+        return b"".join(parts)
+
+    def usage_event(self) -> bytes:
+        """The closing chunk with no choices and the usage of all prompts together."""
+        return event(
+            TextCompletion(id=self.request_id, created=self.created, model=self.model, choices=[], usage=self._usage)
+        )
+
+
+async def _events(chunks: _CompletionChunks, deltas: AsyncGenerator[tuple[int, Delta], None]) -> AsyncGenerator[bytes, None]:
+    """The SSE body.  Closing it (client gone) closes the engine streams, cancelling the requests."""
+    try:
+        async for prompt_index, delta in deltas:
+            if data := chunks.on_delta(prompt_index, delta):
+                yield data
+        if chunks.include_usage:
+            yield chunks.usage_event()
+    except Exception as exc:
+        yield error_event(exc)
+    finally:
+        await deltas.aclose()
+    yield DONE

@@ -1,0 +1,48 @@
+"""``POST /tokenize`` and ``POST /detokenize``, with vLLM's request and response bodies."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from ..errors import InvalidRequestError
+from .decoding import decode_body
+from .http import Request, Response
+from .messages import template_messages, template_tools
+from .responses import json_response
+from .schemas import DetokenizeResponse, TokenizeResponse, detokenize_request_decoder, tokenize_request_decoder
+
+if TYPE_CHECKING:
+    from ..engine.engine import Engine
+
+# The engine's text helpers block until the model has loaded: they run in a worker thread
+# so that the event loop keeps serving other requests meanwhile.
+
+
+async def tokenize(engine: Engine, request: Request, request_id: str) -> Response:
+    """Token ids of ``prompt``, or of ``messages`` rendered by the chat template."""
+    body = decode_body(request, tokenize_request_decoder)
+    if (body.prompt is None) == (body.messages is None):
+        raise InvalidRequestError("Give exactly one of 'prompt' and 'messages'.", param="prompt")
+    model = engine.resolve_model(body.model)
+    if body.messages is not None:
+        text = await asyncio.to_thread(
+            engine.apply_chat_template,
+            template_messages(body.messages),
+            model=model,
+            tools=template_tools(body.tools) if body.tools else None,
+            chat_template_kwargs=body.chat_template_kwargs,
+        )
+    else:
+        text = body.prompt or ""
+    tokens = await asyncio.to_thread(engine.tokenize, text, model=model)
+    max_model_len = next(info.max_model_len for info in engine.models() if info.name == model)
+    return json_response(TokenizeResponse(count=len(tokens), max_model_len=max_model_len, tokens=tokens))
+
+
+async def detokenize(engine: Engine, request: Request, request_id: str) -> Response:
+    """The text of ``tokens``."""
+    body = decode_body(request, detokenize_request_decoder)
+    model = engine.resolve_model(body.model)
+    text = await asyncio.to_thread(engine.detokenize, body.tokens, model=model)
+    return json_response(DetokenizeResponse(prompt=text))

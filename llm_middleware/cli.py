@@ -1,0 +1,106 @@
+"""``llm-middleware serve``: the LLM API alone, served by hypercorn."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+
+from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, Scope
+
+
+async def not_found_app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+    """The app behind the API when it is served alone: 404 for every path outside the base path."""
+    if scope["type"] == "http":
+        headers = [(b"content-type", b"text/plain")]
+        await send({"type": "http.response.start", "status": 404, "headers": headers, "trailers": False})
+        await send({"type": "http.response.body", "body": b"Not Found", "more_body": False})
+    elif scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1000, "reason": None})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``llm-middleware`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="llm-middleware",
+        description="Serve an OpenAI-compatible LLM API (the same one LLMMiddleware mounts in an app).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the API with hypercorn",
+        description="Serve the API under --base-path with hypercorn; every other path answers 404. "
+        "Stop with Ctrl-C or SIGTERM (graceful: in-flight requests get time to finish).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    model = serve.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", help="hub id (e.g. Qwen/Qwen3-4B) or local model directory")
+    model.add_argument(
+        "--demo",
+        action="store_true",
+        help="serve a small random-weight demo model (built once, cached; gibberish output)",
+    )
+    serve.add_argument("--base-path", default="/ai", help="path prefix of the API (/ai serves /ai/v1/chat/completions)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
+    serve.add_argument(
+        "--quantize", choices=["4bit", "8bit"], help="quantize the weights on load with bitsandbytes (CUDA)"
+    )
+    serve.add_argument(
+        "--max-batch-size", type=int, help="most requests decoded together in one step (engine default: 32)"
+    )
+    serve.add_argument(
+        "--allowed-origin",
+        action="append",
+        dest="allowed_origins",
+        metavar="ORIGIN",
+        help="browser origin allowed by CORS (repeat for several, '*' for any); none by default",
+    )
+    return parser
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Build the middleware for ``args`` and serve it until SIGINT or SIGTERM."""
+    from hypercorn.asyncio import serve as hypercorn_serve
+    from hypercorn.config import Config
+
+    from .middleware import LLMMiddleware
+
+    if args.demo:
+        from .demo_model import demo_model_path
+
+        model = str(demo_model_path())
+    else:
+        model = args.model
+    engine_options = {"quantize": args.quantize, "max_batch_size": args.max_batch_size}
+    app = LLMMiddleware(
+        not_found_app,
+        base_path=args.base_path,
+        model=model,
+        allowed_origins=args.allowed_origins,
+        **{name: value for name, value in engine_options.items() if value is not None},
+    )
+    config = Config()
+    config.bind = [f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"]
+    config.accesslog = "-"
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await hypercorn_serve(app, config, shutdown_trigger=stop.wait, mode="asgi")  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``llm-middleware`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        asyncio.run(serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""Apps the server tests serve in subprocesses; the model comes from ``$LLM_MODEL``.
+
+Each exposes ``/stats`` (the engine's live counts) so a test can watch a request leave the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Flask, Response, stream_with_context
+
+from llm_middleware.middleware import LLMMiddleware
+
+MODEL = os.environ["LLM_MODEL"]
+
+flask_app = Flask(__name__)
+
+
+@flask_app.get("/")
+def index() -> str:
+    return "flask home"
+
+
+@flask_app.get("/countdown")
+def countdown() -> Response:
+    def lines() -> Iterator[str]:
+        for n in range(3, 0, -1):
+            yield f"{n}\n"
+            time.sleep(0.3)
+
+    return Response(stream_with_context(lines()), mimetype="text/plain")
+
+
+@flask_app.get("/stats")
+def stats() -> dict[str, int]:
+    return flask_wrapped.engine.stats()
+
+
+#: ``LLMMiddleware(flask_app)``: hypercorn serves it as ASGI, werkzeug as WSGI.
+flask_wrapped = LLMMiddleware(flask_app, base_path="/ai", model=MODEL)
+
+
+async def _raw(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    body = json.dumps(raw_asgi.engine.stats()).encode() if scope["path"] == "/stats" else b"raw home"
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+#: A raw ASGI app wrapped by the middleware.
+raw_asgi = LLMMiddleware(_raw, base_path="/ai", model=MODEL)

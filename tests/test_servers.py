@@ -1,0 +1,154 @@
+"""Real servers on loopback: hypercorn (ASGI) and werkzeug (WSGI) serving the middleware and the examples.
+
+Every server runs in its own subprocess on a free port, all started together once for the module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# name -> (command after `python`, home page text, whether the app exposes /stats)
+SERVERS: dict[str, tuple[list[str], str, bool]] = {
+    "hypercorn-flask": (["-m", "hypercorn", "server_apps:flask_wrapped"], "flask home", True),
+    "hypercorn-raw-asgi": (["-m", "hypercorn", "server_apps:raw_asgi"], "raw home", True),
+    "werkzeug-flask": (
+        ["-c", "import sys; from werkzeug.serving import run_simple; from server_apps import flask_wrapped; "
+               "run_simple('127.0.0.1', int(sys.argv[1]), flask_wrapped, threaded=True)"],
+        "flask home", True,
+    ),
+    "hypercorn-flask-example": (["-m", "hypercorn", "examples.flask.app:app"], "Flask shop", False),
+    "flask-run-example": (["-m", "flask", "--app", "examples.flask.app", "run"], "Flask shop", False),
+    "hypercorn-litestar-example": (["-m", "hypercorn", "examples.litestar.app:app"], "Litestar shop", False),
+    "hypercorn-quart-example": (["-m", "hypercorn", "examples.quart.app:app"], "Quart shop", False),
+}
+WITH_STATS = [name for name, (_, _, stats) in SERVERS.items() if stats]
+CHAT = {"messages": [{"role": "user", "content": "Hello"}]}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(args: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    if args[:2] == ["-m", "hypercorn"]:
+        args = [*args, "--bind", f"127.0.0.1:{port}"]
+    elif args[:2] == ["-m", "flask"]:
+        args = [*args, "--port", str(port)]
+    else:
+        args = [*args, str(port)]
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stderr.read().decode()[-3000:]}")  # type: ignore[union-attr]
+        try:
+            if httpx.get(url + "/ai/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not become ready")
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_model_dir: Path) -> Iterator[dict[str, str]]:
+    """Base URLs of every server, each started once and stopped at the end of the module."""
+    env = {**os.environ, "LLM_MODEL": str(tiny_model_dir), "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    processes: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    try:
+        for name, (args, _, _) in SERVERS.items():
+            port = free_port()
+            processes[name] = (launch(args, port, env), f"http://127.0.0.1:{port}")
+        for process, url in processes.values():
+            wait_until_up(url, process)
+        yield {name: url for name, (_, url) in processes.items()}
+    finally:
+        for process, _ in processes.values():
+            process.send_signal(signal.SIGINT)
+        for process, _ in processes.values():
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.mark.parametrize("name", list(SERVERS))
+def test_pass_through_and_api(servers: dict[str, str], name: str) -> None:
+    url = servers[name]
+    home = httpx.get(url + "/")
+    assert home.status_code == 200 and SERVERS[name][1] in home.text
+    outside = httpx.get(url + "/aix")  # not under the prefix: the app answers, not the API
+    assert "x-request-id" not in outside.headers and "error" not in outside.text
+    models = httpx.get(url + "/ai/v1/models")
+    assert models.status_code == 200 and models.json()["object"] == "list"
+    answer = httpx.post(url + "/ai/v1/chat/completions", json={**CHAT, "max_tokens": 4}, timeout=30)
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 4
+
+
+@pytest.mark.parametrize("name", [n for n in SERVERS if "example" in n])
+def test_example_view_uses_the_shared_engine(servers: dict[str, str], name: str) -> None:
+    response = httpx.post(servers[name] + "/summarize", json={"text": "A long text."}, timeout=30)
+    assert response.status_code in (200, 201) and isinstance(response.json()["summary"], str)
+
+
+@pytest.mark.parametrize("name", list(SERVERS))
+def test_sse_comes_as_separate_events(servers: dict[str, str], name: str) -> None:
+    request = {**CHAT, "stream": True, "max_tokens": 30, "min_tokens": 30}
+    with httpx.stream("POST", servers[name] + "/ai/v1/chat/completions", json=request, timeout=30) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        reads = list(response.iter_raw())
+    events = [event for event in b"".join(reads).split(b"\n\n") if event]
+    assert json.loads(events[0].removeprefix(b"data: "))["choices"][0]["delta"]["role"] == "assistant"
+    assert events[-1] == b"data: [DONE]"
+    assert len(reads) >= 10  # one write per event, not one body
+
+
+def test_flask_stream_passes_through_incrementally(servers: dict[str, str]) -> None:
+    for name in ("hypercorn-flask", "werkzeug-flask"):
+        with httpx.stream("GET", servers[name] + "/countdown") as response:
+            arrivals = [(time.monotonic(), chunk) for chunk in response.iter_raw()]
+        assert b"".join(chunk for _, chunk in arrivals) == b"3\n2\n1\n"
+        assert len(arrivals) == 3 and arrivals[-1][0] - arrivals[0][0] > 0.4
+
+
+def running(url: str) -> int:
+    return json.loads(httpx.get(url + "/stats").text)["running"]
+
+
+@pytest.mark.parametrize("name", WITH_STATS)
+def test_stream_arrives_while_generating_and_disconnect_cancels(servers: dict[str, str], name: str) -> None:
+    url = servers[name]
+    # Many seconds of generation on CPU: the first events must arrive while the request still
+    # runs (no buffering), and only a cancellation empties the batch within the deadline.
+    request = {**CHAT, "stream": True, "max_tokens": 2000, "min_tokens": 2000}
+    with httpx.Client(timeout=30) as client:
+        with client.stream("POST", url + "/ai/v1/chat/completions", json=request) as response:
+            chunks = response.iter_raw()
+            for _ in range(3):
+                next(chunks)
+            assert running(url) == 1
+    deadline = time.monotonic() + 5
+    while running(url) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert running(url) == 0
+    later = httpx.post(url + "/ai/v1/chat/completions", json={**CHAT, "max_tokens": 3}, timeout=30)
+    assert later.status_code == 200
