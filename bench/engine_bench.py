@@ -1,10 +1,11 @@
 """Engine throughput next to plain ``transformers.generate`` on the same model, in the same run.
 
-    python -m bench.engine_bench [--streams 32] [--new-tokens 128] [--size small]
+    python -m bench.engine_bench [--streams 1,32] [--new-tokens 128] [--size small]
+    python -m bench.engine_bench --size 4b --device cuda --dtype bfloat16 --streams 1,64,256
 
 Builds a random-weight Qwen3-architecture model (no download), then prints one JSON line
-per workload: tokens/s of ``generate`` for one stream and for a static batch, and of the
-engine for one stream and for N concurrent streams.
+per workload: tokens/s of ``generate`` for one stream and for a static batch of the largest
+stream count, and of the engine for each stream count (concurrent requests).
 """
 
 from __future__ import annotations
@@ -25,18 +26,20 @@ from llm_middleware.engine import Engine
 
 
 def prompt_ids(tokenizer, n: int, length: int) -> list[list[int]]:
-    base = tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 40, add_special_tokens=False)
+    base = tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 200, add_special_tokens=False)
     return [base[i : i + length] for i in range(n)]
 
 
 def bench_generate(model, prompts: list[list[int]], new_tokens: int, repeats: int) -> float:
-    ids = torch.tensor(prompts)
+    ids = torch.tensor(prompts, device=model.device)
     runs = []
     for _ in range(repeats):
         began = time.perf_counter()
         with torch.inference_mode():
             model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                            do_sample=False, pad_token_id=0)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
         runs.append(len(prompts) * new_tokens / (time.perf_counter() - began))
     return statistics.median(runs)
 
@@ -55,35 +58,53 @@ async def bench_engine(engine: Engine, prompts: list[list[int]], new_tokens: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--streams", type=int, default=32)
+    parser.add_argument("--streams", default="1,32", help="comma-separated concurrent stream counts")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-tokens", type=int, default=128)
-    parser.add_argument("--size", choices=["tiny", "small"], default="small")
+    parser.add_argument("--size", choices=["tiny", "small", "4b"], default="small")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--quantize", choices=["4bit", "8bit"], default=None, help="also run the engine quantized")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-generate", action="store_true", help="only run the engine")
     args = parser.parse_args()
+    streams = [int(n) for n in args.streams.split(",")]
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = build_demo_model(Path(tmp) / "model", size=args.size, max_position_embeddings=4096)
+        path = build_demo_model(Path(tmp) / "model", size=args.size, max_position_embeddings=4096,
+                                device=args.device, dtype=args.dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        one = prompt_ids(tokenizer, 1, args.prompt_tokens)
-        many = prompt_ids(tokenizer, args.streams, args.prompt_tokens)
-        common = {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "size": args.size}
+        common = {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "size": args.size,
+                  "device": args.device, "dtype": args.dtype}
 
-        def report(workload: str, streams: int, tok_s: float) -> None:
-            print(json.dumps({"workload": workload, "streams": streams, "tokens_per_s": round(tok_s, 1), **common}), flush=True)
+        def report(workload: str, n: int, tok_s: float, **extra: object) -> None:
+            line = {"workload": workload, "streams": n, "tokens_per_s": round(tok_s, 1), **common, **extra}
+            print(json.dumps(line), flush=True)
 
-        report("generate", 1, bench_generate(model, one, args.new_tokens, args.repeats))
-        report("generate_static_batch", args.streams, bench_generate(model, many, args.new_tokens, args.repeats))
-        del model
-        engine = Engine(path, max_batch_size=max(args.streams, 1), max_prefill_tokens=2048, seed=0)
-        engine.wait_ready_sync()
-        try:
-            asyncio.run(bench_engine(engine, one, 8, 1))  # warm-up
-            report("engine", 1, asyncio.run(bench_engine(engine, one, args.new_tokens, args.repeats)))
-            report("engine", args.streams, asyncio.run(bench_engine(engine, many, args.new_tokens, args.repeats)))
-        finally:
-            engine.shutdown()
+        if not args.skip_generate:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(args.device).eval()
+            report("generate", 1, bench_generate(model, prompt_ids(tokenizer, 1, args.prompt_tokens), args.new_tokens,
+                                                 args.repeats))
+            batch = prompt_ids(tokenizer, max(streams), args.prompt_tokens)
+            report("generate_static_batch", max(streams), bench_generate(model, batch, args.new_tokens, args.repeats))
+            del model
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+        for quantize in [None] + ([args.quantize] if args.quantize else []):
+            engine = Engine(path, max_batch_size=max(streams), max_prefill_tokens=4096, seed=0, device=args.device,
+                            quantize=quantize)
+            engine.wait_ready_sync()
+            try:
+                asyncio.run(bench_engine(engine, prompt_ids(tokenizer, 1, args.prompt_tokens), 8, 1))  # warm-up
+                for n in streams:
+                    tok_s = asyncio.run(bench_engine(engine, prompt_ids(tokenizer, n, args.prompt_tokens),
+                                                     args.new_tokens, args.repeats))
+                    extra = {"quantize": quantize} if quantize else {}
+                    if args.device.startswith("cuda"):
+                        extra["gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                    report("engine", n, tok_s, **extra)
+            finally:
+                engine.shutdown()
 
 
 if __name__ == "__main__":

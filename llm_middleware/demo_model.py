@@ -18,7 +18,7 @@ from typing import Any, Literal
 logger = logging.getLogger("llm_middleware")
 
 Arch = Literal["qwen3", "llama"]
-Size = Literal["tiny", "small"]
+Size = Literal["tiny", "small", "4b"]
 
 #: Marker file written next to the weights; the engine reports such models as random weights.
 DEMO_MARKER = "llm_middleware_demo.json"
@@ -91,6 +91,11 @@ _SIZES: dict[str, dict[str, int]] = {
         hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
         num_key_value_heads=2, head_dim=64, vocab_size=1024,
     ),
+    # The shape of Qwen3-4B (about 4B parameters): for GPU benchmarks only.
+    "4b": dict(
+        hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, vocab_size=151936,
+    ),
 }
 
 
@@ -126,12 +131,16 @@ def build_demo_model(
     size: Size = "tiny",
     seed: int = 0,
     max_position_embeddings: int = 2048,
+    device: str = "cpu",
+    dtype: str = "float32",
     **config_overrides: Any,
 ) -> Path:
     """Build a random-weight causal LM of ``arch`` and save it (model, tokenizer, template) to ``path``.
 
     ``config_overrides`` replace fields of the architecture's config (for example
-    ``num_hidden_layers``).  Returns the directory, ready for ``Engine(path)``.
+    ``num_hidden_layers``).  ``device`` and ``dtype`` say where the random weights are made and
+    how they are saved (a GPU initialises a multi-billion-parameter model in seconds).  Returns
+    the directory, ready for ``Engine(path)``.
     """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
@@ -150,12 +159,14 @@ def build_demo_model(
         **shape,
     )
     torch.manual_seed(seed)
-    if arch == "qwen3":
-        model = Qwen3ForCausalLM(Qwen3Config(rope_theta=1_000_000.0, **common))
-    elif arch == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**common))
-    else:
+    if arch not in ("qwen3", "llama"):
         raise ValueError(f"unknown demo architecture {arch!r}; choose 'qwen3' or 'llama'")
+    with torch.device(device):
+        if arch == "qwen3":
+            model = Qwen3ForCausalLM(Qwen3Config(rope_theta=1_000_000.0, **common))
+        else:
+            model = LlamaForCausalLM(LlamaConfig(**common))
+    model = model.to(getattr(torch, dtype))
     # Random init gives nearly uniform next-token distributions; a larger output scale makes them
     # peaked enough for greedy ties to be practically impossible, yet still varied under sampling.
     with torch.no_grad():
