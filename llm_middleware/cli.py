@@ -5,10 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Sequence
 
 from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, Scope
+
+
+#: Environment variable with API keys, comma-separated (read when no --api-key is given).
+API_KEYS_ENV = "LLM_MIDDLEWARE_API_KEYS"
+
+
+def api_keys(args: argparse.Namespace) -> list[str] | None:
+    """The API keys from ``--api-key`` options, else from ``$LLM_MIDDLEWARE_API_KEYS``; None for an open API."""
+    keys = args.api_keys or [key.strip() for key in os.environ.get(API_KEYS_ENV, "").split(",") if key.strip()]
+    return keys or None
 
 
 async def not_found_app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
@@ -32,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the API with hypercorn",
         description="Serve the API under --base-path with hypercorn; every other path answers 404. "
-        "Stop with Ctrl-C or SIGTERM (graceful: in-flight requests get time to finish).",
+        "Stop with Ctrl-C or SIGTERM (graceful: in-flight requests get --drain-timeout seconds to finish).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     model = serve.add_mutually_exclusive_group(required=True)
@@ -58,6 +69,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ORIGIN",
         help="browser origin allowed by CORS (repeat for several, '*' for any); none by default",
     )
+    serve.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        metavar="KEY",
+        help=f"require this key as 'Authorization: Bearer KEY' or 'x-api-key' (repeat for several; "
+        f"default: ${API_KEYS_ENV}, comma-separated; neither: no authentication)",
+    )
+    serve.add_argument(
+        "--public-path",
+        action="append",
+        dest="public_paths",
+        metavar="PATH",
+        help="path under the base path that needs no key (repeatable; default: /health)",
+    )
+    serve.add_argument(
+        "--request-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="end requests running longer than this (504, or an error event mid-stream); 0 for no limit",
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM/Ctrl-C, time that requests in flight get to finish while new ones get 503",
+    )
     return parser
 
 
@@ -80,6 +120,10 @@ async def serve(args: argparse.Namespace) -> None:
         base_path=args.base_path,
         model=model,
         allowed_origins=args.allowed_origins,
+        api_keys=api_keys(args),
+        public_paths=args.public_paths if args.public_paths is not None else ("/health",),
+        request_timeout=args.request_timeout or None,
+        drain_timeout=args.drain_timeout,
         **{name: value for name, value in engine_options.items() if value is not None},
     )
     config = Config()
@@ -90,7 +134,13 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await hypercorn_serve(app, config, shutdown_trigger=stop.wait, mode="asgi")  # type: ignore[arg-type]
+
+    async def drained() -> None:
+        # Drain while hypercorn still listens: new requests get a 503 instead of a refused connection.
+        await stop.wait()
+        await app.drain()
+
+    await hypercorn_serve(app, config, shutdown_trigger=drained, mode="asgi")  # type: ignore[arg-type]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -108,6 +108,16 @@ class API:
             )
         return error_response(404, f"Unknown path {path}.", code="not_found")
 
+    def route_path(self, path: str) -> str | None:
+        """The path of the route serving ``path``, with parameters as placeholders
+        (``/v1/models/{model}``); None for an unknown path.  A label of low cardinality for metrics."""
+        if path in self._methods:
+            return path
+        for candidate in self._prefix_routes:
+            if path.startswith(candidate.path) and len(path) > len(candidate.path):
+                return candidate.path + "{" + (candidate.param_name or "id") + "}"
+        return None
+
     async def handle(self, request: Request) -> Response:
         """Answer ``request``; never raises (every failure becomes an OpenAI error response)."""
         incoming = request.headers.get("x-request-id")

@@ -29,6 +29,8 @@ class AttentionMetadata:
     context_slots: torch.Tensor | None  # [B, L] cache slots of each row's whole context
     mask: torch.Tensor | None  # [B, 1, S, L] True where a query may attend a key
     causal_only: bool  # one row, no earlier context: plain causal attention on the new tokens
+    block_tables: torch.Tensor | None = None  # [B, max_blocks] int32: one-token decode through the CUDA kernel
+    context_lens: torch.Tensor | None = None  # [B] int32, the new token included
 
 
 def paged_attention_forward(
@@ -47,6 +49,13 @@ def paged_attention_forward(
     batch, kv_heads, seq_len, head_dim = key.shape
     k_cache.index_copy_(0, meta.slot_mapping, key.transpose(1, 2).reshape(-1, kv_heads, head_dim))
     v_cache.index_copy_(0, meta.slot_mapping, value.transpose(1, 2).reshape(-1, kv_heads, head_dim))
+    if meta.block_tables is not None:
+        from .paged_decode import paged_decode_attention
+
+        scale = scaling if scaling is not None else head_dim**-0.5
+        return paged_decode_attention(
+            query, k_cache, v_cache, meta.block_tables, meta.context_lens, scale, meta.kv_cache.block_size
+        ), None
     if meta.causal_only:
         out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=True)
     else:

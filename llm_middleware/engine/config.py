@@ -25,6 +25,7 @@ class ModelConfig:
     kv_cache_memory_fraction: float = 0.85
     cpu_kv_cache_bytes: int = 4 * 2**30
     trust_remote_code: bool = False
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         checks = [

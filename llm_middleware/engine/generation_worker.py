@@ -17,6 +17,7 @@ from .detokenizer import IncrementalDetokenizer
 from .grammar import GrammarCompiler
 from .kv_cache import KVCache
 from .loader import LoadedModel
+from .decode_graphs import CudaDecoder
 from .model_runner import ModelRunner
 from .outputs import Delta, TokenLogprob, TopLogprob, Usage
 from .request import GenerationRequest
@@ -69,7 +70,11 @@ class GenerationWorker:
         self.scheduler = Scheduler(
             self.blocks, max_batch_size=config.max_batch_size, max_prefill_tokens=config.max_prefill_tokens
         )
-        self.runner = ModelRunner(self.model, self.kv_cache, self.pad_id)
+        decoder = None
+        if loaded.device.type == "cuda":
+            decoder = CudaDecoder(self.model, self.kv_cache, max_batch_size=config.max_batch_size,
+                                  max_model_len=self.max_model_len, pad_id=self.pad_id, use_graphs=config.cuda_graphs)
+        self.runner = ModelRunner(self.model, self.kv_cache, self.pad_id, decoder)
         self.generator = torch.Generator(device=loaded.device)
         if seed is not None:
             self.generator.manual_seed(seed)
@@ -243,7 +248,7 @@ class GenerationWorker:
             logits: list[torch.Tensor] = []
             sampled: list[Sequence] = []
             if batch.decode:
-                logits.append(self.runner.run([(seq, 1) for seq in batch.decode]))
+                logits.append(self.runner.decode(batch.decode))
                 sampled.extend(batch.decode)
             if batch.prefill:
                 out = self.runner.run(batch.prefill)

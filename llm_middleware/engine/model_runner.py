@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .attention import AttentionMetadata
+from .decode_graphs import CudaDecoder
 from .kv_cache import KVCache
 from .sequence import Sequence
 
@@ -16,12 +17,19 @@ class ModelRunner:
     ``logits_to_keep=1`` yields exactly the logits to sample from.
     """
 
-    def __init__(self, model: torch.nn.Module, kv_cache: KVCache, pad_id: int) -> None:
+    def __init__(self, model: torch.nn.Module, kv_cache: KVCache, pad_id: int, decoder: CudaDecoder | None = None) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
         self.block_size = kv_cache.block_size
+        self.decoder = decoder
+
+    def decode(self, seqs: list[Sequence]) -> torch.Tensor:
+        """Logits ``[len(seqs), vocab]`` after computing each sequence's one new token."""
+        if self.decoder is not None:
+            return self.decoder.run(seqs)
+        return self.run([(seq, 1) for seq in seqs])
 
     @torch.inference_mode()
     def run(self, rows: list[tuple[Sequence, int]]) -> torch.Tensor:

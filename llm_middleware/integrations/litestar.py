@@ -19,6 +19,7 @@ from litestar.exceptions import NotFoundException
 from litestar.plugins import InitPlugin
 from litestar.types import Receive, Scope, Send
 
+from ..middleware.auth import Authorize
 from ..middleware.endpoint import APIEndpoint, resolve_engine
 from ..middleware.paths import normalize_base_path
 
@@ -31,7 +32,8 @@ class LLMPlugin(InitPlugin):
 
     ``Litestar(route_handlers=[...], plugins=[LLMPlugin(base_path="/ai", model="Qwen/Qwen3-4B")])``.
     The options are those of :class:`~llm_middleware.LLMMiddleware`; as there, an ``engine``
-    passed in is started but never shut down by the plugin.
+    passed in is started but never shut down by the plugin.  On shutdown the plugin drains
+    (``drain_timeout``) before the app's ``on_shutdown`` hooks and the engine's shutdown.
     """
 
     def __init__(
@@ -43,6 +45,11 @@ class LLMPlugin(InitPlugin):
         allowed_origins: Iterable[str] | None = None,
         max_body_size: int = 10 * 2**20,
         include_docs: bool = True,
+        api_keys: Iterable[str] | None = None,
+        authorize: Authorize | None = None,
+        public_paths: Iterable[str] = ("/health",),
+        request_timeout: float | None = 600.0,
+        drain_timeout: float = 30.0,
         **engine_options: Any,
     ) -> None:
         engine, owns_engine = resolve_engine(engine, model, engine_options)
@@ -53,6 +60,11 @@ class LLMPlugin(InitPlugin):
             allowed_origins=list(allowed_origins) if allowed_origins is not None else None,
             max_body_size=max_body_size,
             include_docs=include_docs,
+            api_keys=api_keys,
+            authorize=authorize,
+            public_paths=public_paths,
+            request_timeout=request_timeout,
+            drain_timeout=drain_timeout,
         )
 
     @property
@@ -65,14 +77,16 @@ class LLMPlugin(InitPlugin):
         app_config.route_handlers.append(self._route())
         # Lifespan managers are entered before on_startup hooks and left before on_shutdown
         # hooks run: starting in the first manager and stopping in the last hook brackets both.
+        # Leaving that first manager (the last one left) drains.
         app_config.lifespan.insert(0, self._engine_started)
         app_config.on_shutdown.append(self._shutdown_engine)
         return app_config
 
     @asynccontextmanager
     async def _engine_started(self, app: Litestar) -> AsyncIterator[None]:
-        self.endpoint.start_engine()
+        self.endpoint.open()
         yield
+        await self.endpoint.drain()
 
     async def _shutdown_engine(self) -> None:
         await asyncio.to_thread(self.endpoint.shutdown_engine)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.typing import ASGIApplication, ASGIReceiveCallable, ASGISendCallable, Scope
 
+from .auth import Authorize
 from .dual_call import mark_coroutine_function
 from .endpoint import APIEndpoint, resolve_engine
 from .lifespan import run_lifespan
@@ -45,6 +46,16 @@ class LLMMiddleware:
             no CORS headers.
         max_body_size: Largest request body in bytes; larger ones get a 413 without being read.
         include_docs: Serve ``{base_path}/docs`` and ``{base_path}/openapi.json``.
+        api_keys: Keys that clients send as ``Authorization: Bearer <key>`` or ``x-api-key``.
+        authorize: ``authorize(info) -> bool`` (or an async function): True lets the request in;
+            ``info`` has ``method``, ``path`` (relative to ``base_path``), ``headers``, ``client``
+            and ``cookies``.  With ``api_keys`` too, either one is enough.  With neither, the
+            API is open.
+        public_paths: Paths under ``base_path`` that need no credentials (exact matches).
+        request_timeout: Seconds after which a request is ended (504, or an error event
+            mid-stream) and its engine request cancelled; None for no limit.
+        drain_timeout: Seconds that requests in flight get to finish on shutdown, while new
+            ones get 503; those still running then end with an error.
         **engine_options: Keyword arguments for the engine built from ``model``.
     """
 
@@ -58,6 +69,11 @@ class LLMMiddleware:
         allowed_origins: Iterable[str] | None = None,
         max_body_size: int = 10 * 2**20,
         include_docs: bool = True,
+        api_keys: Iterable[str] | None = None,
+        authorize: Authorize | None = None,
+        public_paths: Iterable[str] = ("/health",),
+        request_timeout: float | None = 600.0,
+        drain_timeout: float = 30.0,
         **engine_options: Any,
     ) -> None:
         self.app = app
@@ -71,6 +87,11 @@ class LLMMiddleware:
             allowed_origins=list(allowed_origins) if allowed_origins is not None else None,
             max_body_size=max_body_size,
             include_docs=include_docs,
+            api_keys=api_keys,
+            authorize=authorize,
+            public_paths=public_paths,
+            request_timeout=request_timeout,
+            drain_timeout=drain_timeout,
         )
         # Built on the first ASGI pass-through: its thread pool is per process.
         self._wsgi_as_asgi: ASGIApplication | None = None
@@ -87,6 +108,12 @@ class LLMMiddleware:
         process does not simply exit.
         """
         self.endpoint.close()
+
+    async def drain(self) -> None:
+        """Stop taking API requests (503) and wait up to ``drain_timeout`` for those in flight;
+        end the ones still running with an error.  Lifespan shutdown calls it; call it yourself
+        from a server's shutdown trigger to drain before the server stops listening."""
+        await self.endpoint.drain()
 
     @mark_coroutine_function
     def __call__(self, *args: Any) -> Awaitable[None] | Iterable[bytes]:
@@ -107,8 +134,9 @@ class LLMMiddleware:
                 receive,
                 send,
                 app=self.app if self.app_is_asgi else None,  # type: ignore[arg-type]
-                start=self.endpoint.start_engine,
+                start=self.endpoint.open,
                 shutdown=self.endpoint.shutdown_engine,
+                drain=self.endpoint.drain,
             )
             return
         if scope["type"] == "http":

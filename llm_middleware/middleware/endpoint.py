@@ -1,24 +1,44 @@
-"""Answering requests under the base path: engine start, body limit, CORS, the API, both protocols."""
+"""Answering requests under the base path, over ASGI or WSGI.
+
+In order: CORS preflight, authentication, refusal while draining, ``/metrics``, the body limit,
+then the API within the request's deadline.  Every request ends in one place
+(:meth:`APIEndpoint._end`), which counts it and writes its access log line.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope
 
 from ..api.app import API
+from ..api.deadline import Deadline, RequestTimeoutError, respond_within
+from ..api.errors import error_response
 from ..api.http import Request, Response
 from . import asgi, wsgi
+from .access_log import log_access
+from .auth import Authenticator, Authorize, request_info, unauthorized_response
 from .body import BodyTooLargeError, body_too_large_response
 from .cors import CORSPolicy
+from .drain import Drain
+from .exchange import Exchange, ObservedStream, current_exchange
 from .loop_thread import LoopThread
+from .metrics import Metrics
+from .observed_engine import ObservedEngine
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
     from ..engine.engine import Engine
+
+#: Where the Prometheus metrics are served, relative to the base path.
+METRICS_PATH = "/metrics"
+# The status logged for a request whose client went away before any response (as nginx logs it).
+_CLIENT_GONE = 499
 
 
 def resolve_engine(
@@ -59,16 +79,29 @@ class APIEndpoint:
         allowed_origins: list[str] | None,
         max_body_size: int,
         include_docs: bool,
+        api_keys: Iterable[str] | None = None,
+        authorize: Authorize | None = None,
+        public_paths: Iterable[str] = ("/health",),
+        request_timeout: float | None = 600.0,
+        drain_timeout: float = 30.0,
     ) -> None:
+        if request_timeout is not None and request_timeout <= 0:
+            raise ValueError(f"request_timeout must be > 0 seconds or None, got {request_timeout}")
         self.engine = engine
         self.owns_engine = owns_engine
         self.base_path = base_path
         self.max_body_size = max_body_size
-        self._api = API(engine, base_path=base_path, include_docs=include_docs)
+        self.request_timeout = request_timeout
+        self.metrics = Metrics(engine)
+        self._api = API(ObservedEngine(engine, self.metrics), base_path=base_path, include_docs=include_docs)  # type: ignore[arg-type]
         self._cors = CORSPolicy(allowed_origins) if allowed_origins is not None else None
+        self._auth = Authenticator(api_keys, authorize, public_paths)
+        self._drain = Drain(drain_timeout)
         self._loop = LoopThread()
         self._start_lock = threading.Lock()
         self._started_in: int | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------------
 
     def start_engine(self) -> None:
         """Start the engine once per process; returns at once (the model loads in the background)."""
@@ -79,27 +112,90 @@ class APIEndpoint:
                 self.engine.start()
                 self._started_in = os.getpid()
 
+    def open(self) -> None:
+        """Take requests (again, after a drain) and start the engine: the server is starting up."""
+        self._drain.reopen()
+        self.start_engine()
+
+    async def drain(self) -> None:
+        """Refuse new requests (503), wait up to ``drain_timeout`` for those in flight, end the rest."""
+        await self._drain.drain()
+
     def shutdown_engine(self) -> None:
         """Shut the engine down if this endpoint created it; an engine passed in is left to its owner."""
         if self.owns_engine:
             self.engine.shutdown()
+
+    async def stop(self) -> None:
+        """Drain, then shut down an owned engine: the server is shutting down."""
+        await self.drain()
+        await asyncio.to_thread(self.shutdown_engine)
 
     def close(self) -> None:
         """Shut down an owned engine and stop the WSGI event loop thread."""
         self.shutdown_engine()
         self._loop.close()
 
-    async def respond(self, request: Request) -> Response:
-        """The response to ``request``: a CORS preflight answer or the API's, with CORS headers."""
-        if self._cors is None:
-            return await self._api.handle(request)
-        if self._cors.is_preflight(request.method, request.headers):
-            return self._cors.preflight(request.headers)
-        return self._cors.apply(request.headers, await self._api.handle(request))
+    # ---- one request, whichever the protocol ----------------------------------------------------
 
-    def _too_large(self, headers: dict[str, str]) -> Response:
-        response = body_too_large_response(self.max_body_size)
-        return response if self._cors is None else self._cors.apply(headers, response)
+    def _begin(self, method: str, path: str, full_path: str, client: tuple[str, int] | None) -> Exchange:
+        route = METRICS_PATH if path == METRICS_PATH else self._api.route_path(path) or "other"
+        exchange = Exchange(method=method, path=full_path, route=route, client=client)
+        current_exchange.set(exchange)
+        return exchange
+
+    async def _admit(self, method: str, path: str, headers: dict[str, str], client: tuple[str, int] | None) -> Response | None:
+        """The answer to give without reading the body, or None to go on to the API."""
+        if self._cors is not None and self._cors.is_preflight(method, headers):
+            return self._cors.preflight(headers)
+        if not await self._auth.allows(request_info(method, path, headers, client)):
+            return unauthorized_response()
+        if self._drain.draining:
+            return self._drain.refusal()
+        if path == METRICS_PATH:
+            if method != "GET":
+                return error_response(
+                    405, f"Method {method} is not allowed for {METRICS_PATH}; use GET.", code="method_not_allowed",
+                    headers=[("allow", "GET")],
+                )
+            return self.metrics.response()
+        return None
+
+    async def _respond(self, exchange: Exchange, request: Request) -> Response:
+        """The API's answer, within the request's deadline; the request counts as in flight meanwhile."""
+        deadline = Deadline(self.request_timeout)
+        exchange.deadline = deadline
+        self._drain.enter(deadline)
+        return await respond_within(deadline, self._api.handle(request))
+
+    def _finish(self, exchange: Exchange, headers: dict[str, str], response: Response) -> Response:
+        """Note what is being sent, add CORS headers, and watch a stream for its end."""
+        exchange.status = response.status
+        exchange.request_id = next((v for k, v in response.headers if k.lower() == "x-request-id"), "-")
+        if self._cors is not None:
+            self._cors.apply(headers, response)
+        if response.stream is not None:
+            exchange.stream = True
+            response.stream = ObservedStream(response.stream, exchange, self._end)
+        return response
+
+    def _end(self, exchange: Exchange) -> None:
+        """The request is over: count it and log it (once)."""
+        if exchange.ended:
+            return
+        exchange.ended = True
+        if exchange.status == 0:
+            exchange.status, exchange.outcome = _CLIENT_GONE, "cancelled"
+        deadline = exchange.deadline
+        if deadline is not None:
+            deadline.cancel()
+            self._drain.leave(deadline)
+            if deadline.error is not None:
+                exchange.outcome = "timeout" if isinstance(deadline.error, RequestTimeoutError) else "shutting_down"
+        self.metrics.count_request(exchange.route, exchange.status, exchange.model, exchange.duration)
+        log_access(exchange)
+
+    # ---- ASGI -----------------------------------------------------------------------------------
 
     async def serve_asgi(
         self, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable, path: str
@@ -107,30 +203,55 @@ class APIEndpoint:
         """Answer an ASGI HTTP request; ``path`` is relative to the base path, ``root_path`` is the server's."""
         self.start_engine()
         headers = asgi.scope_headers(scope)
+        client = scope.get("client")
+        client = (client[0], client[1]) if client else None
+        exchange = self._begin(scope["method"], path, scope["path"], client)
         try:
-            body = await asgi.read_body(receive, headers, self.max_body_size)
-        except asgi.ClientDisconnectedError:
-            return
-        except BodyTooLargeError:
-            await asgi.send_response(send, self._too_large(headers))
-            return
-        request = asgi.build_request(scope, path, scope.get("root_path", "") + self.base_path, headers, body)
+            response = await self._admit(scope["method"], path, headers, client)
+            if response is None:
+                try:
+                    body = await asgi.read_body(receive, headers, self.max_body_size)
+                except asgi.ClientDisconnectedError:
+                    return
+                except BodyTooLargeError:
+                    response = body_too_large_response(self.max_body_size)
+            if response is not None:
+                await asgi.send_response(send, self._finish(exchange, headers, response))
+                return
+            request = asgi.build_request(scope, path, scope.get("root_path", "") + self.base_path, headers, body)
 
-        async def answer() -> None:
-            await asgi.send_response(send, await self.respond(request))
+            async def answer() -> None:
+                await asgi.send_response(send, self._finish(exchange, headers, await self._respond(exchange, request)))
 
-        await asgi.run_until_disconnect(receive, answer())
+            await asgi.run_until_disconnect(receive, answer())
+        finally:
+            self._end(exchange)
+
+    # ---- WSGI -----------------------------------------------------------------------------------
 
     def serve_wsgi(self, environ: WSGIEnvironment, start_response: StartResponse, path: str) -> Any:
         """Answer a WSGI request; ``path`` is relative to the base path, ``SCRIPT_NAME`` is the server's."""
         self.start_engine()
         headers = wsgi.environ_headers(environ)
+        method = environ["REQUEST_METHOD"]
+        root_path = wsgi.decode_wsgi_str(environ.get("SCRIPT_NAME", "")) + self.base_path
+        client = wsgi.client_address(environ)
+        exchange = self._begin(method, path, root_path + (path if path != "/" else ""), client)
         try:
-            body = wsgi.read_body(environ, headers, self.max_body_size)
-        except BodyTooLargeError:
-            response = self._too_large(headers)
-        else:
-            root_path = wsgi.decode_wsgi_str(environ.get("SCRIPT_NAME", "")) + self.base_path
-            request = wsgi.build_request(environ, path, root_path, headers, body)
-            response = self._loop.run(self.respond(request))
-        return wsgi.serve_response(response, start_response, self._loop)
+            response = self._loop.run(self._admit(method, path, headers, client))
+            if response is None:
+                try:
+                    body = wsgi.read_body(environ, headers, self.max_body_size)
+                except BodyTooLargeError:
+                    response = body_too_large_response(self.max_body_size)
+                else:
+                    request = wsgi.build_request(environ, path, root_path, headers, body)
+                    response = self._loop.run(self._respond(exchange, request))
+            response = self._finish(exchange, headers, response)
+            result = wsgi.serve_response(response, start_response, self._loop)
+        except BaseException:
+            self._end(exchange)
+            raise
+        if response.stream is None:  # a stream ends when the server closes the iterable
+            self._end(exchange)
+        return result

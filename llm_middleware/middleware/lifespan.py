@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.typing import ASGIApplication, ASGIReceiveCallable, ASGISendCallable, LifespanScope
@@ -52,10 +52,12 @@ async def run_lifespan(
     app: ASGIApplication | None,
     start: Callable[[], None],
     shutdown: Callable[[], None],
+    drain: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Serve a lifespan scope: ``start`` before ``app``'s startup, ``shutdown`` after its shutdown.
 
     ``app`` is None when the wrapped app has no lifespan to forward to (a WSGI app).
+    ``drain`` (letting requests in flight finish) runs first on shutdown, while the app still works.
     ``shutdown`` may block (joining the engine's threads): it runs in a worker thread.
     """
     message = await receive()
@@ -74,6 +76,8 @@ async def run_lifespan(
     await send({"type": "lifespan.startup.complete"})
 
     await receive()  # lifespan.shutdown: the server sends nothing else in between
+    if drain is not None:
+        await drain()
     answer = await forwarded.ask("lifespan.shutdown") if forwarded is not None else None
     await asyncio.to_thread(shutdown)
     if answer is not None and answer["type"] == "lifespan.shutdown.failed":

@@ -58,8 +58,6 @@ def build_request(
     environ: WSGIEnvironment, path: str, root_path: str, headers: dict[str, str], body: bytes
 ) -> Request:
     """The API's view of a WSGI request whose path relative to the base path is ``path``."""
-    port = environ.get("REMOTE_PORT")
-    addr = environ.get("REMOTE_ADDR")
     return Request(
         method=environ["REQUEST_METHOD"],
         path=path,
@@ -67,8 +65,15 @@ def build_request(
         headers=headers,
         query_string=environ.get("QUERY_STRING", "").encode("latin-1"),
         body=body,
-        client=(addr, int(port)) if addr and port and str(port).isdigit() else None,
+        client=client_address(environ),
     )
+
+
+def client_address(environ: WSGIEnvironment) -> tuple[str, int] | None:
+    """The client's ``(host, port)``, when the server says."""
+    port = environ.get("REMOTE_PORT")
+    addr = environ.get("REMOTE_ADDR")
+    return (addr, int(port)) if addr and port and str(port).isdigit() else None
 
 
 def decode_wsgi_str(value: str) -> str:

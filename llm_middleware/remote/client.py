@@ -1,0 +1,161 @@
+"""HTTP to the upstreams: one pooled httpx client, JSON answers, server-sent event streams.
+
+Every failure is sorted into what it means for the fleet: :class:`UpstreamUnavailable` (try
+another upstream) or :class:`UpstreamError` (the request itself was refused: relay it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+import msgspec
+
+from .errors import UpstreamError, UpstreamUnavailable
+from .upstream import Upstream
+
+_JSON_HEADERS = {"content-type": "application/json", "accept": "application/json"}
+_SSE_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
+
+
+class UpstreamClient:
+    """Requests to upstream servers over one connection pool (kept-alive connections, HTTP/2 if asked).
+
+    ``timeout`` bounds every wait for an upstream's next bytes (for a whole answer: the whole
+    generation); ``connect_timeout`` bounds connecting, and every phase of a health check.
+    """
+
+    def __init__(self, *, api_key: str | None, timeout: float, connect_timeout: float, http2: bool) -> None:
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._health_timeout = httpx.Timeout(connect_timeout)
+        self._http = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            # Each upstream applies its own admission control (429): no cap on concurrent streams here.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+            http2=http2,
+        )
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        await self._http.aclose()
+
+    async def models(self, upstream: Upstream) -> dict[str, dict[str, Any]]:
+        """The models ``upstream`` serves now (``GET {url}/models``), by id: its health check.
+
+        Cards that carry a ``state`` other than ``ready`` (our own servers while loading) are left out.
+        """
+        try:
+            response = await self._http.get(f"{upstream.url}/models", timeout=self._health_timeout)
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailable(_describe(exc)) from exc
+        if response.status_code != 200:
+            raise UpstreamUnavailable(f"GET /models answered HTTP {response.status_code}")
+        try:
+            cards = msgspec.json.decode(response.content)["data"]
+            return {card["id"]: card for card in cards if card.get("state", "ready") == "ready"}
+        except (msgspec.DecodeError, KeyError, TypeError) as exc:
+            raise UpstreamUnavailable("GET /models did not answer an OpenAI model list") from exc
+
+    async def post(self, upstream: Upstream, route: str, body: dict[str, Any], request_id: str) -> dict[str, Any]:
+        """POST ``body`` to ``route`` and return the JSON answer."""
+        headers = {**_JSON_HEADERS, "x-request-id": request_id}
+        try:
+            response = await self._http.post(upstream.endpoint(route), content=msgspec.json.encode(body), headers=headers)
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailable(_describe(exc)) from exc
+        if response.status_code != 200:
+            raise _status_error(response)
+        try:
+            answer = msgspec.json.decode(response.content)
+        except msgspec.DecodeError as exc:
+            raise UpstreamUnavailable(f"POST /{route} answered something other than JSON") from exc
+        if not isinstance(answer, dict):
+            raise UpstreamUnavailable(f"POST /{route} answered JSON that is not an object")
+        return answer
+
+    async def stream(
+        self, upstream: Upstream, route: str, body: dict[str, Any], request_id: str
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """POST ``body`` to ``route`` and yield each server-sent event's JSON as it arrives.
+
+        Closing the generator closes the connection, which cancels the request upstream.
+        """
+        headers = {**_SSE_HEADERS, "x-request-id": request_id}
+        try:
+            async with self._http.stream(
+                "POST", upstream.endpoint(route), content=msgspec.json.encode(body), headers=headers
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise _status_error(response)
+                async for data in _event_data(response):
+                    try:
+                        yield msgspec.json.decode(data)
+                    except msgspec.DecodeError as exc:
+                        raise UpstreamUnavailable(f"POST /{route} streamed an event that is not JSON") from exc
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailable(_describe(exc)) from exc
+
+
+async def _event_data(response: httpx.Response) -> AsyncGenerator[str, None]:
+    """The ``data`` of each server-sent event, up to ``[DONE]``; other fields carry nothing here."""
+    lines: list[str] = []
+    done = False
+    async for line in response.aiter_lines():
+        if done:
+            continue  # read to the end, so the connection can be reused
+        if line.startswith("data:"):
+            lines.append(line[6:] if line.startswith("data: ") else line[5:])
+        elif not line and lines:
+            data, lines = "\n".join(lines), []
+            if data == "[DONE]":
+                done = True
+            else:
+                yield data
+    if lines and lines != ["[DONE]"]:
+        yield "\n".join(lines)
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _status_error(response: httpx.Response) -> UpstreamError | UpstreamUnavailable:
+    """What a non-200 answer means: 5xx, 429 and refused credentials (401, 403: our ``api_key`` is
+    wrong for that upstream, not the caller's) are the upstream's trouble, other codes the request's."""
+    message, type_, code, param = _error_fields(response)
+    status = response.status_code
+    if status >= 500 or status in (401, 403, 429):
+        retry_after = response.headers.get("retry-after")
+        return UpstreamUnavailable(
+            f"HTTP {status}: {message}",
+            overloaded=status == 429,
+            retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+        )
+    return UpstreamError(status, message, type=type_, code=code, param=param)
+
+
+def _error_fields(response: httpx.Response) -> tuple[str, str | None, str | None, str | None]:
+    """``message, type, code, param`` of an error answer: OpenAI's shape, FastAPI's or TGI's, or plain text."""
+    try:
+        data = msgspec.json.decode(response.content)
+    except msgspec.DecodeError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            code, param = error.get("code"), error.get("param")
+            return (
+                error["message"],
+                error.get("type") if isinstance(error.get("type"), str) else None,
+                str(code) if code is not None else None,
+                param if isinstance(param, str) else None,
+            )
+        for key in ("error", "message", "detail"):
+            if isinstance(data.get(key), str):
+                return data[key], None, None, None
+    text = response.text.strip()[:500]
+    return text or response.reason_phrase or f"HTTP {response.status_code}", None, None, None

@@ -1,0 +1,192 @@
+"""OpenAI answers and stream chunks from an upstream -> the engine's ``Delta``, ``Completion``, ``Embeddings``.
+
+Upstreams send token text, not token ids: ``token_ids`` stay empty and log-probabilities carry
+``token_id=-1``.  Tool calls that an upstream parsed are written back as the Hermes text
+(``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``) the embedded engine's models
+write, so callers of either engine read tool calls the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..api.tool_calls import HERMES_END, HERMES_START
+from ..engine.outputs import Choice, Completion, Delta, Embeddings, FinishReason, TokenLogprob, TopLogprob, Usage
+from .errors import UpstreamError
+
+#: Log-probabilities from an upstream name tokens by text only.
+UNKNOWN_TOKEN_ID = -1
+
+
+def finish_reason(value: Any) -> FinishReason | None:
+    """``length`` stays; every other reason (``stop``, ``tool_calls``, ``eos``...) is a ``stop``."""
+    if value is None:
+        return None
+    return "length" if value == "length" else "stop"
+
+
+def usage(value: Any) -> Usage | None:
+    """The token counts of a ``usage`` object."""
+    if not isinstance(value, dict):
+        return None
+    return Usage(prompt_tokens=int(value.get("prompt_tokens") or 0), completion_tokens=int(value.get("completion_tokens") or 0))
+
+
+def chat_logprobs(value: Any) -> list[TokenLogprob] | None:
+    """Chat's ``logprobs: {"content": [{token, logprob, top_logprobs}]}``."""
+    if not isinstance(value, dict) or not value.get("content"):
+        return None
+    return [
+        TokenLogprob(
+            UNKNOWN_TOKEN_ID, item["token"], item["logprob"],
+            [TopLogprob(UNKNOWN_TOKEN_ID, top["token"], top["logprob"]) for top in item.get("top_logprobs") or []],
+        )
+        for item in value["content"]
+    ]
+
+
+def completion_logprobs(value: Any) -> list[TokenLogprob] | None:
+    """Text completions' column layout: ``{tokens, token_logprobs, top_logprobs}``."""
+    if not isinstance(value, dict) or not value.get("tokens"):
+        return None
+    tops = value.get("top_logprobs") or [None] * len(value["tokens"])
+    return [
+        TokenLogprob(
+            UNKNOWN_TOKEN_ID, token, logprob,
+            [TopLogprob(UNKNOWN_TOKEN_ID, t, lp) for t, lp in (top or {}).items()],
+        )
+        for token, logprob, top in zip(value["tokens"], value["token_logprobs"], tops)
+    ]
+
+
+def raise_error_event(chunk: dict[str, Any]) -> None:
+    """An ``{"error": {...}}`` event in the stream ends it with that error."""
+    error = chunk.get("error")
+    if isinstance(error, dict):
+        code = error.get("code")
+        raise UpstreamError(
+            500, str(error.get("message", "the upstream reported an error")), type=error.get("type"),
+            code=str(code) if code is not None else None, param=error.get("param"),
+        )
+
+
+def _call_start(name: str) -> str:
+    return f'{HERMES_START}\n{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": '
+
+
+_CALL_END = "}\n" + HERMES_END
+
+
+def tool_calls_text(calls: list[dict[str, Any]]) -> str:
+    """Whole tool calls (``message.tool_calls``) as Hermes text."""
+    return "\n".join(
+        _call_start(call["function"]["name"]) + (call["function"].get("arguments") or "{}") + _CALL_END for call in calls
+    )
+
+
+class ChatDeltas:
+    """Turns a stream of chat chunks into deltas (tool-call pieces become Hermes text as they come)."""
+
+    def __init__(self) -> None:
+        self._open_calls: dict[int, bool] = {}  # choice index -> whether its open call has arguments yet
+        self._last_index = 0
+
+    def feed(self, chunk: dict[str, Any]) -> list[Delta]:
+        """The deltas of one chunk (none for a chunk that only opens the message)."""
+        raise_error_event(chunk)
+        deltas = []
+        for choice in chunk.get("choices") or []:
+            index = self._last_index = int(choice.get("index") or 0)
+            delta = choice.get("delta") or {}
+            text = (delta.get("content") or "") + "".join(self._call_piece(index, c) for c in delta.get("tool_calls") or [])
+            reason = finish_reason(choice.get("finish_reason"))
+            if reason is not None:
+                text += self._close_call(index)
+            logprobs = chat_logprobs(choice.get("logprobs"))
+            if text or logprobs or reason:
+                deltas.append(Delta(index, text, [], logprobs, reason))
+        if (counts := usage(chunk.get("usage"))) is not None:
+            deltas.append(Delta(self._last_index, "", [], usage=counts))
+        return deltas
+
+    def _call_piece(self, index: int, call: dict[str, Any]) -> str:
+        function = call.get("function") or {}
+        text = ""
+        if function.get("name"):  # a call's first piece names it
+            text = self._close_call(index)
+            text += ("\n" if text else "") + _call_start(function["name"])
+            self._open_calls[index] = False
+        arguments = function.get("arguments") or ""
+        if arguments and index in self._open_calls:
+            self._open_calls[index] = True
+        return text + arguments
+
+    def _close_call(self, index: int) -> str:
+        if index not in self._open_calls:
+            return ""
+        had_arguments = self._open_calls.pop(index)
+        return ("" if had_arguments else "{}") + _CALL_END
+
+
+class CompletionDeltas:
+    """Turns a stream of text completion chunks into deltas."""
+
+    def __init__(self) -> None:
+        self._last_index = 0
+
+    def feed(self, chunk: dict[str, Any]) -> list[Delta]:
+        """The deltas of one chunk."""
+        raise_error_event(chunk)
+        deltas = []
+        for choice in chunk.get("choices") or []:
+            index = self._last_index = int(choice.get("index") or 0)
+            text = choice.get("text") or ""
+            reason = finish_reason(choice.get("finish_reason"))
+            logprobs = completion_logprobs(choice.get("logprobs"))
+            if text or logprobs or reason:
+                deltas.append(Delta(index, text, [], logprobs, reason))
+        if (counts := usage(chunk.get("usage"))) is not None:
+            deltas.append(Delta(self._last_index, "", [], usage=counts))
+        return deltas
+
+
+def chat_completion(answer: dict[str, Any], request_id: str | None, model: str) -> Completion:
+    """A whole chat answer; tool calls are appended to the content as Hermes text."""
+    choices = []
+    for choice in answer.get("choices") or []:
+        message = choice.get("message") or {}
+        parts = [message.get("content") or "", tool_calls_text(message.get("tool_calls") or [])]
+        choices.append(Choice(
+            index=int(choice.get("index") or 0), text="\n".join(p for p in parts if p), token_ids=[],
+            finish_reason=finish_reason(choice.get("finish_reason")) or "stop",
+            logprobs=chat_logprobs(choice.get("logprobs")),
+        ))
+    return _completion(answer, request_id, model, choices)
+
+
+def text_completion(answer: dict[str, Any], request_id: str | None, model: str) -> Completion:
+    """A whole text completion answer."""
+    choices = [
+        Choice(
+            index=int(choice.get("index") or 0), text=choice.get("text") or "", token_ids=[],
+            finish_reason=finish_reason(choice.get("finish_reason")) or "stop",
+            logprobs=completion_logprobs(choice.get("logprobs")),
+        )
+        for choice in answer.get("choices") or []
+    ]
+    return _completion(answer, request_id, model, choices)
+
+
+def _completion(answer: dict[str, Any], request_id: str | None, model: str, choices: list[Choice]) -> Completion:
+    return Completion(
+        id=request_id or str(answer.get("id") or ""), model=model, choices=choices,
+        usage=usage(answer.get("usage")) or Usage(0, 0), prompt_token_ids=[],
+    )
+
+
+def embeddings(answer: dict[str, Any], model: str) -> Embeddings:
+    """Float vectors in input order, and the prompt's token count."""
+    data = sorted(answer.get("data") or [], key=lambda item: item.get("index", 0))
+    counts = usage(answer.get("usage"))
+    return Embeddings(model=model, vectors=[item["embedding"] for item in data], prompt_tokens=counts.prompt_tokens if counts else 0)
