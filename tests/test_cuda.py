@@ -22,7 +22,7 @@ def test_paged_decode_kernel_matches_reference(dtype, batch, heads, kv_heads, he
     from llm_middleware.engine.paged_decode import paged_decode_attention
 
     torch.manual_seed(batch)
-    block_size, num_blocks = 16, 256
+    block_size, num_blocks = 16, 1024
     k_cache = torch.randn(num_blocks * block_size + 1, kv_heads, head_dim, device="cuda", dtype=dtype)
     v_cache = torch.randn_like(k_cache)
     lens = torch.randint(1, 300, (batch,))

@@ -217,11 +217,17 @@ async def test_overload_past_max_waiting(tiny_model_dir: Path) -> None:
     gate = threading.Event()
     eng._models[eng.resolve_model(None)].worker.before_step = lambda batch: gate.wait()  # noqa: SLF001
     try:
-        tasks = [asyncio.create_task(eng.complete("Hello", max_tokens=2)) for _ in range(3)]
-        for _ in range(1000):  # until one is running (held in its step) and two wait
-            if eng.stats()["running"] == 1 and eng.stats()["waiting"] == 2:
-                break
-            await asyncio.sleep(0.01)
+        async def until(running: int, waiting: int) -> None:
+            for _ in range(1000):
+                if eng.stats()["running"] == running and eng.stats()["waiting"] == waiting:
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"engine never reached running={running} waiting={waiting}: {eng.stats()}")
+
+        tasks = [asyncio.create_task(eng.complete("Hello", max_tokens=2))]
+        await until(1, 0)  # held in its step by the gate
+        tasks += [asyncio.create_task(eng.complete("Hello", max_tokens=2)) for _ in range(2)]
+        await until(1, 2)
         with pytest.raises(errors.EngineOverloadedError) as info:
             await asyncio.wait_for(eng.complete("Hello", max_tokens=2), timeout=10)
         assert info.value.status == 429 and info.value.retry_after
@@ -430,3 +436,17 @@ def test_guided_json_schema_output_validates(engine: Engine) -> None:
     assert re.fullmatch("[0-9]{3}-[a-z]{2}", regex.text)
     with pytest.raises(errors.InvalidRequestError, match="invalid json_schema"):
         engine.complete_sync("Hello", guided={"json_schema": {"type": "nonsense"}})
+
+
+async def test_equal_length_prompts_prefilled_together_are_exact(tiny_model_dir: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    base = tok.encode(PROMPTS[1], add_special_tokens=False)
+    prompts = [base[:12], base[3:15], base[6:18]]  # one length: prefilled in one causal batch
+    eng = Engine(tiny_model_dir, seed=0)
+    try:
+        await eng.wait_ready()
+        got = await asyncio.gather(*(eng.complete(p, max_tokens=16, temperature=0, ignore_eos=True) for p in prompts))
+    finally:
+        eng.shutdown()
+    for ids, done in zip(prompts, got):
+        assert done.choices[0].token_ids == reference_greedy(tiny_model_dir, tok.decode(ids), 16)

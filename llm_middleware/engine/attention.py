@@ -28,7 +28,7 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # [B * S] cache slot of each new token (scratch for padding)
     context_slots: torch.Tensor | None  # [B, L] cache slots of each row's whole context
     mask: torch.Tensor | None  # [B, 1, S, L] True where a query may attend a key
-    causal_only: bool  # one row, no earlier context: plain causal attention on the new tokens
+    causal_only: bool  # fresh prompts of equal length: plain causal attention on the new tokens
     block_tables: torch.Tensor | None = None  # [B, max_blocks] int32: one-token decode through the CUDA kernel
     context_lens: torch.Tensor | None = None  # [B] int32, the new token included
 

@@ -19,10 +19,17 @@ _REPLACEMENT = "\ufffd"
 class IncrementalDetokenizer:
     """Turns one sequence's output token ids into text deltas."""
 
-    __slots__ = ("_tok", "_ids", "_prefix", "_read", "_stops", "_max_stop", "text", "_emitted", "stopped")
+    __slots__ = ("_decode_ids", "_ids", "_prefix", "_read", "_stops", "_max_stop", "text", "_emitted", "stopped")
 
     def __init__(self, tokenizer: Any, prompt_ids: list[int], stop: list[str]) -> None:
-        self._tok = tokenizer
+        # The Rust tokenizer itself when there is one: transformers' decode wrapper costs
+        # several times the decoding, and this runs twice per token per sequence.
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._decode_ids = (
+            (lambda ids: backend.decode(ids, skip_special_tokens=True))
+            if backend is not None
+            else (lambda ids: tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+        )
         self._ids = list(prompt_ids[-_CONTEXT_TOKENS:])
         self._prefix = 0
         self._read = len(self._ids)
@@ -35,8 +42,8 @@ class IncrementalDetokenizer:
     def add(self, token_id: int) -> None:
         """Append a token; updates ``text`` (whole characters only) and ``stopped``."""
         self._ids.append(token_id)
-        prefix_text = self._decode(self._ids[self._prefix : self._read])
-        full = self._decode(self._ids[self._prefix :])
+        prefix_text = self._decode_ids(self._ids[self._prefix : self._read])
+        full = self._decode_ids(self._ids[self._prefix :])
         if len(full) > len(prefix_text) and not full.endswith(_REPLACEMENT):
             new = full[len(prefix_text) :]
             self._prefix, self._read = self._read, len(self._ids)
@@ -44,9 +51,6 @@ class IncrementalDetokenizer:
             self.text += new
             if self._stops:
                 self._check_stop(start)
-
-    def _decode(self, ids: list[int]) -> str:
-        return self._tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def _check_stop(self, start: int) -> None:
         hits = [i for i in (self.text.find(s, start) for s in self._stops) if i >= 0]

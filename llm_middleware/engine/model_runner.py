@@ -53,7 +53,8 @@ class ModelRunner:
         new_slots = table.gather(1, positions // bs) * bs + positions % bs
         new_slots = torch.where(col >= pad, new_slots, self.kv_cache.scratch_slot)  # [B, S]
 
-        causal_only = len(rows) == 1 and starts[0] == 0
+        # Fresh prompts of one length need no cache reads and no mask: plain causal attention.
+        causal_only = all(start == 0 for start in starts) and all(n == width for _, n in rows)
         context_slots = mask = None
         if not causal_only:
             length = int(context.max())
