@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--quantize", choices=["4bit", "8bit"], default=None, help="also run the engine quantized")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-generate", action="store_true", help="only run the engine")
+    parser.add_argument("--compile", action="store_true", help="also run the engine with compile=True (CUDA)")
     args = parser.parse_args()
     streams = [int(n) for n in args.streams.split(",")]
 
@@ -90,16 +91,19 @@ def main() -> None:
             del model
             if args.device.startswith("cuda"):
                 torch.cuda.empty_cache()
-        for quantize in [None] + ([args.quantize] if args.quantize else []):
+        variants = [{}] + ([{"quantize": args.quantize}] if args.quantize else []) + ([{"compile": True}] if args.compile else [])
+        for variant in variants:
+            began = time.perf_counter()
             engine = Engine(path, max_batch_size=max(streams), max_prefill_tokens=4096, seed=0, device=args.device,
-                            quantize=quantize)
+                            **variant)
             engine.wait_ready_sync()
+            load_s = round(time.perf_counter() - began, 1)
             try:
                 asyncio.run(bench_engine(engine, prompt_ids(tokenizer, 1, args.prompt_tokens), 8, 1))  # warm-up
                 for n in streams:
                     tok_s = asyncio.run(bench_engine(engine, prompt_ids(tokenizer, n, args.prompt_tokens),
                                                      args.new_tokens, args.repeats))
-                    extra = {"quantize": quantize} if quantize else {}
+                    extra = {**variant, "load_s": load_s}
                     if args.device.startswith("cuda"):
                         extra["gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
                     report("engine", n, tok_s, **extra)

@@ -26,6 +26,7 @@ class ModelConfig:
     cpu_kv_cache_bytes: int = 4 * 2**30
     trust_remote_code: bool = False
     cuda_graphs: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         checks = [

@@ -32,8 +32,10 @@ class CudaDecoder:
     """Runs one-token decode steps for up to ``max_batch_size`` sequences on CUDA."""
 
     def __init__(self, model: Any, kv_cache: KVCache, *, max_batch_size: int, max_model_len: int, pad_id: int,
-                 use_graphs: bool) -> None:
-        self.model = model
+                 use_graphs: bool, compile_model: bool = False) -> None:
+        # torch.compile fuses the many small elementwise kernels of each layer (norms, rotary,
+        # activations); the batch dimension is dynamic so one compilation serves every bucket.
+        self.model = torch.compile(model, dynamic=True) if compile_model else model
         self.kv_cache = kv_cache
         self.buckets = batch_buckets(max_batch_size)
         self.block_size = kv_cache.block_size

@@ -73,7 +73,8 @@ class GenerationWorker:
         decoder = None
         if loaded.device.type == "cuda":
             decoder = CudaDecoder(self.model, self.kv_cache, max_batch_size=config.max_batch_size,
-                                  max_model_len=self.max_model_len, pad_id=self.pad_id, use_graphs=config.cuda_graphs)
+                                  max_model_len=self.max_model_len, pad_id=self.pad_id, use_graphs=config.cuda_graphs,
+                                  compile_model=config.compile)
         self.runner = ModelRunner(self.model, self.kv_cache, self.pad_id, decoder)
         self.generator = torch.Generator(device=loaded.device)
         if seed is not None:

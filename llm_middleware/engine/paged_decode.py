@@ -42,7 +42,8 @@ def _paged_decode_kernel(
         slots = block.to(tl.int64) * BLOCK_SIZE + offs_n % BLOCK_SIZE
         k = tl.load(k_ptr + slots[:, None] * stride_ks + kv_head * stride_kh + offs_d[None, :], mask=mask_n[:, None], other=0.0)
         v = tl.load(v_ptr + slots[:, None] * stride_vs + kv_head * stride_vh + offs_d[None, :], mask=mask_n[:, None], other=0.0)
-        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale  # [GROUP_PAD, BLOCK_N]
+        # Cast after scaling: under torch.compile ``scale`` arrives as a float64 scalar.
+        scores = (tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale).to(tl.float32)  # [GROUP_PAD, BLOCK_N]
         scores = tl.where(mask_n[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         p = tl.exp(scores - m_new[:, None])
