@@ -450,3 +450,11 @@ async def test_equal_length_prompts_prefilled_together_are_exact(tiny_model_dir:
         eng.shutdown()
     for ids, done in zip(prompts, got):
         assert done.choices[0].token_ids == reference_greedy(tiny_model_dir, tok.decode(ids), 16)
+
+
+def test_chat_template_with_and_without_generation_prompt(engine: Engine) -> None:
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    bare = engine.apply_chat_template(messages, add_generation_prompt=False)
+    prompted = engine.apply_chat_template(messages)
+    assert bare == "<|im_start|>user\nhi<|im_end|>\n"
+    assert prompted == bare + "<|im_start|>assistant\n"

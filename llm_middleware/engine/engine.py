@@ -259,9 +259,11 @@ class Engine:
 
     def apply_chat_template(self, messages: list[dict[str, Any]], *, model: str | None = None,
                             tools: list[dict[str, Any]] | None = None,
-                            chat_template_kwargs: dict[str, Any] | None = None) -> str:
-        """Render ``messages`` (and ``tools``) with the model's chat template, ready for generation."""
-        return _render_chat(self._worker_sync(model, "generate").tokenizer, messages, tools, chat_template_kwargs)
+                            chat_template_kwargs: dict[str, Any] | None = None,
+                            add_generation_prompt: bool = True) -> str:
+        """Render ``messages`` (and ``tools``) with the model's chat template (by default ready for generation)."""
+        return _render_chat(self._worker_sync(model, "generate").tokenizer, messages, tools, chat_template_kwargs,
+                            add_generation_prompt)
 
     def tokenize(self, text: str, *, model: str | None = None) -> list[int]:
         """Token ids of ``text`` (no special tokens added for generative models)."""
@@ -450,14 +452,14 @@ def _texts(inputs: str | list[str]) -> list[str]:
 
 
 def _render_chat(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                 template_kwargs: dict[str, Any] | None) -> str:
+                 template_kwargs: dict[str, Any] | None, add_generation_prompt: bool = True) -> str:
     if not messages:
         raise InvalidRequestError("'messages' must contain at least one message", param="messages")
     if getattr(tokenizer, "chat_template", None) is None:
         raise InvalidRequestError("this model has no chat template: use the completions API instead", param="messages")
     try:
         return tokenizer.apply_chat_template(
-            [_template_message(m) for m in messages], tools=tools or None, add_generation_prompt=True,
+            [_template_message(m) for m in messages], tools=tools or None, add_generation_prompt=add_generation_prompt,
             tokenize=False, **(template_kwargs or {}),
         )
     except InvalidRequestError:
