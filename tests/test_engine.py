@@ -458,3 +458,29 @@ def test_chat_template_with_and_without_generation_prompt(engine: Engine) -> Non
     prompted = engine.apply_chat_template(messages)
     assert bare == "<|im_start|>user\nhi<|im_end|>\n"
     assert prompted == bare + "<|im_start|>assistant\n"
+
+
+def test_logprob_bytes_rebuild_multibyte_text(engine: Engine) -> None:
+    from llm_middleware.engine.token_bytes import TokenBytes
+
+    worker = engine._models[engine.resolve_model(None)].worker  # noqa: SLF001
+    text = "东京 🚀 café"
+    ids = worker.tokenizer.encode(text, add_special_tokens=False)
+    to_bytes = TokenBytes(worker.tokenizer)
+    assert any("\ufffd" in worker.tokenizer.decode([t]) for t in ids)  # single tokens split characters
+    assert b"".join(to_bytes(t) for t in ids) == text.encode("utf-8")
+    done = engine.complete_sync(text, max_tokens=6, temperature=0, logprobs=True, top_logprobs=2, ignore_eos=True)
+    lps = done.choices[0].logprobs
+    assert lps is not None and all(lp.bytes == to_bytes(lp.token_id) for lp in lps)
+    assert all(top.bytes == to_bytes(top.token_id) for lp in lps for top in lp.top_logprobs)
+
+
+def test_max_waiting_zero_admits_requests_that_find_a_free_slot(tiny_model_dir: Path) -> None:
+    eng = Engine(tiny_model_dir, max_batch_size=2, max_waiting=0)
+    try:
+        done = eng.complete_sync("Hello", max_tokens=2)
+        assert done.usage.completion_tokens >= 1
+        with pytest.raises(errors.InvalidRequestError, match="prompt is empty"):
+            eng.complete_sync("")
+    finally:
+        eng.shutdown()

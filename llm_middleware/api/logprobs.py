@@ -13,9 +13,9 @@ def chat_logprobs(logprobs: list[TokenLogprob]) -> ChatLogprobs:
             TokenLogprobOut(
                 token=lp.token,
                 logprob=lp.logprob,
-                bytes=list(lp.token.encode("utf-8")),
+                bytes=list(lp.bytes),
                 top_logprobs=[
-                    TopLogprobOut(token=top.token, logprob=top.logprob, bytes=list(top.token.encode("utf-8")))
+                    TopLogprobOut(token=top.token, logprob=top.logprob, bytes=list(top.bytes))
                     for top in lp.top_logprobs
                 ],
             )

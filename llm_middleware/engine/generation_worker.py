@@ -9,7 +9,13 @@ from typing import Any
 
 import torch
 
-from ..errors import ContextLengthExceededError, EngineNotReadyError, EngineOverloadedError, EngineStepError
+from ..errors import (
+    ContextLengthExceededError,
+    EngineNotReadyError,
+    EngineOverloadedError,
+    EngineStepError,
+    InvalidRequestError,
+)
 from .block_manager import BlockManager
 from .config import ModelConfig
 from .delivery import Outbox, Sink
@@ -24,6 +30,7 @@ from .request import GenerationRequest
 from .sampler import SampleResult, Sampler
 from .sampling import SamplingParams
 from .scheduler import ScheduledBatch, Scheduler
+from .token_bytes import TokenBytes
 from .sequence import Sequence
 
 logger = logging.getLogger("llm_middleware")
@@ -82,6 +89,7 @@ class GenerationWorker:
         else:
             self.generator.seed()
         self.sampler = Sampler(self.eos_ids, self.generator)
+        self.token_bytes = TokenBytes(self.tokenizer)
         self.grammars = GrammarCompiler(self.tokenizer, self.model.get_output_embeddings().weight.shape[0], self.eos_ids)
         self.device = loaded.device
 
@@ -167,7 +175,7 @@ class GenerationWorker:
     def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Sink, request_id: str) -> GenerationRequest:
         """Queue a request, or raise at once: context too long, queue full, engine stopping."""
         if not prompt_ids:
-            raise ContextLengthExceededError("the prompt is empty: it must contain at least one token", param="prompt")
+            raise InvalidRequestError("the prompt is empty: it must contain at least one token", param="prompt")
         if len(prompt_ids) >= self.max_model_len:
             raise ContextLengthExceededError(
                 f"this model's maximum context length is {self.max_model_len} tokens, but the prompt has "
@@ -177,7 +185,9 @@ class GenerationWorker:
         if self._stopping:
             raise EngineNotReadyError("the engine is shutting down", retry_after=5)
         waiting = len(self._inbox) + len(self.scheduler.waiting)
-        if waiting >= self.config.max_waiting:
+        # Requests that will find a free batch slot do not wait: only the rest count.
+        free_slots = max(0, self.config.max_batch_size - len(self.scheduler.running))
+        if waiting + 1 - free_slots > self.config.max_waiting:
             raise EngineOverloadedError(
                 f"model {self.name!r} has {waiting} requests waiting (max_waiting={self.config.max_waiting}); retry later",
                 retry_after=1,
@@ -301,10 +311,10 @@ class GenerationWorker:
         tops: list[TopLogprob] = []
         if top and result.top_ids is not None and result.top_logprobs is not None:
             tops = [
-                TopLogprob(t, self._piece(t), lp)
+                TopLogprob(t, self._piece(t), lp, self.token_bytes(t))
                 for t, lp in zip(result.top_ids[row][:top], result.top_logprobs[row][:top])
             ]
-        return TokenLogprob(token, self._piece(token), result.logprobs[row], tops)
+        return TokenLogprob(token, self._piece(token), result.logprobs[row], tops, self.token_bytes(token))
 
     def _piece(self, token: int) -> str:
         return self.tokenizer.decode([token], clean_up_tokenization_spaces=False)

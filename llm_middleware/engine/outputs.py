@@ -15,6 +15,7 @@ class TopLogprob:
     token_id: int
     token: str
     logprob: float
+    bytes: bytes = b""  # the token's raw bytes (part of a character, for some tokens)
 
 
 @dataclass(slots=True)
@@ -25,6 +26,7 @@ class TokenLogprob:
     token: str
     logprob: float
     top_logprobs: list[TopLogprob] = field(default_factory=list)
+    bytes: bytes = b""  # the token's raw bytes (part of a character, for some tokens)
 
 
 @dataclass(slots=True)
