@@ -26,7 +26,7 @@ class AttentionMetadata:
 
     kv_cache: KVCache
     slot_mapping: torch.Tensor  # [B * S] cache slot of each new token (scratch for padding)
-    context_slots: torch.Tensor | None  # [B, L] cache slots of each row's whole context
+    gather_blocks: torch.Tensor | None  # [B, max_blocks] block ids of each row's context (L = max_blocks * block_size)
     mask: torch.Tensor | None  # [B, 1, S, L] True where a query may attend a key
     causal_only: bool  # fresh prompts of equal length: plain causal attention on the new tokens
     block_tables: torch.Tensor | None = None  # [B, max_blocks] int32: one-token decode through the CUDA kernel
@@ -59,8 +59,10 @@ def paged_attention_forward(
     if meta.causal_only:
         out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=True)
     else:
-        keys = k_cache[meta.context_slots].transpose(1, 2)  # [B, KVH, L, D]
-        values = v_cache[meta.context_slots].transpose(1, 2)
+        cache = meta.kv_cache
+        shape = (batch, -1, kv_heads, head_dim)
+        keys = cache.blocks(k_cache)[meta.gather_blocks].reshape(shape).transpose(1, 2)  # [B, KVH, L, D]
+        values = cache.blocks(v_cache)[meta.gather_blocks].reshape(shape).transpose(1, 2)
         out = F.scaled_dot_product_attention(query, keys, values, attn_mask=meta.mask, scale=scaling, enable_gqa=True)
     return out.transpose(1, 2).contiguous(), None  # [B, S, H, D]
 

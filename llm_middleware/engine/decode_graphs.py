@@ -54,7 +54,7 @@ class CudaDecoder:
 
     def _forward(self, rows: int) -> torch.Tensor:
         meta = AttentionMetadata(
-            kv_cache=self.kv_cache, slot_mapping=self.slot_mapping[:rows], context_slots=None, mask=None,
+            kv_cache=self.kv_cache, slot_mapping=self.slot_mapping[:rows], gather_blocks=None, mask=None,
             causal_only=False, block_tables=self.block_tables[:rows], context_lens=self.context_lens[:rows],
         )
         out = self.model(

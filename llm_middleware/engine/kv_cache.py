@@ -34,3 +34,7 @@ class KVCache:
     @staticmethod
     def bytes_per_token(*, num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
         return 2 * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+    def blocks(self, layer_cache: torch.Tensor) -> torch.Tensor:
+        """A layer's slots viewed as ``[num_blocks, block_size, kv_heads, head_dim]`` (scratch slot left out)."""
+        return layer_cache[: self.num_slots].view(self.num_blocks, self.block_size, *layer_cache.shape[1:])

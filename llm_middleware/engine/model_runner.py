@@ -46,7 +46,6 @@ class ModelRunner:
         col = torch.arange(width)[None, :]
         pad = width - count_t  # [B, 1]
         positions = start_t + (col - pad).clamp_min(0)  # [B, S]; padding repeats the first position
-        context = start_t + count_t  # [B, 1]
         blocks = max(len(seq.block_table) for seq, _ in rows)
         table = torch.tensor([seq.block_table + [0] * (blocks - len(seq.block_table)) for seq, _ in rows])
         bs = self.block_size
@@ -55,17 +54,17 @@ class ModelRunner:
 
         # Fresh prompts of one length need no cache reads and no mask: plain causal attention.
         causal_only = all(start == 0 for start in starts) and all(n == width for _, n in rows)
-        context_slots = mask = None
+        gather_blocks = mask = None
         if not causal_only:
-            length = int(context.max())
-            key_pos = torch.arange(length)[None, :]  # [1, L]
-            context_slots = table.gather(1, (key_pos // bs).expand(len(rows), -1).clamp_max(blocks - 1)) * bs + key_pos % bs
-            context_slots = torch.where(key_pos < context, context_slots, self.kv_cache.scratch_slot).to(dev)
+            # Whole blocks are gathered (contiguous copies); keys past each row's context, and
+            # the padding blocks of shorter rows, are masked out by position.
+            key_pos = torch.arange(blocks * bs)[None, :]  # [1, L]
+            gather_blocks = table.to(dev)
             mask = (key_pos[:, None, :] <= positions[:, :, None])[:, None].to(dev)  # [B, 1, S, L]
         meta = AttentionMetadata(
             kv_cache=self.kv_cache,
             slot_mapping=new_slots.reshape(-1).to(dev),
-            context_slots=context_slots,
+            gather_blocks=gather_blocks,
             mask=mask,
             causal_only=causal_only,
         )
