@@ -1,0 +1,245 @@
+"""The benchmark harness: our HTTP server under concurrent streaming clients, beside the baselines.
+
+    python -m bench.http_bench                                   # CPU: 24M-parameter Qwen3 shape, 1 and 32 streams
+    python -m bench.http_bench --size 4b --device cuda --dtype bfloat16 --streams 1,64,256 --new-tokens 256
+    python -m bench.http_bench --smoke                           # seconds: checks that every line is produced
+
+Builds a random-weight model from a fixed config (no download), then prints one JSON line
+per workload:
+
+* ``server``: ``llm-middleware``'s API behind hypercorn on loopback, N concurrent streaming
+  clients (``/v1/completions``, fixed output length with ``ignore_eos``): tokens/s, TTFT and
+  inter-token latency p50/p99 (milliseconds).
+* ``generate`` (one stream), ``generate_static_batch`` and ``generate_batch`` (transformers'
+  own continuous batching), in-process on the same model; ``mistralrs`` where that package
+  is installed.
+* ``passthrough``: requests/s of a host app's route served alone and behind the middleware.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+from llm_middleware.demo_model import build_demo_model
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prompts_of(tokenizer: Any, n: int, length: int) -> list[list[int]]:
+    base = tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 400, add_special_tokens=False)
+    return [base[i : i + length] for i in range(n)]
+
+
+class Server:
+    """``bench.server`` in a subprocess on a free loopback port."""
+
+    def __init__(self, model: Path, options: dict[str, Any], host_app: str | None = None) -> None:
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "bench.server", "--port", str(self.port), "--model", str(model),
+               "--options", json.dumps(options)]
+        if host_app:
+            cmd += ["--host-app", host_app]
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, path: str, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"benchmark server exited with {self.process.returncode}")
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"benchmark server not ready after {timeout} s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+async def one_stream(client: httpx.AsyncClient, prompt: list[int], new_tokens: int) -> tuple[float, list[float], int]:
+    """TTFT (s), the gaps between content chunks (s) and the completion tokens of one streamed request."""
+    body = {"prompt": prompt, "max_tokens": new_tokens, "stream": True, "ignore_eos": True, "temperature": 0,
+            "stream_options": {"include_usage": True}}
+    began = time.perf_counter()
+    arrivals: list[float] = []
+    tokens = 0
+    async with client.stream("POST", "/ai/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            if chunk["choices"] and chunk["choices"][0].get("text"):
+                arrivals.append(time.perf_counter())
+    ttft = arrivals[0] - began if arrivals else float("nan")
+    return ttft, [b - a for a, b in zip(arrivals, arrivals[1:])], tokens
+
+
+async def stream_workload(url: str, prompts: list[list[int]], new_tokens: int) -> dict[str, float]:
+    limits = httpx.Limits(max_connections=len(prompts), max_keepalive_connections=len(prompts))
+    async with httpx.AsyncClient(base_url=url, timeout=None, limits=limits) as client:
+        began = time.perf_counter()
+        results = await asyncio.gather(*(one_stream(client, p, new_tokens) for p in prompts))
+        elapsed = time.perf_counter() - began
+    ttfts = [r[0] * 1000 for r in results]
+    gaps = [g * 1000 for r in results for g in r[1]]
+    return {
+        "tokens_per_s": round(sum(r[2] for r in results) / elapsed, 1),
+        "ttft_ms_p50": round(percentile(ttfts, 0.5), 1), "ttft_ms_p99": round(percentile(ttfts, 0.99), 1),
+        "itl_ms_p50": round(percentile(gaps, 0.5), 2), "itl_ms_p99": round(percentile(gaps, 0.99), 2),
+    }
+
+
+async def passthrough_rate(url: str, requests: int, concurrency: int) -> float:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        await client.get("/shop")  # warm-up
+        queue = iter(range(requests))
+
+        async def worker() -> None:
+            for _ in queue:
+                (await client.get("/shop")).raise_for_status()
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return requests / (time.perf_counter() - began)
+
+
+def bench_generate(model: Any, prompts: list[list[int]], new_tokens: int) -> float:
+    ids = torch.tensor(prompts, device=model.device)
+    began = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                       do_sample=False, pad_token_id=0)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    return len(prompts) * new_tokens / (time.perf_counter() - began)
+
+
+def bench_generate_batch(model: Any, prompts: list[list[int]], new_tokens: int) -> float:
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+                              pad_token_id=0)
+    began = time.perf_counter()
+    outputs = model.generate_batch(inputs=prompts, generation_config=config, progress_bar=False)
+    tokens = sum(len(out.generated_tokens) for out in outputs.values())
+    return tokens / (time.perf_counter() - began)
+
+
+def bench_mistralrs(model_dir: Path, prompts: list[list[int]], new_tokens: int) -> float | None:
+    try:
+        import mistralrs  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    runner = mistralrs.Runner(which=mistralrs.Which.Plain(model_id=str(model_dir)))
+    began = time.perf_counter()
+    tokens = 0
+    for prompt in prompts:
+        out = runner.send_completion_request(mistralrs.CompletionRequest(
+            model="default", prompt=prompt, max_tokens=new_tokens, temperature=0.0))
+        tokens += out.usage.completion_tokens
+    return tokens / (time.perf_counter() - began)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=["tiny", "small", "4b"], default="small")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--streams", default="1,32", help="comma-separated concurrent stream counts")
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--quantize", choices=["4bit", "8bit"], help="also serve the model quantized")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the in-process transformers baselines")
+    parser.add_argument("--passthrough-requests", type=int, default=2000)
+    parser.add_argument("--smoke", action="store_true", help="tiny model, few tokens: checks the harness, not speed")
+    args = parser.parse_args()
+    if args.smoke:
+        args.size, args.streams, args.new_tokens, args.prompt_tokens, args.passthrough_requests = "tiny", "1,2", 8, 16, 50
+    streams = [int(n) for n in args.streams.split(",")]
+    common = {"size": args.size, "device": args.device, "dtype": args.dtype, "prompt_tokens": args.prompt_tokens,
+              "new_tokens": args.new_tokens}
+
+    def report(workload: str, **figures: Any) -> None:
+        print(json.dumps({"workload": workload, **figures, **common}), flush=True)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = build_demo_model(Path(tmp) / "model", size=args.size, max_position_embeddings=4096,
+                                device=args.device, dtype=args.dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        biggest = prompts_of(tokenizer, max(streams), args.prompt_tokens)
+        if not args.no_baselines:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(args.device).eval()
+            report("generate", streams=1, tokens_per_s=round(bench_generate(model, biggest[:1], args.new_tokens), 1))
+            report("generate_static_batch", streams=len(biggest),
+                   tokens_per_s=round(bench_generate(model, biggest, args.new_tokens), 1))
+            report("generate_batch", streams=len(biggest),
+                   tokens_per_s=round(bench_generate_batch(model, biggest, args.new_tokens), 1))
+            del model
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            for n in streams:
+                rate = bench_mistralrs(path, biggest[:n], args.new_tokens)
+                if rate is not None:
+                    report("mistralrs", streams=n, tokens_per_s=round(rate, 1))
+
+        options: dict[str, Any] = {"max_batch_size": max(streams), "max_prefill_tokens": 4096, "device": args.device,
+                                   "seed": 0}
+        for variant in [{}] + ([{"quantize": args.quantize}] if args.quantize else []):
+            server = Server(path, {**options, **variant})
+            try:
+                server.wait_ready("/ai/health")
+                asyncio.run(stream_workload(server.url, biggest[:1], 4))  # warm-up
+                for n in streams:
+                    report("server", streams=n, **variant, **asyncio.run(stream_workload(server.url, biggest[:n],
+                                                                                          args.new_tokens)))
+            finally:
+                server.stop()
+
+        for host_app in ("plain", "wrapped"):
+            server = Server(path, options, host_app=host_app)
+            try:
+                server.wait_ready("/shop")
+                rate = asyncio.run(passthrough_rate(server.url, args.passthrough_requests, 16))
+                report("passthrough", app=host_app, requests_per_s=round(rate, 1))
+            finally:
+                server.stop()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()

@@ -1,0 +1,31 @@
+"""The benchmark harness in its CI-sized form: it must produce every JSON line (speed is not checked)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_http_bench_smoke_prints_every_workload() -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "bench.http_bench", "--smoke"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=280, check=True).stdout
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    seen = {(line["workload"], line.get("streams"), line.get("app")) for line in lines}
+    assert {("generate", 1, None), ("generate_static_batch", 2, None), ("generate_batch", 2, None),
+            ("server", 1, None), ("server", 2, None), ("passthrough", None, "plain"),
+            ("passthrough", None, "wrapped")} <= seen
+    for line in lines:
+        if line["workload"] == "server":
+            assert line["tokens_per_s"] > 0
+            assert 0 < line["ttft_ms_p50"] <= line["ttft_ms_p99"]
+            assert 0 <= line["itl_ms_p50"] <= line["itl_ms_p99"]
+        elif line["workload"] == "passthrough":
+            assert line["requests_per_s"] > 0
+        else:
+            assert line["tokens_per_s"] > 0
