@@ -31,12 +31,13 @@ from .errors import (
     ModelNotFoundError,
 )
 from .middleware import LLMMiddleware
+from .remote import RemoteEngine
 
 __all__ = [
     "Choice", "Completion", "ContextLengthExceededError", "Delta", "Embeddings", "Engine", "EngineNotReadyError",
     "EngineOverloadedError", "EngineStepError", "InvalidRequestError", "LLMError", "LLMMiddleware", "LLMPlugin",
-    "ModelInfo", "ModelNotFoundError", "SamplingParams", "TokenLogprob", "TopLogprob", "Usage", "build_demo_model",
-    "demo_model_path",
+    "ModelInfo", "ModelNotFoundError", "RemoteEngine", "SamplingParams", "TokenLogprob", "TopLogprob", "Usage",
+    "build_demo_model", "demo_model_path",
 ]
 
 

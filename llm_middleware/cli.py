@@ -8,8 +8,12 @@ import logging
 import os
 import signal
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, Scope
+
+if TYPE_CHECKING:
+    from .middleware import LLMMiddleware
 
 
 #: Environment variable with API keys, comma-separated (read when no --api-key is given).
@@ -103,9 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def serve(args: argparse.Namespace) -> None:
     """Build the middleware for ``args`` and serve it until SIGINT or SIGTERM."""
-    from hypercorn.asyncio import serve as hypercorn_serve
-    from hypercorn.config import Config
-
     from .middleware import LLMMiddleware
 
     if args.demo:
@@ -126,8 +127,16 @@ async def serve(args: argparse.Namespace) -> None:
         drain_timeout=args.drain_timeout,
         **{name: value for name, value in engine_options.items() if value is not None},
     )
+    await serve_app(app, args.host, args.port)
+
+
+async def serve_app(app: LLMMiddleware, host: str, port: int) -> None:
+    """Serve ``app`` with hypercorn on ``host:port`` until SIGINT or SIGTERM, draining it first."""
+    from hypercorn.asyncio import serve as hypercorn_serve
+    from hypercorn.config import Config
+
     config = Config()
-    config.bind = [f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"]
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = "-"
 
     stop = asyncio.Event()

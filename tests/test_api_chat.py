@@ -185,6 +185,13 @@ async def test_named_tool_choice_must_name_an_offered_tool(call_api) -> None:
     assert result.status == 400 and result.json()["error"]["param"] == "tool_choice.function.name"
 
 
+async def test_forced_tool_choice_needs_tools(call_api) -> None:
+    # Without tools a forced call cannot be made: refused, rather than answered with text.
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        result = await call_api("POST", "/v1/chat/completions", {"messages": HELLO, "tool_choice": choice, "max_tokens": 2})
+        assert result.status == 400 and result.json()["error"]["param"] == "tool_choice"
+
+
 needs_guided = pytest.mark.skipif(not guided.GUIDED_SUPPORTED, reason="the engine has no constrained decoding")
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"unit": {"enum": ["c", "f"]}}, "required": ["unit"], "additionalProperties": False}}}

@@ -25,7 +25,8 @@ def test_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--help"])
     text = capsys.readouterr().out
-    for option in ("--model", "--demo", "--base-path", "--host", "--port", "--quantize", "--max-batch-size"):
+    for option in ("--model", "--demo", "--base-path", "--host", "--port", "--quantize", "--max-batch-size",
+                   "--api-key", "--public-path", "--request-timeout", "--drain-timeout"):
         assert option in text
 
 

@@ -302,6 +302,36 @@ async def test_body_over_the_limit_is_413_asgi(shop: ShopASGI, engine: Engine) -
     _assert_openai_error(status, body, 413)
 
 
+@pytest.mark.parametrize(
+    ("headers", "sizes"),
+    [([("content-length", "3000")], [600] * 5 + [0]), ([], [600] * 5 + [0]), ([], [600, 600])],
+    ids=["announced", "streamed", "over-on-the-last-chunk"],
+)
+async def test_body_over_the_limit_is_read_to_its_end_before_the_413(
+    shop: ShopASGI, engine: Engine, headers: list[tuple[str, str]], sizes: list[int]
+) -> None:
+    # A server that closes the connection with request bytes unread resets it, and clients that
+    # finish uploading before reading (the openai SDK's async client) then never see the 413.
+    # Reading past the last chunk would wait for a disconnect (here: pop from an empty list).
+    middleware = LLMMiddleware(shop, engine=engine, max_body_size=1000)
+    parts: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b"x" * size, "more_body": i < len(sizes) - 1} for i, size in enumerate(sizes)
+    ]
+    unread_at_start: list[int] = []
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return parts.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            unread_at_start.append(len(parts))
+            statuses.append(message["status"])
+
+    await middleware(http_scope("/ai/v1/chat/completions", method="POST", headers=headers), receive, send)
+    assert statuses == [413] and unread_at_start == [0]
+
+
 def test_body_over_the_limit_is_413_wsgi(engine: Engine) -> None:
     middleware = LLMMiddleware(shop_wsgi, engine=engine, max_body_size=1000)
     status, _, chunks = wsgi_call(middleware, "/ai/v1/chat/completions", method="POST", body=b"x" * 5000)

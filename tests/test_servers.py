@@ -1,4 +1,5 @@
-"""Real servers on loopback: hypercorn (ASGI) and werkzeug (WSGI) serving the middleware and the examples.
+"""Real servers on loopback: hypercorn (ASGI), werkzeug (WSGI) and the frameworks' own ``run`` commands
+(``flask run``, ``quart run``, ``litestar run``) serving the middleware and the examples.
 
 Every server runs in its own subprocess on a free port, all started together once for the module.
 """
@@ -6,19 +7,13 @@ Every server runs in its own subprocess on a free port, all started together onc
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from servers import Server, server_env, serving
 
 # name -> (command after `python`, home page text, whether the app exposes /stats)
 SERVERS: dict[str, tuple[list[str], str, bool]] = {
@@ -33,62 +28,18 @@ SERVERS: dict[str, tuple[list[str], str, bool]] = {
     "flask-run-example": (["-m", "flask", "--app", "examples.flask.app", "run"], "Flask shop", False),
     "hypercorn-litestar-example": (["-m", "hypercorn", "examples.litestar.app:app"], "Litestar shop", False),
     "hypercorn-quart-example": (["-m", "hypercorn", "examples.quart.app:app"], "Quart shop", False),
+    "quart-run-example": (["-m", "quart", "--app", "examples.quart.app:app", "run"], "Quart shop", False),
+    "litestar-run-example": (["-m", "litestar", "--app", "examples.litestar.app:app", "run"], "Litestar shop", False),
 }
 WITH_STATS = [name for name, (_, _, stats) in SERVERS.items() if stats]
 CHAT = {"messages": [{"role": "user", "content": "Hello"}]}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launch(args: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    if args[:2] == ["-m", "hypercorn"]:
-        args = [*args, "--bind", f"127.0.0.1:{port}"]
-    elif args[:2] == ["-m", "flask"]:
-        args = [*args, "--port", str(port)]
-    else:
-        args = [*args, str(port)]
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.stderr.read().decode()[-3000:]}")  # type: ignore[union-attr]
-        try:
-            if httpx.get(url + "/ai/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not become ready")
-
-
 @pytest.fixture(scope="module")
 def servers(tiny_model_dir: Path) -> Iterator[dict[str, str]]:
     """Base URLs of every server, each started once and stopped at the end of the module."""
-    env = {**os.environ, "LLM_MODEL": str(tiny_model_dir), "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    processes: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
-    try:
-        for name, (args, _, _) in SERVERS.items():
-            port = free_port()
-            processes[name] = (launch(args, port, env), f"http://127.0.0.1:{port}")
-        for process, url in processes.values():
-            wait_until_up(url, process)
-        yield {name: url for name, (_, url) in processes.items()}
-    finally:
-        for process, _ in processes.values():
-            process.send_signal(signal.SIGINT)
-        for process, _ in processes.values():
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with serving({name: Server(args) for name, (args, _, _) in SERVERS.items()}, server_env(tiny_model_dir)) as urls:
+        yield urls
 
 
 @pytest.mark.parametrize("name", list(SERVERS))

@@ -13,6 +13,7 @@ from .completions import completions
 from .docs import openapi_document, openapi_handler, swagger_ui
 from .embeddings import embeddings
 from .errors import error_response, exception_response
+from .forward import ForwardingEngine, forwarding_routes
 from .health import health
 from .http import Request, Response
 from .models import MODEL_PREFIX, list_models, retrieve_model
@@ -77,6 +78,8 @@ class API:
                   request_type=DetokenizeRequest, response_type=DetokenizeResponse),
             Route("GET", "/health", partial(health, engine), "Readiness of the engine", response_type=HealthStatus),
         ]
+        if isinstance(engine, ForwardingEngine):  # e.g. RemoteEngine: upstream servers answer OpenAI requests
+            routes = forwarding_routes(routes, engine)
         if include_docs:
             document = openapi_document(routes, title="llm_middleware OpenAI-compatible API", version=_package_version())
             routes += [

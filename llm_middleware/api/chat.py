@@ -12,7 +12,7 @@ from msgspec import UNSET, UnsetType
 from ..engine.outputs import Delta
 from ..errors import InvalidRequestError
 from .decoding import decode_body
-from .guided import response_format_spec, tool_call_spec
+from .guided import check_tool_parameters, regex_spec, response_format_spec, tool_call_spec
 from .http import Request, Response
 from .logprobs import chat_logprobs
 from .messages import template_messages, template_tools
@@ -52,6 +52,12 @@ class _ToolSettings:
 
 
 def _tool_settings(request: ChatCompletionRequest) -> _ToolSettings | None:
+    forced = request.tool_choice == "required" or isinstance(request.tool_choice, NamedToolChoice)
+    if forced and not request.tools:
+        # Answering with text would leave a client that forces a call without the call it waits for.
+        raise InvalidRequestError(
+            "'tool_choice' 'required' or a named function needs 'tools' to choose from.", param="tool_choice"
+        )
     if not request.tools or request.tool_choice == "none":
         return None
     names = frozenset(tool.function.name for tool in request.tools)
@@ -82,6 +88,13 @@ def _engine_call(request: ChatCompletionRequest, model: str, request_id: str) ->
         guided = tool_call_spec(request.tools or [], request.tool_choice or "auto", request.parallel_tool_calls is not False)
     if guided is None:
         guided = response_format_spec(request.response_format)
+    if request.guided_regex is not None:
+        if guided is not None:
+            raise InvalidRequestError(
+                "'guided_regex' cannot be combined with a JSON response_format or a forced tool call.",
+                param="guided_regex",
+            )
+        guided = regex_spec(request.guided_regex)
     if guided is not None:
         options["guided"] = guided
     return dict(
@@ -103,6 +116,7 @@ async def chat_completions(engine: Engine, request: Request, request_id: str) ->
     """Answer a chat completion request, streamed as server-sent events when ``stream`` is set."""
     body = decode_body(request, chat_request_decoder)
     messages = template_messages(body.messages)
+    check_tool_parameters(body.tools or [])
     tools = _tool_settings(body)
     model = engine.resolve_model(body.model, task="generate")
     call = _engine_call(body, model, request_id)

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 from msgspec import UNSET, UnsetType
 
 from ..engine.outputs import Completion, Delta
+from ..engine.sampling import MAX_TOP_LOGPROBS
 from ..errors import InvalidRequestError
 from .decoding import decode_body
+from .guided import regex_spec
 from .http import Request, Response
 from .logprobs import completion_logprobs
 from .options import sampling_options
@@ -49,6 +51,10 @@ def _check_unsupported(request: CompletionRequest) -> None:
         raise InvalidRequestError("'suffix' (fill-in-the-middle) is not supported.", param="suffix", code="unsupported_parameter")
     if request.best_of is not None and request.best_of != (request.n or 1):
         raise InvalidRequestError("'best_of' other than 'n' is not supported.", param="best_of", code="unsupported_parameter")
+    if request.logprobs is not None and not 0 <= request.logprobs <= MAX_TOP_LOGPROBS:
+        raise InvalidRequestError(
+            f"'logprobs' must be between 0 and {MAX_TOP_LOGPROBS}, got {request.logprobs}.", param="logprobs"
+        )
     if request.echo and request.logprobs is not None:
         # Echoed logprobs need the prompt's log-probabilities, which the engine does not compute.
         raise InvalidRequestError(
@@ -66,6 +72,8 @@ async def completions(engine: Engine, request: Request, request_id: str) -> Resp
     if body.logprobs is not None:
         options["logprobs"] = True
         options["top_logprobs"] = body.logprobs
+    if body.guided_regex is not None:
+        options["guided"] = regex_spec(body.guided_regex)
     n = body.n or 1
     echoes = [await _echo(engine, p, model) if body.echo else "" for p in prompts]
     ids = [request_id] if len(prompts) == 1 else [f"{request_id}-{k}" for k in range(len(prompts))]

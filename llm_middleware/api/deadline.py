@@ -57,9 +57,10 @@ class Deadline:
             self._loop.call_soon_threadsafe(self._set, error)
 
     def cancel(self) -> None:
-        """The request is over: stop the timer."""
+        """The request is over: stop the timer (from any thread)."""
         if self._timer is not None:
-            self._timer.cancel()
+            with contextlib.suppress(RuntimeError):  # the loop is closed: so is the timer
+                self._loop.call_soon_threadsafe(self._timer.cancel)
 
     def _set(self, error: LLMError) -> None:
         if not self._expired.done():
@@ -74,7 +75,7 @@ class Deadline:
             # Also reached when we are cancelled (client gone): the work must not outlive us.
             if not task.done():
                 task.cancel()
-                with contextlib.suppress(BaseException):
+                with contextlib.suppress(Exception, asyncio.CancelledError):
                     await task
         return task if not task.cancelled() else None
 

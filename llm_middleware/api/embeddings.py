@@ -16,11 +16,19 @@ if TYPE_CHECKING:
     from ..engine.engine import Engine
 
 
+# OpenAI's limit on inputs per request; larger batches belong in several requests.
+MAX_INPUTS = 2048
+
+
 def _inputs(value: str | list[object]) -> list[str]:
     if isinstance(value, str):
         return [value]
     if not value:
         raise InvalidRequestError("'input' must not be empty.", param="input")
+    if len(value) > MAX_INPUTS:
+        raise InvalidRequestError(
+            f"'input' has {len(value)} entries; send at most {MAX_INPUTS} per request.", param="input"
+        )
     for i, item in enumerate(value):
         if not isinstance(item, str):
             raise InvalidRequestError(

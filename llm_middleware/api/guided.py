@@ -44,6 +44,41 @@ def _check_grammar(grammar: str, param: str) -> None:
         raise InvalidRequestError(f"Invalid schema for '{param}': {problem}", param=param)
 
 
+def _check_schema(schema: dict[str, Any], param: str, *, lenient: bool = False) -> None:
+    """Reject a JSON Schema that is malformed; unless ``lenient``, also one using keywords that
+    constrained decoding does not implement."""
+    from llguidance import LLMatcher
+
+    try:
+        grammar = LLMatcher.grammar_from_json_schema(schema, defaults={"lenient": True} if lenient else None)
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequestError(f"Invalid schema for '{param}': {exc}", param=param) from None
+    _check_grammar(grammar, param)
+
+
+def check_tool_parameters(tools: list[ToolDefinition]) -> None:
+    """Reject tools whose ``parameters`` is not a valid JSON Schema.
+
+    Lenient: schemas that only describe tools to the model may use keywords that constrained
+    decoding does not implement (``not``, ``if``); a forced call compiles them strictly.
+    """
+    for i, tool in enumerate(tools):
+        if tool.function.parameters is not None:
+            _check_schema(tool.function.parameters, f"tools[{i}].function.parameters", lenient=True)
+
+
+def regex_spec(pattern: str) -> dict[str, Any]:
+    """The ``guided`` spec for vLLM's ``guided_regex`` extension: the output must match ``pattern``."""
+    if not GUIDED_SUPPORTED:
+        raise _unsupported("guided_regex", "guided_regex")
+    from llguidance import LLMatcher
+
+    problem = LLMatcher.validate_grammar(LLMatcher.grammar_from_regex(pattern))
+    if problem:
+        raise InvalidRequestError(f"Invalid regular expression in 'guided_regex': {problem}", param="guided_regex")
+    return {"regex": pattern}
+
+
 def response_format_spec(response_format: ResponseFormat | None) -> dict[str, Any] | None:
     """The ``guided`` spec for a ``response_format`` (None for plain text)."""
     if response_format is None or response_format.type == "text":
@@ -57,9 +92,7 @@ def response_format_spec(response_format: ResponseFormat | None) -> dict[str, An
             "response_format of type 'json_schema' needs a 'json_schema' object.", param="response_format.json_schema"
         )
     schema = response_format.json_schema.schema or _ANY_OBJECT
-    from llguidance import LLMatcher
-
-    _check_grammar(LLMatcher.grammar_from_json_schema(schema), "response_format.json_schema.schema")
+    _check_schema(schema, "response_format.json_schema.schema")
     return {"json_schema": schema}
 
 

@@ -7,6 +7,9 @@ from typing import Any
 from ..errors import InvalidRequestError
 from .schemas import SamplingFields
 
+# Seeds become 64-bit generator seeds (one per choice: seed, seed + 1, ...).
+_SEED_RANGE = (-(2**63), 2**63 - 1)
+
 # Fields whose request name and meaning equal the engine's; None means "model default".
 _PASSED_AS_IS = (
     "temperature", "top_p", "n", "stop", "presence_penalty", "frequency_penalty", "seed",
@@ -28,6 +31,11 @@ def _logit_bias(bias: dict[str, float]) -> dict[int, float]:
 def sampling_options(request: SamplingFields, *, max_tokens: int | None) -> dict[str, Any]:
     """The engine's sampling options for ``request``; fields left out keep the model's defaults."""
     options: dict[str, Any] = {name: value for name in _PASSED_AS_IS if (value := getattr(request, name)) is not None}
+    if request.seed is not None and not (_SEED_RANGE[0] <= request.seed <= _SEED_RANGE[1]):
+        raise InvalidRequestError(
+            f"'seed' must be a 64-bit signed integer ({_SEED_RANGE[0]}..{_SEED_RANGE[1]}), got {request.seed}.",
+            param="seed",
+        )
     if max_tokens is not None:
         options["max_tokens"] = max_tokens
     if request.logit_bias:

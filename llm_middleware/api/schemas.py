@@ -121,6 +121,7 @@ class SamplingFields(Struct, kw_only=True):
     min_tokens: int | None = None
     ignore_eos: bool | None = None
     stop_token_ids: list[int] | None = None
+    guided_regex: str | None = None
 
 
 class ChatCompletionRequest(SamplingFields, kw_only=True):

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import InvalidRequestError
 from .decoding import decode_body
+from .guided import check_tool_parameters
 from .http import Request, Response
 from .messages import template_messages, template_tools
 from .responses import json_response
@@ -24,6 +25,7 @@ async def tokenize(engine: Engine, request: Request, request_id: str) -> Respons
     body = decode_body(request, tokenize_request_decoder)
     if (body.prompt is None) == (body.messages is None):
         raise InvalidRequestError("Give exactly one of 'prompt' and 'messages'.", param="prompt")
+    check_tool_parameters(body.tools or [])
     model = engine.resolve_model(body.model)
     if body.messages is not None:
         text = await asyncio.to_thread(

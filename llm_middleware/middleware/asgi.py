@@ -27,8 +27,13 @@ class ClientDisconnectedError(Exception):
 
 
 async def read_body(receive: ASGIReceiveCallable, headers: dict[str, str], limit: int) -> bytes:
-    """Read the whole request body, raising :class:`BodyTooLargeError` as soon as it passes ``limit``."""
-    check_declared_length(headers.get("content-length"), limit)
+    """Read the whole request body, raising :class:`BodyTooLargeError` as soon as it passes ``limit``
+    (after dropping the rest of the body, see :func:`discard_body`)."""
+    try:
+        check_declared_length(headers.get("content-length"), limit)
+    except BodyTooLargeError:
+        await discard_body(receive)
+        raise
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -38,11 +43,34 @@ async def read_body(receive: ASGIReceiveCallable, headers: dict[str, str], limit
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
+            # Only a body with more to come has anything left to drop: asking for more after the
+            # last chunk would wait for the client to hang up.
+            if message.get("more_body", False):
+                await discard_body(receive)
             raise BodyTooLargeError
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+# How much of a refused body is still read (and dropped) before answering; beyond it the connection is cut.
+DISCARD_LIMIT = 64 * 2**20
+
+
+async def discard_body(receive: ASGIReceiveCallable, limit: int = DISCARD_LIMIT) -> None:
+    """Read and drop the rest of the request body, up to ``limit`` bytes.
+
+    A server that closes a connection with request bytes still unread makes the kernel reset it,
+    which can destroy a response the client has not read yet: an early 413 would then reach
+    clients that finish uploading before they read (httpx's async transport) as a connection error.
+    """
+    size = 0
+    while size <= limit:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
+        size += len(message.get("body", b""))
 
 
 def build_request(scope: HTTPScope, path: str, root_path: str, headers: dict[str, str], body: bytes) -> Request:

@@ -17,7 +17,7 @@ from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope
 
 from ..api.app import API
 from ..api.deadline import Deadline, RequestTimeoutError, respond_within
-from ..api.errors import error_response
+from ..api.errors import error_response, exception_response
 from ..api.http import Request, Response
 from . import asgi, wsgi
 from .access_log import log_access
@@ -93,7 +93,8 @@ class APIEndpoint:
         self.max_body_size = max_body_size
         self.request_timeout = request_timeout
         self.metrics = Metrics(engine)
-        self._api = API(ObservedEngine(engine, self.metrics), base_path=base_path, include_docs=include_docs)  # type: ignore[arg-type]
+        observed = ObservedEngine(engine, self.metrics)
+        self._api = API(observed, base_path=base_path, include_docs=include_docs)  # type: ignore[arg-type]
         self._cors = CORSPolicy(allowed_origins) if allowed_origins is not None else None
         self._auth = Authenticator(api_keys, authorize, public_paths)
         self._drain = Drain(drain_timeout)
@@ -144,11 +145,17 @@ class APIEndpoint:
         current_exchange.set(exchange)
         return exchange
 
-    async def _admit(self, method: str, path: str, headers: dict[str, str], client: tuple[str, int] | None) -> Response | None:
+    async def _admit(
+        self, method: str, path: str, headers: dict[str, str], client: tuple[str, int] | None
+    ) -> Response | None:
         """The answer to give without reading the body, or None to go on to the API."""
         if self._cors is not None and self._cors.is_preflight(method, headers):
             return self._cors.preflight(headers)
-        if not await self._auth.allows(request_info(method, path, headers, client)):
+        try:
+            allowed = await self._auth.allows(request_info(method, path, headers, client))
+        except Exception as exc:  # the host app's authorize failed: a logged 500, not a crash
+            return exception_response(exc)
+        if not allowed:
             return unauthorized_response()
         if self._drain.draining:
             return self._drain.refusal()

@@ -17,6 +17,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..api.http import Response
+from ..errors import LLMError
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
@@ -43,7 +44,10 @@ class _EngineCollector(Collector):
         for info in self._engine.models():
             if info.task != "generate":
                 continue
-            stats = self._engine.stats(info.name)
+            try:
+                stats = self._engine.stats(info.name)
+            except LLMError:  # the model went away between the two calls (a remote engine's upstream)
+                continue
             families["waiting"].add_metric([info.name], stats["waiting"])
             families["running"].add_metric([info.name], stats["running"])
             families["used"].add_metric([info.name], stats["total_kv_blocks"] - stats["free_kv_blocks"])

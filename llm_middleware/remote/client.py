@@ -62,7 +62,9 @@ class UpstreamClient:
         """POST ``body`` to ``route`` and return the JSON answer."""
         headers = {**_JSON_HEADERS, "x-request-id": request_id}
         try:
-            response = await self._http.post(upstream.endpoint(route), content=msgspec.json.encode(body), headers=headers)
+            response = await self._http.post(
+                upstream.endpoint(route), content=msgspec.json.encode(body), headers=headers
+            )
         except httpx.TransportError as exc:
             raise UpstreamUnavailable(_describe(exc)) from exc
         if response.status_code != 200:

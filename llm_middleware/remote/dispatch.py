@@ -82,9 +82,8 @@ class Dispatcher:
     def _exhausted(self, model: str, failures: list[UpstreamUnavailable]) -> LLMError:
         if failures and all(f.overloaded for f in failures):
             waits = [f.retry_after for f in failures if f.retry_after is not None]
-            return EngineOverloadedError(
-                f"every upstream serving {model!r} is overloaded", retry_after=min(waits) if waits else self._retry_after
-            )
+            retry_after = min(waits) if waits else self._retry_after
+            return EngineOverloadedError(f"every upstream serving {model!r} is overloaded", retry_after=retry_after)
         reasons = "; ".join(str(f) for f in failures) or "none is in rotation"
         return EngineNotReadyError(
             f"no upstream could take the request for {model!r}: {reasons}", retry_after=self._retry_after

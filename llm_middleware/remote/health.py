@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from .client import UpstreamClient
 from .upstream import Upstream, UpstreamPool
+
+_httpx_logger = logging.getLogger("httpx")
+
+
+class _HideHealthChecks(logging.Filter):
+    """Drops httpx's INFO line for each health check (one per upstream every few seconds would
+    flood the log); every other request httpx makes is still logged."""
+
+    def __init__(self, urls: set[str]) -> None:
+        super().__init__()
+        self._urls = urls
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (isinstance(args, tuple) and len(args) > 1 and args[0] == "GET" and str(args[1]) in self._urls)
 
 
 class HealthChecker:
@@ -24,10 +40,15 @@ class HealthChecker:
 
     async def run(self) -> None:
         """Check every upstream, then again every ``interval`` seconds, until cancelled."""
-        while True:
-            await asyncio.gather(*(self.check(u) for u in self._pool.upstreams))
-            self.discovered.set()
-            await asyncio.sleep(self._interval)
+        quiet = _HideHealthChecks({f"{u.url}/models" for u in self._pool.upstreams})
+        _httpx_logger.addFilter(quiet)
+        try:
+            while True:
+                await asyncio.gather(*(self.check(u) for u in self._pool.upstreams))
+                self.discovered.set()
+                await asyncio.sleep(self._interval)
+        finally:
+            _httpx_logger.removeFilter(quiet)
 
     async def check(self, upstream: Upstream) -> None:
         """Check one upstream now."""

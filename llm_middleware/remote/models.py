@@ -24,7 +24,9 @@ class ModelNames:
         self.model_map = dict(model_map or {})
         for public, upstream in self.model_map.items():
             if not isinstance(public, str) or not isinstance(upstream, str) or not public or not upstream:
-                raise ValueError(f"model_map maps public names to upstream model ids (strings), got {public!r}: {upstream!r}")
+                raise ValueError(
+                    f"model_map maps public names to upstream model ids (strings), got {public!r}: {upstream!r}"
+                )
 
     def public(self, upstream_id: str) -> list[str]:
         """The public names of ``upstream_id``."""

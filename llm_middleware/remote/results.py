@@ -30,7 +30,9 @@ def usage(value: Any) -> Usage | None:
     """The token counts of a ``usage`` object."""
     if not isinstance(value, dict):
         return None
-    return Usage(prompt_tokens=int(value.get("prompt_tokens") or 0), completion_tokens=int(value.get("completion_tokens") or 0))
+    return Usage(
+        prompt_tokens=int(value.get("prompt_tokens") or 0), completion_tokens=int(value.get("completion_tokens") or 0)
+    )
 
 
 def chat_logprobs(value: Any) -> list[TokenLogprob] | None:
@@ -56,7 +58,7 @@ def completion_logprobs(value: Any) -> list[TokenLogprob] | None:
             UNKNOWN_TOKEN_ID, token, logprob,
             [TopLogprob(UNKNOWN_TOKEN_ID, t, lp) for t, lp in (top or {}).items()],
         )
-        for token, logprob, top in zip(value["tokens"], value["token_logprobs"], tops)
+        for token, logprob, top in zip(value["tokens"], value["token_logprobs"], tops, strict=False)
     ]
 
 
@@ -81,7 +83,8 @@ _CALL_END = "}\n" + HERMES_END
 def tool_calls_text(calls: list[dict[str, Any]]) -> str:
     """Whole tool calls (``message.tool_calls``) as Hermes text."""
     return "\n".join(
-        _call_start(call["function"]["name"]) + (call["function"].get("arguments") or "{}") + _CALL_END for call in calls
+        _call_start(call["function"]["name"]) + (call["function"].get("arguments") or "{}") + _CALL_END
+        for call in calls
     )
 
 
@@ -99,7 +102,8 @@ class ChatDeltas:
         for choice in chunk.get("choices") or []:
             index = self._last_index = int(choice.get("index") or 0)
             delta = choice.get("delta") or {}
-            text = (delta.get("content") or "") + "".join(self._call_piece(index, c) for c in delta.get("tool_calls") or [])
+            calls = delta.get("tool_calls") or []
+            text = (delta.get("content") or "") + "".join(self._call_piece(index, call) for call in calls)
             reason = finish_reason(choice.get("finish_reason"))
             if reason is not None:
                 text += self._close_call(index)
@@ -189,4 +193,5 @@ def embeddings(answer: dict[str, Any], model: str) -> Embeddings:
     """Float vectors in input order, and the prompt's token count."""
     data = sorted(answer.get("data") or [], key=lambda item: item.get("index", 0))
     counts = usage(answer.get("usage"))
-    return Embeddings(model=model, vectors=[item["embedding"] for item in data], prompt_tokens=counts.prompt_tokens if counts else 0)
+    vectors = [item["embedding"] for item in data]
+    return Embeddings(model=model, vectors=vectors, prompt_tokens=counts.prompt_tokens if counts else 0)

@@ -77,9 +77,10 @@ class UpstreamPool:
         candidates = [u for u in serving if u.healthy] or serving
         if not candidates:
             return None
+        least = min(u.outstanding for u in candidates)
+        tied = [u for u in candidates if u.outstanding == least]
         self._turn += 1
-        count = len(self.upstreams)
-        return min(candidates, key=lambda u: (u.outstanding, (self.upstreams.index(u) - self._turn) % count))
+        return tied[self._turn % len(tied)]
 
     def mark_down(self, upstream: Upstream, reason: str) -> None:
         """Take ``upstream`` out of rotation until a health check passes."""

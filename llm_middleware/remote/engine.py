@@ -1,0 +1,503 @@
+"""``RemoteEngine``: the engine API, served by a fleet of OpenAI-compatible servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..engine.outputs import Completion, Delta, Embeddings, ModelInfo
+from ..errors import EngineNotReadyError, InvalidRequestError
+from . import bodies, results
+from .bridge import EngineLoop
+from .client import UpstreamClient
+from .dispatch import Dispatcher
+from .errors import UpstreamError
+from .health import HealthChecker
+from .models import ModelNames, ServedModel, Task, catalog, resolve
+from .upstream import UpstreamPool, UpstreamStatus, normalize_url
+
+EngineState = Literal["stopped", "loading", "ready", "failed", "stopping"]
+
+#: Routes :meth:`RemoteEngine.forward` serves, and the task their model must have.
+_ROUTE_TASKS: dict[str, Task | None] = {
+    "chat/completions": "generate",
+    "completions": "generate",
+    "embeddings": "embed",
+    "tokenize": None,
+    "detokenize": None,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    """A remote engine's options, checked."""
+
+    urls: tuple[str, ...]
+    names: ModelNames
+    api_key: str | None
+    timeout: float
+    connect_timeout: float
+    health_interval: float
+    http2: bool
+
+
+class _Runtime:
+    """What exists while the engine runs (on its loop): the client, the pool, the checks."""
+
+    def __init__(self, settings: _Settings) -> None:
+        self.pool = UpstreamPool(settings.urls)
+        self.names = settings.names
+        self.client = UpstreamClient(
+            api_key=settings.api_key, timeout=settings.timeout, connect_timeout=settings.connect_timeout,
+            http2=settings.http2,
+        )
+        self.dispatcher = Dispatcher(self.pool, self.client, retry_after=settings.health_interval)
+        self.checker = HealthChecker(self.pool, self.client, settings.health_interval)
+        self.retry_after = settings.health_interval
+        self._checks: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, settings: _Settings) -> _Runtime:
+        """Build the runtime on the engine loop and start the health checks there."""
+        runtime = cls(settings)
+        runtime._checks = asyncio.ensure_future(runtime.checker.run())
+        return runtime
+
+    async def close(self) -> None:
+        """Stop the health checks and close every connection."""
+        assert self._checks is not None  # set by open()
+        self._checks.cancel()
+        await asyncio.gather(self._checks, return_exceptions=True)
+        await self.client.aclose()
+
+    def models(self) -> list[ServedModel]:
+        """Every model served now (or before its upstreams left rotation)."""
+        return catalog(self.pool, self.names)
+
+    def down_reasons(self) -> str:
+        """Why each upstream out of rotation is out."""
+        return "; ".join(f"{u.url}: {u.error}" for u in self.pool.upstreams if not u.healthy)
+
+    def served(self, name: str | None, task: Task | None) -> ServedModel:
+        """The model ``name`` refers to; 503 while no upstream serves anything."""
+        models = self.models()
+        if not models:
+            reasons = self.down_reasons()
+            raise EngineNotReadyError(f"no upstream serves a model: {reasons}", retry_after=self.retry_after)
+        return resolve(models, name, task)
+
+    async def route(self, name: str | None, task: Task | None) -> ServedModel:
+        """The model a request names, once every upstream has been asked what it serves."""
+        await self.checker.discovered.wait()
+        return self.served(name, task)
+
+
+class RemoteEngine:
+    """The engine API over existing OpenAI-compatible servers (vLLM, SGLang, TGI, mistral.rs,
+    ``llm-middleware serve``): ``LLMMiddleware(app, engine=RemoteEngine([...]))`` serves the same
+    routes as with an embedded engine, and your views call the same methods.
+
+    Requests go to the least busy upstream serving their model; upstreams that fail leave
+    rotation until a health check passes, and requests that had not produced a byte yet are
+    retried on another upstream.  Every method is thread-safe; async ones work from any loop.
+
+    Args:
+        upstreams: Base URLs of the servers, up to their ``/v1`` (``http://gpu-1:8000/v1``).
+        api_key: Sent as ``Authorization: Bearer ...`` to every upstream.
+        model_map: Public model name -> upstream model id; clients see and send the public names.
+        timeout: Longest wait, in seconds, for an upstream's next bytes: for a whole (not streamed)
+            answer that is the whole generation; for a stream, the longest pause between chunks.
+        connect_timeout: Longest wait to connect to an upstream; also bounds each health check.
+        health_interval: Seconds between two health checks (``GET {upstream}/models``) of every upstream.
+        http2: Use HTTP/2 where an upstream offers it (negotiated over TLS); needs the ``h2`` extra.
+    """
+
+    def __init__(
+        self,
+        upstreams: Sequence[str] | str,
+        *,
+        api_key: str | None = None,
+        model_map: Mapping[str, str] | None = None,
+        timeout: float = 600.0,
+        connect_timeout: float = 5.0,
+        health_interval: float = 5.0,
+        http2: bool = False,
+    ) -> None:
+        if isinstance(upstreams, str):
+            upstreams = [upstreams]
+        if not upstreams:
+            raise ValueError("RemoteEngine needs at least one upstream URL, such as http://gpu-1:8000/v1")
+        urls = tuple(normalize_url(url) for url in upstreams)
+        if len(set(urls)) < len(urls):
+            raise ValueError(f"an upstream URL is listed twice: {', '.join(urls)}")
+        seconds = {"timeout": timeout, "connect_timeout": connect_timeout, "health_interval": health_interval}
+        for name, value in seconds.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if http2:
+            try:
+                import h2  # noqa: F401
+            except ImportError:
+                raise ImportError("http2=True needs the h2 package: pip install 'llm_middleware[h2]'") from None
+        self._settings = _Settings(
+            urls=urls, names=ModelNames(model_map), api_key=api_key,
+            timeout=timeout, connect_timeout=connect_timeout, health_interval=health_interval, http2=http2,
+        )
+        self._loop = EngineLoop("llm-remote-engine")
+        self._lock = threading.Lock()
+        self._runtime: _Runtime | None = None
+        self._pid: int | None = None
+        self._stopping = False
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the health checks in the background (idempotent, returns at once)."""
+        with self._lock:
+            if self._runtime is not None and self._pid == os.getpid():
+                return
+            self._loop.open()
+            self._runtime = self._loop.run(_Runtime.open(self._settings))
+            self._pid = os.getpid()
+
+    def shutdown(self) -> None:
+        """Stop the health checks and close every connection (idempotent).
+
+        Requests in flight end with :class:`EngineNotReadyError`; a later :meth:`start` starts afresh.
+        """
+        with self._lock:
+            runtime = self._runtime
+            if runtime is None or self._pid != os.getpid():
+                return
+            self._stopping = True
+        try:
+            self._loop.run(self._close(runtime))
+            self._loop.close()
+        finally:
+            with self._lock:
+                self._runtime = None
+                self._stopping = False
+
+    async def _close(self, runtime: _Runtime) -> None:
+        await self._loop.cancel_all()
+        await runtime.close()
+
+    @property
+    def state(self) -> EngineState:
+        """``stopped``; ``loading`` until every upstream was checked once; ``ready`` while one is in
+        rotation, ``failed`` while none is (it recovers when a health check passes); ``stopping``."""
+        if self._stopping:
+            return "stopping"
+        runtime = self._current()
+        if runtime is None:
+            return "stopped"
+        if not runtime.checker.discovered.is_set():
+            return "loading"
+        return "ready" if any(u.healthy for u in runtime.pool.upstreams) else "failed"
+
+    @property
+    def error(self) -> str | None:
+        """Why upstreams are out of rotation (each one's reason), or ``None``."""
+        runtime = self._current()
+        return (runtime.down_reasons() or None) if runtime is not None else None
+
+    def wait_ready_sync(self, timeout: float | None = None) -> None:
+        """Start if needed and block until every upstream was checked once; raise
+        :class:`EngineNotReadyError` if none is in rotation then."""
+        runtime = self._started()
+        try:
+            self._loop.call_sync(asyncio.wait_for(runtime.checker.discovered.wait(), timeout))
+        except TimeoutError:
+            raise EngineNotReadyError(
+                "the upstreams have not answered their first health check yet", retry_after=1
+            ) from None
+        if self.state == "failed":
+            raise EngineNotReadyError(
+                f"no upstream is in rotation: {self.error}", retry_after=self._settings.health_interval
+            )
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Async twin of :meth:`wait_ready_sync`."""
+        await asyncio.to_thread(self.wait_ready_sync, timeout)
+
+    def _current(self) -> _Runtime | None:
+        return self._runtime if self._pid == os.getpid() else None
+
+    def _started(self) -> _Runtime:
+        self.start()
+        runtime = self._current()
+        if runtime is None:  # shut down by another thread in between
+            raise EngineNotReadyError("the remote engine is shutting down", retry_after=5)
+        return runtime
+
+    # ---- models -------------------------------------------------------------------------------
+
+    def models(self) -> list[ModelInfo]:
+        """Every model the upstreams serve (the union of their ``/models``), under its public name."""
+        runtime = self._current()
+        return [model.info() for model in runtime.models()] if runtime is not None else []
+
+    def resolve_model(self, name: str | None, *, task: Task | None = None) -> str:
+        """The public name for ``name``; ``None`` or ``"default"`` mean the first model (of ``task``)."""
+        return self._served(name, task).name
+
+    def _served(self, name: str | None, task: Task | None) -> ServedModel:
+        runtime = self._current()
+        if runtime is None or not runtime.checker.discovered.is_set():
+            raise EngineNotReadyError(
+                "the remote engine has not asked its upstreams for their models yet", retry_after=1
+            )
+        return runtime.served(name, task)
+
+    def upstreams(self) -> list[UpstreamStatus]:
+        """Each upstream's URL, whether it is in rotation (or why not), its outstanding and total
+        requests, and the upstream model ids it serves."""
+        runtime = self._current()
+        if runtime is None:
+            return [UpstreamStatus(url, False, 0, 0, "not started", []) for url in self._settings.urls]
+        return runtime.pool.statuses()
+
+    def stats(self, model: str | None = None) -> dict[str, int]:
+        """Live counts of a model, with the keys of :meth:`Engine.stats`: ``running`` (its requests in
+        flight upstream); ``waiting``, ``free_kv_blocks`` and ``total_kv_blocks`` are 0 (queues and KV
+        caches live upstream); plus ``upstreams`` serving it and how many are ``healthy_upstreams``."""
+        served = self._served(model, None)
+        runtime = self._current()
+        return {
+            "running": runtime.dispatcher.running[served.upstream_id] if runtime is not None else 0,
+            "waiting": 0,
+            "free_kv_blocks": 0,
+            "total_kv_blocks": 0,
+            "upstreams": len(served.upstreams),
+            "healthy_upstreams": sum(u.healthy for u in served.upstreams),
+        }
+
+    # ---- forwarding whole OpenAI requests (what the API uses) ---------------------------------
+
+    async def forward(self, route: str, body: dict[str, Any], *, request_id: str) -> dict[str, Any]:
+        """Send an OpenAI request ``body`` for ``route`` (``chat/completions``, ``completions``,
+        ``embeddings``, ``tokenize``, ``detokenize``) to an upstream and return its answer, whose
+        ``model`` is the public name.  Errors are :class:`~llm_middleware.errors.LLMError` instances."""
+        runtime = self._started()
+        return await self._loop.call(self._forward(runtime, _check_route(route), body, request_id))
+
+    def forward_stream(
+        self, route: str, body: dict[str, Any], *, request_id: str
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Like :meth:`forward` for ``stream: true``: the upstream's chunks as they come, ``model``
+        renamed; errors before the first chunk are raised by the first ``__anext__``."""
+        runtime = self._started()
+        return self._loop.relay(self._forward_chunks(runtime, _check_route(route), body, request_id))
+
+    @staticmethod
+    async def _forward(runtime: _Runtime, route: str, body: dict[str, Any], request_id: str) -> dict[str, Any]:
+        served = await runtime.route(body.get("model"), _ROUTE_TASKS[route])
+        answer = await _request(runtime, route, served, {**body, "model": served.upstream_id}, request_id)
+        if "model" in answer:
+            answer["model"] = served.name
+        return answer
+
+    @staticmethod
+    async def _forward_chunks(
+        runtime: _Runtime, route: str, body: dict[str, Any], request_id: str
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        served = await runtime.route(body.get("model"), _ROUTE_TASKS[route])
+        body = {**body, "model": served.upstream_id}
+        async with aclosing(runtime.dispatcher.stream(route, served.upstream_id, body, request_id)) as chunks:
+            async for chunk in chunks:
+                if "model" in chunk:
+                    chunk["model"] = served.name
+                yield chunk
+
+    # ---- text helpers -------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, model: str | None = None) -> list[int]:
+        """Token ids of ``text`` (no special tokens added), from an upstream's ``POST /tokenize``."""
+        fields = {"prompt": text, "add_special_tokens": False}
+        answer = self._loop.call_sync(_text_helper(self._started(), "tokenize", model, fields))
+        return list(answer["tokens"])
+
+    def detokenize(self, token_ids: list[int], *, model: str | None = None) -> str:
+        """Text of ``token_ids``, from an upstream's ``POST /detokenize``."""
+        answer = self._loop.call_sync(_text_helper(self._started(), "detokenize", model, {"tokens": list(token_ids)}))
+        return str(answer["prompt"])
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], *, model: str | None = None,
+                            tools: list[dict[str, Any]] | None = None,
+                            chat_template_kwargs: dict[str, Any] | None = None) -> str:
+        """Not available: chat templates live on the upstreams, which do not hand out rendered prompts."""
+        raise InvalidRequestError(
+            "apply_chat_template is not supported by a remote engine: the chat template lives on the upstream "
+            "servers (POST /tokenize with 'messages' tokenizes a conversation there)",
+            param="messages",
+        )
+
+    # ---- generation: async --------------------------------------------------------------------
+
+    def stream_chat(self, messages: list[dict[str, Any]], *, model: str | None = None,
+                    tools: list[dict[str, Any]] | None = None, chat_template_kwargs: dict[str, Any] | None = None,
+                    request_id: str | None = None, **sampling: Any) -> AsyncIterator[Delta]:
+        """Stream the assistant's reply to ``messages`` as :class:`Delta` objects; closing it cancels upstream."""
+        call = _Chat(messages, model, tools, chat_template_kwargs, request_id, sampling)
+        return self._loop.relay(call.deltas(self._started()))
+
+    async def chat(self, messages: list[dict[str, Any]], *, model: str | None = None,
+                   tools: list[dict[str, Any]] | None = None, chat_template_kwargs: dict[str, Any] | None = None,
+                   request_id: str | None = None, **sampling: Any) -> Completion:
+        """The assistant's whole reply to ``messages``."""
+        call = _Chat(messages, model, tools, chat_template_kwargs, request_id, sampling)
+        return await self._loop.call(call.whole(self._started()))
+
+    def stream_complete(self, prompt: str | list[int], *, model: str | None = None,
+                        request_id: str | None = None, **sampling: Any) -> AsyncIterator[Delta]:
+        """Stream the continuation of ``prompt`` (text or token ids) as :class:`Delta` objects."""
+        return self._loop.relay(_Completion(prompt, model, request_id, sampling).deltas(self._started()))
+
+    async def complete(self, prompt: str | list[int], *, model: str | None = None,
+                       request_id: str | None = None, **sampling: Any) -> Completion:
+        """The whole continuation of ``prompt``."""
+        return await self._loop.call(_Completion(prompt, model, request_id, sampling).whole(self._started()))
+
+    async def embed(self, inputs: str | list[str], *, model: str | None = None,
+                    dimensions: int | None = None) -> Embeddings:
+        """Embedding vectors of ``inputs``, in input order."""
+        return await self._loop.call(_embed(self._started(), inputs, model, dimensions))
+
+    # ---- generation: sync twins ---------------------------------------------------------------
+
+    def stream_chat_sync(self, messages: list[dict[str, Any]], *, model: str | None = None,
+                         tools: list[dict[str, Any]] | None = None, chat_template_kwargs: dict[str, Any] | None = None,
+                         request_id: str | None = None, **sampling: Any) -> Iterator[Delta]:
+        """Blocking twin of :meth:`stream_chat`; closing the iterator cancels the request."""
+        call = _Chat(messages, model, tools, chat_template_kwargs, request_id, sampling)
+        return self._loop.relay_sync(call.deltas(self._started()))
+
+    def chat_sync(self, messages: list[dict[str, Any]], *, model: str | None = None,
+                  tools: list[dict[str, Any]] | None = None, chat_template_kwargs: dict[str, Any] | None = None,
+                  request_id: str | None = None, **sampling: Any) -> Completion:
+        """Blocking twin of :meth:`chat`."""
+        call = _Chat(messages, model, tools, chat_template_kwargs, request_id, sampling)
+        return self._loop.call_sync(call.whole(self._started()))
+
+    def stream_complete_sync(self, prompt: str | list[int], *, model: str | None = None,
+                             request_id: str | None = None, **sampling: Any) -> Iterator[Delta]:
+        """Blocking twin of :meth:`stream_complete`; closing the iterator cancels the request."""
+        return self._loop.relay_sync(_Completion(prompt, model, request_id, sampling).deltas(self._started()))
+
+    def complete_sync(self, prompt: str | list[int], *, model: str | None = None,
+                      request_id: str | None = None, **sampling: Any) -> Completion:
+        """Blocking twin of :meth:`complete`."""
+        return self._loop.call_sync(_Completion(prompt, model, request_id, sampling).whole(self._started()))
+
+    def embed_sync(self, inputs: str | list[str], *, model: str | None = None,
+                   dimensions: int | None = None) -> Embeddings:
+        """Blocking twin of :meth:`embed`."""
+        return self._loop.call_sync(_embed(self._started(), inputs, model, dimensions))
+
+
+# ---- what runs on the engine loop ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Chat:
+    """One chat call of the engine API, as an upstream request."""
+
+    messages: list[dict[str, Any]]
+    model: str | None
+    tools: list[dict[str, Any]] | None
+    template_kwargs: dict[str, Any] | None
+    request_id: str | None
+    sampling: dict[str, Any]
+
+    async def _body(self, runtime: _Runtime, *, stream: bool) -> tuple[ServedModel, dict[str, Any]]:
+        fields = bodies.sampling_fields(self.sampling, chat=True)
+        served = await runtime.route(self.model, "generate")
+        body = bodies.chat_body(self.messages, served.upstream_id, fields, tools=self.tools,
+                                chat_template_kwargs=self.template_kwargs, stream=stream)
+        return served, body
+
+    async def deltas(self, runtime: _Runtime) -> AsyncGenerator[Delta, None]:
+        served, body = await self._body(runtime, stream=True)
+        converter = results.ChatDeltas()
+        stream = runtime.dispatcher.stream("chat/completions", served.upstream_id, body, self.request_id or _new_id())
+        async with aclosing(stream) as chunks:
+            async for chunk in chunks:
+                for delta in converter.feed(chunk):
+                    yield delta
+
+    async def whole(self, runtime: _Runtime) -> Completion:
+        served, body = await self._body(runtime, stream=False)
+        answer = await _request(runtime, "chat/completions", served, body, self.request_id or _new_id())
+        return results.chat_completion(answer, self.request_id, served.name)
+
+
+@dataclass(slots=True)
+class _Completion:
+    """One text completion call of the engine API, as an upstream request."""
+
+    prompt: str | list[int]
+    model: str | None
+    request_id: str | None
+    sampling: dict[str, Any]
+
+    async def _body(self, runtime: _Runtime, *, stream: bool) -> tuple[ServedModel, dict[str, Any]]:
+        fields = bodies.sampling_fields(self.sampling, chat=False)
+        served = await runtime.route(self.model, "generate")
+        return served, bodies.completion_body(self.prompt, served.upstream_id, fields, stream=stream)
+
+    async def deltas(self, runtime: _Runtime) -> AsyncGenerator[Delta, None]:
+        served, body = await self._body(runtime, stream=True)
+        converter = results.CompletionDeltas()
+        stream = runtime.dispatcher.stream("completions", served.upstream_id, body, self.request_id or _new_id())
+        async with aclosing(stream) as chunks:
+            async for chunk in chunks:
+                for delta in converter.feed(chunk):
+                    yield delta
+
+    async def whole(self, runtime: _Runtime) -> Completion:
+        served, body = await self._body(runtime, stream=False)
+        answer = await _request(runtime, "completions", served, body, self.request_id or _new_id())
+        return results.text_completion(answer, self.request_id, served.name)
+
+
+async def _embed(runtime: _Runtime, inputs: str | list[str], model: str | None, dimensions: int | None) -> Embeddings:
+    served = await runtime.route(model, "embed")
+    body = bodies.embedding_body(inputs, served.upstream_id, dimensions)
+    return results.embeddings(await _request(runtime, "embeddings", served, body, _new_id()), served.name)
+
+
+async def _text_helper(runtime: _Runtime, route: str, model: str | None, fields: dict[str, Any]) -> dict[str, Any]:
+    served = await runtime.route(model, None)
+    return await _request(runtime, route, served, {"model": served.upstream_id, **fields}, _new_id())
+
+
+async def _request(
+    runtime: _Runtime, route: str, served: ServedModel, body: dict[str, Any], request_id: str
+) -> dict[str, Any]:
+    """The upstream's JSON answer; a text helper route it does not serve (404, 405) is a clear 400."""
+    try:
+        return await runtime.dispatcher.request(route, served.upstream_id, body, request_id)
+    except UpstreamError as exc:
+        if route in ("tokenize", "detokenize") and exc.status in (404, 405):
+            raise InvalidRequestError(
+                f"{route} is not supported by a remote engine whose upstream does not serve POST /{route} "
+                "(vLLM and llm-middleware serve do)",
+                code="unsupported",
+            ) from exc
+        raise
+
+
+def _check_route(route: str) -> str:
+    if route not in _ROUTE_TASKS:
+        raise ValueError(f"cannot forward {route!r}; routes: {', '.join(_ROUTE_TASKS)}")
+    return route
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,133 @@
+"""Faults: a failing model step ends only the requests in it; a model that fails to load answers 503."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asgi_streams import ASGIStream
+from test_dispatch import ShopASGI, asgi_request
+
+from llm_middleware.engine.engine import Engine
+from llm_middleware.middleware import LLMMiddleware
+
+CHAT = {"messages": [{"role": "user", "content": "Hello"}]}
+
+
+class StepFault:
+    """A ``before_step`` hook that makes the next model step raise, once armed."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.fired = 0
+
+    def __call__(self, batch: Any) -> None:
+        if self.armed:
+            self.armed = False
+            self.fired += 1
+            raise RuntimeError("injected fault")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> Iterator[Engine]:
+    """One sequence per step: a request waiting for the slot is never in the running one's step."""
+    engine = Engine(tiny_model_dir, max_model_len=512, max_batch_size=1, seed=0)
+    engine.wait_ready_sync(120)
+    yield engine
+    engine.shutdown()
+
+
+@pytest.fixture
+def fault(engine: Engine) -> Iterator[StepFault]:
+    worker = engine._models[engine.resolve_model(None)].worker  # noqa: SLF001
+    fault = StepFault()
+    worker.before_step = fault
+    yield fault
+    worker.before_step = None
+
+
+async def settle(engine: Engine) -> dict[str, int]:
+    for _ in range(200):
+        stats = engine.stats()
+        if stats["running"] == 0 and stats["waiting"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    return engine.stats()
+
+
+async def test_step_failure_before_the_first_token_is_a_500(engine: Engine, fault: StepFault) -> None:
+    mw = LLMMiddleware(ShopASGI(), engine=engine)
+    before = await settle(engine)
+    fault.armed = True
+    for stream in (False, True):  # a stream that fails before its first token is an HTTP error too
+        fault.armed = True
+        status, headers, body = await asgi_request(mw, "/ai/v1/chat/completions", json={**CHAT, "max_tokens": 4, "stream": stream})
+        assert status == 500 and headers["content-type"] == "application/json"
+        error = json.loads(body)["error"]
+        assert error["type"] == "server_error" and error["code"] == "engine_error"
+        assert "injected fault" in error["message"]
+    assert fault.fired == 2
+    assert await settle(engine) == before
+    status, _, body = await asgi_request(mw, "/ai/v1/chat/completions", json={**CHAT, "max_tokens": 3})
+    assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 3
+
+
+async def test_step_failure_mid_stream_fails_only_that_step(engine: Engine, fault: StepFault) -> None:
+    mw = LLMMiddleware(ShopASGI(), engine=engine)
+    before = await settle(engine)
+    running = ASGIStream(mw, "/ai/v1/chat/completions", {**CHAT, "stream": True, "max_tokens": 400, "min_tokens": 400})
+    assert await running.start() == 200
+    assert (await running.next_event())["choices"][0]["delta"]["role"] == "assistant"
+    await running.next_event()
+    # A second request waits for the only batch slot: it is not in the step that fails.
+    waiting = asyncio.create_task(asgi_request(mw, "/ai/v1/chat/completions", json={**CHAT, "max_tokens": 3}))
+    for _ in range(500):
+        if engine.stats()["waiting"] == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.stats()["waiting"] == 1
+    fault.armed = True
+    rest = await running.rest()
+    assert rest[-1] == "[DONE]"
+    assert rest[-2]["error"]["code"] == "engine_error" and "injected fault" in rest[-2]["error"]["message"]
+    assert all("choices" in event for event in rest[:-2])
+    status, _, body = await waiting
+    assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 3
+    assert await settle(engine) == before
+
+
+async def test_model_that_fails_to_load(tmp_path: Path) -> None:
+    shop = ShopASGI()
+    mw = LLMMiddleware(shop, model=tmp_path / "no-such-model")
+    try:
+        await asgi_request(mw, "/ai/health")  # the first request starts loading, which fails at once
+        for _ in range(200):
+            if mw.engine.state == "failed":
+                break
+            await asyncio.sleep(0.02)
+        status, headers, body = await asgi_request(mw, "/ai/health")
+        error = json.loads(body)["error"]
+        assert status == 503 and error["code"] == "engine_failed" and "no-such-model" in error["message"]
+        for path, payload in [
+            ("/ai/v1/chat/completions", {**CHAT, "max_tokens": 2}),
+            ("/ai/v1/chat/completions", {**CHAT, "max_tokens": 2, "stream": True}),
+            ("/ai/v1/completions", {"prompt": "Hi", "max_tokens": 2}),
+            ("/ai/v1/embeddings", {"input": "Hi"}),
+            ("/ai/tokenize", {"prompt": "Hi"}),
+            ("/ai/detokenize", {"tokens": [1, 2]}),
+        ]:
+            status, headers, body = await asgi_request(mw, path, json=payload)
+            error = json.loads(body)["error"]
+            assert status == 503 and error["code"] == "engine_unavailable", (path, body)
+            assert "no-such-model" in error["message"] and "retry-after" in headers
+        # Listing models still answers: it is how clients see which model failed.
+        status, _, body = await asgi_request(mw, "/ai/v1/models")
+        assert status == 200 and json.loads(body)["data"][0]["state"] == "failed"
+        status, _, body = await asgi_request(mw, "/shop/page")
+        assert status == 201 and body == b"shop:/shop/page"
+    finally:
+        mw.close()

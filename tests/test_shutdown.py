@@ -1,0 +1,171 @@
+"""Per-request timeouts, and draining on shutdown: in process, and through a real server stopped by SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_streams import ASGIStream
+from servers import free_port, launch, server_env, wait_until_up
+from test_dispatch import ShopASGI, asgi_request
+
+from llm_middleware.engine.engine import Engine
+from llm_middleware.middleware import LLMMiddleware
+
+CHAT = {"messages": [{"role": "user", "content": "Hello"}]}
+LONG = {**CHAT, "max_tokens": 400, "min_tokens": 400}
+
+
+@pytest.fixture(scope="module")
+def slow_engine(tiny_model_dir: Path) -> Iterator[Engine]:
+    """An engine whose steps take at least 20 ms, so that a long answer takes seconds."""
+    engine = Engine(tiny_model_dir, max_model_len=512, max_batch_size=2, seed=0)
+    engine.wait_ready_sync(120)
+    engine._models[engine.resolve_model(None)].worker.before_step = lambda batch: time.sleep(0.02)  # noqa: SLF001
+    yield engine
+    engine.shutdown()
+
+
+async def idle(engine: Engine) -> dict[str, int]:
+    for _ in range(300):
+        stats = engine.stats()
+        if stats["running"] == 0 and stats["waiting"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    return engine.stats()
+
+
+# ---- request timeout ----------------------------------------------------------------------------
+
+
+async def test_timeout_of_a_whole_answer_is_a_504_and_cancels_the_request(slow_engine: Engine) -> None:
+    before = await idle(slow_engine)
+    mw = LLMMiddleware(ShopASGI(), engine=slow_engine, request_timeout=0.5)
+    began = time.monotonic()
+    status, headers, body = await asgi_request(mw, "/ai/v1/chat/completions", json=LONG)
+    assert status == 504 and 0.5 <= time.monotonic() - began < 3
+    error = json.loads(body)["error"]
+    assert error["code"] == "timeout" and error["type"] == "server_error" and "0.5 seconds" in error["message"]
+    assert await idle(slow_engine) == before
+
+
+async def test_timeout_mid_stream_ends_with_an_error_event_and_done(slow_engine: Engine) -> None:
+    before = await idle(slow_engine)
+    mw = LLMMiddleware(ShopASGI(), engine=slow_engine, request_timeout=0.5)
+    stream = ASGIStream(mw, "/ai/v1/chat/completions", {**LONG, "stream": True})
+    assert await stream.start() == 200
+    events = await stream.rest()
+    assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "timeout"
+    assert len(events) > 3 and all("choices" in e for e in events[:-2])
+    assert await idle(slow_engine) == before
+
+
+async def test_no_timeout_when_disabled(slow_engine: Engine) -> None:
+    mw = LLMMiddleware(ShopASGI(), engine=slow_engine, request_timeout=None)
+    status, _, body = await asgi_request(mw, "/ai/v1/chat/completions", json={**CHAT, "max_tokens": 30, "min_tokens": 30})
+    assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 30
+    with pytest.raises(ValueError, match="request_timeout"):
+        LLMMiddleware(ShopASGI(), engine=slow_engine, request_timeout=0)
+
+
+# ---- drain, in process --------------------------------------------------------------------------
+
+
+async def test_drain_refuses_new_requests_and_ends_the_stragglers(slow_engine: Engine) -> None:
+    before = await idle(slow_engine)
+    mw = LLMMiddleware(ShopASGI(), engine=slow_engine, drain_timeout=2)
+    short = ASGIStream(mw, "/ai/v1/chat/completions", {**CHAT, "stream": True, "max_tokens": 4, "min_tokens": 4})
+    long = ASGIStream(mw, "/ai/v1/chat/completions", {**LONG, "stream": True})
+    assert await short.start() == 200 and await long.start() == 200
+    await short.next_event()
+    await long.next_event()
+    drain = asyncio.create_task(mw.drain())
+    await asyncio.sleep(0.05)
+    status, headers, body = await asgi_request(mw, "/ai/v1/models")
+    assert status == 503 and json.loads(body)["error"]["code"] == "shutting_down" and headers["retry-after"]
+    assert (await asgi_request(mw, "/ai/health"))[0] == 503
+    assert (await asgi_request(mw, "/shop"))[0] == 201  # the wrapped app is not drained
+    short_events = await short.rest()
+    assert short_events[-1] == "[DONE]" and short_events[-2]["choices"][0]["finish_reason"] == "length"
+    long_events = await long.rest()
+    assert long_events[-1] == "[DONE]" and long_events[-2]["error"]["code"] == "shutting_down"
+    await asyncio.wait_for(drain, 10)
+    assert await idle(slow_engine) == before
+
+
+async def test_lifespan_shutdown_drains_before_stopping_the_engine(tiny_model_dir: Path) -> None:
+    from asgiref.testing import ApplicationCommunicator
+
+    mw = LLMMiddleware(ShopASGI(), model=tiny_model_dir, drain_timeout=5)
+    lifespan = ApplicationCommunicator(mw, {"type": "lifespan", "asgi": {"version": "3.0"}})
+    await lifespan.send_input({"type": "lifespan.startup"})
+    assert (await lifespan.receive_output(10))["type"] == "lifespan.startup.complete"
+    await mw.engine.wait_ready(60)
+    stream = ASGIStream(mw, "/ai/v1/chat/completions", {**CHAT, "stream": True, "max_tokens": 40, "min_tokens": 40})
+    assert await stream.start() == 200
+    await stream.next_event()
+    await lifespan.send_input({"type": "lifespan.shutdown"})
+    events = await stream.rest()
+    assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "length"
+    assert (await lifespan.receive_output(30))["type"] == "lifespan.shutdown.complete"
+    assert mw.engine.state == "stopped"
+
+
+# ---- SIGTERM to a real server -------------------------------------------------------------------
+
+
+def stream_events(url: str, body: dict[str, Any], started: threading.Event, out: list[Any]) -> None:
+    """POST a streamed chat to ``url`` and collect its events; ``started`` is set at the first one."""
+    with httpx.stream("POST", url, json=body, timeout=60) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                payload = line.removeprefix("data: ")
+                out.append(payload if payload == "[DONE]" else json.loads(payload))
+                started.set()
+
+
+def test_sigterm_drains_then_stops(tiny_model_dir: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = launch(["-m", "draining_app"], port, {**server_env(tiny_model_dir), "DRAIN_TIMEOUT": "6"})
+    try:
+        wait_until_up(url, process)
+        chat = url + "/ai/v1/chat/completions"
+        # Steps take 50 ms: one answer finishes within the drain, the other would take minutes.
+        finishing: list[Any] = []
+        endless: list[Any] = []
+        started = [threading.Event(), threading.Event()]
+        short = {**CHAT, "stream": True, "max_tokens": 8, "min_tokens": 8}
+        long = {**CHAT, "stream": True, "max_tokens": 1900, "ignore_eos": True}
+        threads = [
+            threading.Thread(target=stream_events, args=(chat, short, started[0], finishing)),
+            threading.Thread(target=stream_events, args=(chat, long, started[1], endless)),
+        ]
+        for thread in threads:
+            thread.start()
+        assert all(event.wait(30) for event in started)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        refused = httpx.post(chat, json={**CHAT, "max_tokens": 2}, timeout=10)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "shutting_down", refused.text
+        assert httpx.get(url + "/ai/health", timeout=10).status_code == 503
+        for thread in threads:
+            thread.join(30)
+        assert finishing[-1] == "[DONE]" and "choices" in finishing[-2], (len(finishing), finishing[-2:])
+        assert finishing[-2]["choices"][0]["finish_reason"] == "length"
+        assert endless[-1] == "[DONE]" and endless[-2]["error"]["code"] == "shutting_down", endless[-3:]
+        assert process.wait(30) == 0
+        stderr = process.stderr.read().decode()  # type: ignore[union-attr]
+        assert "engine state after shutdown: stopped" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
