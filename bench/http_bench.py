@@ -101,7 +101,7 @@ async def one_stream(client: httpx.AsyncClient, prompt: list[int], new_tokens: i
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
-            if chunk["choices"] and chunk["choices"][0].get("text"):
+            if chunk["choices"] and (chunk["choices"][0].get("text") or chunk["choices"][0].get("finish_reason")):
                 arrivals.append(time.perf_counter())
     ttft = arrivals[0] - began if arrivals else float("nan")
     return ttft, [b - a for a, b in zip(arrivals, arrivals[1:])], tokens

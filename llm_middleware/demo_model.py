@@ -148,7 +148,11 @@ def build_demo_model(
     shape = dict(_SIZES[size])
     shape.update(config_overrides)
     tokenizer = _train_tokenizer(shape["vocab_size"])
-    shape["vocab_size"] = max(shape["vocab_size"], len(tokenizer))
+    # The BPE stops merging when the small corpus runs out; filler words take the remaining ids,
+    # so that the vocabulary has its real size (memory and speed depend on it) and every token
+    # the model can sample decodes to text.
+    tokenizer.add_tokens([f"<w{i}>" for i in range(shape["vocab_size"] - len(tokenizer))])
+    shape["vocab_size"] = len(tokenizer)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     common = dict(
         max_position_embeddings=max_position_embeddings,

@@ -484,3 +484,28 @@ def test_max_waiting_zero_admits_requests_that_find_a_free_slot(tiny_model_dir: 
             eng.complete_sync("")
     finally:
         eng.shutdown()
+
+
+def test_seed_must_fit_in_64_bits_and_wraps_for_choices(engine: Engine) -> None:
+    with pytest.raises(errors.InvalidRequestError) as info:
+        engine.complete_sync("Hello", seed=2**64)
+    assert info.value.param == "seed"
+    done = engine.complete_sync("Hello", seed=2**64 - 1, n=2, max_tokens=3, temperature=1.0, ignore_eos=True)
+    assert done.usage.completion_tokens == 6
+
+
+def test_embedding_jobs_larger_than_the_batch_are_split(minilm_dir: Path) -> None:
+    texts = [f"sentence number {i} about guitars" for i in range(5)]
+    small = Engine(minilm_dir, task="embed", max_batch_size=2)
+    big = Engine(minilm_dir, task="embed", max_batch_size=16)
+    try:
+        split = small.embed_sync(texts)
+        whole = big.embed_sync(texts)
+        assert len(split.vectors) == 5 and split.prompt_tokens == whole.prompt_tokens
+        for a, b in zip(split.vectors, whole.vectors):
+            assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4)
+        with pytest.raises(errors.ContextLengthExceededError, match="input 1 has"):
+            small.embed_sync(["short", "word " * 1000])
+    finally:
+        small.shutdown()
+        big.shutdown()

@@ -393,3 +393,18 @@ async def test_failover_and_recovery(fleet: Fleet) -> None:
         for events in readers:
             await anext(events)
         assert fleet.running() == (1, 1)
+
+
+def test_forwarded_requests_are_counted_in_metrics(fleet: Fleet) -> None:
+    def completion_tokens() -> float:
+        text = httpx.get(fleet.front + "/ai/metrics").text
+        line = next((ln for ln in text.splitlines() if ln.startswith('llm_completion_tokens_total{model="chat"}')), "")
+        return float(line.split()[-1]) if line else 0.0
+
+    before = completion_tokens()
+    body = {"model": "chat", "messages": HELLO, "max_tokens": 3, "ignore_eos": True}
+    whole = httpx.post(fleet.front + "/ai/v1/chat/completions", json=body, timeout=30).json()
+    streamed = httpx.post(fleet.front + "/ai/v1/chat/completions", timeout=30,
+                          json={**body, "stream": True, "stream_options": {"include_usage": True}})
+    assert streamed.status_code == 200 and whole["usage"]["completion_tokens"] == 3
+    assert completion_tokens() == before + 6

@@ -69,13 +69,6 @@ class EmbeddingWorker:
                 f"'dimensions' must be between 1 and {self.dimension} for model {self.name!r}, got {dimensions}",
                 param="dimensions",
             )
-        for i, text in enumerate(texts):
-            n = len(self.encode(text))
-            if n > self.max_model_len:
-                raise ContextLengthExceededError(
-                    f"input {i} has {n} tokens; model {self.name!r} accepts at most {self.max_model_len}",
-                    param="input",
-                )
         if self._stopping:
             raise EngineNotReadyError("the engine is shutting down", retry_after=5)
         with self._wake:
@@ -108,13 +101,33 @@ class EmbeddingWorker:
                     count += len(job.texts)
             self._run(jobs)
 
+    def _too_long(self, job: EmbeddingJob) -> ContextLengthExceededError | None:
+        # Tokenized here, on the worker thread, so that callers' event loops never block on it.
+        for i, ids in enumerate(self.tokenizer(job.texts, add_special_tokens=True)["input_ids"]):
+            if len(ids) > self.max_model_len:
+                return ContextLengthExceededError(
+                    f"input {i} has {len(ids)} tokens; model {self.name!r} accepts at most {self.max_model_len}",
+                    param="input",
+                )
+        return None
+
     def _run(self, jobs: list[EmbeddingJob]) -> None:
         outbox = Outbox()
         try:
-            texts = [t for job in jobs for t in job.texts]
-            vectors, tokens = self.embed_batch(texts)
-            offset = 0
+            accepted = []
             for job in jobs:
+                error = self._too_long(job)
+                if error is None:
+                    accepted.append(job)
+                else:
+                    outbox.put(job.sink, error)
+            texts = [t for job in accepted for t in job.texts]
+            size = self.config.max_batch_size
+            parts = [self.embed_batch(texts[i : i + size]) for i in range(0, len(texts), size)]
+            vectors = torch.cat([p[0] for p in parts]) if parts else torch.empty(0)
+            tokens = [n for p in parts for n in p[1]]
+            offset = 0
+            for job in accepted:
                 part = vectors[offset : offset + len(job.texts)]
                 used = sum(tokens[offset : offset + len(job.texts)])
                 offset += len(job.texts)

@@ -200,7 +200,7 @@ class GenerationWorker:
             generator = None
             if params.seed is not None:
                 generator = torch.Generator(device=self.device)
-                generator.manual_seed(params.seed + index)
+                generator.manual_seed((params.seed + index) % 2**64)  # choice i of n: its own stream
             detok = IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop)
             max_total = len(prompt_ids) + min(room, params.max_tokens or room)
             seq_matcher = matcher.deep_copy() if matcher is not None else None

@@ -94,6 +94,8 @@ class SamplingParams:
             bad("stop", f"accepts at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             bad("stop", "must be non-empty strings")
+        if self.seed is not None and not (-(2**63) <= self.seed < 2**64):
+            bad("seed", f"must fit in 64 bits, got {self.seed}")
         for token, bias in (self.logit_bias or {}).items():
             if not (-100.0 <= bias <= 100.0):
                 bad("logit_bias", f"values must be between -100 and 100, got {bias} for token {token}")

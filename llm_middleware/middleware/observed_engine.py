@@ -28,7 +28,50 @@ class ObservedEngine:
         self._metrics = metrics
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
+        target = getattr(self._engine, name)  # AttributeError keeps optional capabilities optional
+        if name == "forward":
+            return self._measured_forward(target)
+        if name == "forward_stream":
+            return self._measured_forward_stream(target)
+        return target
+
+    def _count_answer(self, message: dict[str, Any]) -> None:
+        """Token counts of a forwarded (OpenAI-shaped) answer or usage chunk."""
+        usage = message.get("usage")
+        if isinstance(usage, dict) and isinstance(message.get("model"), str):
+            from ..engine.outputs import Usage
+
+            self._count(message["model"], Usage(int(usage.get("prompt_tokens") or 0),
+                                                int(usage.get("completion_tokens") or 0)))
+
+    def _measured_forward(self, forward: Any) -> Any:
+        async def measured(route: str, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+            answer = await forward(route, body, **kwargs)
+            self._count_answer(answer)
+            return answer
+
+        return measured
+
+    def _measured_forward_stream(self, forward_stream: Any) -> Any:
+        async def measured(route: str, body: dict[str, Any], **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
+            exchange = current_exchange.get()
+            start = exchange.started if exchange is not None else time.perf_counter()
+            chunks = forward_stream(route, body, **kwargs)
+            seen_token = False
+            try:
+                async for chunk in chunks:
+                    model = chunk.get("model")
+                    if not seen_token and chunk.get("choices") and isinstance(model, str):
+                        seen_token = True
+                        if exchange is not None:
+                            exchange.model = model
+                        self._first_token(model, exchange, time.perf_counter() - start)
+                    self._count_answer(chunk)
+                    yield chunk
+            finally:
+                await chunks.aclose()
+
+        return measured
 
     def _model(self, kwargs: dict[str, Any]) -> str:
         # The API passes the resolved name; resolving again is a dict lookup.
