@@ -21,27 +21,14 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from bench.http_bench import bench_generate as generate_rate
+from bench.http_bench import prompts_of
 from llm_middleware.demo_model import build_demo_model
 from llm_middleware.engine import Engine
 
 
-def prompt_ids(tokenizer, n: int, length: int) -> list[list[int]]:
-    base = tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 200, add_special_tokens=False)
-    return [base[i : i + length] for i in range(n)]
-
-
 def bench_generate(model, prompts: list[list[int]], new_tokens: int, repeats: int) -> float:
-    ids = torch.tensor(prompts, device=model.device)
-    runs = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        with torch.inference_mode():
-            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                           do_sample=False, pad_token_id=0)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        runs.append(len(prompts) * new_tokens / (time.perf_counter() - began))
-    return statistics.median(runs)
+    return statistics.median(generate_rate(model, prompts, new_tokens) for _ in range(repeats))
 
 
 async def bench_engine(engine: Engine, prompts: list[list[int]], new_tokens: int, repeats: int) -> float:
@@ -84,9 +71,9 @@ def main() -> None:
 
         if not args.skip_generate:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(args.device).eval()
-            report("generate", 1, bench_generate(model, prompt_ids(tokenizer, 1, args.prompt_tokens), args.new_tokens,
+            report("generate", 1, bench_generate(model, prompts_of(tokenizer, 1, args.prompt_tokens), args.new_tokens,
                                                  args.repeats))
-            batch = prompt_ids(tokenizer, max(streams), args.prompt_tokens)
+            batch = prompts_of(tokenizer, max(streams), args.prompt_tokens)
             report("generate_static_batch", max(streams), bench_generate(model, batch, args.new_tokens, args.repeats))
             del model
             if args.device.startswith("cuda"):
@@ -99,9 +86,9 @@ def main() -> None:
             engine.wait_ready_sync()
             load_s = round(time.perf_counter() - began, 1)
             try:
-                asyncio.run(bench_engine(engine, prompt_ids(tokenizer, 1, args.prompt_tokens), 8, 1))  # warm-up
+                asyncio.run(bench_engine(engine, prompts_of(tokenizer, 1, args.prompt_tokens), 8, 1))  # warm-up
                 for n in streams:
-                    tok_s = asyncio.run(bench_engine(engine, prompt_ids(tokenizer, n, args.prompt_tokens),
+                    tok_s = asyncio.run(bench_engine(engine, prompts_of(tokenizer, n, args.prompt_tokens),
                                                      args.new_tokens, args.repeats))
                     extra = {**variant, "load_s": load_s}
                     if args.device.startswith("cuda"):
