@@ -509,3 +509,17 @@ def test_embedding_jobs_larger_than_the_batch_are_split(minilm_dir: Path) -> Non
     finally:
         small.shutdown()
         big.shutdown()
+
+
+def test_device_map_loading_places_each_layer_cache_with_its_layer(tiny_model_dir: Path) -> None:
+    # Where several GPUs are visible, device_map="auto" spreads the layers; here every layer
+    # lands on the CPU, which exercises the same per-layer placement and accelerate's loading.
+    eng = Engine(tiny_model_dir, device_map={"": "cpu"}, seed=0)
+    try:
+        eng.wait_ready_sync()
+        worker = eng._models[eng.resolve_model(None)].worker  # noqa: SLF001
+        assert [k.device.type for k in worker.kv_cache.keys] == ["cpu"] * len(worker.kv_cache.keys)
+        got = eng.complete_sync(PROMPTS[0], max_tokens=8, temperature=0, ignore_eos=True).choices[0].token_ids
+        assert got == reference_greedy(tiny_model_dir, PROMPTS[0], 8)
+    finally:
+        eng.shutdown()

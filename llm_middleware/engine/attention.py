@@ -47,8 +47,9 @@ def paged_attention_forward(
     layer = module.layer_idx
     k_cache, v_cache = meta.kv_cache.keys[layer], meta.kv_cache.values[layer]
     batch, kv_heads, seq_len, head_dim = key.shape
-    k_cache.index_copy_(0, meta.slot_mapping, key.transpose(1, 2).reshape(-1, kv_heads, head_dim))
-    v_cache.index_copy_(0, meta.slot_mapping, value.transpose(1, 2).reshape(-1, kv_heads, head_dim))
+    slots = meta.slot_mapping.to(k_cache.device)  # a no-op unless layers span several devices
+    k_cache.index_copy_(0, slots, key.transpose(1, 2).reshape(-1, kv_heads, head_dim))
+    v_cache.index_copy_(0, slots, value.transpose(1, 2).reshape(-1, kv_heads, head_dim))
     if meta.block_tables is not None:
         from .paged_decode import paged_decode_attention
 
@@ -61,9 +62,11 @@ def paged_attention_forward(
     else:
         cache = meta.kv_cache
         shape = (batch, -1, kv_heads, head_dim)
-        keys = cache.blocks(k_cache)[meta.gather_blocks].reshape(shape).transpose(1, 2)  # [B, KVH, L, D]
-        values = cache.blocks(v_cache)[meta.gather_blocks].reshape(shape).transpose(1, 2)
-        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=meta.mask, scale=scaling, enable_gqa=True)
+        blocks = meta.gather_blocks.to(k_cache.device)
+        keys = cache.blocks(k_cache)[blocks].reshape(shape).transpose(1, 2)  # [B, KVH, L, D]
+        values = cache.blocks(v_cache)[blocks].reshape(shape).transpose(1, 2)
+        mask = meta.mask.to(k_cache.device)
+        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scaling, enable_gqa=True)
     return out.transpose(1, 2).contiguous(), None  # [B, S, H, D]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import InvalidRequestError
 
@@ -16,6 +16,7 @@ class ModelConfig:
     quantize: Literal["4bit", "8bit"] | None = None
     dtype: str = "auto"
     device: str = "auto"
+    device_map: str | dict[str, Any] | None = None
     max_batch_size: int = 32
     max_waiting: int = 256
     max_model_len: int | None = None

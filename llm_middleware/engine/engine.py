@@ -161,7 +161,8 @@ class Engine:
         try:
             loaded = load(
                 entry.source, task=entry.config.task, quantize=entry.config.quantize, dtype=entry.config.dtype,
-                device=entry.config.device, attn_implementation=attention.ATTENTION_NAME,
+                device=entry.config.device, device_map=entry.config.device_map,
+                attn_implementation=attention.ATTENTION_NAME,
                 trust_remote_code=entry.config.trust_remote_code,
             )
             worker: Worker

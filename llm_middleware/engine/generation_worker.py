@@ -61,7 +61,8 @@ class GenerationWorker:
             (i for i in (getattr(gen, "pad_token_id", None), self.tokenizer.pad_token_id, *self.eos_ids) if i is not None), 0
         )
 
-        num_blocks = self._num_kv_blocks(text_config, loaded.device)
+        layer_devices = self._layer_devices(text_config.num_hidden_layers, loaded.device)
+        num_blocks = self._num_kv_blocks(text_config, layer_devices)
         head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
         kv_heads = getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads
         self.kv_cache = KVCache(
@@ -71,19 +72,21 @@ class GenerationWorker:
             num_kv_heads=kv_heads,
             head_dim=head_dim,
             dtype=self._activation_dtype(),
-            device=loaded.device,
+            devices=layer_devices,
         )
         self.blocks = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(
             self.blocks, max_batch_size=config.max_batch_size, max_prefill_tokens=config.max_prefill_tokens
         )
         decoder = None
-        if loaded.device.type == "cuda":
+        if loaded.device.type == "cuda" and len(set(layer_devices)) == 1:  # graphs need one device
             decoder = CudaDecoder(self.model, self.kv_cache, max_batch_size=config.max_batch_size,
                                   max_model_len=self.max_model_len, pad_id=self.pad_id, use_graphs=config.cuda_graphs,
                                   compile_model=config.compile)
         self.runner = ModelRunner(self.model, self.kv_cache, self.pad_id, decoder)
-        self.generator = torch.Generator(device=loaded.device)
+        # Sampling happens where the logits are: the output layer's device.
+        self.device = self.model.get_output_embeddings().weight.device
+        self.generator = torch.Generator(device=self.device)
         if seed is not None:
             self.generator.manual_seed(seed)
         else:
@@ -91,7 +94,6 @@ class GenerationWorker:
         self.sampler = Sampler(self.eos_ids, self.generator)
         self.token_bytes = TokenBytes(self.tokenizer)
         self.grammars = GrammarCompiler(self.tokenizer, self.model.get_output_embeddings().weight.shape[0], self.eos_ids)
-        self.device = loaded.device
 
         self._inbox: deque[GenerationRequest] = deque()
         self._aborts: deque[GenerationRequest] = deque()
@@ -128,25 +130,39 @@ class GenerationWorker:
                 return p.dtype
         return torch.float32
 
-    def _num_kv_blocks(self, text_config: Any, device: torch.device) -> int:
+    def _layer_devices(self, num_layers: int, default: torch.device) -> list[torch.device]:
+        """The device of each decoder layer (one device unless loaded with a ``device_map``)."""
+        devices = [default] * num_layers
+        for module in self.model.modules():
+            layer = getattr(module, "layer_idx", None)
+            weight = getattr(getattr(module, "k_proj", None), "weight", None)
+            if isinstance(layer, int) and weight is not None and 0 <= layer < num_layers:
+                devices[layer] = weight.device
+        return devices
+
+    def _num_kv_blocks(self, text_config: Any, devices: list[torch.device]) -> int:
         cfg = self.config
         if cfg.kv_cache_blocks is not None:
             blocks = cfg.kv_cache_blocks
         else:
             head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
             per_token = KVCache.bytes_per_token(
-                num_layers=text_config.num_hidden_layers,
+                num_layers=1,
                 num_kv_heads=getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads,
                 head_dim=head_dim,
                 dtype=self._activation_dtype(),
             )
-            if device.type == "cuda":
-                free, _ = torch.cuda.mem_get_info(device)
-                budget = int(free * cfg.kv_cache_memory_fraction)
+            # per_token is one layer's share: each device holds the blocks of its own layers.
+            if devices[0].type == "cuda":
+                blocks = min(
+                    int(torch.cuda.mem_get_info(d)[0] * cfg.kv_cache_memory_fraction)
+                    // (per_token * devices.count(d) * cfg.block_size)
+                    for d in set(devices)
+                )
             else:
-                wanted = cfg.max_batch_size * self.max_model_len * per_token
+                wanted = cfg.max_batch_size * self.max_model_len * per_token * len(devices)
                 budget = min(wanted, cfg.cpu_kv_cache_bytes)
-            blocks = budget // (per_token * cfg.block_size)
+                blocks = budget // (per_token * len(devices) * cfg.block_size)
         minimum = -(-self.max_model_len // cfg.block_size)
         if blocks < minimum:
             logger.warning(

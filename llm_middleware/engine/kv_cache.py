@@ -8,6 +8,8 @@ import torch
 class KVCache:
     """Slots ``[num_blocks * block_size + 1, kv_heads, head_dim]`` per layer, for keys and values.
 
+    ``devices[i]`` is where layer ``i``'s tensors live.
+
     A token's slot is ``block * block_size + offset``.  The extra last slot is scratch space:
     padding positions of a batch write there, so no masked write is ever needed.
     """
@@ -21,15 +23,16 @@ class KVCache:
         num_kv_heads: int,
         head_dim: int,
         dtype: torch.dtype,
-        device: torch.device,
+        devices: list[torch.device],
     ) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.num_slots = num_blocks * block_size
         self.scratch_slot = self.num_slots
         shape = (self.num_slots + 1, num_kv_heads, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        # Each layer's cache lives on that layer's device (models spread over several GPUs).
+        self.keys = [torch.zeros(shape, dtype=dtype, device=devices[i]) for i in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=devices[i]) for i in range(num_layers)]
 
     @staticmethod
     def bytes_per_token(*, num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:

@@ -90,6 +90,7 @@ def load(
     dtype: str | torch.dtype,
     device: str,
     attn_implementation: str,
+    device_map: str | dict[str, Any] | None = None,
     trust_remote_code: bool = False,
 ) -> LoadedModel:
     """Load ``source`` (hub id or local directory); raise :class:`ModelLoadError` naming it on failure."""
@@ -116,10 +117,15 @@ def load(
             qconfig = quantization_config(quantize, torch_dtype)
             if qconfig is not None:
                 common["quantization_config"] = qconfig
+            if device_map is not None:
+                # Layers spread over the visible GPUs by accelerate (a model larger than one GPU).
+                common["device_map"] = device_map
+            elif qconfig is not None:
                 common["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
             model = AutoModelForCausalLM.from_pretrained(source, attn_implementation=attn_implementation, **common)
-            if qconfig is None:
+            if "device_map" not in common:
                 model = model.to(dev)
+            dev = model.get_input_embeddings().weight.device
     except (ModelLoadError, InvalidRequestError):
         raise
     except Exception as exc:  # transformers raises many types (OSError, ValueError, KeyError...)

@@ -21,7 +21,7 @@ class ModelRunner:
         self.model = model
         self.kv_cache = kv_cache
         self.pad_id = pad_id
-        self.device = next(model.parameters()).device
+        self.device = model.get_input_embeddings().weight.device  # where the inputs go
         self.block_size = kv_cache.block_size
         self.decoder = decoder
 
