@@ -159,11 +159,28 @@ async def wait_idle(url: str, timeout: float) -> dict[str, float]:
             await asyncio.sleep(0.2)
 
 
-async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
+def rss_mib(pid: int) -> float:
+    """Resident memory of process ``pid`` in MiB (Linux ``/proc``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+async def sample_rss(pid: int, samples: list[float], every: float = 5.0) -> None:
+    while True:
+        samples.append(rss_mib(pid))
+        await asyncio.sleep(every)
+
+
+async def run(url: str, args: argparse.Namespace, server_pid: int) -> dict[str, Any]:
     before = await wait_idle(url, 30)
     soak = Soak(url, args)
     began = time.monotonic()
+    rss: list[float] = []
+    sampler = asyncio.create_task(sample_rss(server_pid, rss))
     await asyncio.gather(*(soak.client(k) for k in range(args.clients)))
+    sampler.cancel()
     elapsed = time.monotonic() - began
     after = await wait_idle(url, 30)
     total = sum(soak.counts.values())
@@ -181,6 +198,8 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "kv_before": before,
         "kv_after": after,
         "kv_returned": before == after,
+        # The server's resident memory, sampled every 5 s: flat once warm means nothing leaks per request.
+        "server_rss_mib": {"first": rss[0], "middle": rss[len(rss) // 2], "last": rss[-1], "max": max(rss)},
     }
 
 
@@ -227,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(log_path, "wb") as log:
             process = start_server(model, port, args, log)
             try:
-                result = asyncio.run(run(f"http://127.0.0.1:{port}", args))
+                result = asyncio.run(run(f"http://127.0.0.1:{port}", args, process.pid))
             finally:
                 process.send_signal(signal.SIGTERM)
                 try:
