@@ -523,3 +523,18 @@ def test_device_map_loading_places_each_layer_cache_with_its_layer(tiny_model_di
         assert got == reference_greedy(tiny_model_dir, PROMPTS[0], 8)
     finally:
         eng.shutdown()
+
+
+def test_requests_do_not_measure_the_tokenizer_each_time(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # len() of a 150k-token tokenizer costs milliseconds; per request it serialised bursts of arrivals.
+    worker = engine._models[engine.resolve_model(None)].worker  # noqa: SLF001
+
+    def no_len(self: object) -> int:
+        raise AssertionError("len(tokenizer) on the request path")
+
+    monkeypatch.setattr(type(worker.tokenizer), "__len__", no_len)
+    done = engine.complete_sync([1, 2, 3], max_tokens=2, ignore_eos=True)
+    assert done.usage.completion_tokens == 2
+    assert engine.detokenize([1, 2, 3]) == worker.tokenizer.decode([1, 2, 3])
+    with pytest.raises(errors.InvalidRequestError, match="prompt token ids"):
+        engine.complete_sync([worker.vocab_size], max_tokens=2)

@@ -37,6 +37,8 @@ class EmbeddingWorker:
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.config = config
+        # len() of a large tokenizer rebuilds its vocabulary (milliseconds): once, not per request.
+        self.vocab_size = len(self.tokenizer)
         self.device = loaded.device
         self.pooling, self.normalize = _pooling_config(Path(source))
         model_limit = getattr(self.model.config, "max_position_embeddings", 512)

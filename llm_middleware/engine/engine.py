@@ -280,7 +280,7 @@ class Engine:
         self.start()
         entry.ready.wait()
         worker = self._ready_worker(entry, "embed" if isinstance(entry.worker, EmbeddingWorker) else "generate")
-        vocab = len(worker.tokenizer)
+        vocab = worker.vocab_size
         bad = [t for t in token_ids if not 0 <= t < vocab]
         if bad:
             raise InvalidRequestError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", param="tokens")
@@ -439,7 +439,7 @@ def _task_hint(entry: _Model) -> Literal["generate", "embed"]:
 def _prompt_ids(worker: GenerationWorker, prompt: str | list[int]) -> list[int]:
     if isinstance(prompt, str):
         return worker.encode(prompt)
-    vocab = len(worker.tokenizer)
+    vocab = worker.vocab_size
     if not all(isinstance(t, int) and 0 <= t < vocab for t in prompt):
         raise InvalidRequestError(f"prompt token ids must be integers in 0..{vocab - 1}", param="prompt")
     return list(prompt)

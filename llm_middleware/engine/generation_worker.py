@@ -50,6 +50,8 @@ class GenerationWorker:
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.config = config
+        # len() of a large tokenizer rebuilds its vocabulary (milliseconds): once, not per request.
+        self.vocab_size = len(self.tokenizer)
         hf_config = self.model.config
         text_config = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
         context = getattr(text_config, "max_position_embeddings", None) or 4096
