@@ -285,11 +285,24 @@ def test_preemption_when_kv_cache_is_full(tiny_model_dir: Path) -> None:
         def run(i: int, prompt: str) -> None:
             results[i] = eng.complete_sync(prompt, max_tokens=20, temperature=0, ignore_eos=True).choices[0].token_ids
 
+        preempted: list[int] = []
+        worker = eng._models[eng.resolve_model(None)].worker  # noqa: SLF001
+        both_in = threading.Event()  # hold the first step until both requests are queued: they must overlap
+
+        def before_step(batch: object) -> None:
+            both_in.wait(10)
+            preempted.extend(s.seq_id for s in batch.preempted)  # type: ignore[attr-defined]
+
+        worker.before_step = before_step
         threads = [threading.Thread(target=run, args=(i, p)) for i, p in enumerate(("Hello", "Hi there"))]
         for t in threads:
             t.start()
+        while eng.stats()["running"] + eng.stats()["waiting"] < 2:
+            time.sleep(0.005)
+        both_in.set()
         for t in threads:
             t.join(timeout=60)
+        assert preempted  # the cache really ran out
         assert results == solo
         assert eng.stats()["free_kv_blocks"] == 8
     finally:

@@ -362,7 +362,6 @@ class GenerationWorker:
         outbox.put(request.sink, delta)
 
     def _drop(self, request: GenerationRequest) -> None:
-        request.cancelled = True
         for seq in request.seqs:
             if seq.finish_reason is None:
                 self.scheduler.remove(seq)

@@ -22,7 +22,6 @@ class GenerationRequest:
     pending_ids: list[list[int]] = field(default_factory=list)
     pending_logprobs: list[list[TokenLogprob]] = field(default_factory=list)
     num_finished: int = 0
-    cancelled: bool = False
 
     @property
     def finished(self) -> bool:
