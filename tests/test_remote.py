@@ -298,7 +298,9 @@ def test_a_wsgi_app_streams_from_the_fleet_and_cancels_on_close(fleet: Fleet) ->
         assert client.get("/ask").json == {"tokens": 3}
         short = client.post("/ai/v1/chat/completions", json={**LONG, "max_tokens": 5, "min_tokens": 5})
         events = [e for e in short.text.split("\n\n") if e]
-        assert events[-1] == "data: [DONE]" and len(events) == 1 + 5 + 1 + 1  # role, tokens, finish, done
+        # role, 1 to 5 content events (a reader that falls behind gets merged deltas), finish, done
+        assert events[-1] == "data: [DONE]" and '"finish_reason":"length"' in events[-2]
+        assert 1 + 1 + 1 + 1 <= len(events) <= 1 + 5 + 1 + 1
         long = client.post("/ai/v1/chat/completions", json=LONG, buffered=False)
         body = iter(long.response)
         next(body), next(body)

@@ -20,6 +20,7 @@ from .block_manager import BlockManager
 from .config import ModelConfig
 from .delivery import Outbox, Sink
 from .detokenizer import IncrementalDetokenizer
+from .fused_norms import fuse_rms_norms
 from .grammar import GrammarCompiler
 from .kv_cache import KVCache
 from .loader import LoadedModel
@@ -80,6 +81,7 @@ class GenerationWorker:
         self.scheduler = Scheduler(
             self.blocks, max_batch_size=config.max_batch_size, max_prefill_tokens=config.max_prefill_tokens
         )
+        fuse_rms_norms(self.model)
         decoder = None
         if loaded.device.type == "cuda" and len(set(layer_devices)) == 1:  # graphs need one device
             decoder = CudaDecoder(self.model, self.kv_cache, max_batch_size=config.max_batch_size,

@@ -74,5 +74,5 @@ def apply_grammar_masks(logits: torch.Tensor, matchers: list[Any]) -> None:
         llguidance.torch.fill_next_token_bitmask(matchers[i], bitmask, j)
     bits = torch.arange(32, dtype=torch.int32)
     allowed = ((bitmask[:, :, None] >> bits) & 1).reshape(len(rows), -1)[:, :vocab].bool()  # [R, V]
-    index = torch.tensor(rows, device=logits.device)
-    logits[index] = logits[index].masked_fill(~allowed.to(logits.device), float("-inf"))
+    index = torch.tensor(rows).to(logits.device, non_blocking=True)  # no wait for the running step
+    logits[index] = logits[index].masked_fill(~allowed.to(logits.device, non_blocking=True), float("-inf"))

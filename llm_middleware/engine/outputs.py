@@ -57,6 +57,14 @@ class Delta:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
 
+    def followed_by(self, later: Delta) -> Delta:
+        """This delta and the next one of the same choice, as one."""
+        logprobs = None
+        if self.logprobs is not None or later.logprobs is not None:
+            logprobs = [*(self.logprobs or ()), *(later.logprobs or ())]
+        return Delta(self.index, self.text + later.text, self.token_ids + later.token_ids, logprobs,
+                     later.finish_reason, later.usage)
+
 
 @dataclass(slots=True)
 class Choice:

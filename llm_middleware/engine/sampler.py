@@ -20,6 +20,28 @@ class SampleResult:
     top_logprobs: list[list[float]] | None
 
 
+def _tensor(values: list, *, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A small tensor of per-row values on ``device``, queued without waiting for the device.
+
+    ``torch.tensor(values, device=cuda)`` would wait for the running step while holding the GIL.
+    """
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+
+def _to_host(*tensors: torch.Tensor) -> list[list]:
+    """``tolist()`` of each tensor, after one wait for the device.
+
+    On CUDA the copies are queued first and the wait happens in ``Event.synchronize``, which
+    releases the GIL: the event loop serving the streams runs while the GPU finishes the step
+    (``tolist()`` on a GPU tensor would hold the GIL for the whole step).
+    """
+    if tensors[0].device.type != "cuda":
+        return [t.tolist() for t in tensors]
+    host = [t.to("cpu", non_blocking=True) for t in tensors]
+    torch.cuda.current_stream(tensors[0].device).record_event().synchronize()
+    return [t.tolist() for t in host]
+
+
 class Sampler:
     """Applies penalties, biases, temperature, top-k/top-p/min-p and draws one token per row.
 
@@ -50,7 +72,7 @@ class Sampler:
         if all(greedy):
             tokens = logits.argmax(dim=-1)
         else:
-            temps = torch.tensor([s.params.temperature or 1.0 for s in seqs], device=device).clamp_min(1e-5)
+            temps = _tensor([s.params.temperature or 1.0 for s in seqs], device=device).clamp_min(1e-5)
             scaled = logits / temps[:, None]
             self._truncate(scaled, seqs)
             probs = torch.softmax(scaled, dim=-1)
@@ -59,18 +81,20 @@ class Sampler:
                 if s.generator is not None:
                     noise[i] = torch.empty(vocab, device=device).exponential_(generator=s.generator)
             sampled = (probs / noise).argmax(dim=-1)
-            greedy_mask = torch.tensor(greedy, device=device)
+            greedy_mask = _tensor(greedy, device=device)
             tokens = torch.where(greedy_mask, logits.argmax(dim=-1), sampled)
 
-        token_list = tokens.tolist()
         if raw_logprobs is None:
+            (token_list,) = _to_host(tokens)
             return SampleResult(token_list, None, None, None)
-        chosen = raw_logprobs.gather(1, tokens[:, None]).squeeze(1).tolist()
+        chosen = raw_logprobs.gather(1, tokens[:, None]).squeeze(1)
         k = max(s.params.top_logprobs for s in seqs)
         if k:
             top_lp, top_ids = raw_logprobs.topk(k, dim=-1)
-            return SampleResult(token_list, chosen, top_ids.tolist(), top_lp.tolist())
-        return SampleResult(token_list, chosen, None, None)
+            token_list, chosen_list, ids_list, lp_list = _to_host(tokens, chosen, top_ids, top_lp)
+            return SampleResult(token_list, chosen_list, ids_list, lp_list)
+        token_list, chosen_list = _to_host(tokens, chosen)
+        return SampleResult(token_list, chosen_list, None, None)
 
     def _apply_penalties(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
         rows = [
@@ -83,10 +107,10 @@ class Sampler:
         for i in rows:
             p = seqs[i].params
             row = logits[i]
-            out = torch.tensor(seqs[i].output_ids, dtype=torch.long, device=logits.device)
+            out = _tensor(seqs[i].output_ids, dtype=torch.long, device=logits.device)
             if (p.repetition_penalty or 1.0) != 1.0:
                 # Like transformers: every token seen (prompt and output) is made less likely.
-                seen = torch.tensor(sorted(set(seqs[i].token_ids)), dtype=torch.long, device=logits.device)
+                seen = _tensor(sorted(set(seqs[i].token_ids)), dtype=torch.long, device=logits.device)
                 vals = row[seen]
                 row[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
             if (p.presence_penalty or p.frequency_penalty) and out.numel():
@@ -97,8 +121,8 @@ class Sampler:
         for i, s in enumerate(seqs):
             p = s.params
             if p.logit_bias:
-                ids = torch.tensor([t for t in p.logit_bias if 0 <= t < vocab], dtype=torch.long, device=logits.device)
-                vals = torch.tensor([p.logit_bias[t] for t in p.logit_bias if 0 <= t < vocab], device=logits.device)
+                ids = _tensor([t for t in p.logit_bias if 0 <= t < vocab], dtype=torch.long, device=logits.device)
+                vals = _tensor([p.logit_bias[t] for t in p.logit_bias if 0 <= t < vocab], device=logits.device)
                 logits[i].index_add_(0, ids, vals)
             if s.num_output_tokens < p.min_tokens:
                 banned = [t for t in (*self.eos_ids, *p.stop_token_ids) if 0 <= t < vocab]
@@ -115,14 +139,14 @@ class Sampler:
             sorted_logits, order = scaled.sort(dim=-1, descending=True)
             vocab = scaled.shape[1]
             ranks = torch.arange(vocab, device=device)[None, :]
-            k = torch.tensor([k or vocab for k in top_k], device=device)[:, None]
+            k = _tensor([k or vocab for k in top_k], device=device)[:, None]
             remove = ranks >= k
             probs = torch.softmax(sorted_logits.masked_fill(remove, float("-inf")), dim=-1)
             # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
             before = probs.cumsum(dim=-1) - probs
-            remove |= before >= torch.tensor(top_p, device=device)[:, None]
+            remove |= before >= _tensor(top_p, device=device)[:, None]
             scaled.scatter_(1, order, sorted_logits.masked_fill(remove, float("-inf")))
         if any(min_p):
             probs = torch.softmax(scaled, dim=-1)
-            floor = torch.tensor(min_p, device=device)[:, None] * probs.max(dim=-1, keepdim=True).values
+            floor = _tensor(min_p, device=device)[:, None] * probs.max(dim=-1, keepdim=True).values
             scaled.masked_fill_(probs < floor, float("-inf"))
