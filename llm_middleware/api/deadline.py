@@ -37,6 +37,7 @@ class Deadline:
     def __init__(self, timeout: float | None) -> None:
         self._loop = asyncio.get_running_loop()
         self._expired: asyncio.Future[LLMError] = self._loop.create_future()
+        self._readers: set[asyncio.Task[object]] = set()  # tasks awaiting the stream: cancelled on expiry
         self._timer = (
             self._loop.call_later(timeout, self._set, RequestTimeoutError(
                 f"The request took longer than the server's limit of {timeout:g} seconds. "
@@ -65,6 +66,8 @@ class Deadline:
     def _set(self, error: LLMError) -> None:
         if not self._expired.done():
             self._expired.set_result(error)
+            for task in self._readers:
+                task.cancel()
 
     async def race(self, work: Awaitable[object]) -> asyncio.Future[object] | None:
         """Run ``work`` until it finishes (return its future) or the deadline expires (cancel it, return None)."""
@@ -116,13 +119,29 @@ class _StreamWithin:
             if not self._ending:
                 raise StopAsyncIteration
             return self._ending.pop(0)
-        step = await self._deadline.race(anext(self._stream))
-        if step is None:
-            self._expired = True
-            await self.aclose()
-            self._ending = [DONE]
-            return error_event(self._deadline.error)  # type: ignore[arg-type]
-        return step.result()  # type: ignore[return-value]
+        if self._deadline.error is not None:  # expired between two chunks
+            return await self._end()
+        # The read runs in the caller's task (no task per chunk); the deadline cancels that task
+        # while it waits here, and the cancellation becomes the error event.
+        task = asyncio.current_task()
+        assert task is not None
+        readers = self._deadline._readers
+        readers.add(task)
+        try:
+            return await anext(self._stream)
+        except asyncio.CancelledError:
+            # Another cancellation besides the deadline's (the client went away) still ends the task.
+            if self._deadline.error is None or task.uncancel() > 0:
+                raise
+            return await self._end()
+        finally:
+            readers.discard(task)
+
+    async def _end(self) -> bytes:
+        self._expired = True
+        await self.aclose()
+        self._ending = [DONE]
+        return error_event(self._deadline.error)  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
         """Close the wrapped stream."""

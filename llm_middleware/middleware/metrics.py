@@ -9,7 +9,7 @@ as requests run; the engine's live counts (waiting, running, KV blocks) are read
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -80,6 +80,7 @@ class Metrics:
             "llm_inter_token_latency_seconds", "Time between consecutive tokens of a streamed choice",
             ["model"], buckets=_ITL_BUCKETS, registry=self.registry,
         )
+        self._inter_token_by_model: dict[str, Any] = {}
         self.registry.register(_EngineCollector(engine))
 
     def count_request(self, route: str, status: int, model: str, seconds: float) -> None:
@@ -98,7 +99,10 @@ class Metrics:
 
     def observe_inter_token(self, model: str, seconds: float) -> None:
         """One token of a streamed choice arrived ``seconds`` after the previous one."""
-        self.inter_token.labels(model).observe(seconds)
+        child = self._inter_token_by_model.get(model)
+        if child is None:  # labels() takes a lock and builds a key: once per model, not per token
+            child = self._inter_token_by_model[model] = self.inter_token.labels(model)
+        child.observe(seconds)
 
     def response(self) -> Response:
         """The Prometheus text exposition of every metric."""
