@@ -96,20 +96,31 @@ def test_stop_string_split_across_tokens_is_never_emitted(engine: Engine) -> Non
     assert deltas[-1].finish_reason == "stop"
 
 
-def test_utf8_never_broken_across_deltas(engine: Engine) -> None:
-    from llm_middleware.engine.detokenizer import IncrementalDetokenizer
+class _PythonOnlyTokenizer:
+    """A tokenizer without a Rust backend: only ``decode``."""
+
+    def __init__(self, tokenizer: object) -> None:
+        self.decode = tokenizer.decode  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("rust_backend", [True, False])
+def test_utf8_never_broken_across_deltas(engine: Engine, rust_backend: bool) -> None:
+    from llm_middleware.engine.detokenizer import IncrementalDetokenizer, TokenDecoder
 
     tokenizer = engine._models[engine.resolve_model(None)].worker.tokenizer  # noqa: SLF001
+    decoder = TokenDecoder(tokenizer if rust_backend else _PythonOnlyTokenizer(tokenizer))
     text = "东京 🚀 café — ok 👍🏽"
     ids = tokenizer.encode(text, add_special_tokens=False)
     assert len(ids) > len(text) // 2  # multi-byte characters are split over several tokens
-    detok = IncrementalDetokenizer(tokenizer, [], [])
-    chunks = []
-    for token in ids:
-        detok.add(token)
-        chunks.append(detok.take(final=False))
-    assert "".join(chunks) == text
-    assert all("\ufffd" not in c for c in chunks)
+    for cut in (0, 3):  # with no context, and continuing after a prompt
+        context = tokenizer.decode(ids[:cut], skip_special_tokens=True)
+        detok = IncrementalDetokenizer(decoder, ids[:cut], [])
+        chunks = []
+        for token in ids[cut:]:
+            detok.add(token)
+            chunks.append(detok.take(final=False))
+        assert context + "".join(chunks) == text
+        assert all("\ufffd" not in c for c in chunks)
     # Streamed output of the engine joins to the decoding of all its tokens.
     for seed in range(3):
         deltas = list(engine.stream_complete_sync(text, max_tokens=30, temperature=1.0, seed=seed))

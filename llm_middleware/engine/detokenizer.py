@@ -1,38 +1,81 @@
 """Incremental detokenization with stop strings that are never emitted.
 
 Decoding one token at a time breaks multi-byte characters (a byte-level BPE may split an
-emoji over several tokens) and word-boundary spacing, so each step decodes a short window
-of recent tokens and only releases text that ends in a whole character.  Text that could
-still turn into a stop string is held back until it cannot.
+emoji over several tokens) and word-boundary spacing, so text is released only once it ends
+in a whole character, decoded with a few tokens of context before it.  Text that could still
+turn into a stop string is held back until it cannot.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from tokenizers.decoders import DecodeStream
 
 # Tokens of context decoded before the new ones, so tokenizers that drop a leading space
 # on the first token of a string (SentencePiece) still produce the right spacing.
 _CONTEXT_TOKENS = 5
 _REPLACEMENT = "\ufffd"
 
+#: Takes the next token id; returns the text it completes, if any.
+StepDecoder = Callable[[int], str | None]
+
+
+class TokenDecoder:
+    """Makes the per-sequence step decoders of one tokenizer.
+
+    A Rust-backed tokenizer gets the ``tokenizers`` library's own ``DecodeStream``: one call
+    per token, no Python-side windowing.  Other tokenizers decode a sliding window.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)
+
+    def stream(self, context: list[int]) -> StepDecoder:
+        """A step decoder that continues after the token ids ``context``."""
+        context = context[-_CONTEXT_TOKENS:]
+        backend = self._backend
+        if backend is None:
+            return _WindowDecoder(self._tokenizer, context).step
+        stream = DecodeStream(skip_special_tokens=True)
+        if context:
+            stream.step(backend, context)  # the context's own text is not output
+        return lambda token_id: stream.step(backend, token_id)
+
+
+class _WindowDecoder:
+    """Decodes a short window of recent tokens and releases what the newest ones added."""
+
+    __slots__ = ("_tokenizer", "_ids", "_prefix", "_read")
+
+    def __init__(self, tokenizer: Any, context: list[int]) -> None:
+        self._tokenizer = tokenizer
+        self._ids = list(context)
+        self._prefix = 0
+        self._read = len(self._ids)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def step(self, token_id: int) -> str | None:
+        self._ids.append(token_id)
+        prefix_text = self._decode(self._ids[self._prefix : self._read])
+        full = self._decode(self._ids[self._prefix :])
+        if len(full) <= len(prefix_text) or full.endswith(_REPLACEMENT):
+            return None  # part of a character: wait for the rest
+        self._prefix, self._read = self._read, len(self._ids)
+        return full[len(prefix_text) :]
+
 
 class IncrementalDetokenizer:
     """Turns one sequence's output token ids into text deltas."""
 
-    __slots__ = ("_decode_ids", "_ids", "_prefix", "_read", "_stops", "_max_stop", "text", "_emitted", "stopped")
+    __slots__ = ("_step", "_stops", "_max_stop", "text", "_emitted", "stopped")
 
-    def __init__(self, tokenizer: Any, prompt_ids: list[int], stop: list[str]) -> None:
-        # The Rust tokenizer itself when there is one: transformers' decode wrapper costs
-        # several times the decoding, and this runs twice per token per sequence.
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        self._decode_ids = (
-            (lambda ids: backend.decode(ids, skip_special_tokens=True))
-            if backend is not None
-            else (lambda ids: tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
-        )
-        self._ids = list(prompt_ids[-_CONTEXT_TOKENS:])
-        self._prefix = 0
-        self._read = len(self._ids)
+    def __init__(self, decoder: TokenDecoder, prompt_ids: list[int], stop: list[str]) -> None:
+        self._step = decoder.stream(prompt_ids)
         self._stops = stop
         self._max_stop = max((len(s) for s in stop), default=0)
         self.text = ""  # all output text so far, stop string excluded
@@ -41,12 +84,8 @@ class IncrementalDetokenizer:
 
     def add(self, token_id: int) -> None:
         """Append a token; updates ``text`` (whole characters only) and ``stopped``."""
-        self._ids.append(token_id)
-        prefix_text = self._decode_ids(self._ids[self._prefix : self._read])
-        full = self._decode_ids(self._ids[self._prefix :])
-        if len(full) > len(prefix_text) and not full.endswith(_REPLACEMENT):
-            new = full[len(prefix_text) :]
-            self._prefix, self._read = self._read, len(self._ids)
+        new = self._step(token_id)
+        if new:
             start = max(0, len(self.text) - self._max_stop + 1)
             self.text += new
             if self._stops:

@@ -19,7 +19,7 @@ from ..errors import (
 from .block_manager import BlockManager
 from .config import ModelConfig
 from .delivery import Outbox, Sink
-from .detokenizer import IncrementalDetokenizer
+from .detokenizer import IncrementalDetokenizer, TokenDecoder
 from .fused_norms import fuse_rms_norms
 from .grammar import GrammarCompiler
 from .kv_cache import KVCache
@@ -97,6 +97,7 @@ class GenerationWorker:
             self.generator.seed()
         self.sampler = Sampler(self.eos_ids, self.generator)
         self.token_bytes = TokenBytes(self.tokenizer)
+        self.token_decoder = TokenDecoder(self.tokenizer)
         self.grammars = GrammarCompiler(self.tokenizer, self.model.get_output_embeddings().weight.shape[0], self.eos_ids)
 
         self._inbox: deque[GenerationRequest] = deque()
@@ -221,7 +222,7 @@ class GenerationWorker:
             if params.seed is not None:
                 generator = torch.Generator(device=self.device)
                 generator.manual_seed((params.seed + index) % 2**64)  # choice i of n: its own stream
-            detok = IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop)
+            detok = IncrementalDetokenizer(self.token_decoder, prompt_ids, params.stop)
             max_total = len(prompt_ids) + min(room, params.max_tokens or room)
             seq_matcher = matcher.deep_copy() if matcher is not None else None
             request.seqs.append(Sequence(request, index, prompt_ids, params, generator, detok, max_total, seq_matcher))
