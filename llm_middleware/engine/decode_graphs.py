@@ -41,16 +41,37 @@ class CudaDecoder:
         self.block_size = kv_cache.block_size
         device = kv_cache.keys[0].device
         rows = self.buckets[-1]
-        max_blocks = -(-max_model_len // self.block_size)
-        self.input_ids = torch.full((rows, 1), pad_id, dtype=torch.long, device=device)
-        self.positions = torch.zeros((rows, 1), dtype=torch.long, device=device)
-        self.slot_mapping = torch.full((rows,), kv_cache.scratch_slot, dtype=torch.long, device=device)
-        self.block_tables = torch.zeros((rows, max_blocks), dtype=torch.int32, device=device)
-        self.context_lens = torch.ones((rows,), dtype=torch.int32, device=device)
+        self.max_blocks = -(-max_model_len // self.block_size)
+        self.pad_id = pad_id
+        # Every per-step input lives in one flat int64 buffer, staged in pinned host memory and
+        # sent with one copy: each copy call lets the event-loop thread take the GIL, and
+        # getting it back can cost the step loop milliseconds when the server is busy.
+        size = 4 * rows + rows * self.max_blocks
+        self.host_inputs = torch.zeros(size, dtype=torch.long, pin_memory=True)
+        self._host = self.host_inputs.numpy()
+        self.device_inputs = torch.zeros(size, dtype=torch.long, device=device)
+        flat = self.device_inputs
+        self.input_ids = flat[:rows].view(rows, 1)
+        self.positions = flat[rows : 2 * rows].view(rows, 1)
+        self.slot_mapping = flat[2 * rows : 3 * rows]
+        self.context_lens = flat[3 * rows : 4 * rows]
+        self.block_tables = flat[4 * rows :].view(rows, self.max_blocks)
+        self._stage_padding(0, rows)
+        self._staged_tables: list[list[int] | None] = [None] * rows  # each row's block list, as staged
+        self._staged_lens = [0] * rows
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         if use_graphs:
             self._capture()
+
+    def _stage_padding(self, start: int, end: int) -> None:
+        """Host-side inputs of padding rows ``start:end``: one token that writes to the scratch slot."""
+        total = self.buckets[-1]
+        host = self._host
+        host[start:end] = self.pad_id
+        host[total + start : total + end] = 0
+        host[2 * total + start : 2 * total + end] = self.kv_cache.scratch_slot
+        host[3 * total + start : 3 * total + end] = 1
 
     def _forward(self, rows: int) -> torch.Tensor:
         meta = AttentionMetadata(
@@ -86,18 +107,26 @@ class CudaDecoder:
         n = len(seqs)
         rows = self.buckets[bisect.bisect_left(self.buckets, n)]
         bs = self.block_size
+        host = self._host
+        total = self.buckets[-1]
         positions = [s.num_computed for s in seqs]
-        width = max(len(s.block_table) for s in seqs)
-        table = torch.tensor([s.block_table + [0] * (width - len(s.block_table)) for s in seqs], dtype=torch.int32)
-        slots = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, positions)]
-        pad = rows - n
-        scratch = self.kv_cache.scratch_slot
-        self.input_ids[:rows, 0].copy_(torch.tensor([s.token_ids[-1] for s in seqs] + [0] * pad), non_blocking=True)
-        self.positions[:rows, 0].copy_(torch.tensor(positions + [0] * pad), non_blocking=True)
-        self.slot_mapping[:rows].copy_(torch.tensor(slots + [scratch] * pad), non_blocking=True)
-        self.context_lens[:rows].copy_(torch.tensor([p + 1 for p in positions] + [1] * pad, dtype=torch.int32),
-                                       non_blocking=True)
-        self.block_tables[:n, :width].copy_(table, non_blocking=True)
+        host[:n] = [s.token_ids[-1] for s in seqs]
+        host[total : total + n] = positions
+        host[2 * total : 2 * total + n] = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, positions)]
+        host[3 * total : 3 * total + n] = [p + 1 for p in positions]
+        # Entries past a row's own blocks are never read (its context length bounds the walk), and
+        # a row that holds the same block list, no longer than last step, is already right (block
+        # lists only grow; a freed or preempted sequence gets a new list).
+        width = self.max_blocks
+        staged = self._staged_tables
+        for i, s in enumerate(seqs):
+            table = s.block_table
+            if staged[i] is not table or self._staged_lens[i] != len(table):
+                staged[i], self._staged_lens[i] = table, len(table)
+                start = 4 * total + i * width
+                host[start : start + len(table)] = table
+        self._stage_padding(n, rows)
+        self.device_inputs.copy_(self.host_inputs, non_blocking=True)
         if rows in self.graphs:
             self.graphs[rows].replay()
             return self.outputs[rows][:n]
