@@ -157,19 +157,50 @@ def bench_generate_batch(model: Any, prompts: list[list[int]], new_tokens: int) 
     return tokens / (time.perf_counter() - began)
 
 
-def bench_mistralrs(model_dir: Path, prompts: list[list[int]], new_tokens: int) -> float | None:
+def _mistralrs_model_dir(model_dir: Path) -> Path:
+    """The model with a config mistral.rs reads: it wants the legacy top-level ``rope_theta``."""
+    config = json.loads((model_dir / "config.json").read_text())
+    config.setdefault("rope_theta", (config.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    compat = Path(tempfile.mkdtemp(prefix="mistralrs-model-"))
+    for item in model_dir.iterdir():
+        if item.name != "config.json":
+            os.symlink(item, compat / item.name)
+    (compat / "config.json").write_text(json.dumps(config))
+    return compat
+
+
+def bench_mistralrs(model_dir: Path, prompts: list[str], new_tokens: int, streams: list[int]) -> dict[int, float] | None:
+    """tokens/s of the ``mistralrs`` engine in-process for N concurrent streams (None if not installed).
+
+    Its Python runner serves one call at a time, so N streamed chat requests are opened at once
+    and read in turn from one thread (the engine batches them); a streamed chunk is one token.
+    """
     try:
         import mistralrs  # type: ignore[import-not-found]
     except ImportError:
         return None
-    runner = mistralrs.Runner(which=mistralrs.Which.Plain(model_id=str(model_dir)))
-    began = time.perf_counter()
-    tokens = 0
-    for prompt in prompts:
-        out = runner.send_completion_request(mistralrs.CompletionRequest(
-            model="default", prompt=prompt, max_tokens=new_tokens, temperature=0.0))
-        tokens += out.usage.completion_tokens
-    return tokens / (time.perf_counter() - began)
+    runner = mistralrs.Runner(which=mistralrs.Which.Plain(model_id=str(_mistralrs_model_dir(model_dir))))
+
+    def run(batch: list[str]) -> float:
+        began = time.perf_counter()
+        live = [
+            runner.send_chat_completion_request(mistralrs.ChatCompletionRequest(
+                model="default", messages=[{"role": "user", "content": text}], max_tokens=new_tokens,
+                temperature=0.0, stream=True))
+            for text in batch
+        ]
+        tokens = 0
+        while live:
+            for stream in list(live):
+                chunk = next(stream, None)
+                if chunk is None:
+                    live.remove(stream)
+                elif chunk.choices and chunk.choices[0].finish_reason is None:
+                    tokens += 1
+        return tokens / (time.perf_counter() - began)
+
+    run(prompts[:1])  # warm-up
+    return {n: run(prompts[:n]) for n in streams}
 
 
 def main() -> None:
@@ -211,10 +242,9 @@ def main() -> None:
             del model
             if args.device.startswith("cuda"):
                 torch.cuda.empty_cache()
-            for n in streams:
-                rate = bench_mistralrs(path, biggest[:n], args.new_tokens)
-                if rate is not None:
-                    report("mistralrs", streams=n, tokens_per_s=round(rate, 1))
+            texts = [tokenizer.decode(p) for p in biggest]  # its Python API takes text prompts
+            for n, rate in (bench_mistralrs(path, texts, args.new_tokens, streams) or {}).items():
+                report("mistralrs", streams=n, tokens_per_s=round(rate, 1))
 
         options: dict[str, Any] = {"max_batch_size": max(streams), "max_prefill_tokens": 4096, "device": args.device,
                                    "seed": 0}
