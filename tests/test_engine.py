@@ -128,6 +128,30 @@ def test_utf8_never_broken_across_deltas(engine: Engine, rust_backend: bool) -> 
         assert "".join(d.text for d in deltas) == tokenizer.decode(all_ids, skip_special_tokens=True)
 
 
+
+@pytest.mark.parametrize("rust_backend", [True, False])
+def test_bytes_that_never_form_a_character_are_released(engine: Engine, rust_backend: bool) -> None:
+    from llm_middleware.engine.detokenizer import IncrementalDetokenizer, TokenDecoder
+    from llm_middleware.engine.token_bytes import _byte_level_alphabet
+
+    tokenizer = engine._models[engine.resolve_model(None)].worker.tokenizer  # noqa: SLF001
+    decoder = TokenDecoder(tokenizer if rust_backend else _PythonOnlyTokenizer(tokenizer))
+    char_of = {b: c for c, b in _byte_level_alphabet().items()}
+    continuation = tokenizer.convert_tokens_to_ids(char_of[0x80])  # a UTF-8 continuation byte alone
+    ids = [continuation] * 12
+    detok = IncrementalDetokenizer(decoder, tokenizer.encode("Hi", add_special_tokens=False), [])
+    released = []
+    for token in ids:
+        detok.add(token)
+        released.append(detok.take(final=False))
+    assert released[3] == "" and "".join(released[:6]) != ""  # held while a character may still form
+    last = continuation
+    detok.add(last)
+    whole = "".join(released) + detok.take(final=True)
+    assert whole == tokenizer.decode([*ids, last], skip_special_tokens=True)
+    assert set(whole) == {"\ufffd"}
+
+
 def test_stop_token_ids_and_min_tokens(engine: Engine) -> None:
     first = engine.complete_sync("Hello", max_tokens=10, temperature=0, ignore_eos=True).choices[0].token_ids
     stopped = engine.complete_sync("Hello", max_tokens=10, temperature=0, stop_token_ids=[first[2]])

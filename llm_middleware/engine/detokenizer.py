@@ -8,8 +8,7 @@ turn into a stop string is held back until it cannot.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from tokenizers.decoders import DecodeStream
 
@@ -18,8 +17,21 @@ from tokenizers.decoders import DecodeStream
 _CONTEXT_TOKENS = 5
 _REPLACEMENT = "\ufffd"
 
-#: Takes the next token id; returns the text it completes, if any.
-StepDecoder = Callable[[int], str | None]
+# A UTF-8 character has at most four bytes: more tokens than this without text can never form
+# one, and are released as U+FFFD (as decoding all the tokens at once would show them).
+_MAX_HELD_TOKENS = 4
+
+
+class StepDecoder(Protocol):
+    """One sequence's incremental decoder."""
+
+    held: int  # tokens taken but not yet released as text
+
+    def step(self, token_id: int) -> str | None:
+        """Take the next token id; return the text it completes, if any."""
+
+    def flush(self) -> str:
+        """Release the held tokens' text as it stands (U+FFFD for incomplete characters)."""
 
 
 class TokenDecoder:
@@ -36,25 +48,64 @@ class TokenDecoder:
     def stream(self, context: list[int]) -> StepDecoder:
         """A step decoder that continues after the token ids ``context``."""
         context = context[-_CONTEXT_TOKENS:]
-        backend = self._backend
-        if backend is None:
-            return _WindowDecoder(self._tokenizer, context).step
+        if self._backend is None:
+            return _WindowDecoder(self._tokenizer, context)
+        return _RustStreamDecoder(self._backend, context)
+
+
+class _RustStreamDecoder:
+    """``DecodeStream``, plus what it needs to release held tokens on demand."""
+
+    __slots__ = ("_backend", "_context", "_pending", "_stream", "held")
+
+    def __init__(self, backend: Any, context: list[int]) -> None:
+        self._backend = backend
+        self._context = context  # the last tokens already released, for spacing
+        self._pending: list[int] = []
+        self.held = 0
+        self._stream = self._fresh()
+
+    def _fresh(self) -> DecodeStream:
         stream = DecodeStream(skip_special_tokens=True)
-        if context:
-            stream.step(backend, context)  # the context's own text is not output
-        return lambda token_id: stream.step(backend, token_id)
+        if self._context:
+            stream.step(self._backend, self._context)  # the context's own text is not output
+        return stream
+
+    def step(self, token_id: int) -> str | None:
+        self._pending.append(token_id)
+        text = self._stream.step(self._backend, token_id)
+        if text is None:
+            self.held += 1
+            return None
+        self._context = (self._context + self._pending)[-_CONTEXT_TOKENS:]
+        self._pending = []
+        self.held = 0
+        return text
+
+    def flush(self) -> str:
+        if not self._pending:
+            return ""
+        ids = self._context + self._pending
+        decode = self._backend.decode
+        text = decode(ids, skip_special_tokens=True)[len(decode(self._context, skip_special_tokens=True)) :]
+        self._context = ids[-_CONTEXT_TOKENS:]
+        self._pending = []
+        self.held = 0
+        self._stream = self._fresh()
+        return text
 
 
 class _WindowDecoder:
     """Decodes a short window of recent tokens and releases what the newest ones added."""
 
-    __slots__ = ("_tokenizer", "_ids", "_prefix", "_read")
+    __slots__ = ("_tokenizer", "_ids", "_prefix", "_read", "held")
 
     def __init__(self, tokenizer: Any, context: list[int]) -> None:
         self._tokenizer = tokenizer
         self._ids = list(context)
         self._prefix = 0
         self._read = len(self._ids)
+        self.held = 0
 
     def _decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
@@ -64,18 +115,28 @@ class _WindowDecoder:
         prefix_text = self._decode(self._ids[self._prefix : self._read])
         full = self._decode(self._ids[self._prefix :])
         if len(full) <= len(prefix_text) or full.endswith(_REPLACEMENT):
+            self.held += 1
             return None  # part of a character: wait for the rest
+        return self._release(full, prefix_text)
+
+    def flush(self) -> str:
+        if self._read == len(self._ids):
+            return ""
+        return self._release(self._decode(self._ids[self._prefix :]), self._decode(self._ids[self._prefix : self._read]))
+
+    def _release(self, full: str, prefix_text: str) -> str:
         self._prefix, self._read = self._read, len(self._ids)
+        self.held = 0
         return full[len(prefix_text) :]
 
 
 class IncrementalDetokenizer:
     """Turns one sequence's output token ids into text deltas."""
 
-    __slots__ = ("_step", "_stops", "_max_stop", "text", "_emitted", "stopped")
+    __slots__ = ("_decoder", "_stops", "_max_stop", "text", "_emitted", "stopped")
 
     def __init__(self, decoder: TokenDecoder, prompt_ids: list[int], stop: list[str]) -> None:
-        self._step = decoder.stream(prompt_ids)
+        self._decoder = decoder.stream(prompt_ids)
         self._stops = stop
         self._max_stop = max((len(s) for s in stop), default=0)
         self.text = ""  # all output text so far, stop string excluded
@@ -84,12 +145,17 @@ class IncrementalDetokenizer:
 
     def add(self, token_id: int) -> None:
         """Append a token; updates ``text`` (whole characters only) and ``stopped``."""
-        new = self._step(token_id)
+        new = self._decoder.step(token_id)
+        if new is None and self._decoder.held > _MAX_HELD_TOKENS:
+            new = self._decoder.flush()
         if new:
-            start = max(0, len(self.text) - self._max_stop + 1)
-            self.text += new
-            if self._stops:
-                self._check_stop(start)
+            self._append(new)
+
+    def _append(self, new: str) -> None:
+        start = max(0, len(self.text) - self._max_stop + 1)
+        self.text += new
+        if self._stops:
+            self._check_stop(start)
 
     def _check_stop(self, start: int) -> None:
         hits = [i for i in (self.text.find(s, start) for s in self._stops) if i >= 0]
@@ -99,6 +165,8 @@ class IncrementalDetokenizer:
 
     def take(self, final: bool) -> str:
         """The text not yet handed out, keeping back a tail that may begin a stop string."""
+        if final and not self.stopped and (tail := self._decoder.flush()):
+            self._append(tail)  # the sequence ended inside a character: show what there is
         end = len(self.text)
         if not final and not self.stopped:
             end -= self._held_back()
