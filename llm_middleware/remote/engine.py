@@ -6,10 +6,10 @@ import asyncio
 import os
 import threading
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from ..engine.outputs import Completion, Delta, Embeddings, ModelInfo
 from ..errors import EngineNotReadyError, InvalidRequestError
@@ -404,9 +404,43 @@ class RemoteEngine:
 # ---- what runs on the engine loop ---------------------------------------------------------------
 
 
+class _Generation:
+    """A generation call of the engine API as an upstream request: streamed as deltas, or whole.
+
+    Subclasses name the upstream route, build the body, and say how chunks and answers convert.
+    """
+
+    __slots__ = ()
+    path: ClassVar[str]
+    new_deltas: ClassVar[Callable[[], results.ChatDeltas | results.CompletionDeltas]]
+    to_completion: ClassVar[Callable[[dict[str, Any], str | None, str], Completion]]
+    request_id: str | None
+
+    async def _body(self, runtime: _Runtime, *, stream: bool) -> tuple[ServedModel, dict[str, Any]]:
+        raise NotImplementedError
+
+    async def deltas(self, runtime: _Runtime) -> AsyncGenerator[Delta, None]:
+        served, body = await self._body(runtime, stream=True)
+        converter = self.new_deltas()
+        stream = runtime.dispatcher.stream(self.path, served.upstream_id, body, self.request_id or _new_id())
+        async with aclosing(stream) as chunks:
+            async for chunk in chunks:
+                for delta in converter.feed(chunk):
+                    yield delta
+
+    async def whole(self, runtime: _Runtime) -> Completion:
+        served, body = await self._body(runtime, stream=False)
+        answer = await _request(runtime, self.path, served, body, self.request_id or _new_id())
+        return self.to_completion(answer, self.request_id, served.name)
+
+
 @dataclass(slots=True)
-class _Chat:
+class _Chat(_Generation):
     """One chat call of the engine API, as an upstream request."""
+
+    path = "chat/completions"
+    new_deltas = results.ChatDeltas
+    to_completion = staticmethod(results.chat_completion)
 
     messages: list[dict[str, Any]]
     model: str | None
@@ -422,24 +456,14 @@ class _Chat:
                                 chat_template_kwargs=self.template_kwargs, stream=stream)
         return served, body
 
-    async def deltas(self, runtime: _Runtime) -> AsyncGenerator[Delta, None]:
-        served, body = await self._body(runtime, stream=True)
-        converter = results.ChatDeltas()
-        stream = runtime.dispatcher.stream("chat/completions", served.upstream_id, body, self.request_id or _new_id())
-        async with aclosing(stream) as chunks:
-            async for chunk in chunks:
-                for delta in converter.feed(chunk):
-                    yield delta
-
-    async def whole(self, runtime: _Runtime) -> Completion:
-        served, body = await self._body(runtime, stream=False)
-        answer = await _request(runtime, "chat/completions", served, body, self.request_id or _new_id())
-        return results.chat_completion(answer, self.request_id, served.name)
-
 
 @dataclass(slots=True)
-class _Completion:
+class _Completion(_Generation):
     """One text completion call of the engine API, as an upstream request."""
+
+    path = "completions"
+    new_deltas = results.CompletionDeltas
+    to_completion = staticmethod(results.text_completion)
 
     prompt: str | list[int]
     model: str | None
@@ -450,20 +474,6 @@ class _Completion:
         fields = bodies.sampling_fields(self.sampling, chat=False)
         served = await runtime.route(self.model, "generate")
         return served, bodies.completion_body(self.prompt, served.upstream_id, fields, stream=stream)
-
-    async def deltas(self, runtime: _Runtime) -> AsyncGenerator[Delta, None]:
-        served, body = await self._body(runtime, stream=True)
-        converter = results.CompletionDeltas()
-        stream = runtime.dispatcher.stream("completions", served.upstream_id, body, self.request_id or _new_id())
-        async with aclosing(stream) as chunks:
-            async for chunk in chunks:
-                for delta in converter.feed(chunk):
-                    yield delta
-
-    async def whole(self, runtime: _Runtime) -> Completion:
-        served, body = await self._body(runtime, stream=False)
-        answer = await _request(runtime, "completions", served, body, self.request_id or _new_id())
-        return results.text_completion(answer, self.request_id, served.name)
 
 
 async def _embed(runtime: _Runtime, inputs: str | list[str], model: str | None, dimensions: int | None) -> Embeddings:
