@@ -88,31 +88,44 @@ def tool_calls_text(calls: list[dict[str, Any]]) -> str:
     )
 
 
-class ChatDeltas:
-    """Turns a stream of chat chunks into deltas (tool-call pieces become Hermes text as they come)."""
+class _ChunkDeltas:
+    """Turns a stream of chunks into deltas; subclasses read one choice's text and logprobs."""
 
     def __init__(self) -> None:
-        self._open_calls: dict[int, bool] = {}  # choice index -> whether its open call has arguments yet
         self._last_index = 0
 
     def feed(self, chunk: dict[str, Any]) -> list[Delta]:
-        """The deltas of one chunk (none for a chunk that only opens the message)."""
+        """The deltas of one chunk (none for a chunk that carries nothing, like the role chunk)."""
         raise_error_event(chunk)
         deltas = []
         for choice in chunk.get("choices") or []:
             index = self._last_index = int(choice.get("index") or 0)
-            delta = choice.get("delta") or {}
-            calls = delta.get("tool_calls") or []
-            text = (delta.get("content") or "") + "".join(self._call_piece(index, call) for call in calls)
             reason = finish_reason(choice.get("finish_reason"))
-            if reason is not None:
-                text += self._close_call(index)
-            logprobs = chat_logprobs(choice.get("logprobs"))
+            text, logprobs = self._content(index, choice, reason)
             if text or logprobs or reason:
                 deltas.append(Delta(index, text, [], logprobs, reason))
         if (counts := usage(chunk.get("usage"))) is not None:
             deltas.append(Delta(self._last_index, "", [], usage=counts))
         return deltas
+
+    def _content(self, index: int, choice: dict[str, Any], reason: str | None) -> tuple[str, Any]:
+        raise NotImplementedError
+
+
+class ChatDeltas(_ChunkDeltas):
+    """Turns a stream of chat chunks into deltas (tool-call pieces become Hermes text as they come)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._open_calls: dict[int, bool] = {}  # choice index -> whether its open call has arguments yet
+
+    def _content(self, index: int, choice: dict[str, Any], reason: str | None) -> tuple[str, Any]:
+        delta = choice.get("delta") or {}
+        calls = delta.get("tool_calls") or []
+        text = (delta.get("content") or "") + "".join(self._call_piece(index, call) for call in calls)
+        if reason is not None:
+            text += self._close_call(index)
+        return text, chat_logprobs(choice.get("logprobs"))
 
     def _call_piece(self, index: int, call: dict[str, Any]) -> str:
         function = call.get("function") or {}
@@ -133,26 +146,11 @@ class ChatDeltas:
         return ("" if had_arguments else "{}") + _CALL_END
 
 
-class CompletionDeltas:
+class CompletionDeltas(_ChunkDeltas):
     """Turns a stream of text completion chunks into deltas."""
 
-    def __init__(self) -> None:
-        self._last_index = 0
-
-    def feed(self, chunk: dict[str, Any]) -> list[Delta]:
-        """The deltas of one chunk."""
-        raise_error_event(chunk)
-        deltas = []
-        for choice in chunk.get("choices") or []:
-            index = self._last_index = int(choice.get("index") or 0)
-            text = choice.get("text") or ""
-            reason = finish_reason(choice.get("finish_reason"))
-            logprobs = completion_logprobs(choice.get("logprobs"))
-            if text or logprobs or reason:
-                deltas.append(Delta(index, text, [], logprobs, reason))
-        if (counts := usage(chunk.get("usage"))) is not None:
-            deltas.append(Delta(self._last_index, "", [], usage=counts))
-        return deltas
+    def _content(self, index: int, choice: dict[str, Any], reason: str | None) -> tuple[str, Any]:
+        return choice.get("text") or "", completion_logprobs(choice.get("logprobs"))
 
 
 def chat_completion(answer: dict[str, Any], request_id: str | None, model: str) -> Completion:
