@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from asgi_streams import ASGIStream
+from engine_state import idle_stats
 from test_dispatch import ShopASGI, asgi_request
 
 from llm_middleware.engine.engine import Engine
@@ -51,12 +52,7 @@ def fault(engine: Engine) -> Iterator[StepFault]:
 
 
 async def settle(engine: Engine) -> dict[str, int]:
-    for _ in range(200):
-        stats = engine.stats()
-        if stats["running"] == 0 and stats["waiting"] == 0:
-            break
-        await asyncio.sleep(0.02)
-    return engine.stats()
+    return await idle_stats(engine, timeout=4.0)
 
 
 async def test_step_failure_before_the_first_token_is_a_500(engine: Engine, fault: StepFault) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from asgi_streams import ASGIStream
+from engine_state import idle_stats
 from test_dispatch import ShopASGI, asgi_request
 
 from llm_middleware.engine.engine import Engine
@@ -35,12 +36,7 @@ def engine(tiny_model_dir: Path) -> Iterator[Engine]:
 
 
 async def idle(engine: Engine) -> dict[str, int]:
-    for _ in range(500):
-        stats = engine.stats()
-        if stats["running"] == 0 and stats["waiting"] == 0:
-            break
-        await asyncio.sleep(0.02)
-    return engine.stats()
+    return await idle_stats(engine, timeout=10.0)
 
 
 async def test_concurrent_streams_with_random_disconnects(engine: Engine) -> None:

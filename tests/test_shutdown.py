@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from asgi_streams import ASGIStream
+from engine_state import idle_stats
 from servers import free_port, launch, server_env, wait_until_up
 from test_dispatch import ShopASGI, asgi_request
 
@@ -35,12 +36,7 @@ def slow_engine(tiny_model_dir: Path) -> Iterator[Engine]:
 
 
 async def idle(engine: Engine) -> dict[str, int]:
-    for _ in range(300):
-        stats = engine.stats()
-        if stats["running"] == 0 and stats["waiting"] == 0:
-            break
-        await asyncio.sleep(0.02)
-    return engine.stats()
+    return await idle_stats(engine, timeout=6.0)
 
 
 # ---- request timeout ----------------------------------------------------------------------------
