@@ -48,30 +48,32 @@ class CudaDecoder:
         # getting it back can cost the step loop milliseconds when the server is busy.
         size = 4 * rows + rows * self.max_blocks
         self.host_inputs = torch.zeros(size, dtype=torch.long, pin_memory=True)
-        self._host = self.host_inputs.numpy()
         self.device_inputs = torch.zeros(size, dtype=torch.long, device=device)
-        flat = self.device_inputs
-        self.input_ids = flat[:rows].view(rows, 1)
-        self.positions = flat[rows : 2 * rows].view(rows, 1)
-        self.slot_mapping = flat[2 * rows : 3 * rows]
-        self.context_lens = flat[3 * rows : 4 * rows]
-        self.block_tables = flat[4 * rows :].view(rows, self.max_blocks)
+        # The same five fields over the host buffer (as numpy arrays, for cheap writes from lists)
+        # and over the device buffer (what the captured graphs read).
+        self._host_ids, self._host_positions, self._host_slots, self._host_context_lens, self._host_tables = (
+            self._fields(self.host_inputs.numpy(), rows)
+        )
+        ids, positions, self.slot_mapping, self.context_lens, self.block_tables = self._fields(self.device_inputs, rows)
+        self.input_ids, self.positions = ids.view(rows, 1), positions.view(rows, 1)
         self._stage_padding(0, rows)
-        self._staged_tables: list[list[int] | None] = [None] * rows  # each row's block list, as staged
-        self._staged_lens = [0] * rows
+        self._staged: list[tuple[list[int], int] | None] = [None] * rows  # each row's block list and length, as staged
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         if use_graphs:
             self._capture()
 
+    def _fields(self, flat: Any, rows: int) -> tuple[Any, Any, Any, Any, Any]:
+        """Token ids, positions, slots and context lengths ``[rows]`` each, then block tables ``[rows, max_blocks]``."""
+        return (flat[:rows], flat[rows : 2 * rows], flat[2 * rows : 3 * rows], flat[3 * rows : 4 * rows],
+                flat[4 * rows :].reshape(rows, self.max_blocks))
+
     def _stage_padding(self, start: int, end: int) -> None:
         """Host-side inputs of padding rows ``start:end``: one token that writes to the scratch slot."""
-        total = self.buckets[-1]
-        host = self._host
-        host[start:end] = self.pad_id
-        host[total + start : total + end] = 0
-        host[2 * total + start : 2 * total + end] = self.kv_cache.scratch_slot
-        host[3 * total + start : 3 * total + end] = 1
+        self._host_ids[start:end] = self.pad_id
+        self._host_positions[start:end] = 0
+        self._host_slots[start:end] = self.kv_cache.scratch_slot
+        self._host_context_lens[start:end] = 1
 
     def _forward(self, rows: int) -> torch.Tensor:
         meta = AttentionMetadata(
@@ -107,24 +109,21 @@ class CudaDecoder:
         n = len(seqs)
         rows = self.buckets[bisect.bisect_left(self.buckets, n)]
         bs = self.block_size
-        host = self._host
-        total = self.buckets[-1]
         positions = [s.num_computed for s in seqs]
-        host[:n] = [s.token_ids[-1] for s in seqs]
-        host[total : total + n] = positions
-        host[2 * total : 2 * total + n] = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, positions)]
-        host[3 * total : 3 * total + n] = [p + 1 for p in positions]
+        self._host_ids[:n] = [s.token_ids[-1] for s in seqs]
+        self._host_positions[:n] = positions
+        self._host_slots[:n] = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, positions)]
+        self._host_context_lens[:n] = [p + 1 for p in positions]
         # Entries past a row's own blocks are never read (its context length bounds the walk), and
         # a row that holds the same block list, no longer than last step, is already right (block
         # lists only grow; a freed or preempted sequence gets a new list).
-        width = self.max_blocks
-        staged = self._staged_tables
+        staged = self._staged
         for i, s in enumerate(seqs):
             table = s.block_table
-            if staged[i] is not table or self._staged_lens[i] != len(table):
-                staged[i], self._staged_lens[i] = table, len(table)
-                start = 4 * total + i * width
-                host[start : start + len(table)] = table
+            entry = staged[i]
+            if entry is None or entry[0] is not table or entry[1] != len(table):
+                staged[i] = (table, len(table))
+                self._host_tables[i, : len(table)] = table
         self._stage_padding(n, rows)
         self.device_inputs.copy_(self.host_inputs, non_blocking=True)
         if rows in self.graphs:
