@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llm_middleware import errors
 from llm_middleware.engine import Engine
+from llm_middleware.engine.sequence import PENDING_TOKEN
 
 PROMPTS = [
     "Hello",
@@ -22,10 +23,15 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path):
+#: Each step read on the host before the next is launched, or launched from the previous step's
+#: draws still on the device (the CUDA default, forced here on the CPU).
+MODES = pytest.mark.parametrize("overlap", [False, True], ids=["sync", "overlap"])
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["sync", "overlap"])
+def engine(tiny_model_dir: Path, request: pytest.FixtureRequest):
     # A small prefill budget forces long prompts through several chunks.
-    eng = Engine(tiny_model_dir, seed=0, max_prefill_tokens=8, max_batch_size=8)
+    eng = Engine(tiny_model_dir, seed=0, max_prefill_tokens=8, max_batch_size=8, async_scheduling=request.param)
     eng.wait_ready_sync()
     yield eng
     eng.shutdown()
@@ -39,12 +45,19 @@ def reference_greedy(model_dir: Path, prompt: str, n: int) -> list[int]:
     return out[0, len(ids):].tolist()
 
 
+@MODES
 @pytest.mark.parametrize("arch_fixture", ["tiny_model_dir", "tiny_llama_dir"])
-async def test_greedy_equals_generate_for_staggered_batch(arch_fixture: str, request: pytest.FixtureRequest) -> None:
+async def test_greedy_equals_generate_for_staggered_batch(arch_fixture: str, overlap: bool,
+                                                          request: pytest.FixtureRequest) -> None:
     model_dir: Path = request.getfixturevalue(arch_fixture)
-    eng = Engine(model_dir, max_prefill_tokens=8, seed=0)
+    eng = Engine(model_dir, max_prefill_tokens=8, seed=0, async_scheduling=overlap)
+    launched_ahead: list[bool] = []  # per step: did a row's input come from draws the host had not read?
     try:
         await eng.wait_ready()
+        worker = eng._models[eng.resolve_model(None)].worker  # noqa: SLF001
+        worker.before_step = lambda batch: launched_ahead.append(
+            any(s.token_ids[-1] == PENDING_TOKEN for s in batch.decode)
+        )
 
         async def run(i: int, prompt: str) -> list[int]:
             await asyncio.sleep(0.03 * i)  # arrive while earlier requests are mid-decode
@@ -54,6 +67,7 @@ async def test_greedy_equals_generate_for_staggered_batch(arch_fixture: str, req
         got = await asyncio.gather(*(run(i, p) for i, p in enumerate(PROMPTS)))
         for prompt, tokens in zip(PROMPTS, got):
             assert tokens == reference_greedy(model_dir, prompt, 24), prompt
+        assert any(launched_ahead) == overlap
     finally:
         eng.shutdown()
 
@@ -198,8 +212,9 @@ def test_max_tokens_and_eos(engine: Engine) -> None:
     assert forced.text == ""
 
 
-async def test_cancellation_frees_slot_and_kv(tiny_model_dir: Path) -> None:
-    eng = Engine(tiny_model_dir, max_batch_size=1, seed=0)
+@MODES
+async def test_cancellation_frees_slot_and_kv(tiny_model_dir: Path, overlap: bool) -> None:
+    eng = Engine(tiny_model_dir, max_batch_size=1, seed=0, async_scheduling=overlap)
     await eng.wait_ready()
     try:
         total = eng.stats()["total_kv_blocks"]
@@ -273,8 +288,9 @@ async def test_overload_past_max_waiting(tiny_model_dir: Path) -> None:
         eng.shutdown()
 
 
-def test_context_length_error_before_batch(tiny_model_dir: Path) -> None:
-    eng = Engine(tiny_model_dir, max_model_len=32)
+@MODES
+def test_context_length_error_before_batch(tiny_model_dir: Path, overlap: bool) -> None:
+    eng = Engine(tiny_model_dir, max_model_len=32, async_scheduling=overlap)
     try:
         with pytest.raises(errors.ContextLengthExceededError, match="maximum context length is 32"):
             eng.complete_sync("word " * 100)
@@ -308,9 +324,10 @@ def test_long_prompt_prefill_does_not_stall_running_stream(tiny_model_dir: Path)
         eng.shutdown()
 
 
-def test_preemption_when_kv_cache_is_full(tiny_model_dir: Path) -> None:
+@MODES
+def test_preemption_when_kv_cache_is_full(tiny_model_dir: Path, overlap: bool) -> None:
     # 8 blocks of 4 slots: two 24-token generations cannot both fit; one is preempted and recomputed.
-    eng = Engine(tiny_model_dir, kv_cache_blocks=8, block_size=4, max_model_len=32, seed=0)
+    eng = Engine(tiny_model_dir, kv_cache_blocks=8, block_size=4, max_model_len=32, seed=0, async_scheduling=overlap)
     eng.wait_ready_sync()
     try:
         solo = [eng.complete_sync(p, max_tokens=20, temperature=0, ignore_eos=True).choices[0].token_ids

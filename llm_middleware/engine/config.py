@@ -28,6 +28,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     cuda_graphs: bool = True
     compile: bool = False
+    async_scheduling: bool | None = None
 
     def __post_init__(self) -> None:
         checks = [

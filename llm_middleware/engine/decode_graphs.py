@@ -16,6 +16,7 @@ import torch
 
 from .attention import AttentionMetadata
 from .kv_cache import KVCache
+from .sampler import feed_draws
 from .sequence import Sequence
 
 logger = logging.getLogger("llm_middleware")
@@ -45,35 +46,28 @@ class CudaDecoder:
         self.pad_id = pad_id
         # Every per-step input lives in one flat int64 buffer, staged in pinned host memory and
         # sent with one copy: each copy call lets the event-loop thread take the GIL, and
-        # getting it back can cost the step loop milliseconds when the server is busy.
-        size = 4 * rows + rows * self.max_blocks
-        self.host_inputs = torch.zeros(size, dtype=torch.long, pin_memory=True)
+        # getting it back can cost the step loop milliseconds when the server is busy.  Two
+        # host buffers take turns: a step is staged while the previous step's copy may still
+        # be queued behind the running one.
+        size = 5 * rows + rows * self.max_blocks
+        self._staging = [_Staging(self, size, rows), _Staging(self, size, rows)]
+        self._turn = 0
         self.device_inputs = torch.zeros(size, dtype=torch.long, device=device)
-        # The same five fields over the host buffer (as numpy arrays, for cheap writes from lists)
-        # and over the device buffer (what the captured graphs read).
-        self._host_ids, self._host_positions, self._host_slots, self._host_context_lens, self._host_tables = (
-            self._fields(self.host_inputs.numpy(), rows)
+        # What the captured graphs read: the same fields over the device buffer.
+        ids, positions, self.slot_mapping, self.context_lens, self.sources, self.block_tables = (
+            self.fields(self.device_inputs, rows)
         )
-        ids, positions, self.slot_mapping, self.context_lens, self.block_tables = self._fields(self.device_inputs, rows)
         self.input_ids, self.positions = ids.view(rows, 1), positions.view(rows, 1)
-        self._stage_padding(0, rows)
-        self._staged: list[tuple[list[int], int] | None] = [None] * rows  # each row's block list and length, as staged
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         if use_graphs:
             self._capture()
 
-    def _fields(self, flat: Any, rows: int) -> tuple[Any, Any, Any, Any, Any]:
-        """Token ids, positions, slots and context lengths ``[rows]`` each, then block tables ``[rows, max_blocks]``."""
+    def fields(self, flat: Any, rows: int) -> tuple[Any, Any, Any, Any, Any, Any]:
+        """Token ids, positions, slots, context lengths and source rows ``[rows]`` each, then block
+        tables ``[rows, max_blocks]``."""
         return (flat[:rows], flat[rows : 2 * rows], flat[2 * rows : 3 * rows], flat[3 * rows : 4 * rows],
-                flat[4 * rows :].reshape(rows, self.max_blocks))
-
-    def _stage_padding(self, start: int, end: int) -> None:
-        """Host-side inputs of padding rows ``start:end``: one token that writes to the scratch slot."""
-        self._host_ids[start:end] = self.pad_id
-        self._host_positions[start:end] = 0
-        self._host_slots[start:end] = self.kv_cache.scratch_slot
-        self._host_context_lens[start:end] = 1
+                flat[4 * rows : 5 * rows], flat[5 * rows :].reshape(rows, self.max_blocks))
 
     def _forward(self, rows: int) -> torch.Tensor:
         meta = AttentionMetadata(
@@ -104,29 +98,66 @@ class CudaDecoder:
         logger.info("captured CUDA graphs of the decode step for batch sizes %s", self.buckets)
 
     @torch.inference_mode()
-    def run(self, seqs: list[Sequence]) -> torch.Tensor:
-        """Logits ``[len(seqs), vocab]`` of each sequence's next token (its last token is computed now)."""
+    def run(self, seqs: list[Sequence], previous: torch.Tensor | None = None, sources: list[int] | None = None) -> torch.Tensor:
+        """Logits ``[len(seqs), vocab]`` of each sequence's next token (its last token is computed now).
+
+        A row whose last token is still on the device takes it from ``previous[sources[row]]``
+        (``sources[row]`` is -1 for the rows whose last token the host knows).
+        """
         n = len(seqs)
         rows = self.buckets[bisect.bisect_left(self.buckets, n)]
+        staging = self._staging[self._turn]
+        self._turn ^= 1
+        staging.stage(seqs, rows, sources)
+        self.device_inputs.copy_(staging.host, non_blocking=True)
+        if previous is not None:
+            feed_draws(self.input_ids[:n, 0], self.sources[:n], previous)
+        if rows in self.graphs:
+            self.graphs[rows].replay()
+            return self.outputs[rows][:n]
+        return self._forward(rows)[:n]
+
+
+class _Staging:
+    """One pinned host copy of a decode step's inputs, in the decoder's flat layout."""
+
+    def __init__(self, decoder: CudaDecoder, size: int, rows: int) -> None:
+        self.host = torch.zeros(size, dtype=torch.long, pin_memory=True)
+        self.block_size = decoder.block_size
+        self.pad_id = decoder.pad_id
+        self.scratch_slot = decoder.kv_cache.scratch_slot
+        # numpy views: cheap writes from lists
+        self.ids, self.positions, self.slots, self.context_lens, self.sources, self.tables = (
+            decoder.fields(self.host.numpy(), rows)
+        )
+        self._pad(0, rows)
+        self._staged: list[tuple[list[int], int] | None] = [None] * rows  # each row's block list and length, as staged
+
+    def _pad(self, start: int, end: int) -> None:
+        """Inputs of padding rows ``start:end``: one token that writes to the scratch slot."""
+        self.ids[start:end] = self.pad_id
+        self.positions[start:end] = 0
+        self.slots[start:end] = self.scratch_slot
+        self.context_lens[start:end] = 1
+        self.sources[start:end] = -1
+
+    def stage(self, seqs: list[Sequence], rows: int, sources: list[int] | None) -> None:
+        n = len(seqs)
         bs = self.block_size
         positions = [s.num_computed for s in seqs]
-        self._host_ids[:n] = [s.token_ids[-1] for s in seqs]
-        self._host_positions[:n] = positions
-        self._host_slots[:n] = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, positions)]
-        self._host_context_lens[:n] = [p + 1 for p in positions]
+        self.ids[:n] = [s.token_ids[-1] for s in seqs]
+        self.positions[:n] = positions
+        self.slots[:n] = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, positions)]
+        self.context_lens[:n] = [p + 1 for p in positions]
+        self.sources[:n] = sources if sources is not None else -1
         # Entries past a row's own blocks are never read (its context length bounds the walk), and
-        # a row that holds the same block list, no longer than last step, is already right (block
-        # lists only grow; a freed or preempted sequence gets a new list).
+        # a row that holds the same block list, no longer than when this buffer last staged it, is
+        # already right (block lists only grow; a freed or preempted sequence gets a new list).
         staged = self._staged
         for i, s in enumerate(seqs):
             table = s.block_table
             entry = staged[i]
             if entry is None or entry[0] is not table or entry[1] != len(table):
                 staged[i] = (table, len(table))
-                self._host_tables[i, : len(table)] = table
-        self._stage_padding(n, rows)
-        self.device_inputs.copy_(self.host_inputs, non_blocking=True)
-        if rows in self.graphs:
-            self.graphs[rows].replay()
-            return self.outputs[rows][:n]
-        return self._forward(rows)[:n]
+                self.tables[i, : len(table)] = table
+        self._pad(n, rows)

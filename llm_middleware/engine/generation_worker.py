@@ -28,16 +28,35 @@ from .decode_graphs import CudaDecoder
 from .model_runner import ModelRunner
 from .outputs import Delta, TokenLogprob, TopLogprob, Usage
 from .request import GenerationRequest
-from .sampler import SampleResult, Sampler
+from .sampler import Draws, SampleResult, Sampler
 from .sampling import SamplingParams
 from .scheduler import ScheduledBatch, Scheduler
 from .token_bytes import TokenBytes
-from .sequence import Sequence
+from .sequence import PENDING_TOKEN, Sequence, SequenceStatus
 
 logger = logging.getLogger("llm_middleware")
 
 # Sampling fields a model's generation config may set defaults for.
 _DEFAULTABLE = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+class _Launched:
+    """A step queued on the device: its drawn sequences, where each draw goes in ``token_ids``, the draws."""
+
+    __slots__ = ("seqs", "positions", "draws", "_rows")
+
+    def __init__(self, seqs: list[Sequence], positions: list[int], draws: Draws) -> None:
+        self.seqs = seqs
+        self.positions = positions
+        self.draws = draws
+        self._rows: dict[int, int] | None = None
+
+    @property
+    def rows(self) -> dict[int, int]:
+        """Each sequence's row in ``draws`` (by ``seq_id``)."""
+        if self._rows is None:
+            self._rows = {seq.seq_id: row for row, seq in enumerate(self.seqs)}
+        return self._rows
 
 
 class GenerationWorker:
@@ -105,6 +124,9 @@ class GenerationWorker:
         self._wake = threading.Condition()
         self._stopping = False
         self._active: set[GenerationRequest] = set()
+        # Overlap: launch step N+1 from step N's draws on the device before the host reads them.
+        # Only a device that runs asynchronously gains; on the CPU the model runs on this thread.
+        self.overlap = config.async_scheduling if config.async_scheduling is not None else decoder is not None
         self._thread = threading.Thread(target=self._loop, name=f"llm-engine-{name}", daemon=True)
         #: Set by tests and fault injection: called with the scheduled batch before each model step.
         self.before_step: Any = None
@@ -251,9 +273,10 @@ class GenerationWorker:
 
     def _loop(self) -> None:
         outbox = Outbox()
+        pending: _Launched | None = None  # launched, its draws not read yet
         while True:
             with self._wake:
-                while not (self._stopping or self._inbox or self._aborts or self.scheduler.has_work):
+                while not (self._stopping or self._inbox or self._aborts or self.scheduler.has_work or pending):
                     self._wake.wait()
                 if self._stopping:
                     break
@@ -268,19 +291,42 @@ class GenerationWorker:
             for request in aborts:
                 self._drop(request)
             batch = self.scheduler.schedule()
-            if batch:
-                self._step(batch, outbox)
+            if pending is not None and not self._may_overlap(batch):
+                self._finish(pending, outbox)
+                pending = None
+                batch.discard_finished()
+            launched = self._launch(batch, pending, outbox) if batch else None
+            # While the device computes the step just launched, the host reads and delivers the one before.
+            if pending is not None:
+                self._finish(pending, outbox)
+            pending = launched
+            if pending is not None and not self.overlap:
+                self._finish(pending, outbox)
+                pending = None
             outbox.flush()
         self._fail_all(EngineNotReadyError("the engine shut down before this request finished", retry_after=5))
 
-    def _step(self, batch: ScheduledBatch, outbox: Outbox) -> None:
+    def _may_overlap(self, batch: ScheduledBatch) -> bool:
+        """Whether ``batch`` may be launched before the host reads the pending step's draws.
+
+        Prompt chunks read their tokens on the host, and so do grammars and penalties.
+        """
+        return self.overlap and bool(batch) and not batch.prefill and all(s.pipelined for s in batch.decode)
+
+    def _launch(self, batch: ScheduledBatch, previous: _Launched | None, outbox: Outbox) -> _Launched | None:
+        """Queue the model step and the draws of ``batch``; each drawn sequence gets a pending token."""
         try:
             if self.before_step is not None:
                 self.before_step(batch)
             logits: list[torch.Tensor] = []
             sampled: list[Sequence] = []
             if batch.decode:
-                logits.append(self.runner.decode(batch.decode))
+                if previous is None:
+                    logits.append(self.runner.decode(batch.decode))
+                else:
+                    rows = previous.rows
+                    sources = [rows.get(s.seq_id, -1) for s in batch.decode]
+                    logits.append(self.runner.decode(batch.decode, previous.draws.tokens, sources))
                 sampled.extend(batch.decode)
             if batch.prefill:
                 out = self.runner.run(batch.prefill)
@@ -291,22 +337,42 @@ class GenerationWorker:
                 seq.num_computed += 1
             for seq, n in batch.prefill:
                 seq.num_computed += n
-            if sampled:
-                result = self.sampler(torch.cat(logits), sampled)
-                self._process(sampled, result, outbox)
+            if not sampled:
+                return None
+            draws = self.sampler.sample(logits[0] if len(logits) == 1 else torch.cat(logits), sampled)
+            positions = []
+            for seq in sampled:
+                positions.append(len(seq.token_ids))
+                seq.token_ids.append(PENDING_TOKEN)
+            return _Launched(sampled, positions, draws)
         except Exception as exc:
-            logger.exception("model step failed; failing the %d requests in it", len(batch.decode) + len(batch.prefill))
-            error = EngineStepError(f"the model step failed: {type(exc).__name__}: {exc}")
-            for request in {seq.request for seq in (*batch.decode, *(s for s, _ in batch.prefill))}:
+            self._fail_step(exc, {seq.request for seq in (*batch.decode, *(s for s, _ in batch.prefill))}, outbox)
+            return None
+
+    def _finish(self, launched: _Launched, outbox: Outbox) -> None:
+        """Read a launched step's draws and deliver them."""
+        try:
+            self._process(launched, launched.draws.fetch(), outbox)
+        except Exception as exc:
+            self._fail_step(exc, {seq.request for seq in launched.seqs}, outbox)
+
+    def _fail_step(self, exc: Exception, requests: set[GenerationRequest], outbox: Outbox) -> None:
+        logger.exception("model step failed; failing the %d requests in it", len(requests), exc_info=exc)
+        error = EngineStepError(f"the model step failed: {type(exc).__name__}: {exc}")
+        for request in requests:
+            if request in self._active:
                 outbox.put(request.sink, error)
                 self._drop(request)
 
-    def _process(self, seqs: list[Sequence], result: SampleResult, outbox: Outbox) -> None:
+    def _process(self, launched: _Launched, result: SampleResult, outbox: Outbox) -> None:
         stop_ids = self.eos_ids
-        for row, seq in enumerate(seqs):
+        for row, (seq, pos) in enumerate(zip(launched.seqs, launched.positions)):
+            if seq.status is SequenceStatus.FINISHED:
+                continue  # finished at an earlier step while this one ran, or cancelled
             token = result.tokens[row]
             params = seq.params
-            seq.token_ids.append(token)
+            seq.token_ids[pos] = token
+            num_tokens = pos + 1  # later steps may have appended pending tokens
             request = seq.request
             request.pending_ids[seq.index].append(token)
             if params.logprobs and result.logprobs is not None:
@@ -314,7 +380,7 @@ class GenerationWorker:
             is_stop_token = token in params.stop_token_ids or (not params.ignore_eos and token in stop_ids)
             if seq.matcher is not None:
                 seq.matcher.consume_token(token)
-            if is_stop_token and seq.num_output_tokens > params.min_tokens - 1:
+            if is_stop_token and num_tokens - seq.num_prompt_tokens > params.min_tokens - 1:
                 seq.finish_reason = "stop"
             elif seq.matcher is not None and seq.matcher.is_stopped():
                 seq.detokenizer.add(token)
@@ -323,8 +389,10 @@ class GenerationWorker:
                 seq.detokenizer.add(token)
                 if seq.detokenizer.stopped:
                     seq.finish_reason = "stop"
-                elif seq.num_tokens >= seq.max_total_tokens:
+                elif num_tokens >= seq.max_total_tokens:
                     seq.finish_reason = "length"
+            if seq.finish_reason is not None:
+                del seq.token_ids[num_tokens:]  # draws launched after the last token are void
             self._emit(seq, outbox)
 
     def _logprob_entry(self, token: int, row: int, result: SampleResult, top: int) -> TokenLogprob:

@@ -7,6 +7,7 @@ import torch
 from .attention import AttentionMetadata
 from .decode_graphs import CudaDecoder
 from .kv_cache import KVCache
+from .sampler import feed_draws
 from .sequence import Sequence
 
 
@@ -25,15 +26,24 @@ class ModelRunner:
         self.block_size = kv_cache.block_size
         self.decoder = decoder
 
-    def decode(self, seqs: list[Sequence]) -> torch.Tensor:
-        """Logits ``[len(seqs), vocab]`` after computing each sequence's one new token."""
+    def decode(self, seqs: list[Sequence], previous: torch.Tensor | None = None,
+               sources: list[int] | None = None) -> torch.Tensor:
+        """Logits ``[len(seqs), vocab]`` after computing each sequence's one new token.
+
+        A sequence whose last token the host has not read yet takes it from the previous
+        step's draws: ``previous[sources[i]]`` (``sources[i]`` is -1 for the others).
+        """
         if self.decoder is not None:
-            return self.decoder.run(seqs)
-        return self.run([(seq, 1) for seq in seqs])
+            return self.decoder.run(seqs, previous, sources)
+        return self.run([(seq, 1) for seq in seqs], previous, sources)
 
     @torch.inference_mode()
-    def run(self, rows: list[tuple[Sequence, int]]) -> torch.Tensor:
-        """Compute ``num_tokens`` new tokens of each row; return logits ``[len(rows), vocab]``."""
+    def run(self, rows: list[tuple[Sequence, int]], previous: torch.Tensor | None = None,
+            sources: list[int] | None = None) -> torch.Tensor:
+        """Compute ``num_tokens`` new tokens of each row; return logits ``[len(rows), vocab]``.
+
+        ``previous``/``sources``: as for ``decode``; only a row's last token may be pending.
+        """
         width = max(n for _, n in rows)
         starts = [seq.num_computed for seq, _ in rows]
         input_ids = []
@@ -68,8 +78,11 @@ class ModelRunner:
             mask=mask,
             causal_only=causal_only,
         )
+        ids = ids.to(dev)
+        if previous is not None and sources is not None:
+            feed_draws(ids[:, -1], torch.tensor(sources).to(dev), previous)
         out = self.model(
-            input_ids=ids.to(dev),
+            input_ids=ids,
             position_ids=positions.to(dev),
             use_cache=False,
             logits_to_keep=1,

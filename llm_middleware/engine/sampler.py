@@ -28,18 +28,44 @@ def _tensor(values: list, *, device: torch.device, dtype: torch.dtype | None = N
     return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
 
-def _to_host(*tensors: torch.Tensor) -> list[list]:
-    """``tolist()`` of each tensor, after one wait for the device.
+@dataclass(slots=True)
+class Draws:
+    """One step's draws, still on the device: ``tokens`` feeds the next step before the host reads them.
 
-    On CUDA the copies are queued first and the wait happens in ``Event.synchronize``, which
-    releases the GIL: the event loop serving the streams runs while the GPU finishes the step
-    (``tolist()`` on a GPU tensor would hold the GIL for the whole step).
+    The copies to the host are queued when the draws are made; ``fetch`` waits for them.
     """
+
+    tokens: torch.Tensor  # [N] on the logits' device
+    _host: list[torch.Tensor]
+    _ready: torch.cuda.Event | None
+
+    def fetch(self) -> SampleResult:
+        """The draws as Python lists, after one wait for the device.
+
+        On CUDA the wait is ``Event.synchronize``, which releases the GIL: the event loop
+        serving the streams runs while the GPU finishes (``tolist()`` on a GPU tensor would
+        hold the GIL for the whole step).
+        """
+        if self._ready is not None:
+            self._ready.synchronize()
+        # tokens, then (when asked) chosen-token logprobs, then (when asked) top ids and logprobs
+        tokens, chosen, top_ids, top_lp = [t.tolist() for t in self._host] + [None] * (4 - len(self._host))
+        return SampleResult(tokens, chosen, top_ids, top_lp)
+
+
+def feed_draws(ids: torch.Tensor, sources: torch.Tensor, tokens: torch.Tensor) -> None:
+    """Fill in place the ``ids`` whose value is still on the device: ``tokens[sources[i]]`` where
+    ``sources[i] >= 0`` (the previous step's draws, read on the device without a host round trip)."""
+    ids.copy_(torch.where(sources >= 0, tokens[sources.clamp_min(0)], ids))
+
+
+def _draws(*tensors: torch.Tensor) -> Draws:
+    """Queue the copies of ``tensors`` (tokens first) to the host without waiting for them."""
     if tensors[0].device.type != "cuda":
-        return [t.tolist() for t in tensors]
-    host = [t.to("cpu", non_blocking=True) for t in tensors]
-    torch.cuda.current_stream(tensors[0].device).record_event().synchronize()
-    return [t.tolist() for t in host]
+        return Draws(tensors[0], list(tensors), None)
+    host = [t.to("cpu", non_blocking=True) for t in tensors]  # pinned destinations
+    ready = torch.cuda.current_stream(tensors[0].device).record_event()
+    return Draws(tensors[0], host, ready)
 
 
 class Sampler:
@@ -55,7 +81,8 @@ class Sampler:
         self.generator = generator
 
     @torch.inference_mode()
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
+    def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> Draws:
+        """Draw one token per row of ``logits`` (one row per sequence); the host reads them with ``fetch``."""
         # logits: [N, V]
         logits = logits.float()
         n, vocab = logits.shape
@@ -85,16 +112,13 @@ class Sampler:
             tokens = torch.where(greedy_mask, logits.argmax(dim=-1), sampled)
 
         if raw_logprobs is None:
-            (token_list,) = _to_host(tokens)
-            return SampleResult(token_list, None, None, None)
+            return _draws(tokens)
         chosen = raw_logprobs.gather(1, tokens[:, None]).squeeze(1)
         k = max(s.params.top_logprobs for s in seqs)
         if k:
             top_lp, top_ids = raw_logprobs.topk(k, dim=-1)
-            token_list, chosen_list, ids_list, lp_list = _to_host(tokens, chosen, top_ids, top_lp)
-            return SampleResult(token_list, chosen_list, ids_list, lp_list)
-        token_list, chosen_list = _to_host(tokens, chosen)
-        return SampleResult(token_list, chosen_list, None, None)
+            return _draws(tokens, chosen, top_ids, top_lp)
+        return _draws(tokens, chosen)
 
     def _apply_penalties(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
         rows = [

@@ -20,6 +20,11 @@ class ScheduledBatch:
     def __bool__(self) -> bool:
         return bool(self.decode or self.prefill)
 
+    def discard_finished(self) -> None:
+        """Drop the sequences that finished (or were cancelled) after this batch was scheduled."""
+        self.decode = [s for s in self.decode if s.status is not SequenceStatus.FINISHED]
+        self.prefill = [(s, n) for s, n in self.prefill if s.status is not SequenceStatus.FINISHED]
+
 
 class Scheduler:
     """Continuous batching policy; never touches tensors.
@@ -54,7 +59,8 @@ class Scheduler:
 
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
-        decoding = [s for s in self.running if s.num_uncomputed == 1]
+        # A sequence whose last draw (still on the device) reaches its length limit is done.
+        decoding = [s for s in self.running if s.num_uncomputed == 1 and s.num_tokens < s.max_total_tokens]
         for seq in decoding:
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted earlier in this loop

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 _ids = itertools.count()
 
+#: Stands in ``token_ids`` for a token drawn on the device whose value the host has not read yet.
+PENDING_TOKEN = -1
+
 
 class SequenceStatus(Enum):
     WAITING = auto()
@@ -34,7 +37,7 @@ class Sequence:
     __slots__ = (
         "seq_id", "request", "index", "token_ids", "num_prompt_tokens", "num_computed",
         "block_table", "status", "params", "generator", "detokenizer", "finish_reason",
-        "max_total_tokens", "matcher",
+        "max_total_tokens", "matcher", "pipelined",
     )
 
     def __init__(
@@ -62,6 +65,11 @@ class Sequence:
         self.finish_reason: FinishReason | None = None
         self.max_total_tokens = max_total_tokens
         self.matcher = matcher  # llguidance matcher when the output must follow a grammar
+        # Whether a step may be launched before the host has read this sequence's previous token:
+        # grammars and penalties need the token values to prepare the next draw.
+        self.pipelined = matcher is None and (params.repetition_penalty or 1.0) == 1.0 and not (
+            params.presence_penalty or params.frequency_penalty
+        )
 
     @property
     def num_tokens(self) -> int:
