@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_http_bench_smoke_prints_every_workload() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "bench.http_bench", "--smoke"], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "-m", "bench.http_bench", "--smoke", "--client-processes", "2"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=280, check=True).stdout
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     seen = {(line["workload"], line.get("streams"), line.get("app")) for line in lines}
@@ -22,6 +22,7 @@ def test_http_bench_smoke_prints_every_workload() -> None:
             ("passthrough", None, "wrapped")} <= seen
     for line in lines:
         if line["workload"] == "server":
+            assert line["client_processes"] == line["streams"]  # 2 streams: read from two processes
             assert line["tokens_per_s"] > 0
             assert 0 < line["ttft_ms_p50"] <= line["ttft_ms_p99"]
             assert 0 <= line["itl_ms_p50"] <= line["itl_ms_p99"]
