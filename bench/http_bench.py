@@ -108,17 +108,17 @@ async def one_stream(client: httpx.AsyncClient, prompt: list[int], new_tokens: i
     return ttft, [b - a for a, b in zip(arrivals, arrivals[1:])], tokens
 
 
-async def _streams(url: str, prompts: list[list[int]], new_tokens: int, start_at: float) -> tuple[list[Any], float]:
-    """Run one client's share of the streams from ``start_at`` (a ``perf_counter`` time); return them and the end."""
+async def _streams(url: str, prompts: list[list[int]], new_tokens: int) -> tuple[list[Any], float]:
+    """Run one client's share of the streams; return their results and the ``perf_counter`` time they ended."""
     limits = httpx.Limits(max_connections=len(prompts), max_keepalive_connections=len(prompts))
     async with httpx.AsyncClient(base_url=url, timeout=None, limits=limits) as client:
-        await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
         results = await asyncio.gather(*(one_stream(client, p, new_tokens) for p in prompts))
         return results, time.perf_counter()
 
 
-def _client_process(job: tuple[str, list[list[int]], int, float]) -> tuple[list[Any], float]:
-    return asyncio.run(_streams(*job))
+def _client_process(url: str, prompts: list[list[int]], new_tokens: int, start: Any, out: Any) -> None:
+    start.wait()  # every client process has started: all shares begin at once
+    out.put(asyncio.run(_streams(url, prompts, new_tokens)))
 
 
 def client_processes(streams: int) -> int:
@@ -132,16 +132,22 @@ def client_processes(streams: int) -> int:
 
 
 def stream_workload(url: str, prompts: list[list[int]], new_tokens: int, processes: int = 1) -> dict[str, float]:
-    per = -(-len(prompts) // processes)
     if processes == 1:
         start_at = time.perf_counter()
-        outcomes = [asyncio.run(_streams(url, prompts, new_tokens, start_at))]
+        outcomes = [asyncio.run(_streams(url, prompts, new_tokens))]
     else:
-        with multiprocessing.get_context("spawn").Pool(processes) as pool:
-            pool.map(abs, range(processes))  # the workers have started (and imported this module)
-            start_at = time.perf_counter() + 0.5
-            jobs = [(url, prompts[i : i + per], new_tokens, start_at) for i in range(0, len(prompts), per)]
-            outcomes = pool.map(_client_process, jobs)
+        per = -(-len(prompts) // processes)
+        shares = [prompts[i : i + per] for i in range(0, len(prompts), per)]
+        context = multiprocessing.get_context("spawn")
+        start, out = context.Barrier(len(shares) + 1), context.Queue()
+        clients = [context.Process(target=_client_process, args=(url, share, new_tokens, start, out)) for share in shares]
+        for client in clients:
+            client.start()
+        start.wait(timeout=300)
+        start_at = time.perf_counter()
+        outcomes = [out.get() for _ in clients]
+        for client in clients:
+            client.join()
     results = [r for share, _ in outcomes for r in share]
     elapsed = max(end for _, end in outcomes) - start_at
     ttfts = [r[0] * 1000 for r in results]
