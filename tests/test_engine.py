@@ -6,6 +6,7 @@ import asyncio
 import gc
 import threading
 import time
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -614,3 +615,41 @@ def test_loaded_model_is_left_out_of_garbage_collections(engine: Engine) -> None
     assert gc.get_freeze_count() > 0
     assert not any(o is worker.model or o is worker.tokenizer for o in tracked)
     del tracked
+
+
+@MODES
+def test_first_token_is_delivered_before_the_next_prompt_chunk_runs(tiny_model_dir: Path, overlap: bool) -> None:
+    # A finished prompt's first token used to wait for the whole next prompt chunk (one long
+    # step on a GPU) before reaching its stream.
+    eng = Engine(tiny_model_dir, max_prefill_tokens=8, seed=0, async_scheduling=overlap)
+    eng.wait_ready_sync()
+    worker = eng._models[eng.resolve_model(None)].worker  # noqa: SLF001
+    first_launched, first_delta = threading.Event(), threading.Event()
+    delivered_before_chunk: list[bool] = []
+
+    def before_step(batch: Any) -> None:
+        ids = {s.request.request_id for s, _ in batch.prefill}
+        if "a" in ids:
+            first_launched.set()
+            deadline = time.monotonic() + 10
+            while not worker._inbox and time.monotonic() < deadline:  # noqa: SLF001  (b is queued)
+                time.sleep(0.005)
+        elif "b" in ids:
+            delivered_before_chunk.append(first_delta.wait(5))
+
+    worker.before_step = before_step
+
+    async def consume_a() -> None:  # an event-loop reader: its deltas travel in the step's one hand-over
+        async for _ in eng.stream_complete(list(range(10, 18)), max_tokens=3, ignore_eos=True, request_id="a"):
+            first_delta.set()
+
+    reader = threading.Thread(target=asyncio.run, args=(consume_a(),))
+    reader.start()
+    try:
+        assert first_launched.wait(10)
+        eng.complete_sync(list(range(20, 28)), max_tokens=2, ignore_eos=True, request_id="b")
+        reader.join(10)
+        assert delivered_before_chunk == [True]
+    finally:
+        first_launched.set()
+        eng.shutdown()

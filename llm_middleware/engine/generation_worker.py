@@ -293,6 +293,7 @@ class GenerationWorker:
             batch = self.scheduler.schedule()
             if pending is not None and not self._may_overlap(batch):
                 self._finish(pending, outbox)
+                outbox.flush()  # before the next launch, which may be a long prompt chunk
                 pending = None
                 batch.discard_finished()
             launched = self._launch(batch, pending, outbox) if batch else None
@@ -331,7 +332,11 @@ class GenerationWorker:
             if batch.prefill:
                 out = self.runner.run(batch.prefill)
                 finishing = [i for i, (seq, n) in enumerate(batch.prefill) if n == seq.num_uncomputed]
-                logits.append(out[finishing])
+                if len(finishing) == len(batch.prefill):
+                    logits.append(out)
+                elif finishing:
+                    # a list index would be copied to the device synchronously: a wait for the whole chunk
+                    logits.append(out.index_select(0, torch.tensor(finishing).to(out.device, non_blocking=True)))
                 sampled.extend(batch.prefill[i][0] for i in finishing)
             for seq in batch.decode:
                 seq.num_computed += 1

@@ -37,6 +37,9 @@ class ModelRunner:
             return self.decoder.run(seqs, previous, sources)
         return self.run([(seq, 1) for seq in seqs], previous, sources)
 
+    # Inputs are sent with non_blocking copies: from pageable memory they are staged at once, and a
+    # blocking copy would first wait for everything queued on the device (the decode step of this
+    # same batch, say) while the device could be computing.
     @torch.inference_mode()
     def run(self, rows: list[tuple[Sequence, int]], previous: torch.Tensor | None = None,
             sources: list[int] | None = None) -> torch.Tensor:
@@ -69,21 +72,21 @@ class ModelRunner:
             # Whole blocks are gathered (contiguous copies); keys past each row's context, and
             # the padding blocks of shorter rows, are masked out by position.
             key_pos = torch.arange(blocks * bs)[None, :]  # [1, L]
-            gather_blocks = table.to(dev)
-            mask = (key_pos[:, None, :] <= positions[:, :, None])[:, None].to(dev)  # [B, 1, S, L]
+            gather_blocks = table.to(dev, non_blocking=True)
+            mask = (key_pos[:, None, :] <= positions[:, :, None])[:, None].to(dev, non_blocking=True)  # [B, 1, S, L]
         meta = AttentionMetadata(
             kv_cache=self.kv_cache,
-            slot_mapping=new_slots.reshape(-1).to(dev),
+            slot_mapping=new_slots.reshape(-1).to(dev, non_blocking=True),
             gather_blocks=gather_blocks,
             mask=mask,
             causal_only=causal_only,
         )
-        ids = ids.to(dev)
+        ids = ids.to(dev, non_blocking=True)
         if previous is not None and sources is not None:
-            feed_draws(ids[:, -1], torch.tensor(sources).to(dev), previous)
+            feed_draws(ids[:, -1], torch.tensor(sources).to(dev, non_blocking=True), previous)
         out = self.model(
             input_ids=ids,
-            position_ids=positions.to(dev),
+            position_ids=positions.to(dev, non_blocking=True),
             use_cache=False,
             logits_to_keep=1,
             llm_attention=meta,
