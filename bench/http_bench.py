@@ -108,17 +108,25 @@ async def one_stream(client: httpx.AsyncClient, prompt: list[int], new_tokens: i
     return ttft, [b - a for a, b in zip(arrivals, arrivals[1:])], tokens
 
 
-async def _streams(url: str, prompts: list[list[int]], new_tokens: int) -> tuple[list[Any], float]:
-    """Run one client's share of the streams; return their results and the ``perf_counter`` time they ended."""
+async def _streams(url: str, prompts: list[list[int]], new_tokens: int, start: Any = None) -> tuple[list[Any], float, float]:
+    """Run one client's share of the streams; return their results and the ``perf_counter`` times they began and ended.
+
+    Every connection is opened first, as a client that keeps its connections (the ``openai`` SDK
+    does) would have them: the figures are the server's, not TCP and client set-up's.  ``start``
+    (a barrier) makes the shares of several client processes begin together.
+    """
     limits = httpx.Limits(max_connections=len(prompts), max_keepalive_connections=len(prompts))
     async with httpx.AsyncClient(base_url=url, timeout=None, limits=limits) as client:
+        await asyncio.gather(*(client.get("/ai/health") for _ in prompts))
+        if start is not None:
+            start.wait(timeout=300)
+        began = time.perf_counter()
         results = await asyncio.gather(*(one_stream(client, p, new_tokens) for p in prompts))
-        return results, time.perf_counter()
+        return results, began, time.perf_counter()
 
 
 def _client_process(url: str, prompts: list[list[int]], new_tokens: int, start: Any, out: Any) -> None:
-    start.wait()  # every client process has started: all shares begin at once
-    out.put(asyncio.run(_streams(url, prompts, new_tokens)))
+    out.put(asyncio.run(_streams(url, prompts, new_tokens, start)))
 
 
 def client_processes(streams: int) -> int:
@@ -133,23 +141,20 @@ def client_processes(streams: int) -> int:
 
 def stream_workload(url: str, prompts: list[list[int]], new_tokens: int, processes: int = 1) -> dict[str, float]:
     if processes == 1:
-        start_at = time.perf_counter()
         outcomes = [asyncio.run(_streams(url, prompts, new_tokens))]
     else:
         per = -(-len(prompts) // processes)
         shares = [prompts[i : i + per] for i in range(0, len(prompts), per)]
         context = multiprocessing.get_context("spawn")
-        start, out = context.Barrier(len(shares) + 1), context.Queue()
+        start, out = context.Barrier(len(shares)), context.Queue()
         clients = [context.Process(target=_client_process, args=(url, share, new_tokens, start, out)) for share in shares]
         for client in clients:
             client.start()
-        start.wait(timeout=300)
-        start_at = time.perf_counter()
         outcomes = [out.get() for _ in clients]
         for client in clients:
             client.join()
-    results = [r for share, _ in outcomes for r in share]
-    elapsed = max(end for _, end in outcomes) - start_at
+    results = [r for share, _, _ in outcomes for r in share]
+    elapsed = max(end for _, _, end in outcomes) - min(began for _, began, _ in outcomes)
     ttfts = [r[0] * 1000 for r in results]
     gaps = [g * 1000 for r in results for g in r[1]]
     return {
