@@ -81,3 +81,15 @@ def test_bf16_and_4bit_generate_on_cuda(tiny_model_dir: Path, quantize: str | No
         assert stats["free_kv_blocks"] == stats["total_kv_blocks"]
     finally:
         eng.shutdown()
+
+
+@pytest.mark.parametrize("ids_device,draws_device", [("cpu", "cuda"), ("cuda", "cpu")])
+def test_draws_feed_inputs_on_another_device(ids_device: str, draws_device: str) -> None:
+    # A model split over devices keeps its input embeddings and its output layer (where the
+    # draws are made) apart: the next step's inputs must still take the draws.
+    from llm_middleware.engine.sampler import feed_draws
+
+    ids = torch.tensor([5, -1, -1, 7], device=ids_device)
+    sources = torch.tensor([-1, 1, 0, -1], device=ids_device)
+    feed_draws(ids, sources, torch.tensor([11, 12], device=draws_device))
+    assert ids.tolist() == [5, 12, 11, 7]

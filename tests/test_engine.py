@@ -653,3 +653,18 @@ def test_first_token_is_delivered_before_the_next_prompt_chunk_runs(tiny_model_d
     finally:
         first_launched.set()
         eng.shutdown()
+
+
+@MODES
+def test_a_step_already_drawn_is_delivered_at_shutdown(tiny_model_dir: Path, overlap: bool) -> None:
+    # The engine stops while its last step runs: the tokens that step drew still reach the caller.
+    eng = Engine(tiny_model_dir, seed=0, async_scheduling=overlap)
+    eng.wait_ready_sync()
+    worker = eng._models[eng.resolve_model(None)].worker  # noqa: SLF001
+    worker.before_step = lambda batch: worker.stop()
+    try:
+        done = eng.complete_sync("Hello", max_tokens=1, ignore_eos=True)
+        assert done.choices[0].finish_reason == "length"
+        assert done.usage.completion_tokens == 1
+    finally:
+        eng.shutdown()

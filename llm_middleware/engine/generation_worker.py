@@ -305,6 +305,9 @@ class GenerationWorker:
                 self._finish(pending, outbox)
                 pending = None
             outbox.flush()
+        if pending is not None:  # its draws are made: deliver them, as a step read at once would have been
+            self._finish(pending, outbox)
+            outbox.flush()
         self._fail_all(EngineNotReadyError("the engine shut down before this request finished", retry_after=5))
 
     def _may_overlap(self, batch: ScheduledBatch) -> bool:

@@ -56,6 +56,7 @@ class Draws:
 def feed_draws(ids: torch.Tensor, sources: torch.Tensor, tokens: torch.Tensor) -> None:
     """Fill in place the ``ids`` whose value is still on the device: ``tokens[sources[i]]`` where
     ``sources[i] >= 0`` (the previous step's draws, read on the device without a host round trip)."""
+    tokens = tokens.to(ids.device, non_blocking=True)  # draws sit with the output layer, ids with the embeddings
     ids.copy_(torch.where(sources >= 0, tokens[sources.clamp_min(0)], ids))
 
 
@@ -149,8 +150,9 @@ class Sampler:
                 vals = _tensor([p.logit_bias[t] for t in p.logit_bias if 0 <= t < vocab], device=logits.device)
                 logits[i].index_add_(0, ids, vals)
             if s.num_output_tokens < p.min_tokens:
-                banned = [t for t in (*self.eos_ids, *p.stop_token_ids) if 0 <= t < vocab]
-                logits[i, banned] = float("-inf")
+                banned = _tensor([t for t in (*self.eos_ids, *p.stop_token_ids) if 0 <= t < vocab], dtype=torch.long,
+                                 device=logits.device)
+                logits[i].index_fill_(0, banned, float("-inf"))  # a list index would wait for the device
 
     @staticmethod
     def _truncate(scaled: torch.Tensor, seqs: list[Sequence]) -> None:
