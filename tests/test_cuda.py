@@ -93,3 +93,12 @@ def test_draws_feed_inputs_on_another_device(ids_device: str, draws_device: str)
     sources = torch.tensor([-1, 1, 0, -1], device=ids_device)
     feed_draws(ids, sources, torch.tensor([11, 12], device=draws_device))
     assert ids.tolist() == [5, 12, 11, 7]
+
+
+def test_prompt_chunks_are_larger_on_cuda(tiny_model_dir: Path) -> None:
+    eng = Engine(tiny_model_dir, device="cuda")
+    try:
+        eng.wait_ready_sync()
+        assert eng._models[eng.resolve_model(None)].worker.scheduler.max_prefill_tokens == 4096  # noqa: SLF001
+    finally:
+        eng.shutdown()

@@ -668,3 +668,14 @@ def test_a_step_already_drawn_is_delivered_at_shutdown(tiny_model_dir: Path, ove
         assert done.usage.completion_tokens == 1
     finally:
         eng.shutdown()
+
+
+def test_prompt_chunk_budget_defaults_by_device(tiny_model_dir: Path) -> None:
+    eng = Engine(tiny_model_dir)
+    try:
+        eng.wait_ready_sync()
+        assert eng._models[eng.resolve_model(None)].worker.scheduler.max_prefill_tokens == 512  # noqa: SLF001
+    finally:
+        eng.shutdown()
+    with pytest.raises(errors.InvalidRequestError, match="max_prefill_tokens"):
+        Engine(tiny_model_dir, max_prefill_tokens=0)

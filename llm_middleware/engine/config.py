@@ -21,7 +21,7 @@ class ModelConfig:
     max_waiting: int = 256
     max_model_len: int | None = None
     block_size: int = 16
-    max_prefill_tokens: int = 512
+    max_prefill_tokens: int | None = None
     kv_cache_blocks: int | None = None
     kv_cache_memory_fraction: float = 0.85
     cpu_kv_cache_bytes: int = 4 * 2**30
@@ -38,7 +38,7 @@ class ModelConfig:
             (self.max_waiting >= 0, "max_waiting", "must be >= 0"),
             (self.max_model_len is None or self.max_model_len >= 2, "max_model_len", "must be at least 2"),
             (self.block_size >= 1, "block_size", "must be at least 1"),
-            (self.max_prefill_tokens >= 1, "max_prefill_tokens", "must be at least 1"),
+            (self.max_prefill_tokens is None or self.max_prefill_tokens >= 1, "max_prefill_tokens", "must be at least 1"),
             (self.kv_cache_blocks is None or self.kv_cache_blocks >= 1, "kv_cache_blocks", "must be at least 1"),
             (0 < self.kv_cache_memory_fraction <= 1, "kv_cache_memory_fraction", "must be in (0, 1]"),
         ]

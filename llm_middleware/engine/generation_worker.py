@@ -98,7 +98,8 @@ class GenerationWorker:
         )
         self.blocks = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(
-            self.blocks, max_batch_size=config.max_batch_size, max_prefill_tokens=config.max_prefill_tokens
+            self.blocks, max_batch_size=config.max_batch_size,
+            max_prefill_tokens=config.max_prefill_tokens or self._default_prefill_tokens(loaded.device),
         )
         fuse_rms_norms(self.model)
         decoder = None
@@ -150,6 +151,12 @@ class GenerationWorker:
         defaults = {k: explicit[k] for k in _DEFAULTABLE if explicit.get(k) is not None}
         defaults.setdefault("temperature", 1.0)
         return defaults
+
+    @staticmethod
+    def _default_prefill_tokens(device: torch.device) -> int:
+        """A GPU prompt chunk costs tens of milliseconds of host time whatever its size, so chunks
+        there are large; a CPU computes 512 tokens in about the time of one GPU chunk."""
+        return 4096 if device.type == "cuda" else 512
 
     def _activation_dtype(self) -> torch.dtype:
         for p in self.model.parameters():
