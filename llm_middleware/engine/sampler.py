@@ -122,10 +122,7 @@ class Sampler:
         return _draws(tokens, chosen)
 
     def _apply_penalties(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
-        rows = [
-            i for i, s in enumerate(seqs)
-            if (s.params.repetition_penalty or 1.0) != 1.0 or s.params.presence_penalty or s.params.frequency_penalty
-        ]
+        rows = [i for i, s in enumerate(seqs) if s.params.penalized]
         if not rows:
             return
         vocab = logits.shape[1]

@@ -110,6 +110,11 @@ class SamplingParams:
         """True when the most likely token is always taken."""
         return self.temperature is not None and self.temperature == 0.0
 
+    @property
+    def penalized(self) -> bool:
+        """True when a repetition, presence or frequency penalty depends on the tokens so far."""
+        return (self.repetition_penalty or 1.0) != 1.0 or bool(self.presence_penalty or self.frequency_penalty)
+
 
 def _nan(value: float | None) -> bool:
     return value is not None and math.isnan(value)

@@ -67,9 +67,7 @@ class Sequence:
         self.matcher = matcher  # llguidance matcher when the output must follow a grammar
         # Whether a step may be launched before the host has read this sequence's previous token:
         # grammars and penalties need the token values to prepare the next draw.
-        self.pipelined = matcher is None and (params.repetition_penalty or 1.0) == 1.0 and not (
-            params.presence_penalty or params.frequency_penalty
-        )
+        self.pipelined = matcher is None and not params.penalized
 
     @property
     def num_tokens(self) -> int:
