@@ -102,3 +102,55 @@ def test_prompt_chunks_are_larger_on_cuda(tiny_model_dir: Path) -> None:
         assert eng._models[eng.resolve_model(None)].worker.scheduler.max_prefill_tokens == 4096  # noqa: SLF001
     finally:
         eng.shutdown()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("norm", [True, False])
+def test_rope_cache_kernel_matches_reference(dtype: torch.dtype, norm: bool) -> None:
+    from llm_middleware.engine.rope_cache_kernel import rope_and_cache
+
+    tokens, heads, kv_heads, dim, eps = 7, 8, 2, 64, 1e-6
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, device="cuda", generator=gen).to(dtype)
+    positions = torch.arange(10, 10 + tokens, device="cuda", dtype=torch.float32)
+    freqs = positions[:, None] / 10000 ** (torch.arange(0, dim, 2, device="cuda") / dim)[None, :]
+    angles = torch.cat([freqs, freqs], dim=-1)
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    q_weight = (1 + 0.3 * torch.randn(dim, device="cuda", generator=gen)).to(dtype) if norm else None
+    k_weight = (1 + 0.3 * torch.randn(dim, device="cuda", generator=gen)).to(dtype) if norm else None
+    k_cache = torch.zeros(40, kv_heads, dim, device="cuda", dtype=dtype)
+    v_cache = torch.zeros_like(k_cache)
+    slots = torch.tensor([3, 9, 4, 30, 31, 0, 12], device="cuda")
+
+    q, k, v = qkv.float().view(tokens, -1, dim).split([heads, kv_heads, kv_heads], 1)
+    if norm:
+        q = torch.nn.functional.rms_norm(q, (dim,), q_weight.float(), eps)
+        k = torch.nn.functional.rms_norm(k, (dim,), k_weight.float(), eps)
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        half = torch.cat((-x[..., dim // 2 :], x[..., : dim // 2]), dim=-1)
+        return x * cos.float()[:, None] + half * sin.float()[:, None]
+
+    q, k = rotate(q), rotate(k)
+    rope_and_cache(qkv, cos, sin, q_weight, k_weight, eps, slots, k_cache, v_cache, heads)
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    out_q, out_k, out_v = qkv.float().view(tokens, -1, dim).split([heads, kv_heads, kv_heads], 1)
+    torch.testing.assert_close(out_q, q, rtol=tol, atol=tol)
+    torch.testing.assert_close(out_k, k, rtol=tol, atol=tol)
+    torch.testing.assert_close(k_cache[slots].float(), k, rtol=tol, atol=tol)
+    torch.testing.assert_close(v_cache[slots].float(), v, rtol=0, atol=0)
+    untouched = torch.ones(40, dtype=torch.bool)
+    untouched[slots.cpu()] = False
+    assert not k_cache[untouched.cuda()].any() and not v_cache[untouched.cuda()].any()
+
+
+def test_layers_run_the_fused_kernel_on_cuda(tiny_model_dir: Path) -> None:
+    eng = Engine(tiny_model_dir, device="cuda", dtype="bfloat16")
+    try:
+        eng.wait_ready_sync()
+        model = eng._models[eng.resolve_model(None)].worker.model  # noqa: SLF001
+        attention = [layer.self_attn.forward for layer in model.model.layers]
+        assert all(getattr(f, "use_kernel", False) for f in attention)
+        assert eng.complete_sync("Hello", max_tokens=8, temperature=0).usage.completion_tokens == 8
+    finally:
+        eng.shutdown()

@@ -679,3 +679,40 @@ def test_prompt_chunk_budget_defaults_by_device(tiny_model_dir: Path) -> None:
         eng.shutdown()
     with pytest.raises(errors.InvalidRequestError, match="max_prefill_tokens"):
         Engine(tiny_model_dir, max_prefill_tokens=0)
+
+
+def test_requests_arriving_together_are_prefilled_together(tiny_model_dir: Path) -> None:
+    # An idle engine used to start a prompt chunk with the first request of a burst while the
+    # rest were still being taken in.
+    eng = Engine(tiny_model_dir, seed=0, burst_window_ms=300)
+    eng.wait_ready_sync()
+    worker = eng._models[eng.resolve_model(None)].worker  # noqa: SLF001
+    first_chunk: list[int] = []
+    worker.before_step = lambda batch: first_chunk.append(len(batch.prefill)) if not first_chunk else None
+    try:
+        threads = []
+        for i in range(3):
+            thread = threading.Thread(target=eng.complete_sync, args=(list(range(10 + i, 20 + i)),),
+                                      kwargs={"max_tokens": 2, "ignore_eos": True})
+            thread.start()
+            threads.append(thread)
+            time.sleep(0.1)  # well within the window, far longer than a step of this model
+        for thread in threads:
+            thread.join(10)
+        assert first_chunk == [3]
+    finally:
+        eng.shutdown()
+
+
+def test_a_lone_request_waits_one_burst_window_at_most(tiny_model_dir: Path) -> None:
+    eng = Engine(tiny_model_dir, seed=0, burst_window_ms=300)
+    eng.wait_ready_sync()
+    worker = eng._models[eng.resolve_model(None)].worker  # noqa: SLF001
+    launched: list[float] = []
+    worker.before_step = lambda batch: launched.append(time.monotonic()) if not launched else None
+    try:
+        sent = time.monotonic()
+        eng.complete_sync(list(range(10, 20)), max_tokens=1)
+        assert 0.25 < launched[0] - sent < 0.6
+    finally:
+        eng.shutdown()

@@ -33,6 +33,46 @@ class AttentionMetadata:
     context_lens: torch.Tensor | None = None  # [B] int32, the new token included
 
 
+def write_cache(meta: AttentionMetadata, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:
+    """Store the new keys and values ``[B, KVH, S, D]`` in their cache slots."""
+    k_cache, v_cache = meta.kv_cache.keys[layer], meta.kv_cache.values[layer]
+    kv_heads, head_dim = key.shape[1], key.shape[3]
+    slots = meta.slot_mapping.to(k_cache.device)  # a no-op unless layers span several devices
+    k_cache.index_copy_(0, slots, key.transpose(1, 2).reshape(-1, kv_heads, head_dim))
+    v_cache.index_copy_(0, slots, value.transpose(1, 2).reshape(-1, kv_heads, head_dim))
+
+
+def attend(
+    meta: AttentionMetadata,
+    layer: int,
+    query: torch.Tensor,  # [B, H, S, D]
+    key: torch.Tensor,  # [B, KVH, S, D], already in the cache
+    value: torch.Tensor,
+    scaling: float | None,
+) -> torch.Tensor:
+    """Each row's new queries over its cached context (the new tokens included); ``[B, S, H, D]``."""
+    k_cache, v_cache = meta.kv_cache.keys[layer], meta.kv_cache.values[layer]
+    batch, kv_heads, _, head_dim = key.shape
+    if meta.block_tables is not None:
+        from .paged_decode import paged_decode_attention
+
+        scale = scaling if scaling is not None else head_dim**-0.5
+        return paged_decode_attention(
+            query, k_cache, v_cache, meta.block_tables, meta.context_lens, scale, meta.kv_cache.block_size
+        )
+    if meta.causal_only:
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=True)
+    else:
+        cache = meta.kv_cache
+        shape = (batch, -1, kv_heads, head_dim)
+        blocks = meta.gather_blocks.to(k_cache.device)
+        keys = cache.blocks(k_cache)[blocks].reshape(shape).transpose(1, 2)  # [B, KVH, L, D]
+        values = cache.blocks(v_cache)[blocks].reshape(shape).transpose(1, 2)
+        mask = meta.mask.to(k_cache.device)
+        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scaling, enable_gqa=True)
+    return out.transpose(1, 2).contiguous()
+
+
 def paged_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,  # [B, H, S, D]
@@ -44,30 +84,8 @@ def paged_attention_forward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     meta: AttentionMetadata = kwargs["llm_attention"]
-    layer = module.layer_idx
-    k_cache, v_cache = meta.kv_cache.keys[layer], meta.kv_cache.values[layer]
-    batch, kv_heads, seq_len, head_dim = key.shape
-    slots = meta.slot_mapping.to(k_cache.device)  # a no-op unless layers span several devices
-    k_cache.index_copy_(0, slots, key.transpose(1, 2).reshape(-1, kv_heads, head_dim))
-    v_cache.index_copy_(0, slots, value.transpose(1, 2).reshape(-1, kv_heads, head_dim))
-    if meta.block_tables is not None:
-        from .paged_decode import paged_decode_attention
-
-        scale = scaling if scaling is not None else head_dim**-0.5
-        return paged_decode_attention(
-            query, k_cache, v_cache, meta.block_tables, meta.context_lens, scale, meta.kv_cache.block_size
-        ), None
-    if meta.causal_only:
-        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=True)
-    else:
-        cache = meta.kv_cache
-        shape = (batch, -1, kv_heads, head_dim)
-        blocks = meta.gather_blocks.to(k_cache.device)
-        keys = cache.blocks(k_cache)[blocks].reshape(shape).transpose(1, 2)  # [B, KVH, L, D]
-        values = cache.blocks(v_cache)[blocks].reshape(shape).transpose(1, 2)
-        mask = meta.mask.to(k_cache.device)
-        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scaling, enable_gqa=True)
-    return out.transpose(1, 2).contiguous(), None  # [B, S, H, D]
+    write_cache(meta, module.layer_idx, key, value)
+    return attend(meta, module.layer_idx, query, key, value, scaling), None  # [B, S, H, D]
 
 
 AttentionInterface.register(ATTENTION_NAME, paged_attention_forward)

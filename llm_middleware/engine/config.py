@@ -29,6 +29,7 @@ class ModelConfig:
     cuda_graphs: bool = True
     compile: bool = False
     async_scheduling: bool | None = None
+    burst_window_ms: float = 2.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -41,6 +42,7 @@ class ModelConfig:
             (self.max_prefill_tokens is None or self.max_prefill_tokens >= 1, "max_prefill_tokens", "must be at least 1"),
             (self.kv_cache_blocks is None or self.kv_cache_blocks >= 1, "kv_cache_blocks", "must be at least 1"),
             (0 < self.kv_cache_memory_fraction <= 1, "kv_cache_memory_fraction", "must be in (0, 1]"),
+            (0 <= self.burst_window_ms <= 1000, "burst_window_ms", "must be in [0, 1000]"),
         ]
         for ok, name, why in checks:
             if not ok:

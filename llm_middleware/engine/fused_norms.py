@@ -19,7 +19,7 @@ import torch.nn.functional as F
 logger = logging.getLogger("llm_middleware")
 
 
-class _FusedRMSNorm:
+class FusedRMSNorm:
     """The replacement ``forward`` of one norm module (reads the module's weight on each call)."""
 
     __slots__ = ("module", "eps")
@@ -42,7 +42,7 @@ def _epsilon(module: torch.nn.Module) -> float | None:
 
 
 @torch.inference_mode()
-def _reproduces(module: torch.nn.Module, fused: _FusedRMSNorm, weight: torch.Tensor) -> bool:
+def _reproduces(module: torch.nn.Module, fused: FusedRMSNorm, weight: torch.Tensor) -> bool:
     generator = torch.Generator(device="cpu").manual_seed(0)
     probe = torch.randn(4, weight.shape[0], generator=generator).to(weight.device, weight.dtype)
     expected = module(probe).float()
@@ -61,7 +61,7 @@ def fuse_rms_norms(model: Any) -> int:
             continue
         if not isinstance(weight, torch.Tensor) or weight.dim() != 1 or not weight.dtype.is_floating_point:
             continue
-        fused = _FusedRMSNorm(module, eps)
+        fused = FusedRMSNorm(module, eps)
         if not _reproduces(module, fused, weight):
             continue
         module.forward = fused

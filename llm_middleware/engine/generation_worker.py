@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -20,6 +21,7 @@ from .block_manager import BlockManager
 from .config import ModelConfig
 from .delivery import Outbox, Sink
 from .detokenizer import IncrementalDetokenizer, TokenDecoder
+from .fused_layers import fuse_layers
 from .fused_norms import fuse_rms_norms
 from .grammar import GrammarCompiler
 from .kv_cache import KVCache
@@ -102,6 +104,7 @@ class GenerationWorker:
             max_prefill_tokens=config.max_prefill_tokens or self._default_prefill_tokens(loaded.device),
         )
         fuse_rms_norms(self.model)
+        fuse_layers(self.model, self.kv_cache)
         decoder = None
         if loaded.device.type == "cuda" and len(set(layer_devices)) == 1:  # graphs need one device
             decoder = CudaDecoder(self.model, self.kv_cache, max_batch_size=config.max_batch_size,
@@ -285,6 +288,8 @@ class GenerationWorker:
             with self._wake:
                 while not (self._stopping or self._inbox or self._aborts or self.scheduler.has_work or pending):
                     self._wake.wait()
+                if self._inbox and not self.scheduler.has_work and pending is None:
+                    self._gather_burst()
                 if self._stopping:
                     break
                 incoming = list(self._inbox)
@@ -316,6 +321,28 @@ class GenerationWorker:
             self._finish(pending, outbox)
             outbox.flush()
         self._fail_all(EngineNotReadyError("the engine shut down before this request finished", retry_after=5))
+
+    def _gather_burst(self) -> None:
+        """Called idle, holding ``_wake``, with requests in the inbox: wait while more keep arriving.
+
+        Requests sent together reach the inbox one by one as the event loop parses them.  A prompt
+        chunk started with the first few costs the same host time as a full one and holds the
+        GIL that the intake of the rest needs, so a burst would be prefilled in many small
+        chunks.  Each arrival within ``burst_window_ms`` of the last extends the wait, up to ten
+        windows in all or until the inbox fills a prompt chunk.
+        """
+        window = self.config.burst_window_ms / 1000
+        deadline = time.monotonic() + 10 * window
+        seen = len(self._inbox)
+        while not self._stopping:
+            tokens = sum(len(r.prompt_ids) * len(r.seqs) for r in self._inbox)
+            remaining = deadline - time.monotonic()
+            if tokens >= self.scheduler.max_prefill_tokens or remaining <= 0:
+                return
+            self._wake.wait(min(window, remaining))
+            if len(self._inbox) == seen:  # none came within the window
+                return
+            seen = len(self._inbox)
 
     def _may_overlap(self, batch: ScheduledBatch) -> bool:
         """Whether ``batch`` may be launched before the host reads the pending step's draws.

@@ -1,0 +1,81 @@
+"""The merged-projection attention and MLP swap: every reproducible layer is swapped, output kept, others left alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from llm_middleware.engine.attention import ATTENTION_NAME, AttentionMetadata
+from llm_middleware.engine.fused_layers import fuse_layers
+from llm_middleware.engine.fused_norms import fuse_rms_norms
+from llm_middleware.engine.kv_cache import KVCache
+
+
+def _load(model_dir: Path, attention: str) -> torch.nn.Module:
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attention).eval()
+    generator = torch.Generator().manual_seed(3)
+    for module in model.modules():  # loaded norms are all ones: give them a shape worth checking
+        if type(module).__name__.endswith("RMSNorm"):
+            module.weight.data = 1 + 0.3 * torch.randn(module.weight.shape, generator=generator)
+    return model
+
+
+def _cache(model: torch.nn.Module) -> KVCache:
+    config = model.config
+    return KVCache(num_layers=config.num_hidden_layers, num_blocks=4, block_size=16,
+                   num_kv_heads=config.num_key_value_heads, head_dim=config.head_dim, dtype=torch.float32,
+                   devices=[torch.device("cpu")] * config.num_hidden_layers)
+
+
+@pytest.mark.parametrize("arch_fixture", ["tiny_model_dir", "tiny_llama_dir"])
+def test_swaps_every_layer_and_keeps_the_logits(arch_fixture: str, request: pytest.FixtureRequest) -> None:
+    model_dir: Path = request.getfixturevalue(arch_fixture)
+    reference = _load(model_dir, "sdpa")
+    model = _load(model_dir, ATTENTION_NAME)
+    cache = _cache(model)
+    fuse_rms_norms(model)
+    layers = model.config.num_hidden_layers
+    assert fuse_layers(model, cache) == (layers, layers)
+    assert all(not c.any() for c in cache.keys + cache.values), "the probe must leave the cache empty"
+
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    assert "forward" in vars(attn) and "forward" in vars(mlp)
+    # The original modules keep views of the merged weights: no second copy.
+    assert attn.q_proj.weight.untyped_storage().data_ptr() == attn.v_proj.weight.untyped_storage().data_ptr()
+    assert mlp.gate_proj.weight.untyped_storage().data_ptr() == mlp.up_proj.weight.untyped_storage().data_ptr()
+
+    ids = torch.tensor([[5, 17, 42, 7, 99, 3]])
+    slots = torch.arange(ids.shape[1])
+    meta = AttentionMetadata(kv_cache=cache, slot_mapping=slots, gather_blocks=None, mask=None, causal_only=True)
+    with torch.inference_mode():
+        expected = reference(ids).logits
+        actual = model(ids, use_cache=False, llm_attention=meta).logits
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    # The new keys went to their cache slots, as the model's own attention writes them.
+    assert cache.keys[layers - 1][slots].abs().sum() > 0
+
+
+def test_layers_with_another_formula_keep_their_forward(tiny_model_dir: Path) -> None:
+    model = _load(tiny_model_dir, ATTENTION_NAME)
+    attn, mlp = model.model.layers[1].self_attn, model.model.layers[1].mlp
+
+    class ScaledAttention(type(attn)):  # type: ignore[misc]
+        def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            out, weights = super().forward(*args, **kwargs)
+            return 2 * out, weights
+
+    class ScaledMLP(type(mlp)):  # type: ignore[misc]
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return super().forward(2 * x)
+
+    attn.__class__, mlp.__class__ = ScaledAttention, ScaledMLP
+    fuse_rms_norms(model)
+    layers = model.config.num_hidden_layers
+    assert fuse_layers(model, _cache(model)) == (layers - 1, layers - 1)
+    assert "forward" not in vars(attn) and "forward" not in vars(mlp)
+    # A swap that did not reproduce gives each projection its own storage back.
+    assert attn.q_proj.weight.untyped_storage().data_ptr() != attn.k_proj.weight.untyped_storage().data_ptr()
+    assert mlp.gate_proj.weight.untyped_storage().data_ptr() != mlp.up_proj.weight.untyped_storage().data_ptr()
