@@ -139,6 +139,7 @@ def test_rope_cache_kernel_matches_reference(dtype: torch.dtype, norm: bool) -> 
     torch.testing.assert_close(out_k, k, rtol=tol, atol=tol)
     torch.testing.assert_close(k_cache[slots].float(), k, rtol=tol, atol=tol)
     torch.testing.assert_close(v_cache[slots].float(), v, rtol=0, atol=0)
+    torch.testing.assert_close(out_v, v, rtol=0, atol=0)  # values are only copied
     untouched = torch.ones(40, dtype=torch.bool)
     untouched[slots.cpu()] = False
     assert not k_cache[untouched.cuda()].any() and not v_cache[untouched.cuda()].any()
