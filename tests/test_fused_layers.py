@@ -79,3 +79,28 @@ def test_layers_with_another_formula_keep_their_forward(tiny_model_dir: Path) ->
     # A swap that did not reproduce gives each projection its own storage back.
     assert attn.q_proj.weight.untyped_storage().data_ptr() != attn.k_proj.weight.untyped_storage().data_ptr()
     assert mlp.gate_proj.weight.untyped_storage().data_ptr() != mlp.up_proj.weight.untyped_storage().data_ptr()
+
+
+def test_projections_with_biases_are_merged_with_their_biases(tmp_path: Path) -> None:
+    # Qwen2 has biases on q/k/v (not on o): the merged product must add them.
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    source = Qwen2ForCausalLM(config)
+    for layer in source.model.layers:
+        torch.nn.init.normal_(layer.self_attn.q_proj.bias, std=0.5)
+        torch.nn.init.normal_(layer.self_attn.k_proj.bias, std=0.5)
+    source.save_pretrained(tmp_path)
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation=ATTENTION_NAME).eval()
+    cache = KVCache(num_layers=2, num_blocks=4, block_size=16, num_kv_heads=2, head_dim=16,
+                    dtype=torch.float32, devices=[torch.device("cpu")] * 2)
+    fuse_rms_norms(model)
+    assert fuse_layers(model, cache) == (2, 2)
+    ids = torch.tensor([[5, 17, 42, 7, 99, 3]])
+    meta = AttentionMetadata(kv_cache=cache, slot_mapping=torch.arange(6), gather_blocks=None, mask=None, causal_only=True)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids, use_cache=False, llm_attention=meta).logits, reference(ids).logits,
+                                   rtol=1e-5, atol=1e-5)

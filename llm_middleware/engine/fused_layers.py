@@ -89,10 +89,12 @@ class _FusedAttention:
             from .rope_cache_kernel import rope_and_cache
 
             norm = self.q_norm is not None
+            dev = qkv.device  # the step's tensors live on the first layer's device (a no-op unless layers span devices)
+            cos, sin = (t.to(dev).expand(batch, seq, dim).reshape(-1, dim) for t in (cos, sin))
             rope_and_cache(
-                qkv.view(batch * seq, -1), cos.expand(batch, seq, dim).reshape(-1, dim), sin.expand(batch, seq, dim).reshape(-1, dim),
+                qkv.view(batch * seq, -1), cos, sin,
                 self.q_norm.weight if norm else None, self.k_norm.weight if norm else None, self.eps,
-                meta.slot_mapping, k_cache, meta.kv_cache.values[self.layer], heads,
+                meta.slot_mapping.to(dev), k_cache, meta.kv_cache.values[self.layer], heads,
             )
             q, k, v = qkv.view(batch, seq, heads + 2 * kv_heads, dim).transpose(1, 2).split([heads, kv_heads, kv_heads], 1)
         else:
