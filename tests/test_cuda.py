@@ -152,6 +152,6 @@ def test_layers_run_the_fused_kernel_on_cuda(tiny_model_dir: Path) -> None:
         model = eng._models[eng.resolve_model(None)].worker.model  # noqa: SLF001
         attention = [layer.self_attn.forward for layer in model.model.layers]
         assert all(getattr(f, "use_kernel", False) for f in attention)
-        assert eng.complete_sync("Hello", max_tokens=8, temperature=0).usage.completion_tokens == 8
+        assert eng.complete_sync("Hello", max_tokens=8, temperature=0, ignore_eos=True).usage.completion_tokens == 8
     finally:
         eng.shutdown()

@@ -8,8 +8,9 @@ concatenated into one matrix whose slices the original modules keep as their wei
 extra memory), and on CUDA one Triton kernel does norms, rotary and cache write.
 
 Like the fused norms, a module's ``forward`` is replaced only after the new one reproduced it
-on a probe (outputs and cache contents), so attention written differently (partial rotary,
-norms over all heads, biases on some projections only) keeps the model's own code.
+on a probe: two prompts written through out-of-order block tables, then a decode step that
+reads them back; outputs and cache contents must match.  Attention written differently
+(partial rotary, norms over all heads, biases on some projections only) keeps the model's code.
 """
 
 from __future__ import annotations
@@ -69,13 +70,13 @@ class _FusedAttention:
         self.scaling = module.scaling
         self.q_norm = getattr(module, "q_norm", None)
         self.k_norm = getattr(module, "k_norm", None)
-        norm = self.q_norm.forward if self.q_norm is not None else None
-        self.eps = norm.eps if isinstance(norm, FusedRMSNorm) else 0.0
-        # The kernel needs a power-of-two half head and the norm's formula to be the plain RMS norm.
-        self.use_kernel = (
-            weight.is_cuda and self.head_dim % 2 == 0 and (self.head_dim // 2) & (self.head_dim // 2 - 1) == 0
-            and (self.q_norm is None or (isinstance(norm, FusedRMSNorm) and isinstance(self.k_norm.forward, FusedRMSNorm)))
-        )
+        norms = [getattr(n, "forward", None) for n in (self.q_norm, self.k_norm)]
+        plain_norms = all(isinstance(f, FusedRMSNorm) for f in norms) and norms[0].eps == norms[1].eps
+        self.eps = norms[0].eps if plain_norms else 0.0
+        half = self.head_dim // 2
+        # The kernel needs a power-of-two half head, and norms (if any) that are plain RMS norms with one epsilon.
+        self.use_kernel = (weight.is_cuda and self.head_dim % 2 == 0 and half & (half - 1) == 0
+                           and (self.q_norm is None and self.k_norm is None or plain_norms))
 
     def __call__(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
                  attention_mask: torch.Tensor | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
@@ -90,12 +91,13 @@ class _FusedAttention:
 
             norm = self.q_norm is not None
             dev = qkv.device  # the step's tensors live on the first layer's device (a no-op unless layers span devices)
-            cos, sin = (t.to(dev).expand(batch, seq, dim).reshape(-1, dim) for t in (cos, sin))
-            rope_and_cache(
-                qkv.view(batch * seq, -1), cos, sin,
-                self.q_norm.weight if norm else None, self.k_norm.weight if norm else None, self.eps,
-                meta.slot_mapping.to(dev), k_cache, meta.kv_cache.values[self.layer], heads,
-            )
+            cos, sin = (t.to(dev).expand(batch, seq, dim).reshape(-1, dim).contiguous() for t in (cos, sin))
+            with torch.cuda.device(dev):  # Triton launches on the current device
+                rope_and_cache(
+                    qkv.view(batch * seq, -1), cos, sin,
+                    self.q_norm.weight if norm else None, self.k_norm.weight if norm else None, self.eps,
+                    meta.slot_mapping.to(dev), k_cache, meta.kv_cache.values[self.layer], heads,
+                )
             q, k, v = qkv.view(batch, seq, heads + 2 * kv_heads, dim).transpose(1, 2).split([heads, kv_heads, kv_heads], 1)
         else:
             q, k, v = qkv.view(batch, seq, heads + 2 * kv_heads, dim).split([heads, kv_heads, kv_heads], 2)
@@ -126,45 +128,80 @@ class _FusedMLP:
 def _close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
     # A few roundings of a 16-bit dtype: the fused path rounds once where the model rounds each op.
     tolerance = 1e-4 if expected.dtype == torch.float32 else 4 * torch.finfo(expected.dtype).eps
-    scale = float(expected.abs().max()) or 1.0
+    scale = float(expected.abs().float().mean()) or 1.0
     return actual.shape == expected.shape and torch.allclose(
         actual.float(), expected.float(), rtol=tolerance, atol=tolerance * scale
     )
 
 
-def _probe(dim: int, weight: torch.Tensor) -> torch.Tensor:
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    return torch.randn(1, 4, dim, generator=generator).to(weight.device, weight.dtype)
+def _randn(*shape: int, like: torch.Tensor, seed: int) -> torch.Tensor:
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(*shape, generator=generator).to(like.device, like.dtype)
+
+
+# The probe: two rows of a 4-token prompt, then one decode step each, through block tables that
+# are out of order (so a kernel that ignored the slot mapping would write the wrong slots).
+_PROBE_BLOCK_SIZE = 4
+_PROBE_TABLE = [[3, 0], [1, 4]]
+
+
+def _probe_cache(attentions: list[nn.Module]) -> KVCache:
+    """A small cache of its own for the probes: the engine's cache is sized after the swap."""
+    first = attentions[0]
+    layers = 1 + max(m.layer_idx for m in attentions)
+    devices = [first.k_proj.weight.device] * layers
+    for m in attentions:
+        devices[m.layer_idx] = m.k_proj.weight.device
+    return KVCache(num_layers=layers, num_blocks=5, block_size=_PROBE_BLOCK_SIZE,
+                   num_kv_heads=first.k_proj.weight.shape[0] // first.head_dim, head_dim=first.head_dim,
+                   dtype=first.k_proj.weight.dtype, devices=devices)
 
 
 @torch.inference_mode()
-def _attention_reproduces(module: nn.Module, fused: _FusedAttention, rotary: nn.Module, kv_cache: KVCache) -> bool:
-    hidden = _probe(module.q_proj.weight.shape[1], fused.weight)
-    positions = torch.arange(3, 3 + hidden.shape[1], device=hidden.device)[None, :]
-    position_embeddings = rotary(hidden, positions)
-    # The first slots: no request exists yet while the model is being prepared.
-    slots = torch.arange(hidden.shape[1], device=kv_cache.keys[fused.layer].device)
-    meta = AttentionMetadata(kv_cache=kv_cache, slot_mapping=slots, gather_blocks=None, mask=None, causal_only=True)
+def _attention_reproduces(module: nn.Module, fused: _FusedAttention, rotary: nn.Module, cache: KVCache) -> bool:
+    layer = fused.layer
+    keys, values = cache.keys[layer], cache.values[layer]
+    if keys.shape[1:] != (fused.kv_heads, fused.head_dim):
+        return False
+    dim, bs = fused.weight.shape[1], _PROBE_BLOCK_SIZE
+    table = torch.tensor(_PROBE_TABLE)
+    prompt_pos = torch.arange(4).expand(2, 4)
+    decode_pos = torch.full((2, 1), 4)
+    steps = []
+    for positions, meta_args in (
+        (prompt_pos, {"causal_only": True, "gather_blocks": None, "mask": None}),
+        (decode_pos, {"causal_only": False, "gather_blocks": table.to(keys.device),
+                      "mask": (torch.arange(2 * bs)[None, None, None, :] <= 4).expand(2, 1, 1, 2 * bs).to(keys.device)}),
+    ):
+        slots = (table.gather(1, positions // bs) * bs + positions % bs).reshape(-1).to(keys.device)
+        hidden = _randn(2, positions.shape[1], dim, like=fused.weight, seed=len(steps))
+        meta = AttentionMetadata(kv_cache=cache, slot_mapping=slots, **meta_args)
+        steps.append((hidden, rotary(hidden, positions.to(hidden.device)), meta))
     results = []
-    for forward in (lambda **kw: type(module).forward(module, **kw), fused):
-        out = forward(hidden_states=hidden, position_embeddings=position_embeddings, attention_mask=None,
-                      llm_attention=meta)[0]
-        cached = [cache[fused.layer][slots].clone() for cache in (kv_cache.keys, kv_cache.values)]
-        results.append((out, *cached))
-    for cache in (kv_cache.keys, kv_cache.values):
-        cache[fused.layer][slots] = 0
+    try:
+        for forward in (lambda **kw: type(module).forward(module, **kw), fused):
+            keys.zero_()
+            values.zero_()
+            outs = [forward(hidden_states=h, position_embeddings=pe, attention_mask=None, llm_attention=meta)[0]
+                    for h, pe, meta in steps]
+            results.append([*outs, keys.clone(), values.clone()])
+    finally:
+        keys.zero_()
+        values.zero_()
     return all(_close(a, e) for a, e in zip(results[1], results[0]))
 
 
 @torch.inference_mode()
 def _mlp_reproduces(module: nn.Module, fused: _FusedMLP) -> bool:
-    probe = _probe(fused.weight.shape[1], fused.weight)
+    probe = _randn(2, 3, fused.weight.shape[1], like=fused.weight, seed=0)
     return _close(fused(probe), type(module).forward(module, probe))
 
 
 def _is_attention(module: nn.Module) -> bool:
-    names = ("q_proj", "k_proj", "v_proj", "o_proj")
-    return (all(isinstance(getattr(module, n, None), nn.Linear) for n in names)
+    # Plain linears only: quantized ones keep their own kernels, and their packed weights' shapes
+    # say nothing about the heads.
+    return (all(type(getattr(module, n, None)) is nn.Linear for n in ("q_proj", "k_proj", "v_proj"))
+            and isinstance(getattr(module, "o_proj", None), nn.Linear)
             and isinstance(getattr(module, "layer_idx", None), int) and isinstance(getattr(module, "head_dim", None), int)
             and getattr(getattr(module, "config", None), "_attn_implementation", None) == ATTENTION_NAME)
 
@@ -183,41 +220,44 @@ def _unmerge(linears: list[nn.Linear]) -> None:
             lin.bias = nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
 
 
-def fuse_layers(model: nn.Module, kv_cache: KVCache) -> tuple[int, int]:
+def _swap(module: nn.Module, linears: list[nn.Linear], build: Any, reproduces: Any) -> bool:
+    """Merge ``linears``, build the new forward and keep it if it reproduces; else leave the module as it was."""
+    merged = None
+    try:
+        merged = _merge(linears)
+        if merged is None:
+            return False
+        fused = build(*merged)
+        if fused is not None and reproduces(fused):
+            module.forward = fused
+            return True
+    except Exception as exc:  # noqa: BLE001 - any failure means: keep the model's own forward
+        logger.warning("%s keeps the model's own forward: %r", type(module).__name__, exc)
+    if merged is not None:
+        _unmerge(linears)
+    return False
+
+
+def fuse_layers(model: nn.Module) -> tuple[int, int]:
     """Swap reproducible attention and MLP forwards; return how many of each were swapped.
 
     Call after ``fuse_rms_norms`` (the attention kernel takes over fused per-head norms only)
-    and before any request runs (the probe writes the cache's first slots, then clears them).
+    and before the KV cache is sized (merging copies one layer's weights at a time).
     """
     rotary = next((m for m in model.modules() if type(m).__name__.endswith("RotaryEmbedding")), None)
-    attentions = mlps = 0
-    for module in list(model.modules()):
-        if rotary is not None and _is_attention(module):
-            linears = [module.q_proj, module.k_proj, module.v_proj]
-            merged = _merge(linears)
-            if merged is None:
-                continue
-            fused = _FusedAttention(module, *merged)
-            try:
-                ok = _attention_reproduces(module, fused, rotary, kv_cache)
-            except Exception as exc:  # noqa: BLE001 - any failure means: keep the model's own forward
-                logger.warning("attention of layer %s keeps the model's own forward: %r", module.layer_idx, exc)
-                ok = False
-            if ok:
-                module.forward = fused
-                attentions += 1
-            else:
-                _unmerge(linears)
-        elif _is_gated_mlp(module):
-            linears = [module.gate_proj, module.up_proj]
-            merged = _merge(linears)
-            if merged is None:
-                continue
-            fused_mlp = _FusedMLP(module, merged[0]) if merged[1] is None else None
-            if fused_mlp is not None and _mlp_reproduces(module, fused_mlp):
-                module.forward = fused_mlp
-                mlps += 1
-            else:
-                _unmerge(linears)
-    logger.debug("fused %d attention and %d MLP modules", attentions, mlps)
-    return attentions, mlps
+    modules = list(model.modules())
+    attentions = [m for m in modules if _is_attention(m)] if rotary is not None else []
+    cache = _probe_cache(attentions) if attentions else None
+    swapped_attention = sum(
+        _swap(m, [m.q_proj, m.k_proj, m.v_proj], lambda w, b, m=m: _FusedAttention(m, w, b),
+              lambda fused, m=m: _attention_reproduces(m, fused, rotary, cache))
+        for m in attentions
+    )
+    swapped_mlp = sum(
+        _swap(m, [m.gate_proj, m.up_proj], lambda w, b, m=m: _FusedMLP(m, w) if b is None else None,
+              lambda fused, m=m: _mlp_reproduces(m, fused))
+        for m in modules if _is_gated_mlp(m)
+    )
+    del cache
+    logger.debug("fused %d attention and %d MLP modules", swapped_attention, swapped_mlp)
+    return swapped_attention, swapped_mlp

@@ -86,6 +86,9 @@ class GenerationWorker:
         )
 
         layer_devices = self._layer_devices(text_config.num_hidden_layers, loaded.device)
+        # Before the cache is sized: merging projections copies one layer's weights at a time.
+        fuse_rms_norms(self.model)
+        fuse_layers(self.model)
         num_blocks = self._num_kv_blocks(text_config, layer_devices)
         head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
         kv_heads = getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads
@@ -103,8 +106,6 @@ class GenerationWorker:
             self.blocks, max_batch_size=config.max_batch_size,
             max_prefill_tokens=config.max_prefill_tokens or self._default_prefill_tokens(loaded.device),
         )
-        fuse_rms_norms(self.model)
-        fuse_layers(self.model, self.kv_cache)
         decoder = None
         if loaded.device.type == "cuda" and len(set(layer_devices)) == 1:  # graphs need one device
             decoder = CudaDecoder(self.model, self.kv_cache, max_batch_size=config.max_batch_size,
