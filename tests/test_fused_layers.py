@@ -83,17 +83,22 @@ def test_layers_with_another_formula_keep_their_forward(tiny_model_dir: Path) ->
     assert mlp.gate_proj.weight.untyped_storage().data_ptr() != mlp.up_proj.weight.untyped_storage().data_ptr()
 
 
-def test_projections_with_biases_are_merged_with_their_biases(tmp_path: Path) -> None:
-    # Qwen2 has biases on q/k/v (not on o): the merged product must add them.
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_projections_with_biases_are_merged_with_their_biases(tmp_path: Path, arch: str) -> None:
+    # Qwen2 has biases on q/k/v (not on o); Llama can have them on every attention and MLP
+    # projection: the merged products must add them.
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    shape = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     torch.manual_seed(0)
-    source = Qwen2ForCausalLM(config)
-    for layer in source.model.layers:
-        torch.nn.init.normal_(layer.self_attn.q_proj.bias, std=0.5)
-        torch.nn.init.normal_(layer.self_attn.k_proj.bias, std=0.5)
+    if arch == "qwen2":
+        source = Qwen2ForCausalLM(Qwen2Config(**shape))
+    else:
+        source = LlamaForCausalLM(LlamaConfig(attention_bias=True, mlp_bias=True, **shape))
+    for module in source.modules():
+        if isinstance(module, torch.nn.Linear) and module.bias is not None:
+            torch.nn.init.normal_(module.bias, std=0.5)
     source.save_pretrained(tmp_path)
     reference = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
     model = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation=ATTENTION_NAME).eval()

@@ -115,13 +115,14 @@ class _FusedAttention:
 class _FusedMLP:
     """Replacement ``forward`` of a gated MLP: ``down(act(gate(x)) * up(x))`` with one gate/up product."""
 
-    def __init__(self, module: nn.Module, weight: torch.Tensor) -> None:
+    def __init__(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         self.module = module
         self.weight = weight
+        self.bias = bias
         self.split = module.gate_proj.weight.shape[0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = F.linear(x, self.weight).split(self.split, -1)
+        gate, up = F.linear(x, self.weight, self.bias).split(self.split, -1)
         return self.module.down_proj(self.module.act_fn(gate) * up)
 
 
@@ -228,7 +229,7 @@ def _swap(module: nn.Module, linears: list[nn.Linear], build: Any, reproduces: A
         if merged is None:
             return False
         fused = build(*merged)
-        if fused is not None and reproduces(fused):
+        if reproduces(fused):
             module.forward = fused
             return True
     except Exception as exc:  # noqa: BLE001 - any failure means: keep the model's own forward
@@ -254,10 +255,9 @@ def fuse_layers(model: nn.Module) -> tuple[int, int]:
         for m in attentions
     )
     swapped_mlp = sum(
-        _swap(m, [m.gate_proj, m.up_proj], lambda w, b, m=m: _FusedMLP(m, w) if b is None else None,
+        _swap(m, [m.gate_proj, m.up_proj], lambda w, b, m=m: _FusedMLP(m, w, b),
               lambda fused, m=m: _mlp_reproduces(m, fused))
         for m in modules if _is_gated_mlp(m)
     )
-    del cache
     logger.debug("fused %d attention and %d MLP modules", swapped_attention, swapped_mlp)
     return swapped_attention, swapped_mlp
