@@ -1,8 +1,9 @@
-"""Waiting for an engine to finish its work, for tests that compare its counts before and after."""
+"""Test helpers over an engine's state: waiting until it is idle, reaching its default model's worker."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from llm_middleware.engine import Engine
 
@@ -15,3 +16,8 @@ async def idle_stats(engine: Engine, timeout: float) -> dict[str, int]:
             break
         await asyncio.sleep(0.02)
     return engine.stats()
+
+
+def default_worker(engine: Engine) -> Any:
+    """The generation worker behind ``engine``'s default model (tests reach into its state)."""
+    return engine._models[engine.resolve_model(None)].worker  # noqa: SLF001

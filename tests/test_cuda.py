@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine_state import default_worker
 from llm_middleware.engine import Engine
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -99,7 +100,7 @@ def test_prompt_chunks_are_larger_on_cuda(tiny_model_dir: Path) -> None:
     eng = Engine(tiny_model_dir, device="cuda")
     try:
         eng.wait_ready_sync()
-        assert eng._models[eng.resolve_model(None)].worker.scheduler.max_prefill_tokens == 4096  # noqa: SLF001
+        assert default_worker(eng).scheduler.max_prefill_tokens == 4096
     finally:
         eng.shutdown()
 
@@ -149,7 +150,7 @@ def test_layers_run_the_fused_kernel_on_cuda(tiny_model_dir: Path) -> None:
     eng = Engine(tiny_model_dir, device="cuda", dtype="bfloat16")
     try:
         eng.wait_ready_sync()
-        model = eng._models[eng.resolve_model(None)].worker.model  # noqa: SLF001
+        model = default_worker(eng).model
         attention = [layer.self_attn.forward for layer in model.model.layers]
         assert all(getattr(f, "use_kernel", False) for f in attention)
         assert eng.complete_sync("Hello", max_tokens=8, temperature=0, ignore_eos=True).usage.completion_tokens == 8

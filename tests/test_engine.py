@@ -13,6 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from engine_state import default_worker
 from llm_middleware import errors
 from llm_middleware.engine import Engine
 from llm_middleware.engine.sequence import PENDING_TOKEN
@@ -56,7 +57,7 @@ async def test_greedy_equals_generate_for_staggered_batch(arch_fixture: str, ove
     launched_ahead: list[bool] = []  # per step: did a row's input come from draws the host had not read?
     try:
         await eng.wait_ready()
-        worker = eng._models[eng.resolve_model(None)].worker  # noqa: SLF001
+        worker = default_worker(eng)
         worker.before_step = lambda batch: launched_ahead.append(
             any(s.token_ids[-1] == PENDING_TOKEN for s in batch.decode)
         )
@@ -123,7 +124,7 @@ class _PythonOnlyTokenizer:
 def test_utf8_never_broken_across_deltas(engine: Engine, rust_backend: bool) -> None:
     from llm_middleware.engine.detokenizer import IncrementalDetokenizer, TokenDecoder
 
-    tokenizer = engine._models[engine.resolve_model(None)].worker.tokenizer  # noqa: SLF001
+    tokenizer = default_worker(engine).tokenizer
     decoder = TokenDecoder(tokenizer if rust_backend else _PythonOnlyTokenizer(tokenizer))
     text = "东京 🚀 café — ok 👍🏽"
     ids = tokenizer.encode(text, add_special_tokens=False)
@@ -150,7 +151,7 @@ def test_bytes_that_never_form_a_character_are_released(engine: Engine, rust_bac
     from llm_middleware.engine.detokenizer import IncrementalDetokenizer, TokenDecoder
     from llm_middleware.engine.token_bytes import _byte_level_alphabet
 
-    tokenizer = engine._models[engine.resolve_model(None)].worker.tokenizer  # noqa: SLF001
+    tokenizer = default_worker(engine).tokenizer
     decoder = TokenDecoder(tokenizer if rust_backend else _PythonOnlyTokenizer(tokenizer))
     char_of = {b: c for c, b in _byte_level_alphabet().items()}
     continuation = tokenizer.convert_tokens_to_ids(char_of[0x80])  # a UTF-8 continuation byte alone
@@ -207,7 +208,7 @@ def test_max_tokens_and_eos(engine: Engine) -> None:
     done = engine.complete_sync("Hello", max_tokens=3, temperature=0, ignore_eos=True)
     assert done.choices[0].finish_reason == "length"
     assert done.usage.completion_tokens == 3
-    eos = engine._models[engine.resolve_model(None)].worker.eos_ids[0]  # noqa: SLF001
+    eos = default_worker(engine).eos_ids[0]
     forced = engine.complete_sync("Hello", max_tokens=5, temperature=0, logit_bias={eos: 100.0})
     assert forced.choices[0].finish_reason == "stop"
     assert forced.choices[0].token_ids == [eos]
@@ -267,7 +268,7 @@ async def test_overload_past_max_waiting(tiny_model_dir: Path) -> None:
     eng = Engine(tiny_model_dir, max_batch_size=1, max_waiting=2, seed=0)
     await eng.wait_ready()
     gate = threading.Event()
-    eng._models[eng.resolve_model(None)].worker.before_step = lambda batch: gate.wait()  # noqa: SLF001
+    default_worker(eng).before_step = lambda batch: gate.wait()
     try:
         async def until(running: int, waiting: int) -> None:
             for _ in range(1000):
@@ -309,7 +310,7 @@ def test_long_prompt_prefill_does_not_stall_running_stream(tiny_model_dir: Path)
     eng = Engine(tiny_model_dir, max_prefill_tokens=4, seed=0)
     eng.wait_ready_sync()
     steps: list[tuple[int, int]] = []
-    worker = eng._models[eng.resolve_model(None)].worker  # noqa: SLF001
+    worker = default_worker(eng)
     worker.before_step = lambda batch: steps.append((len(batch.decode), sum(n for _, n in batch.prefill)))
     try:
         stream = eng.stream_complete_sync("Hello", max_tokens=60, ignore_eos=True, temperature=0)
@@ -340,7 +341,7 @@ def test_preemption_when_kv_cache_is_full(tiny_model_dir: Path, overlap: bool) -
             results[i] = eng.complete_sync(prompt, max_tokens=20, temperature=0, ignore_eos=True).choices[0].token_ids
 
         preempted: list[int] = []
-        worker = eng._models[eng.resolve_model(None)].worker  # noqa: SLF001
+        worker = default_worker(eng)
         both_in = threading.Event()  # hold the first step until both requests are queued: they must overlap
 
         def before_step(batch: object) -> None:
@@ -414,7 +415,7 @@ def test_generation_config_defaults_respected(tmp_path: Path) -> None:
     eng = Engine(path)
     try:
         eng.wait_ready_sync()
-        worker = eng._models[eng.resolve_model(None)].worker  # noqa: SLF001
+        worker = default_worker(eng)
         assert worker.defaults["temperature"] == 0.7 and worker.defaults["top_k"] == 5
         assert set(worker.eos_ids) >= {gen.eos_token_id[0]}
     finally:
@@ -439,7 +440,7 @@ def test_quantized_loading_generates(tiny_model_dir: Path, quantize: str) -> Non
     eng = Engine(tiny_model_dir, quantize=quantize, seed=0)
     try:
         eng.wait_ready_sync()
-        model = eng._models[eng.resolve_model(None)].worker.model  # noqa: SLF001
+        model = default_worker(eng).model
         kinds = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
         assert any(isinstance(m, kinds) for m in model.modules())
         # Quantized projections keep their own kernels: no merged forward replaces them.
@@ -532,7 +533,7 @@ def test_chat_template_with_and_without_generation_prompt(engine: Engine) -> Non
 def test_logprob_bytes_rebuild_multibyte_text(engine: Engine) -> None:
     from llm_middleware.engine.token_bytes import TokenBytes
 
-    worker = engine._models[engine.resolve_model(None)].worker  # noqa: SLF001
+    worker = default_worker(engine)
     text = "东京 🚀 café"
     ids = worker.tokenizer.encode(text, add_special_tokens=False)
     to_bytes = TokenBytes(worker.tokenizer)
@@ -586,7 +587,7 @@ def test_device_map_loading_places_each_layer_cache_with_its_layer(tiny_model_di
     eng = Engine(tiny_model_dir, device_map={"": "cpu"}, seed=0)
     try:
         eng.wait_ready_sync()
-        worker = eng._models[eng.resolve_model(None)].worker  # noqa: SLF001
+        worker = default_worker(eng)
         assert [k.device.type for k in worker.kv_cache.keys] == ["cpu"] * len(worker.kv_cache.keys)
         got = eng.complete_sync(PROMPTS[0], max_tokens=8, temperature=0, ignore_eos=True).choices[0].token_ids
         assert got == reference_greedy(tiny_model_dir, PROMPTS[0], 8)
@@ -596,7 +597,7 @@ def test_device_map_loading_places_each_layer_cache_with_its_layer(tiny_model_di
 
 def test_requests_do_not_measure_the_tokenizer_each_time(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     # len() of a 150k-token tokenizer costs milliseconds; per request it serialised bursts of arrivals.
-    worker = engine._models[engine.resolve_model(None)].worker  # noqa: SLF001
+    worker = default_worker(engine)
 
     def no_len(self: object) -> int:
         raise AssertionError("len(tokenizer) on the request path")
@@ -612,7 +613,7 @@ def test_requests_do_not_measure_the_tokenizer_each_time(engine: Engine, monkeyp
 def test_loaded_model_is_left_out_of_garbage_collections(engine: Engine) -> None:
     # Full collections walked every object alive since start-up (about 0.2 s with the GIL held,
     # a stall of every stream); objects alive once the model is loaded are frozen out of them.
-    worker = engine._models[engine.resolve_model(None)].worker  # noqa: SLF001
+    worker = default_worker(engine)
     tracked = gc.get_objects()  # generations 0-2: what a full collection walks
     assert gc.get_freeze_count() > 0
     assert not any(o is worker.model or o is worker.tokenizer for o in tracked)
@@ -625,7 +626,7 @@ def test_first_token_is_delivered_before_the_next_prompt_chunk_runs(tiny_model_d
     # step on a GPU) before reaching its stream.
     eng = Engine(tiny_model_dir, max_prefill_tokens=8, seed=0, async_scheduling=overlap)
     eng.wait_ready_sync()
-    worker = eng._models[eng.resolve_model(None)].worker  # noqa: SLF001
+    worker = default_worker(eng)
     first_launched, first_delta = threading.Event(), threading.Event()
     delivered_before_chunk: list[bool] = []
 
@@ -662,7 +663,7 @@ def test_a_step_already_drawn_is_delivered_at_shutdown(tiny_model_dir: Path, ove
     # The engine stops while its last step runs: the tokens that step drew still reach the caller.
     eng = Engine(tiny_model_dir, seed=0, async_scheduling=overlap)
     eng.wait_ready_sync()
-    worker = eng._models[eng.resolve_model(None)].worker  # noqa: SLF001
+    worker = default_worker(eng)
     worker.before_step = lambda batch: worker.stop()
     try:
         done = eng.complete_sync("Hello", max_tokens=1, ignore_eos=True)
@@ -676,7 +677,7 @@ def test_prompt_chunk_budget_defaults_by_device(tiny_model_dir: Path) -> None:
     eng = Engine(tiny_model_dir)
     try:
         eng.wait_ready_sync()
-        assert eng._models[eng.resolve_model(None)].worker.scheduler.max_prefill_tokens == 512  # noqa: SLF001
+        assert default_worker(eng).scheduler.max_prefill_tokens == 512
     finally:
         eng.shutdown()
     with pytest.raises(errors.InvalidRequestError, match="max_prefill_tokens"):
@@ -688,7 +689,7 @@ def test_requests_arriving_together_are_prefilled_together(tiny_model_dir: Path)
     # rest were still being taken in.
     eng = Engine(tiny_model_dir, seed=0, burst_window_ms=1000)
     eng.wait_ready_sync()
-    worker = eng._models[eng.resolve_model(None)].worker  # noqa: SLF001
+    worker = default_worker(eng)
     first_chunk: list[int] = []
     worker.before_step = lambda batch: first_chunk.append(len(batch.prefill)) if not first_chunk else None
     try:
@@ -709,7 +710,7 @@ def test_requests_arriving_together_are_prefilled_together(tiny_model_dir: Path)
 def test_a_lone_request_waits_one_burst_window_at_most(tiny_model_dir: Path) -> None:
     eng = Engine(tiny_model_dir, seed=0, burst_window_ms=300)
     eng.wait_ready_sync()
-    worker = eng._models[eng.resolve_model(None)].worker  # noqa: SLF001
+    worker = default_worker(eng)
     launched: list[float] = []
     worker.before_step = lambda batch: launched.append(time.monotonic()) if not launched else None
     try:

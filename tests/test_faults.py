@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from asgi_streams import ASGIStream
-from engine_state import idle_stats
+from engine_state import default_worker, idle_stats
 from test_dispatch import ShopASGI, asgi_request
 
 from llm_middleware.engine.engine import Engine
@@ -44,7 +44,7 @@ def engine(tiny_model_dir: Path) -> Iterator[Engine]:
 
 @pytest.fixture
 def fault(engine: Engine) -> Iterator[StepFault]:
-    worker = engine._models[engine.resolve_model(None)].worker  # noqa: SLF001
+    worker = default_worker(engine)
     fault = StepFault()
     worker.before_step = fault
     yield fault

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from asgi_streams import ASGIStream
-from engine_state import idle_stats
+from engine_state import default_worker, idle_stats
 from test_dispatch import ShopASGI, asgi_request
 
 from llm_middleware.engine.engine import Engine
@@ -84,7 +84,7 @@ def tight_engine(tiny_model_dir: Path) -> Iterator[Engine]:
 
 async def test_past_max_waiting_is_429_at_once(tight_engine: Engine) -> None:
     mw = LLMMiddleware(ShopASGI(), engine=tight_engine)
-    worker = tight_engine._models[tight_engine.resolve_model(None)].worker  # noqa: SLF001
+    worker = default_worker(tight_engine)
     gate = threading.Event()
     worker.before_step = lambda batch: gate.wait(30)  # hold the running batch in its step
     try:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from asgi_streams import ASGIStream
-from engine_state import idle_stats
+from engine_state import default_worker, idle_stats
 from servers import free_port, launch, server_env, wait_until_up
 from test_dispatch import ShopASGI, asgi_request
 
@@ -30,7 +30,7 @@ def slow_engine(tiny_model_dir: Path) -> Iterator[Engine]:
     """An engine whose steps take at least 20 ms, so that a long answer takes seconds."""
     engine = Engine(tiny_model_dir, max_model_len=512, max_batch_size=2, seed=0)
     engine.wait_ready_sync(120)
-    engine._models[engine.resolve_model(None)].worker.before_step = lambda batch: time.sleep(0.02)  # noqa: SLF001
+    default_worker(engine).before_step = lambda batch: time.sleep(0.02)
     yield engine
     engine.shutdown()
 
