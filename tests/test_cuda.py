@@ -147,12 +147,59 @@ def test_rope_cache_kernel_matches_reference(dtype: torch.dtype, norm: bool) -> 
 
 
 def test_layers_run_the_fused_kernel_on_cuda(tiny_model_dir: Path) -> None:
+    from llm_middleware.engine.row_linear import RowLinear
+
     eng = Engine(tiny_model_dir, device="cuda", dtype="bfloat16")
     try:
         eng.wait_ready_sync()
         model = default_worker(eng).model
         attention = [layer.self_attn.forward for layer in model.model.layers]
         assert all(getattr(f, "use_kernel", False) for f in attention)
+        assert all(getattr(layer.forward, "kernel", None) is not None for layer in model.model.layers)
+        assert all(layer.mlp.forward.silu_mul is not None for layer in model.model.layers)
+        linears = [model.lm_head] + [layer.self_attn.o_proj for layer in model.model.layers]
+        assert all(isinstance(m.forward, RowLinear) and m.forward.block_k for m in linears)
         assert eng.complete_sync("Hello", max_tokens=8, temperature=0, ignore_eos=True).usage.completion_tokens == 8
     finally:
         eng.shutdown()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,k,bias", [(1001, 384, True), (2560, 4096, False), (64, 96, False)])
+def test_gemv_matches_linear(dtype: torch.dtype, n: int, k: int, bias: bool) -> None:
+    from llm_middleware.engine.row_linear import RowLinear
+
+    gen = torch.Generator(device="cuda").manual_seed(n)
+    weight = torch.randn(n, k, device="cuda", generator=gen).to(dtype)
+    b = torch.randn(n, device="cuda", generator=gen).to(dtype) if bias else None
+    linear = RowLinear(weight, b)
+    assert linear.block_k is not None
+    one = torch.randn(1, 1, k, device="cuda", generator=gen).to(dtype)
+    expected = torch.nn.functional.linear(one.double(), weight.double(), None if b is None else b.double())
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    got = linear(one)
+    assert got.shape == (1, 1, n) and got.dtype == dtype
+    torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol * float(expected.abs().mean()))
+    rows = torch.randn(3, k, device="cuda", generator=gen).to(dtype)  # more rows: the library's product
+    torch.testing.assert_close(linear(rows), torch.nn.functional.linear(rows, weight, b), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_add_rms_norm_and_silu_mul_kernels_match_the_models_ops(dtype: torch.dtype) -> None:
+    from llm_middleware.engine.row_kernels import add_rms_norm, silu_mul
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    residual, delta = (torch.randn(5, 3, 2560, device="cuda", generator=gen).to(dtype) for _ in range(2))
+    weight = (1 + 0.3 * torch.randn(2560, device="cuda", generator=gen)).to(dtype)
+    total, normed = add_rms_norm(residual, delta, weight, 1e-6)
+    expected_total = residual + delta
+    x = expected_total.float()
+    expected = weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)).to(dtype)
+    torch.testing.assert_close(total, expected_total, rtol=0, atol=0)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(normed.float(), expected.float(), rtol=tol, atol=tol)
+
+    gate_up = torch.randn(4, 1, 2 * 1500, device="cuda", generator=gen).to(dtype)  # not a multiple of the block
+    gate, up = gate_up.split(1500, -1)
+    torch.testing.assert_close(silu_mul(gate_up).float(), (torch.nn.functional.silu(gate) * up).float(),
+                               rtol=tol, atol=tol)

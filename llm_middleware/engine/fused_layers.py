@@ -19,12 +19,12 @@ import logging
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attention import ATTENTION_NAME, AttentionMetadata, attend, write_cache
 from .fused_norms import FusedRMSNorm
 from .kv_cache import KVCache
+from .row_linear import RowLinear
 
 logger = logging.getLogger("llm_middleware")
 
@@ -62,7 +62,7 @@ class _FusedAttention:
     def __init__(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         self.module = module
         self.weight = weight
-        self.bias = bias
+        self.project = RowLinear(weight, bias)
         self.layer = module.layer_idx
         self.head_dim = module.head_dim
         self.heads = module.q_proj.weight.shape[0] // self.head_dim
@@ -83,7 +83,7 @@ class _FusedAttention:
         meta: AttentionMetadata = kwargs["llm_attention"]
         batch, seq = hidden_states.shape[:2]
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
-        qkv = F.linear(hidden_states, self.weight, self.bias)  # [B, S, (H + 2 * KVH) * D]
+        qkv = self.project(hidden_states)  # [B, S, (H + 2 * KVH) * D]
         cos, sin = position_embeddings  # [B or 1, S, D]
         k_cache = meta.kv_cache.keys[self.layer]
         if self.use_kernel and k_cache.device == qkv.device:
@@ -118,11 +118,19 @@ class _FusedMLP:
     def __init__(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         self.module = module
         self.weight = weight
-        self.bias = bias
+        self.project = RowLinear(weight, bias)
         self.split = module.gate_proj.weight.shape[0]
+        self.silu_mul: Any = None
+        if weight.is_cuda and type(module.act_fn).__name__ in ("SiLU", "SiLUActivation") and 2 * self.split == weight.shape[0]:
+            from .row_kernels import silu_mul  # one kernel for the activation and the product
+
+            self.silu_mul = silu_mul
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = F.linear(x, self.weight, self.bias).split(self.split, -1)
+        gate_up = self.project(x)
+        if self.silu_mul is not None:
+            return self.module.down_proj(self.silu_mul(gate_up))
+        gate, up = gate_up.split(self.split, -1)
         return self.module.down_proj(self.module.act_fn(gate) * up)
 
 

@@ -23,11 +23,13 @@ from .delivery import Outbox, Sink
 from .detokenizer import IncrementalDetokenizer, TokenDecoder
 from .fused_layers import fuse_layers
 from .fused_norms import fuse_rms_norms
+from .fused_residuals import fuse_residuals
 from .grammar import GrammarCompiler
 from .kv_cache import KVCache
 from .loader import LoadedModel
 from .decode_graphs import CudaDecoder
 from .model_runner import ModelRunner
+from .row_linear import use_row_kernel
 from .outputs import Delta, TokenLogprob, TopLogprob, Usage
 from .request import GenerationRequest
 from .sampler import Draws, SampleResult, Sampler
@@ -89,6 +91,8 @@ class GenerationWorker:
         # Before the cache is sized: merging projections copies one layer's weights at a time.
         fuse_rms_norms(self.model)
         fuse_layers(self.model)
+        fuse_residuals(self.model)
+        use_row_kernel(self.model)
         num_blocks = self._num_kv_blocks(text_config, layer_devices)
         head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
         kv_heads = getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads
