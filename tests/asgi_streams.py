@@ -61,3 +61,7 @@ class ASGIStream:
         """Walk away mid-stream; return once the app has finished with the request."""
         await self._comm.send_input({"type": "http.disconnect"})
         await self._comm.wait(timeout)
+
+    async def app_returned(self, timeout: float = 10) -> None:
+        """Wait for the app to return, after it sent the whole response."""
+        await self._comm.wait(timeout)

@@ -20,6 +20,7 @@ from .config import ModelConfig
 from .delivery import AsyncSink, ThreadSink
 from .embedding_worker import EmbeddingWorker
 from .generation_worker import GenerationWorker
+from .intake import Intake
 from .loader import ModelLoadError, load
 from .outputs import Choice, Completion, Delta, Embeddings, ModelInfo, TokenLogprob, Usage
 from .sampling import SamplingParams
@@ -78,6 +79,8 @@ class Engine:
                  seed: int | None = None, **options: Any) -> None:
         self._models: dict[str, _Model] = {}
         self._seed = seed
+        #: Requests a server is reading for this engine; an idle worker waits for them (see intake.py).
+        self.intake = Intake()
         self._lock = threading.Lock()
         self._started = False
         self._stopping = False
@@ -181,7 +184,7 @@ class Engine:
             if loaded.task == "embed":
                 worker = EmbeddingWorker(entry.name, loaded, entry.config, entry.source)
             else:
-                worker = GenerationWorker(entry.name, loaded, entry.config, self._seed)
+                worker = GenerationWorker(entry.name, loaded, entry.config, self._seed, self.intake)
             worker.start()
             _freeze_startup_objects()
             entry.random_weights = loaded.random_weights
@@ -324,6 +327,7 @@ class Engine:
                       request_id: str | None) -> AsyncIterator[Delta]:
         sink = AsyncSink(asyncio.get_running_loop())
         request = worker.submit(prompt_ids, params, sink, request_id or _new_id())
+        Intake.submitted()
         done = False
         try:
             while not done:
@@ -362,6 +366,7 @@ class Engine:
         worker = await self._worker(model, "embed")
         sink = AsyncSink(asyncio.get_running_loop())
         worker.submit(_texts(inputs), dimensions, sink)
+        Intake.submitted()
         return _embeddings(worker.name, await sink.get())
 
     # ---- generation: sync twins ---------------------------------------------------------------
@@ -387,6 +392,7 @@ class Engine:
                      request_id: str | None) -> Iterator[Delta]:
         sink = ThreadSink()
         request = worker.submit(prompt_ids, params, sink, request_id or _new_id())
+        Intake.submitted()
 
         def deltas() -> Iterator[Delta]:
             done = False
@@ -429,6 +435,7 @@ class Engine:
         worker = self._worker_sync(model, "embed")
         sink = ThreadSink()
         worker.submit(_texts(inputs), dimensions, sink)
+        Intake.submitted()
         return _embeddings(worker.name, sink.get())
 
 

@@ -25,6 +25,7 @@ from .fused_layers import fuse_layers
 from .fused_norms import fuse_rms_norms
 from .fused_residuals import fuse_residuals
 from .grammar import GrammarCompiler
+from .intake import Intake
 from .kv_cache import KVCache
 from .loader import LoadedModel
 from .decode_graphs import CudaDecoder
@@ -69,8 +70,10 @@ class GenerationWorker:
     ``submit`` and ``abort`` are thread-safe; everything else runs on the worker's thread.
     """
 
-    def __init__(self, name: str, loaded: LoadedModel, config: ModelConfig, seed: int | None) -> None:
+    def __init__(self, name: str, loaded: LoadedModel, config: ModelConfig, seed: int | None,
+                 intake: Intake | None = None) -> None:
         self.name = name
+        self.intake = intake or Intake()
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.config = config
@@ -330,14 +333,15 @@ class GenerationWorker:
     def _gather_burst(self) -> None:
         """Called idle, holding ``_wake``, with requests in the inbox: wait while more keep arriving.
 
-        Requests sent together reach the inbox one by one as the event loop parses them.  A prompt
+        Requests sent together reach the inbox one by one as the event loop reads them.  A prompt
         chunk started with the first few costs the same host time as a full one and holds the
         GIL that the intake of the rest needs, so a burst would be prefilled in many small
-        chunks.  Each arrival within ``burst_window_ms`` of the last extends the wait, up to ten
-        windows in all or until the inbox fills a prompt chunk.
+        chunks.  The wait goes on while each arrival comes within ``burst_window_ms`` of the
+        last or the server is still reading requests (``intake``), up to 25 windows in all or
+        until the inbox fills a prompt chunk.
         """
         window = self.config.burst_window_ms / 1000
-        deadline = time.monotonic() + 10 * window
+        deadline = time.monotonic() + 25 * window
         seen = len(self._inbox)
         while not self._stopping:
             tokens = sum(len(r.prompt_ids) * len(r.seqs) for r in self._inbox)
@@ -345,7 +349,7 @@ class GenerationWorker:
             if tokens >= self.scheduler.max_prefill_tokens or remaining <= 0:
                 return
             self._wake.wait(min(window, remaining))
-            if len(self._inbox) == seen:  # none came within the window
+            if len(self._inbox) == seen and not self.intake.pending:  # none came, none on its way
                 return
             seen = len(self._inbox)
 

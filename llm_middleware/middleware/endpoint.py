@@ -11,6 +11,7 @@ import asyncio
 import os
 import threading
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope
@@ -202,6 +203,11 @@ class APIEndpoint:
         self.metrics.count_request(exchange.route, exchange.status, exchange.model, exchange.duration)
         log_access(exchange)
 
+    def _reading(self, method: str) -> AbstractContextManager[None]:
+        """Count a request the engine will be given work by until it submits it (an idle engine waits for it)."""
+        intake = getattr(self.engine, "intake", None)  # an engine forwarding to a remote server has none
+        return intake.reading() if intake is not None and method == "POST" else nullcontext()
+
     # ---- ASGI -----------------------------------------------------------------------------------
 
     async def serve_asgi(
@@ -230,7 +236,8 @@ class APIEndpoint:
             async def answer() -> None:
                 await asgi.send_response(send, self._finish(exchange, headers, await self._respond(exchange, request)))
 
-            await asgi.run_until_disconnect(receive, answer())
+            with self._reading(scope["method"]):
+                await asgi.run_until_disconnect(receive, answer())
         finally:
             self._end(exchange)
 

@@ -1,0 +1,91 @@
+"""The intake count: requests a server is reading, which an idle engine waits for before its first prompt chunk."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from asgi_streams import ASGIStream
+from engine_state import default_worker
+from test_dispatch import ShopASGI
+
+from llm_middleware.engine import Engine
+from llm_middleware.engine.intake import Intake
+from llm_middleware.middleware import LLMMiddleware
+
+
+async def test_a_ticket_counts_until_its_request_or_a_task_it_started_submits() -> None:
+    intake = Intake()
+    with intake.reading():
+        assert intake.pending == 1
+        await asyncio.ensure_future(asyncio.sleep(0, result=Intake.submitted()))  # a task inherits the ticket
+        assert intake.pending == 0
+        Intake.submitted()  # twice is once
+        assert intake.pending == 0
+    assert intake.pending == 0
+    with intake.reading():  # a request that submits nothing counts until it ends
+        assert intake.pending == 1
+    assert intake.pending == 0
+    Intake.submitted()  # outside any request: nothing to close
+    assert intake.pending == 0
+
+
+async def test_an_idle_engine_waits_for_a_request_still_being_read(tiny_model_dir: Path) -> None:
+    eng = Engine(tiny_model_dir, seed=0, burst_window_ms=50)
+    await eng.wait_ready()
+    first_chunk: list[int] = []
+    default_worker(eng).before_step = lambda batch: first_chunk.append(len(batch.prefill)) if not first_chunk else None
+    try:
+        alone = asyncio.ensure_future(eng.complete(list(range(10, 20)), max_tokens=2, ignore_eos=True))
+        with eng.intake.reading():  # the server reads a second request while the first is submitted
+            await asyncio.sleep(0.3)  # six windows: without the count the first would have started alone
+            await eng.complete(list(range(30, 40)), max_tokens=2, ignore_eos=True)
+        await alone
+        assert first_chunk == [2]
+    finally:
+        eng.shutdown()
+
+
+def test_a_request_that_never_submits_delays_the_first_chunk_25_windows_at_most(tiny_model_dir: Path) -> None:
+    eng = Engine(tiny_model_dir, seed=0, burst_window_ms=40)
+    eng.wait_ready_sync()
+    launched: list[float] = []
+    default_worker(eng).before_step = lambda batch: launched.append(time.monotonic()) if not launched else None
+    try:
+        with eng.intake.reading():
+            sent = time.monotonic()
+            # A thread starts with a context of its own: its submission does not close this ticket.
+            thread = threading.Thread(target=eng.complete_sync, args=(list(range(10, 20)),), kwargs={"max_tokens": 1})
+            thread.start()
+            thread.join(10)
+        assert 0.9 < launched[0] - sent < 3.0  # 25 windows of 40 ms
+    finally:
+        eng.shutdown()
+
+
+@pytest.mark.parametrize("path,body,submits", [
+    ("/ai/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "stream": True}, True),
+    ("/ai/v1/completions", {"prompt": "Hi", "max_tokens": 3}, True),
+    ("/ai/tokenize", {"prompt": "Hi"}, False),
+])
+async def test_the_middleware_counts_a_request_until_it_submits(
+    api_engine: Engine, monkeypatch: pytest.MonkeyPatch, path: str, body: dict, submits: bool
+) -> None:
+    counts: list[int] = []
+    add = Intake._add
+
+    def spy(self: Intake, change: int) -> None:
+        add(self, change)
+        counts.append(self.pending)
+
+    monkeypatch.setattr(Intake, "_add", spy)
+    stream = ASGIStream(LLMMiddleware(ShopASGI(), engine=api_engine), path, body)
+    assert await stream.start() == 200
+    if submits:
+        assert counts == [1, 0]  # closed at submission, before the response began
+    await stream.body()
+    await stream.app_returned()
+    assert counts == [1, 0]
