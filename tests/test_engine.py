@@ -48,22 +48,32 @@ def reference_greedy(model_dir: Path, prompt: str, n: int) -> list[int]:
     return out[0, len(ids):].tolist()
 
 
-@MODES
+@pytest.mark.parametrize("mode", ["sync", "overlap", "overlap-prompts"])
 @pytest.mark.parametrize("arch_fixture", ["tiny_model_dir", "tiny_llama_dir"])
-async def test_greedy_equals_generate_for_staggered_batch(arch_fixture: str, overlap: bool,
+async def test_greedy_equals_generate_for_staggered_batch(arch_fixture: str, mode: str,
                                                           request: pytest.FixtureRequest) -> None:
     model_dir: Path = request.getfixturevalue(arch_fixture)
+    overlap = mode != "sync"
     eng = Engine(model_dir, max_prefill_tokens=8, seed=0, async_scheduling=overlap)
     launched_ahead: list[bool] = []  # per step: did a row's input come from draws the host had not read?
+    chunks_ahead: list[bool] = []  # per step with a prompt chunk: the same
     try:
         await eng.wait_ready()
         worker = default_worker(eng)
-        worker.before_step = lambda batch: launched_ahead.append(
-            any(s.token_ids[-1] == PENDING_TOKEN for s in batch.decode)
-        )
+        # Prompt chunks are queued ahead only where the device runs asynchronously (CUDA); the
+        # order of the host's work is the same here, on the engine's thread.
+        worker.overlap_prompts = mode == "overlap-prompts"
+
+        def before_step(batch: Any) -> None:
+            ahead = any(s.token_ids[-1] == PENDING_TOKEN for s in batch.decode)
+            launched_ahead.append(ahead)
+            if batch.prefill:
+                chunks_ahead.append(ahead)
+
+        worker.before_step = before_step
 
         async def run(i: int, prompt: str) -> list[int]:
-            await asyncio.sleep(0.03 * i)  # arrive while earlier requests are mid-decode
+            await asyncio.sleep(0.005 * i)  # arrive while earlier requests are mid-decode
             done = await eng.complete(prompt, max_tokens=24, temperature=0, ignore_eos=True)
             return done.choices[0].token_ids
 
@@ -71,6 +81,7 @@ async def test_greedy_equals_generate_for_staggered_batch(arch_fixture: str, ove
         for prompt, tokens in zip(PROMPTS, got):
             assert tokens == reference_greedy(model_dir, prompt, 24), prompt
         assert any(launched_ahead) == overlap
+        assert any(chunks_ahead) == (mode == "overlap-prompts")
     finally:
         eng.shutdown()
 

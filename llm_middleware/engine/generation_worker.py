@@ -139,6 +139,10 @@ class GenerationWorker:
         # Overlap: launch step N+1 from step N's draws on the device before the host reads them.
         # Only a device that runs asynchronously gains; on the CPU the model runs on this thread.
         self.overlap = config.async_scheduling if config.async_scheduling is not None else decoder is not None
+        # Prompt chunks too, where the device runs them asynchronously: the host queues the next
+        # chunk while the device computes the last one.  On the CPU the model runs on this thread,
+        # and a chunk queued first would hold back the pending step's first tokens.
+        self.overlap_prompts = self.overlap and self.device.type == "cuda"
         self._thread = threading.Thread(target=self._loop, name=f"llm-engine-{name}", daemon=True)
         #: Set by tests and fault injection: called with the scheduled batch before each model step.
         self.before_step: Any = None
@@ -356,9 +360,15 @@ class GenerationWorker:
     def _may_overlap(self, batch: ScheduledBatch) -> bool:
         """Whether ``batch`` may be launched before the host reads the pending step's draws.
 
-        Prompt chunks read their tokens on the host, and so do grammars and penalties.
+        Grammars and penalties read the tokens on the host, and so do prompt chunks: a chunk may
+        go ahead only where none of its tokens is still a pending draw (a preempted sequence's
+        recomputation could hold one).
         """
-        return self.overlap and bool(batch) and not batch.prefill and all(s.pipelined for s in batch.decode)
+        if not (self.overlap and batch and all(s.pipelined for s in batch.decode)):
+            return False
+        return not batch.prefill or self.overlap_prompts and all(
+            PENDING_TOKEN not in seq.token_ids[seq.num_computed : seq.num_computed + n] for seq, n in batch.prefill
+        )
 
     def _launch(self, batch: ScheduledBatch, previous: _Launched | None, outbox: Outbox) -> _Launched | None:
         """Queue the model step and the draws of ``batch``; each drawn sequence gets a pending token."""
