@@ -304,9 +304,11 @@ def main() -> None:
             server = Server(path, {**options, **variant})
             try:
                 server.wait_ready("/ai/health")
-                # Warm-up at the largest burst: the first big prefill pays one-off allocator growth
-                # and kernel selection, which is start-up cost, not serving speed.
+                # Warm-up at the largest burst and with a lone request: the first prefill of each
+                # shape pays one-off allocator growth and kernel selection, which is start-up cost,
+                # not serving speed.
                 stream_workload(server.url, biggest, 4, processes_for(len(biggest)))
+                stream_workload(server.url, biggest[:1], 4)
                 for n in streams:
                     procs = processes_for(n)
                     figures = stream_workload(server.url, biggest[:n], args.new_tokens, procs)
