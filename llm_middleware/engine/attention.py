@@ -65,11 +65,17 @@ def attend(
     else:
         cache = meta.kv_cache
         shape = (batch, -1, kv_heads, head_dim)
-        blocks = meta.gather_blocks.to(k_cache.device)
-        keys = cache.blocks(k_cache)[blocks].reshape(shape).transpose(1, 2)  # [B, KVH, L, D]
-        values = cache.blocks(v_cache)[blocks].reshape(shape).transpose(1, 2)
+        # PyTorch's CPU attention with a mask runs 16-bit inputs about 7x slower than float32 ones
+        # (measured for 32 decode rows over 256 keys): there it computes in float32.
+        upcast = query.device.type == "cpu" and query.dtype != torch.float32
+        dtype = torch.float32 if upcast else query.dtype
+        # index_select copies whole blocks; indexing with the 2-D table ran 7x slower on a CPU.
+        blocks = meta.gather_blocks.to(k_cache.device).reshape(-1)
+        keys = cache.blocks(k_cache).index_select(0, blocks).to(dtype).view(shape).transpose(1, 2)  # [B, KVH, L, D]
+        values = cache.blocks(v_cache).index_select(0, blocks).to(dtype).view(shape).transpose(1, 2)
         mask = meta.mask.to(k_cache.device)
-        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scaling, enable_gqa=True)
+        out = F.scaled_dot_product_attention(query.to(dtype), keys, values, attn_mask=mask, scale=scaling,
+                                             enable_gqa=True).to(query.dtype)
     return out.transpose(1, 2).contiguous()
 
 
