@@ -24,6 +24,7 @@ from torch import nn
 from .attention import ATTENTION_NAME, AttentionMetadata, attend, write_cache
 from .fused_norms import FusedRMSNorm
 from .kv_cache import KVCache
+from .probe import reproduced
 from .row_linear import RowLinear
 
 logger = logging.getLogger("llm_middleware")
@@ -134,15 +135,6 @@ class _FusedMLP:
         return self.module.down_proj(self.module.act_fn(gate) * up)
 
 
-def _close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
-    # A few roundings of a 16-bit dtype: the fused path rounds once where the model rounds each op.
-    tolerance = 1e-4 if expected.dtype == torch.float32 else 4 * torch.finfo(expected.dtype).eps
-    scale = float(expected.abs().float().mean()) or 1.0
-    return actual.shape == expected.shape and torch.allclose(
-        actual.float(), expected.float(), rtol=tolerance, atol=tolerance * scale
-    )
-
-
 def _randn(*shape: int, like: torch.Tensor, seed: int) -> torch.Tensor:
     generator = torch.Generator(device="cpu").manual_seed(seed)
     return torch.randn(*shape, generator=generator).to(like.device, like.dtype)
@@ -197,13 +189,13 @@ def _attention_reproduces(module: nn.Module, fused: _FusedAttention, rotary: nn.
     finally:
         keys.zero_()
         values.zero_()
-    return all(_close(a, e) for a, e in zip(results[1], results[0]))
+    return all(reproduced(a, e, 1e-4) for a, e in zip(results[1], results[0]))
 
 
 @torch.inference_mode()
 def _mlp_reproduces(module: nn.Module, fused: _FusedMLP) -> bool:
     probe = _randn(2, 3, fused.weight.shape[1], like=fused.weight, seed=0)
-    return _close(fused(probe), type(module).forward(module, probe))
+    return reproduced(fused(probe), type(module).forward(module, probe), 1e-4)
 
 
 def _is_attention(module: nn.Module) -> bool:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .fused_norms import FusedRMSNorm
+from .probe import reproduced
 
 logger = logging.getLogger("llm_middleware")
 
@@ -88,14 +89,6 @@ class _FusedDecoderLayer:
         return hidden
 
 
-def _close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
-    tolerance = 1e-5 if expected.dtype == torch.float32 else 4 * torch.finfo(expected.dtype).eps
-    scale = float(expected.abs().float().mean()) or 1.0
-    return actual.shape == expected.shape and actual.dtype == expected.dtype and torch.allclose(
-        actual.float(), expected.float(), rtol=tolerance, atol=tolerance * scale
-    )
-
-
 def _stand_in_attention(hidden_states: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, None]:
     return 1.5 * torch.tanh(hidden_states) + 0.25, None
 
@@ -116,8 +109,8 @@ def _reproduces(layer: nn.Module, fused: _FusedDecoderLayer) -> bool:
         expected = type(layer).forward(layer, probe, attention_mask=None, position_embeddings=None)
         actual = fused(probe, attention_mask=None, position_embeddings=None)
         handed = fused.handoff.take(actual)
-        return (isinstance(expected, torch.Tensor) and handed is not None and _close(actual, expected)
-                and _close(handed, fused.next_norm(expected)))
+        return (isinstance(expected, torch.Tensor) and handed is not None and reproduced(actual, expected, 1e-5)
+                and reproduced(handed, fused.next_norm(expected), 1e-5))
     finally:
         for module, forward in saved:
             if forward is None:
