@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ..errors import ContextLengthExceededError, EngineNotReadyError, EngineOverloadedError, InvalidRequestError
 from .config import ModelConfig
 from .delivery import Outbox, Sink
+from .intake import Intake
 from .loader import LoadedModel
 
 logger = logging.getLogger("llm_middleware")
@@ -78,6 +79,7 @@ class EmbeddingWorker:
                 raise EngineOverloadedError(f"model {self.name!r} has too many embedding requests waiting", retry_after=1)
             self._jobs.append(EmbeddingJob(texts, dimensions, sink))
             self._wake.notify()
+        Intake.submitted()
 
     def stats(self) -> dict[str, int]:
         return {"running": 0, "waiting": len(self._jobs), "free_kv_blocks": 0, "total_kv_blocks": 0}

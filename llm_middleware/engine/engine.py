@@ -327,7 +327,6 @@ class Engine:
                       request_id: str | None) -> AsyncIterator[Delta]:
         sink = AsyncSink(asyncio.get_running_loop())
         request = worker.submit(prompt_ids, params, sink, request_id or _new_id())
-        Intake.submitted()
         done = False
         try:
             while not done:
@@ -366,7 +365,6 @@ class Engine:
         worker = await self._worker(model, "embed")
         sink = AsyncSink(asyncio.get_running_loop())
         worker.submit(_texts(inputs), dimensions, sink)
-        Intake.submitted()
         return _embeddings(worker.name, await sink.get())
 
     # ---- generation: sync twins ---------------------------------------------------------------
@@ -392,7 +390,6 @@ class Engine:
                      request_id: str | None) -> Iterator[Delta]:
         sink = ThreadSink()
         request = worker.submit(prompt_ids, params, sink, request_id or _new_id())
-        Intake.submitted()
 
         def deltas() -> Iterator[Delta]:
             done = False
@@ -435,7 +432,6 @@ class Engine:
         worker = self._worker_sync(model, "embed")
         sink = ThreadSink()
         worker.submit(_texts(inputs), dimensions, sink)
-        Intake.submitted()
         return _embeddings(worker.name, sink.get())
 
 

@@ -275,6 +275,7 @@ class GenerationWorker:
         with self._wake:
             self._inbox.append(request)
             self._wake.notify()
+        Intake.submitted()
         return request
 
     def abort(self, request: GenerationRequest) -> None:

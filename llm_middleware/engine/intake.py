@@ -5,8 +5,8 @@ idle worker that sees its inbox fill waits for the rest (``burst_window_ms``), b
 submissions run to several milliseconds when the event loop is busy reading the others; the
 count of requests already read and not yet submitted tells the worker that more are coming.
 
-The server opens a ticket around each request (``Intake.reading``); the engine closes it when
-the request submits its work (``Intake.submitted``), found through a context variable that the
+The server opens a ticket around each request (``Intake.reading``); a worker closes it as it
+queues the request's work (``Intake.submitted``), found through a context variable that the
 request's tasks inherit.  A request that submits nothing closes its ticket when it ends.
 """
 
