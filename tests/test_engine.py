@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from engine_state import default_worker
+from engine_state import default_worker, first_step
 from llm_middleware import errors
 from llm_middleware.engine import Engine
 from llm_middleware.engine.sequence import PENDING_TOKEN
@@ -700,9 +700,7 @@ def test_requests_arriving_together_are_prefilled_together(tiny_model_dir: Path)
     # rest were still being taken in.
     eng = Engine(tiny_model_dir, seed=0, burst_window_ms=1000)
     eng.wait_ready_sync()
-    worker = default_worker(eng)
-    first_chunk: list[int] = []
-    worker.before_step = lambda batch: first_chunk.append(len(batch.prefill)) if not first_chunk else None
+    first_chunk = first_step(eng, lambda batch: len(batch.prefill))
     try:
         threads = []
         for i in range(3):
@@ -721,12 +719,10 @@ def test_requests_arriving_together_are_prefilled_together(tiny_model_dir: Path)
 def test_a_lone_request_waits_one_burst_window_at_most(tiny_model_dir: Path) -> None:
     eng = Engine(tiny_model_dir, seed=0, burst_window_ms=300)
     eng.wait_ready_sync()
-    worker = default_worker(eng)
-    launched: list[float] = []
-    worker.before_step = lambda batch: launched.append(time.monotonic()) if not launched else None
+    launched = first_step(eng, lambda batch: time.monotonic())
     try:
         sent = time.monotonic()
         eng.complete_sync(list(range(10, 20)), max_tokens=1)
-        assert 0.25 < launched[0] - sent < 2.0  # one window of 0.3 s, not the ten a burst may take
+        assert 0.25 < launched[0] - sent < 2.0  # one window of 0.3 s, not the 25 a burst may take
     finally:
         eng.shutdown()

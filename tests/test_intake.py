@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from asgi_streams import ASGIStream
-from engine_state import default_worker
+from engine_state import first_step
 from test_dispatch import ShopASGI
 
 from llm_middleware.engine import Engine
@@ -36,8 +36,7 @@ async def test_a_ticket_counts_until_its_request_or_a_task_it_started_submits() 
 async def test_an_idle_engine_waits_for_a_request_still_being_read(tiny_model_dir: Path) -> None:
     eng = Engine(tiny_model_dir, seed=0, burst_window_ms=50)
     await eng.wait_ready()
-    first_chunk: list[int] = []
-    default_worker(eng).before_step = lambda batch: first_chunk.append(len(batch.prefill)) if not first_chunk else None
+    first_chunk = first_step(eng, lambda batch: len(batch.prefill))
     try:
         alone = asyncio.ensure_future(eng.complete(list(range(10, 20)), max_tokens=2, ignore_eos=True))
         with eng.intake.reading():  # the server reads a second request while the first is submitted
@@ -52,8 +51,7 @@ async def test_an_idle_engine_waits_for_a_request_still_being_read(tiny_model_di
 def test_a_request_that_never_submits_delays_the_first_chunk_25_windows_at_most(tiny_model_dir: Path) -> None:
     eng = Engine(tiny_model_dir, seed=0, burst_window_ms=40)
     eng.wait_ready_sync()
-    launched: list[float] = []
-    default_worker(eng).before_step = lambda batch: launched.append(time.monotonic()) if not launched else None
+    launched = first_step(eng, lambda batch: time.monotonic())
     try:
         with eng.intake.reading():
             sent = time.monotonic()
