@@ -17,6 +17,7 @@ from .config import ModelConfig
 from .delivery import Outbox, Sink
 from .intake import Intake
 from .loader import LoadedModel
+from .step_thread import IDLE_EXIT_S, StepThread
 
 logger = logging.getLogger("llm_middleware")
 
@@ -49,17 +50,18 @@ class EmbeddingWorker:
         self._jobs: deque[EmbeddingJob] = deque()
         self._wake = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name=f"llm-embed-{name}", daemon=True)
+        self._thread = StepThread(self._loop, f"llm-embed-{name}", IDLE_EXIT_S if self.device.type == "cpu" else None)
 
     def start(self) -> None:
-        self._thread.start()
+        with self._wake:
+            self._thread.ensure_running()
 
     def stop(self) -> None:
         with self._wake:
             self._stopping = True
+            self._thread.ensure_running()  # an idle loop that had ended fails what is left
             self._wake.notify()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
+        self._thread.join(timeout=30)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=True)
@@ -78,6 +80,7 @@ class EmbeddingWorker:
             if len(self._jobs) >= self.config.max_waiting:
                 raise EngineOverloadedError(f"model {self.name!r} has too many embedding requests waiting", retry_after=1)
             self._jobs.append(EmbeddingJob(texts, dimensions, sink))
+            self._thread.ensure_running()
             self._wake.notify()
         Intake.submitted()
 
@@ -87,8 +90,8 @@ class EmbeddingWorker:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not (self._stopping or self._jobs):
-                    self._wake.wait()
+                if not self._thread.wait(self._wake, lambda: bool(self._stopping or self._jobs)):
+                    return  # idle: the thread ends until the next request
                 if self._stopping:
                     jobs = list(self._jobs)
                     self._jobs.clear()

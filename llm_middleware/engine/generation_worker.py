@@ -36,6 +36,7 @@ from .request import GenerationRequest
 from .sampler import Draws, SampleResult, Sampler
 from .sampling import SamplingParams
 from .scheduler import ScheduledBatch, Scheduler
+from .step_thread import IDLE_EXIT_S, StepThread
 from .token_bytes import TokenBytes
 from .sequence import PENDING_TOKEN, Sequence, SequenceStatus
 
@@ -143,7 +144,7 @@ class GenerationWorker:
         # chunk while the device computes the last one.  On the CPU the model runs on this thread,
         # and a chunk queued first would hold back the pending step's first tokens.
         self.overlap_prompts = self.overlap and self.device.type == "cuda"
-        self._thread = threading.Thread(target=self._loop, name=f"llm-engine-{name}", daemon=True)
+        self._thread = StepThread(self._loop, f"llm-engine-{name}", IDLE_EXIT_S if self.device.type == "cpu" else None)
         #: Set by tests and fault injection: called with the scheduled batch before each model step.
         self.before_step: Any = None
 
@@ -224,15 +225,16 @@ class GenerationWorker:
     # ---- thread-safe API ----------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread.start()
+        with self._wake:
+            self._thread.ensure_running()
 
     def stop(self) -> None:
         """Stop the loop; every unfinished request ends with :class:`EngineNotReadyError`."""
         with self._wake:
             self._stopping = True
+            self._thread.ensure_running()  # an idle loop that had ended fails what is left
             self._wake.notify()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout=30)
+        self._thread.join(timeout=30)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -274,6 +276,7 @@ class GenerationWorker:
             request.pending_logprobs.append([])
         with self._wake:
             self._inbox.append(request)
+            self._thread.ensure_running()
             self._wake.notify()
         Intake.submitted()
         return request
@@ -282,6 +285,7 @@ class GenerationWorker:
         """Cancel ``request``: it leaves the batch at the next step and its KV blocks are freed."""
         with self._wake:
             self._aborts.append(request)
+            self._thread.ensure_running()
             self._wake.notify()
 
     def stats(self) -> dict[str, int]:
@@ -299,8 +303,9 @@ class GenerationWorker:
         pending: _Launched | None = None  # launched, its draws not read yet
         while True:
             with self._wake:
-                while not (self._stopping or self._inbox or self._aborts or self.scheduler.has_work or pending):
-                    self._wake.wait()
+                if not self._thread.wait(self._wake, lambda: bool(self._stopping or self._inbox or self._aborts
+                                                                   or self.scheduler.has_work or pending)):
+                    return  # idle: the thread ends until the next request
                 if self._inbox and not self.scheduler.has_work and pending is None:
                     self._gather_burst()
                 if self._stopping:

@@ -1,0 +1,48 @@
+"""The thread that runs a worker's loop: on the CPU it ends when idle and starts again on demand.
+
+Each thread that runs PyTorch ops on the CPU keeps an OpenMP thread pool of its own.  While
+more pool threads exist than cores, OpenMP lets idle threads spin only briefly before they
+sleep, so every parallel op then pays a wake-up: measured on 2 cores, a one-row decode step of
+the chat model took 9.4 ms instead of 4.3 ms while an idle embedding model's worker thread
+lived in the same process.  A worker whose thread has ended holds no pool.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+#: Seconds without work after which a CPU worker's thread ends.
+IDLE_EXIT_S = 1.0
+
+
+class StepThread:
+    """Starts ``target`` on a thread when there is work; ``target`` returns when ``wait`` says so.
+
+    ``idle_exit_s`` None keeps the thread until the worker stops (GPU workers).  Every method is
+    called holding the worker's condition lock, except ``join``.
+    """
+
+    def __init__(self, target: Callable[[], None], name: str, idle_exit_s: float | None) -> None:
+        self._target = target
+        self._name = name
+        self.idle_exit_s = idle_exit_s
+        self._thread: threading.Thread | None = None
+
+    def ensure_running(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._target, name=self._name, daemon=True)
+            self._thread.start()
+
+    def wait(self, wake: threading.Condition, has_work: Callable[[], bool]) -> bool:
+        """Wait on ``wake`` until ``has_work()``; False when idle too long: the loop must then return."""
+        while not has_work():
+            if not wake.wait(self.idle_exit_s) and not has_work():
+                self._thread = None  # the next ensure_running starts another
+                return False
+        return True
+
+    def join(self, timeout: float) -> None:
+        thread = self._thread
+        if thread is not None and thread.is_alive() and threading.current_thread() is not thread:
+            thread.join(timeout=timeout)
