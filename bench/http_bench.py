@@ -298,8 +298,8 @@ def main() -> None:
             for n, rate in (bench_mistralrs(path, texts, args.new_tokens, streams) or {}).items():
                 report("mistralrs", streams=n, tokens_per_s=round(rate, 1))
 
-        options: dict[str, Any] = {"max_batch_size": max(streams), "max_prefill_tokens": 4096, "device": args.device,
-                                   "seed": 0}
+        # Prompt chunks keep the engine's default size for the device (see the README's option table).
+        options: dict[str, Any] = {"max_batch_size": max(streams), "device": args.device, "seed": 0}
         for variant in [{}] + ([{"quantize": args.quantize}] if args.quantize else []):
             server = Server(path, {**options, **variant})
             try:
