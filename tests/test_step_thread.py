@@ -56,9 +56,9 @@ def test_a_loop_without_an_idle_limit_keeps_its_thread() -> None:
             runner.wait(wake, lambda: stop[0])
         ended.set()
 
-    runner = StepThread(loop, "llm-engine-test", None)
+    runner = StepThread("llm-engine-test", None)
     with wake:
-        runner.ensure_running()
+        runner.ensure_running(loop)
     assert not ended.wait(0.2)
     with wake:
         stop[0] = True
@@ -82,11 +82,33 @@ def test_work_arriving_after_the_idle_exit_starts_a_new_thread() -> None:
                 job = jobs.pop()
             done.append(job)
 
-    runner = StepThread(loop, "llm-engine-test", 0.05)
+    runner = StepThread("llm-engine-test", 0.05)
     for job in (1, 2):
         with wake:
             jobs.append(job)
-            runner.ensure_running()
+            runner.ensure_running(loop)
             wake.notify()
         assert _wait_for_no_worker_threads(5.0) == []
     assert done == [1, 2] and starts == [0, 1]
+
+
+def test_a_stopped_worker_is_freed_without_a_garbage_collection(tiny_model_dir: Path) -> None:
+    # The engine freezes its startup objects out of garbage collection, so a worker tied into a
+    # reference cycle (by its thread keeping the loop) kept its model and KV cache after
+    # shutdown: on a GPU the next engine ran out of memory.
+    import gc
+    import weakref
+
+    from engine_state import default_worker
+
+    engine = Engine(tiny_model_dir, seed=0, max_model_len=256)
+    engine.wait_ready_sync()
+    engine.complete_sync([5, 6, 7], max_tokens=2, ignore_eos=True, temperature=0)
+    worker = weakref.ref(default_worker(engine))
+    engine.shutdown()
+    gc.disable()
+    try:
+        del engine
+        assert worker() is None
+    finally:
+        gc.enable()

@@ -50,16 +50,16 @@ class EmbeddingWorker:
         self._jobs: deque[EmbeddingJob] = deque()
         self._wake = threading.Condition()
         self._stopping = False
-        self._thread = StepThread(self._loop, f"llm-embed-{name}", IDLE_EXIT_S if self.device.type == "cpu" else None)
+        self._thread = StepThread(f"llm-embed-{name}", IDLE_EXIT_S if self.device.type == "cpu" else None)
 
     def start(self) -> None:
         with self._wake:
-            self._thread.ensure_running()
+            self._thread.ensure_running(self._loop)
 
     def stop(self) -> None:
         with self._wake:
             self._stopping = True
-            self._thread.ensure_running()  # an idle loop that had ended fails what is left
+            self._thread.ensure_running(self._loop)  # an idle loop that had ended fails what is left
             self._wake.notify()
         self._thread.join(timeout=30)
 
@@ -80,7 +80,7 @@ class EmbeddingWorker:
             if len(self._jobs) >= self.config.max_waiting:
                 raise EngineOverloadedError(f"model {self.name!r} has too many embedding requests waiting", retry_after=1)
             self._jobs.append(EmbeddingJob(texts, dimensions, sink))
-            self._thread.ensure_running()
+            self._thread.ensure_running(self._loop)
             self._wake.notify()
         Intake.submitted()
 

@@ -144,7 +144,7 @@ class GenerationWorker:
         # chunk while the device computes the last one.  On the CPU the model runs on this thread,
         # and a chunk queued first would hold back the pending step's first tokens.
         self.overlap_prompts = self.overlap and self.device.type == "cuda"
-        self._thread = StepThread(self._loop, f"llm-engine-{name}", IDLE_EXIT_S if self.device.type == "cpu" else None)
+        self._thread = StepThread(f"llm-engine-{name}", IDLE_EXIT_S if self.device.type == "cpu" else None)
         #: Set by tests and fault injection: called with the scheduled batch before each model step.
         self.before_step: Any = None
 
@@ -226,13 +226,13 @@ class GenerationWorker:
 
     def start(self) -> None:
         with self._wake:
-            self._thread.ensure_running()
+            self._thread.ensure_running(self._loop)
 
     def stop(self) -> None:
         """Stop the loop; every unfinished request ends with :class:`EngineNotReadyError`."""
         with self._wake:
             self._stopping = True
-            self._thread.ensure_running()  # an idle loop that had ended fails what is left
+            self._thread.ensure_running(self._loop)  # an idle loop that had ended fails what is left
             self._wake.notify()
         self._thread.join(timeout=30)
 
@@ -276,7 +276,7 @@ class GenerationWorker:
             request.pending_logprobs.append([])
         with self._wake:
             self._inbox.append(request)
-            self._thread.ensure_running()
+            self._thread.ensure_running(self._loop)
             self._wake.notify()
         Intake.submitted()
         return request
@@ -285,7 +285,7 @@ class GenerationWorker:
         """Cancel ``request``: it leaves the batch at the next step and its KV blocks are freed."""
         with self._wake:
             self._aborts.append(request)
-            self._thread.ensure_running()
+            self._thread.ensure_running(self._loop)
             self._wake.notify()
 
     def stats(self) -> dict[str, int]:

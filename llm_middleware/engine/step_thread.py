@@ -17,21 +17,23 @@ IDLE_EXIT_S = 1.0
 
 
 class StepThread:
-    """Starts ``target`` on a thread when there is work; ``target`` returns when ``wait`` says so.
+    """Starts a worker's loop on a thread when there is work; the loop returns when ``wait`` says so.
 
     ``idle_exit_s`` None keeps the thread until the worker stops (GPU workers).  Every method is
-    called holding the worker's condition lock, except ``join``.
+    called holding the worker's condition lock, except ``join``.  The loop is passed to each
+    ``ensure_running`` rather than kept: a bound method kept here would tie the worker into a
+    reference cycle, and a stopped worker (its KV cache included) would wait for a garbage
+    collection that the engine's frozen startup objects never get.
     """
 
-    def __init__(self, target: Callable[[], None], name: str, idle_exit_s: float | None) -> None:
-        self._target = target
+    def __init__(self, name: str, idle_exit_s: float | None) -> None:
         self._name = name
         self.idle_exit_s = idle_exit_s
         self._thread: threading.Thread | None = None
 
-    def ensure_running(self) -> None:
+    def ensure_running(self, loop: Callable[[], None]) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._target, name=self._name, daemon=True)
+            self._thread = threading.Thread(target=loop, name=self._name, daemon=True)
             self._thread.start()
 
     def wait(self, wake: threading.Condition, has_work: Callable[[], bool]) -> bool:
