@@ -1,10 +1,11 @@
-"""The gather path of attention (prompt chunks over a cached context, decode on the CPU)."""
+"""Attention over the paged cache: the gather path (prompt chunks over a cached context) and the CPU decode kernels."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from llm_middleware.engine import cpu_attention
 from llm_middleware.engine.attention import AttentionMetadata, attend
 from llm_middleware.engine.kv_cache import KVCache
 
@@ -40,3 +41,54 @@ def test_gathered_attention_matches_a_dense_reference(dtype: torch.dtype, new_to
         expected = torch.softmax(scores, -1) @ v  # [H, S, D]
         tol = 1e-5 if dtype == torch.float32 else 2e-2
         torch.testing.assert_close(out[row].double(), expected.transpose(0, 1), rtol=tol, atol=tol)
+
+
+def _dense(cache: KVCache, query: torch.Tensor, table: list[list[int]], lens: list[int], scale: float) -> torch.Tensor:
+    """One query token per row over its context, in float64: ``[B, 1, H, D]``."""
+    bs, heads = cache.block_size, query.shape[1]
+    kv_heads = cache.keys[0].shape[1]
+    rows = []
+    for row, (blocks, n) in enumerate(zip(table, lens)):
+        slots = torch.tensor([blocks[p // bs] * bs + p % bs for p in range(n)])
+        k = cache.keys[0][slots].double().transpose(0, 1).repeat_interleave(heads // kv_heads, 0)  # [H, n, D]
+        v = cache.values[0][slots].double().transpose(0, 1).repeat_interleave(heads // kv_heads, 0)
+        rows.append(torch.softmax(query[row].double() @ k.transpose(1, 2) * scale, -1) @ v)  # [H, 1, D]
+    return torch.stack(rows).transpose(1, 2)
+
+
+@pytest.mark.skipif(not cpu_attention.available(torch.float32), reason="needs numba")
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_cpu_decode_kernels_match_a_dense_reference(kv_heads: int) -> None:
+    # Rows of different lengths (one block, a partial last block, several blocks) through
+    # out-of-order block tables padded with zeros; grouped and plain multi-head attention.
+    gen = torch.Generator().manual_seed(1)
+    bs, heads, dim = 4, 4, 16
+    cache = KVCache(num_layers=1, num_blocks=8, block_size=bs, num_kv_heads=kv_heads, head_dim=dim,
+                    dtype=torch.float32, devices=[torch.device("cpu")])
+    cache.keys[0].copy_(torch.randn(cache.keys[0].shape, generator=gen))
+    cache.values[0].copy_(torch.randn(cache.values[0].shape, generator=gen))
+    table = [[6, 2, 7], [3, 0, 0], [1, 5, 4]]
+    lens = [11, 4, 12]
+    query = torch.randn(3, heads, 1, dim, generator=gen)
+    out = cpu_attention.decode_attention(query, cache.keys[0], cache.values[0], torch.tensor(table),
+                                         torch.tensor(lens), 0.3, bs)
+    assert out.shape == (3, 1, heads, dim) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), _dense(cache, query, table, lens, 0.3), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not cpu_attention.available(torch.float32), reason="needs numba")
+def test_cpu_decode_rows_attend_through_the_kernels() -> None:
+    # attend() with block tables on the CPU: the kernels' result, scaled by the head dimension by default.
+    gen = torch.Generator().manual_seed(2)
+    bs, kv_heads, heads, dim = 4, 2, 4, 8
+    cache = KVCache(num_layers=1, num_blocks=6, block_size=bs, num_kv_heads=kv_heads, head_dim=dim,
+                    dtype=torch.float32, devices=[torch.device("cpu")])
+    cache.keys[0].copy_(torch.randn(cache.keys[0].shape, generator=gen))
+    cache.values[0].copy_(torch.randn(cache.values[0].shape, generator=gen))
+    table, lens = [[4, 1], [0, 5]], [7, 5]
+    meta = AttentionMetadata(kv_cache=cache, slot_mapping=torch.tensor([0, 0]), gather_blocks=None, mask=None,
+                             causal_only=False, block_tables=torch.tensor(table), context_lens=torch.tensor(lens))
+    query = torch.randn(2, heads, 1, dim, generator=gen)
+    out = attend(meta, 0, query, torch.empty(2, kv_heads, 1, dim), None, None)
+    torch.testing.assert_close(out.double(), _dense(cache, query, table, lens, dim**-0.5), rtol=1e-5, atol=1e-5)
+

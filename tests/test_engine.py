@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from engine_state import default_worker, first_step
 from llm_middleware import errors
-from llm_middleware.engine import Engine
+from llm_middleware.engine import Engine, cpu_attention
 from llm_middleware.engine.sequence import PENDING_TOKEN
 
 PROMPTS = [
@@ -48,12 +48,13 @@ def reference_greedy(model_dir: Path, prompt: str, n: int) -> list[int]:
     return out[0, len(ids):].tolist()
 
 
-@pytest.mark.parametrize("mode", ["sync", "overlap", "overlap-prompts"])
+@pytest.mark.parametrize("mode", ["sync", "overlap", "overlap-prompts", "gather"])
 @pytest.mark.parametrize("arch_fixture", ["tiny_model_dir", "tiny_llama_dir"])
 async def test_greedy_equals_generate_for_staggered_batch(arch_fixture: str, mode: str,
                                                           request: pytest.FixtureRequest) -> None:
+    # "gather": decode rows attend through gathered blocks, as without the CPU decode kernels.
     model_dir: Path = request.getfixturevalue(arch_fixture)
-    overlap = mode != "sync"
+    overlap = mode not in ("sync", "gather")
     eng = Engine(model_dir, max_prefill_tokens=8, seed=0, async_scheduling=overlap)
     launched_ahead: list[bool] = []  # per step: did a row's input come from draws the host had not read?
     chunks_ahead: list[bool] = []  # per step with a prompt chunk: the same
@@ -63,6 +64,8 @@ async def test_greedy_equals_generate_for_staggered_batch(arch_fixture: str, mod
         # Prompt chunks are queued ahead only where the device runs asynchronously (CUDA); the
         # order of the host's work is the same here, on the engine's thread.
         worker.overlap_prompts = mode == "overlap-prompts"
+        assert worker.runner.cpu_kernels == cpu_attention.available(torch.float32)
+        worker.runner.cpu_kernels = worker.runner.cpu_kernels and mode != "gather"
 
         def before_step(batch: Any) -> None:
             ahead = any(s.token_ids[-1] == PENDING_TOKEN for s in batch.decode)

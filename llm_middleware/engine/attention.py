@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
+from . import cpu_attention
 from .kv_cache import KVCache
 
 ATTENTION_NAME = "llm_middleware_paged"
@@ -29,8 +30,9 @@ class AttentionMetadata:
     gather_blocks: torch.Tensor | None  # [B, max_blocks] block ids of each row's context (L = max_blocks * block_size)
     mask: torch.Tensor | None  # [B, 1, S, L] True where a query may attend a key
     causal_only: bool  # fresh prompts of equal length: plain causal attention on the new tokens
-    block_tables: torch.Tensor | None = None  # [B, max_blocks] int32: one-token decode through the CUDA kernel
-    context_lens: torch.Tensor | None = None  # [B] int32, the new token included
+    # One-token decode rows: each row's context read in place through its block table (CUDA and CPU kernels).
+    block_tables: torch.Tensor | None = None  # [B, max_blocks] int64
+    context_lens: torch.Tensor | None = None  # [B], the new token included
     bias: torch.Tensor | None = None  # [B, 1, L]: ``mask`` of one-token rows as 0 / -inf, made by the first layer
 
 
@@ -55,9 +57,12 @@ def attend(
     k_cache, v_cache = meta.kv_cache.keys[layer], meta.kv_cache.values[layer]
     batch, kv_heads, _, head_dim = key.shape
     if meta.block_tables is not None:
+        scale = scaling if scaling is not None else head_dim**-0.5
+        if query.device.type == "cpu":
+            return cpu_attention.decode_attention(query, k_cache, v_cache, meta.block_tables, meta.context_lens, scale,
+                                                  meta.kv_cache.block_size)
         from .paged_decode import paged_decode_attention
 
-        scale = scaling if scaling is not None else head_dim**-0.5
         return paged_decode_attention(
             query, k_cache, v_cache, meta.block_tables, meta.context_lens, scale, meta.kv_cache.block_size
         )

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import statistics
 import time
 from collections.abc import Callable, Sequence
 import torch
@@ -35,7 +34,7 @@ KINDS = ("default", "onednn", "mkl")
 PACKED_MEMORY_SHARE = 0.25
 # Rows of the "many rows" timing: a full default batch.
 MANY_ROWS = 32
-_ROUNDS = 5
+_ROUNDS = 7
 
 
 def memory_bytes() -> int:
@@ -146,9 +145,10 @@ def _pass_seconds(kernels: list[Kernel], inputs: list[torch.Tensor]) -> float:
 
 def fastest(found: dict[str, list[Kernel]], columns: list[int], dtype: torch.dtype, rows: int,
             timer: Callable[[list[Kernel], list[torch.Tensor]], float] = _pass_seconds) -> str:
-    """The kind whose pass over every product with ``rows`` rows has the lowest median time.
+    """The kind whose pass over every product with ``rows`` rows took the least time in its best round.
 
-    Kinds take turns in each round, so a slow spell of a noisy machine falls on all of them.
+    Kinds take turns in each round, and each keeps its fastest: a slow spell of a noisy machine
+    adds time to some passes, never takes any away.
     """
     generator = torch.Generator().manual_seed(0)
     inputs = {c: torch.randn(rows, c, generator=generator).to(dtype) for c in set(columns)}
@@ -159,7 +159,9 @@ def fastest(found: dict[str, list[Kernel]], columns: list[int], dtype: torch.dty
     for _ in range(_ROUNDS):
         for kind, kernels in found.items():
             times[kind].append(timer(kernels, xs))
-    return min(found, key=lambda kind: (statistics.median(times[kind]), KINDS.index(kind)))
+    logger.debug("CPU products over %d rows, best pass: %s", rows,
+                 ", ".join(f"{kind} {min(t) * 1e3:.2f} ms" for kind, t in times.items()))
+    return min(found, key=lambda kind: (min(times[kind]), KINDS.index(kind)))
 
 
 def choose(weights: Sequence[tuple[torch.Tensor, torch.Tensor | None]], *, budget: int | None = None,

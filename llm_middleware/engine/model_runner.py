@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from . import cpu_attention
 from .attention import AttentionMetadata
 from .decode_graphs import CudaDecoder
 from .kv_cache import KVCache
@@ -25,6 +26,9 @@ class ModelRunner:
         self.device = model.get_input_embeddings().weight.device  # where the inputs go
         self.block_size = kv_cache.block_size
         self.decoder = decoder
+        # Decode rows on the CPU attend through the numba kernels, which read the cache in place.
+        self.cpu_kernels = all(t.device.type == "cpu" for t in kv_cache.keys) and cpu_attention.available(
+            kv_cache.keys[0].dtype)
 
     def decode(self, seqs: list[Sequence], previous: torch.Tensor | None = None,
                sources: list[int] | None = None) -> torch.Tensor:
@@ -67,8 +71,10 @@ class ModelRunner:
 
         # Fresh prompts of one length need no cache reads and no mask: plain causal attention.
         causal_only = all(start == 0 for start in starts) and all(n == width for _, n in rows)
-        gather_blocks = mask = None
-        if not causal_only:
+        gather_blocks = mask = block_tables = context_lens = None
+        if width == 1 and not causal_only and self.cpu_kernels:
+            block_tables, context_lens = table, start_t[:, 0] + 1
+        elif not causal_only:
             # Whole blocks are gathered (contiguous copies); keys past each row's context, and
             # the padding blocks of shorter rows, are masked out by position.
             key_pos = torch.arange(blocks * bs)[None, :]  # [1, L]
@@ -80,6 +86,8 @@ class ModelRunner:
             gather_blocks=gather_blocks,
             mask=mask,
             causal_only=causal_only,
+            block_tables=block_tables,
+            context_lens=context_lens,
         )
         ids = ids.to(dev, non_blocking=True)
         if previous is not None and sources is not None:
