@@ -47,9 +47,12 @@ def decode_body(request: Request, decoder: msgspec.json.Decoder[T]) -> T:
         return decoder.decode(request.body)
     except msgspec.ValidationError as exc:
         raise InvalidRequestError(validation_error_message(exc), param=validation_error_param(exc)) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec reports bytes that are not UTF-8 as a DecodeError since 0.23 (a UnicodeDecodeError before).
+        try:
+            request.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequestError("The request body is not valid UTF-8.", code="invalid_encoding") from None
         raise InvalidRequestError(
             f"We could not parse the JSON body of your request ({exc}). Send valid JSON.", code="invalid_json"
         ) from None
-    except UnicodeDecodeError:
-        raise InvalidRequestError("The request body is not valid UTF-8.", code="invalid_encoding") from None
