@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from llm_middleware.engine import cpu_attention
+from llm_middleware.engine import cpu_attention, cpu_kernels
 from llm_middleware.engine.attention import AttentionMetadata, attend
 from llm_middleware.engine.kv_cache import KVCache
 
@@ -56,11 +57,14 @@ def _dense(cache: KVCache, query: torch.Tensor, table: list[list[int]], lens: li
     return torch.stack(rows).transpose(1, 2)
 
 
-@pytest.mark.skipif(not cpu_attention.available(torch.float32), reason="needs numba")
+@pytest.mark.skipif(not cpu_kernels.available(torch.float32), reason="needs numba")
+@pytest.mark.parametrize("parallel", [False, True], ids=["calling-thread", "numba-threads"])
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])
-def test_cpu_decode_kernels_match_a_dense_reference(kv_heads: int) -> None:
+def test_cpu_decode_kernels_match_a_dense_reference(kv_heads: int, parallel: bool,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # Rows of different lengths (one block, a partial last block, several blocks) through
     # out-of-order block tables padded with zeros; grouped and plain multi-head attention.
+    monkeypatch.setattr(cpu_kernels, "PARALLEL_WORK", 0 if parallel else 2**62)
     gen = torch.Generator().manual_seed(1)
     bs, heads, dim = 4, 4, 16
     cache = KVCache(num_layers=1, num_blocks=8, block_size=bs, num_kv_heads=kv_heads, head_dim=dim,
@@ -76,7 +80,7 @@ def test_cpu_decode_kernels_match_a_dense_reference(kv_heads: int) -> None:
     torch.testing.assert_close(out.double(), _dense(cache, query, table, lens, 0.3), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not cpu_attention.available(torch.float32), reason="needs numba")
+@pytest.mark.skipif(not cpu_kernels.available(torch.float32), reason="needs numba")
 def test_cpu_decode_rows_attend_through_the_kernels() -> None:
     # attend() with block tables on the CPU: the kernels' result, scaled by the head dimension by default.
     gen = torch.Generator().manual_seed(2)
@@ -92,3 +96,22 @@ def test_cpu_decode_rows_attend_through_the_kernels() -> None:
     out = attend(meta, 0, query, torch.empty(2, kv_heads, 1, dim), None, None)
     torch.testing.assert_close(out.double(), _dense(cache, query, table, lens, dim**-0.5), rtol=1e-5, atol=1e-5)
 
+
+
+@pytest.mark.skipif(not cpu_kernels.available(torch.float32), reason="needs numba")
+def test_cpu_decode_kernels_are_checked_before_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cpu_attention.reproduces()
+
+    def failing(*args):  # noqa: ANN002, ANN202
+        raise ValueError("No threading layer could be loaded.")
+
+    monkeypatch.setattr(cpu_attention, "_scores", failing)
+    assert not cpu_attention.reproduces()
+
+    def off_by_one(query, k_cache, tables, lengths, scale, block_size, width):  # noqa: ANN001, ANN202
+        scores = np.full((query.shape[0], query.shape[1], width), -np.inf, dtype=np.float32)
+        scores[:, :, 0] = 0.0  # attends to the first token only
+        return scores
+
+    monkeypatch.setattr(cpu_attention, "_scores", off_by_one)
+    assert not cpu_attention.reproduces()

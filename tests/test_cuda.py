@@ -147,6 +147,7 @@ def test_rope_cache_kernel_matches_reference(dtype: torch.dtype, norm: bool) -> 
 
 
 def test_layers_run_the_fused_kernel_on_cuda(tiny_model_dir: Path) -> None:
+    from llm_middleware.engine.rope_cache_kernel import rope_and_cache
     from llm_middleware.engine.row_linear import RowLinear
 
     eng = Engine(tiny_model_dir, device="cuda", dtype="bfloat16")
@@ -154,7 +155,7 @@ def test_layers_run_the_fused_kernel_on_cuda(tiny_model_dir: Path) -> None:
         eng.wait_ready_sync()
         model = default_worker(eng).model
         attention = [layer.self_attn.forward for layer in model.model.layers]
-        assert all(getattr(f, "use_kernel", False) for f in attention)
+        assert all(getattr(f, "kernel", None) is rope_and_cache for f in attention)
         assert all(getattr(layer.forward, "kernel", None) is not None for layer in model.model.layers)
         assert all(layer.mlp.forward.silu_mul is not None for layer in model.model.layers)
         linears = [model.lm_head] + [layer.self_attn.o_proj for layer in model.model.layers]

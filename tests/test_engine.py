@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from engine_state import default_worker, first_step
 from llm_middleware import errors
-from llm_middleware.engine import Engine, cpu_attention
+from llm_middleware.engine import Engine, cpu_kernels
 from llm_middleware.engine.sequence import PENDING_TOKEN
 
 PROMPTS = [
@@ -64,7 +64,7 @@ async def test_greedy_equals_generate_for_staggered_batch(arch_fixture: str, mod
         # Prompt chunks are queued ahead only where the device runs asynchronously (CUDA); the
         # order of the host's work is the same here, on the engine's thread.
         worker.overlap_prompts = mode == "overlap-prompts"
-        assert worker.runner.cpu_kernels == cpu_attention.available(torch.float32)
+        assert worker.runner.cpu_kernels == cpu_kernels.available(torch.float32)
         worker.runner.cpu_kernels = worker.runner.cpu_kernels and mode != "gather"
 
         def before_step(batch: Any) -> None:

@@ -34,6 +34,7 @@ class AttentionMetadata:
     block_tables: torch.Tensor | None = None  # [B, max_blocks] int64
     context_lens: torch.Tensor | None = None  # [B], the new token included
     bias: torch.Tensor | None = None  # [B, 1, L]: ``mask`` of one-token rows as 0 / -inf, made by the first layer
+    rope_rows: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin [B * S, D] for the kernels, made by the first layer
 
 
 def write_cache(meta: AttentionMetadata, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:

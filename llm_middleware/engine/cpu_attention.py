@@ -8,8 +8,9 @@ block table instead, so the context is read once, in place: 32 rows took 0.42 ms
 against 0.72-0.97 ms for the gather and PyTorch's fused attention, one row 22 against 58 µs.
 
 Softmax runs in PyTorch between the two kernels (its vectorised exp; numba's is a scalar call).
-Numba compiles the kernels at the first call (about two seconds, cached on disk where the
-package's folder is writable); the engine warms them up while the model loads.
+Numba compiles the kernels at the first call (a second or two, cached on disk where the
+package's folder is writable); the engine does that while the model loads, checking them on
+a probe against dense attention before any decode step uses them.
 """
 
 from __future__ import annotations
@@ -18,67 +19,58 @@ import logging
 
 import torch
 
+from .cpu_kernels import jit, numba, run
+
 logger = logging.getLogger("llm_middleware")
 
-try:
-    import numba
-    import numpy as np
-except ImportError:  # the PyTorch path in attention.py serves every case
-    numba = None
-
-# Reassociation lets the dot products vectorise; infinities keep their meaning (no ``ninf``/``nnan``).
-_FASTMATH = {"reassoc", "contract"}
-
-
 if numba is not None:
+    import numpy as np
 
-    @numba.njit(parallel=True, fastmath=_FASTMATH, cache=True)
-    def _scores(query, k_cache, tables, lengths, scale, block_size, scores):  # noqa: ANN001, ANN202
-        """``scores[b, h, t] = scale * q[b, h] · k[t]`` over row ``b``'s context, ``-inf`` past it."""
-        batch, heads, dim = query.shape
-        kv_heads = k_cache.shape[1]
-        group = heads // kv_heads
-        width = scores.shape[2]
-        for item in numba.prange(batch * kv_heads):
-            b = item // kv_heads
-            h = item % kv_heads
-            n = lengths[b]
-            for t in range(n):
-                slot = tables[b, t // block_size] * block_size + t % block_size
-                for g in range(group):
-                    head = h * group + g
-                    acc = np.float32(0.0)
-                    for d in range(dim):
-                        acc += query[b, head, d] * k_cache[slot, h, d]
-                    scores[b, head, t] = acc * scale
-            for g in range(group):
-                for t in range(n, width):
-                    scores[b, h * group + g, t] = -np.inf
 
-    @numba.njit(parallel=True, fastmath=_FASTMATH, cache=True)
-    def _weighted_values(probs, v_cache, tables, lengths, block_size, out):  # noqa: ANN001, ANN202
-        """``out[b, h] = Σ_t probs[b, h, t] · v[t]`` over row ``b``'s context."""
-        batch, heads, dim = out.shape
-        kv_heads = v_cache.shape[1]
-        group = heads // kv_heads
-        for item in numba.prange(batch * kv_heads):
-            b = item // kv_heads
-            h = item % kv_heads
+@jit
+def _scores(query, k_cache, tables, lengths, scale, block_size, width):  # noqa: ANN001, ANN202
+    """``scale * q[b, h] · k[t]`` over row ``b``'s context, ``-inf`` past it: ``[B, H, width]``."""
+    batch, heads, dim = query.shape
+    kv_heads = k_cache.shape[1]
+    group = heads // kv_heads
+    scale = np.float32(scale)
+    scores = np.empty((batch, heads, width), dtype=np.float32)
+    for item in numba.prange(batch * kv_heads):
+        b = item // kv_heads
+        h = item % kv_heads
+        n = lengths[b]
+        for t in range(n):
+            slot = tables[b, t // block_size] * block_size + t % block_size
             for g in range(group):
+                head = h * group + g
+                acc = np.float32(0.0)
                 for d in range(dim):
-                    out[b, h * group + g, d] = 0.0
-            for t in range(lengths[b]):
-                slot = tables[b, t // block_size] * block_size + t % block_size
-                for g in range(group):
-                    head = h * group + g
-                    weight = probs[b, head, t]
-                    for d in range(dim):
-                        out[b, head, d] += weight * v_cache[slot, h, d]
+                    acc += query[b, head, d] * k_cache[slot, h, d]
+                scores[b, head, t] = acc * scale
+        for g in range(group):
+            for t in range(n, width):
+                scores[b, h * group + g, t] = -np.inf
+    return scores
 
 
-def available(dtype: torch.dtype) -> bool:
-    """Whether the kernels serve a cache of ``dtype`` (float32: numba has no 16-bit floats)."""
-    return numba is not None and dtype == torch.float32
+@jit
+def _weighted_values(probs, v_cache, tables, lengths, block_size):  # noqa: ANN001, ANN202
+    """``Σ_t probs[b, h, t] · v[t]`` over row ``b``'s context: ``[B, 1, H, D]``."""
+    batch, heads, _ = probs.shape
+    kv_heads, dim = v_cache.shape[1], v_cache.shape[2]
+    group = heads // kv_heads
+    out = np.zeros((batch, 1, heads, dim), dtype=np.float32)
+    for item in numba.prange(batch * kv_heads):
+        b = item // kv_heads
+        h = item % kv_heads
+        for t in range(lengths[b]):
+            slot = tables[b, t // block_size] * block_size + t % block_size
+            for g in range(group):
+                head = h * group + g
+                weight = probs[b, head, t]
+                for d in range(dim):
+                    out[b, 0, head, d] += weight * v_cache[slot, h, d]
+    return out
 
 
 def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
@@ -89,21 +81,38 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     token's key and value are already in the cache.
     """
     batch, heads, _, dim = query.shape
-    q = query.reshape(batch, heads, dim).contiguous()
     width = block_tables.shape[1] * block_size
-    scores = torch.empty(batch, heads, width, dtype=torch.float32)
+    work = batch * heads * width
     tables, lengths = block_tables.numpy(), context_lens.numpy()
-    _scores(q.numpy(), k_cache.numpy(), tables, lengths, np.float32(scale), block_size, scores.numpy())
-    probs = torch.softmax(scores, dim=-1)
-    out = torch.empty(batch, 1, heads, dim, dtype=torch.float32)
-    _weighted_values(probs.numpy(), v_cache.numpy(), tables, lengths, block_size, out.view(batch, heads, dim).numpy())
-    return out
+    scores = run(_scores, work, query.reshape(batch, heads, dim).contiguous().numpy(), k_cache.numpy(), tables,
+                 lengths, scale, block_size, width)
+    probs = torch.softmax(torch.from_numpy(scores), dim=-1)
+    return torch.from_numpy(run(_weighted_values, work, probs.numpy(), v_cache.numpy(), tables, lengths, block_size))
 
 
-def warm_up() -> None:
-    """Compile (or load from the disk cache) both kernels now rather than at the first decode step."""
+def reproduces() -> bool:
+    """Compile the kernels (or load them from the disk cache) and check them against dense attention.
+
+    False where numba is missing or its kernels fail or disagree (a threading layer that cannot
+    load, say): decode rows then attend through gathered blocks.
+    """
     if numba is None:
-        return
-    cache = torch.zeros(5, 1, 2)
-    decode_attention(torch.zeros(1, 1, 1, 2), cache, cache, torch.zeros(1, 1, dtype=torch.long),
-                     torch.ones(1, dtype=torch.long), 1.0, 4)
+        return False
+    generator = torch.Generator().manual_seed(0)
+    bs, kv_heads, heads, dim = 4, 2, 4, 8
+    k_cache, v_cache = (torch.randn(6 * bs + 1, kv_heads, dim, generator=generator) for _ in range(2))
+    tables, lengths = [[3, 0], [1, 4]], [7, 5]
+    query = torch.randn(2, heads, 1, dim, generator=generator)
+    try:
+        got = decode_attention(query, k_cache, v_cache, torch.tensor(tables), torch.tensor(lengths), 0.5, bs)
+    except Exception as exc:  # noqa: BLE001 - any failure means: attend through PyTorch ops
+        logger.warning("CPU decode attention kernels unavailable, using PyTorch ops: %r", exc)
+        return False
+    for row, (blocks, n) in enumerate(zip(tables, lengths)):
+        slots = torch.tensor([blocks[p // bs] * bs + p % bs for p in range(n)])
+        keys, values = (c[slots].transpose(0, 1).repeat_interleave(heads // kv_heads, 0) for c in (k_cache, v_cache))
+        expected = torch.softmax(query[row] @ keys.transpose(1, 2) * 0.5, -1) @ values  # [H, 1, D]
+        if not torch.allclose(got[row], expected.transpose(0, 1), rtol=1e-5, atol=1e-5):
+            logger.warning("CPU decode attention kernels disagree with PyTorch ops here; not using them")
+            return False
+    return True

@@ -15,12 +15,14 @@ reads them back; outputs and cache contents must match.  Attention written diffe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 import torch
 from torch import nn
 
+from . import cpu_kernels
 from .attention import ATTENTION_NAME, AttentionMetadata, attend, write_cache
 from .fused_norms import FusedRMSNorm
 from .kv_cache import KVCache
@@ -75,9 +77,16 @@ class _FusedAttention:
         plain_norms = all(isinstance(f, FusedRMSNorm) for f in norms) and norms[0].eps == norms[1].eps
         self.eps = norms[0].eps if plain_norms else 0.0
         half = self.head_dim // 2
-        # The kernel needs a power-of-two half head, and norms (if any) that are plain RMS norms with one epsilon.
-        self.use_kernel = (weight.is_cuda and self.head_dim % 2 == 0 and half & (half - 1) == 0
-                           and (self.q_norm is None and self.k_norm is None or plain_norms))
+        # The kernels need norms (if any) that are plain RMS norms with one epsilon, and the CUDA one a
+        # power-of-two half head.
+        self.kernel: Any = None
+        if self.head_dim % 2 == 0 and (self.q_norm is None and self.k_norm is None or plain_norms):
+            if weight.is_cuda and half & (half - 1) == 0:
+                from .rope_cache_kernel import rope_and_cache
+
+                self.kernel = rope_and_cache
+            elif weight.device.type == "cpu" and cpu_kernels.available(weight.dtype):
+                self.kernel = cpu_kernels.rope_and_cache
 
     def __call__(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
                  attention_mask: torch.Tensor | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
@@ -87,15 +96,16 @@ class _FusedAttention:
         qkv = self.project(hidden_states)  # [B, S, (H + 2 * KVH) * D]
         cos, sin = position_embeddings  # [B or 1, S, D]
         k_cache = meta.kv_cache.keys[self.layer]
-        if self.use_kernel and k_cache.device == qkv.device:
-            from .rope_cache_kernel import rope_and_cache
-
+        if self.kernel is not None and k_cache.device == qkv.device:
             norm = self.q_norm is not None
             dev = qkv.device  # the step's tensors live on the first layer's device (a no-op unless layers span devices)
-            cos, sin = (t.to(dev).expand(batch, seq, dim).reshape(-1, dim).contiguous() for t in (cos, sin))
-            with torch.cuda.device(dev):  # Triton launches on the current device
-                rope_and_cache(
-                    qkv.view(batch * seq, -1), cos, sin,
+            rows = meta.rope_rows
+            if rows is None or rows[0].device != dev:
+                rows = meta.rope_rows = tuple(t.to(dev).expand(batch, seq, dim).reshape(-1, dim).contiguous()
+                                              for t in (cos, sin))
+            with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():  # Triton launches on the current device
+                self.kernel(
+                    qkv.view(batch * seq, -1), *rows,
                     self.q_norm.weight if norm else None, self.k_norm.weight if norm else None, self.eps,
                     meta.slot_mapping.to(dev), k_cache, meta.kv_cache.values[self.layer], heads,
                 )

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import cpu_kernels
 from .fused_norms import FusedRMSNorm
 from .probe import reproduced
 
@@ -73,10 +74,13 @@ class _FusedDecoderLayer:
         self.next_norm = next_norm
         self.handoff = handoff
         self.kernel: Any = None
-        if next_norm.module.weight.is_cuda:  # Triton is imported only where there is a GPU
+        weight = next_norm.module.weight
+        if weight.is_cuda:  # Triton is imported only where there is a GPU
             from .row_kernels import add_rms_norm
 
             self.kernel = add_rms_norm
+        elif weight.device.type == "cpu" and cpu_kernels.available(weight.dtype):
+            self.kernel = cpu_kernels.add_rms_norm
 
     def __call__(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         layer = self.layer

@@ -17,7 +17,6 @@ from ..errors import (
     EngineStepError,
     InvalidRequestError,
 )
-from . import cpu_attention
 from .block_manager import BlockManager
 from .config import ModelConfig
 from .delivery import Outbox, Sink
@@ -121,8 +120,6 @@ class GenerationWorker:
                                   max_model_len=self.max_model_len, pad_id=self.pad_id, use_graphs=config.cuda_graphs,
                                   compile_model=config.compile)
         self.runner = ModelRunner(self.model, self.kv_cache, self.pad_id, decoder)
-        if self.runner.cpu_kernels:
-            cpu_attention.warm_up()  # compiles the kernels here, not at the first decode step
         # Sampling happens where the logits are: the output layer's device.
         self.device = self.model.get_output_embeddings().weight.device
         self.generator = torch.Generator(device=self.device)

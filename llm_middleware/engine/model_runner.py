@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import cpu_attention
+from . import cpu_attention, cpu_kernels
 from .attention import AttentionMetadata
 from .decode_graphs import CudaDecoder
 from .kv_cache import KVCache
@@ -27,8 +27,8 @@ class ModelRunner:
         self.block_size = kv_cache.block_size
         self.decoder = decoder
         # Decode rows on the CPU attend through the numba kernels, which read the cache in place.
-        self.cpu_kernels = all(t.device.type == "cpu" for t in kv_cache.keys) and cpu_attention.available(
-            kv_cache.keys[0].dtype)
+        self.cpu_kernels = (all(t.device.type == "cpu" for t in kv_cache.keys)
+                            and cpu_kernels.available(kv_cache.keys[0].dtype) and cpu_attention.reproduces())
 
     def decode(self, seqs: list[Sequence], previous: torch.Tensor | None = None,
                sources: list[int] | None = None) -> torch.Tensor:

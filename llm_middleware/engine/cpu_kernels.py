@@ -1,0 +1,136 @@
+"""Numba kernels for a CPU step's small operations: the CPU's side of ``rope_cache_kernel`` and ``row_kernels``.
+
+On a CPU a one-row decode step is mostly small ops: the per-head norms of queries and keys, the
+rotary embedding and the cache write take some twenty PyTorch ops a layer, the residual add and
+the norm after it another eight, and each op costs microseconds of dispatch whatever its size.
+Each kernel here does one such group in one call, float32 only (numba has no 16-bit floats),
+with the GIL released so that the server's event loop runs meanwhile.  Measured on a 2-core
+machine, the norms, rotary embedding and cache write of one token took 10 µs against 58 µs as
+PyTorch ops, of 512 tokens 1.9 against 2.7 ms.  The layers that call them swap them in only
+where they reproduce the model's own forward.
+
+Numba compiles a kernel at its first call (a second or two; cached on disk where the package's
+folder is writable): the probes that decide the swaps compile them while the model loads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+try:
+    import numba
+    import numpy as np
+except ImportError:  # every caller falls back to PyTorch ops
+    numba = None
+
+# Reassociation lets sums vectorise; infinities and NaNs keep their meaning (no ``ninf``/``nnan``).
+FASTMATH = {"reassoc", "contract"}
+
+# Below this many elements a kernel runs on the calling thread alone: waking numba's idle threads
+# costs tens of microseconds, more than a decode row's whole work.
+PARALLEL_WORK = 16384
+
+
+def available(dtype: torch.dtype) -> bool:
+    """Whether numba kernels serve tensors of ``dtype`` here (float32, with numba installed)."""
+    return numba is not None and dtype == torch.float32
+
+
+def run(kernel: Any, work: int, *args: Any) -> Any:
+    """``kernel(*args)`` over numba's threads, or on the calling thread alone for small ``work``."""
+    if work >= PARALLEL_WORK:
+        return kernel(*args)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return kernel(*args)
+    finally:
+        numba.set_num_threads(threads)
+
+
+def jit(function: Any) -> Any:
+    """``function`` compiled as a kernel: parallel over ``prange``, without the GIL, cached on disk."""
+    return numba.njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)(function) if numba else function
+
+
+@jit
+def _rope_and_cache(qkv, cos, sin, q_weight, k_weight, norm, eps, slots, k_cache, v_cache, heads):  # noqa: ANN001, ANN202
+    tokens = qkv.shape[0]
+    kv_heads, dim = k_cache.shape[1], k_cache.shape[2]
+    half = dim // 2
+    eps = np.float32(eps)
+    for t in numba.prange(tokens):
+        slot = slots[t]
+        for h in range(heads + kv_heads):
+            base = h * dim
+            weight = q_weight if h < heads else k_weight
+            scale = np.float32(1.0)
+            if norm:
+                squares = np.float32(0.0)
+                for d in range(dim):
+                    squares += qkv[t, base + d] * qkv[t, base + d]
+                scale = np.float32(1.0) / np.sqrt(squares / dim + eps)
+            for d in range(half):
+                x1 = qkv[t, base + d]
+                x2 = qkv[t, base + d + half]
+                if norm:
+                    x1 = x1 * scale * weight[d]
+                    x2 = x2 * scale * weight[d + half]
+                qkv[t, base + d] = x1 * cos[t, d] - x2 * sin[t, d]
+                qkv[t, base + d + half] = x2 * cos[t, d + half] + x1 * sin[t, d + half]
+            if h >= heads:
+                for d in range(dim):
+                    k_cache[slot, h - heads, d] = qkv[t, base + d]
+        for h in range(kv_heads):
+            base = (heads + kv_heads + h) * dim
+            for d in range(dim):
+                v_cache[slot, h, d] = qkv[t, base + d]
+
+
+@jit
+def _add_rms_norm(residual, delta, weight, eps):  # noqa: ANN001, ANN202
+    width = residual.shape[-1]
+    res = residual.reshape(-1, width)
+    dlt = delta.reshape(-1, width)
+    total = np.empty_like(res)
+    out = np.empty_like(res)
+    eps = np.float32(eps)
+    for r in numba.prange(res.shape[0]):
+        squares = np.float32(0.0)
+        for i in range(width):
+            value = res[r, i] + dlt[r, i]
+            total[r, i] = value
+            squares += value * value
+        scale = np.float32(1.0) / np.sqrt(squares / width + eps)
+        for i in range(width):
+            out[r, i] = total[r, i] * scale * weight[i]
+    return total.reshape(residual.shape), out.reshape(residual.shape)
+
+
+def rope_and_cache(
+    qkv: torch.Tensor,  # [T, (H + 2 * KVH) * D], rotated in place
+    cos: torch.Tensor,  # [T, D]
+    sin: torch.Tensor,  # [T, D]
+    q_weight: torch.Tensor | None,  # [D] per-head norm weights, or None for models without them
+    k_weight: torch.Tensor | None,
+    eps: float,
+    slots: torch.Tensor,  # [T] cache slot of each token
+    k_cache: torch.Tensor,  # [slots, KVH, D]
+    v_cache: torch.Tensor,
+    heads: int,
+) -> None:
+    """Norm and rotate the queries and keys of ``qkv`` in place; store keys and values in the cache."""
+    norm = q_weight is not None
+    weights = (q_weight.detach(), k_weight.detach()) if norm else (cos[0], cos[0])  # unread without norms
+    run(_rope_and_cache, qkv.numel(), qkv.numpy(), cos.numpy(), sin.numpy(), weights[0].numpy(), weights[1].numpy(),
+        norm, eps, slots.numpy(), k_cache.numpy(), v_cache.numpy(), heads)
+
+
+def add_rms_norm(residual: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``residual + delta`` and its RMS norm scaled by ``weight`` (inputs ``[..., N]``)."""
+    total, out = run(_add_rms_norm, residual.numel(), residual.contiguous().numpy(), delta.contiguous().numpy(),
+                     weight.detach().numpy(), eps)
+    return torch.from_numpy(total), torch.from_numpy(out)
