@@ -103,7 +103,8 @@ class _FusedAttention:
             if rows is None or rows[0].device != dev:
                 rows = meta.rope_rows = tuple(t.to(dev).expand(batch, seq, dim).reshape(-1, dim).contiguous()
                                               for t in (cos, sin))
-            with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():  # Triton launches on the current device
+            # Triton launches on the current device
+            with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
                 self.kernel(
                     qkv.view(batch * seq, -1), *rows,
                     self.q_norm.weight if norm else None, self.k_norm.weight if norm else None, self.eps,
