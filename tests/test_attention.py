@@ -102,13 +102,13 @@ def test_cpu_decode_rows_attend_through_the_kernels() -> None:
 def test_cpu_decode_kernels_are_checked_before_use(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cpu_attention.reproduces()
 
-    def failing(*args):  # noqa: ANN002, ANN202
+    def failing(work, *args):  # noqa: ANN001, ANN002, ANN202
         raise ValueError("No threading layer could be loaded.")
 
     monkeypatch.setattr(cpu_attention, "_scores", failing)
     assert not cpu_attention.reproduces()
 
-    def off_by_one(query, k_cache, tables, lengths, scale, block_size, width):  # noqa: ANN001, ANN202
+    def off_by_one(work, query, k_cache, tables, lengths, scale, block_size, width):  # noqa: ANN001, ANN202
         scores = np.full((query.shape[0], query.shape[1], width), -np.inf, dtype=np.float32)
         scores[:, :, 0] = 0.0  # attends to the first token only
         return scores

@@ -19,7 +19,7 @@ import logging
 
 import torch
 
-from .cpu_kernels import jit, numba, run
+from .cpu_kernels import jit, numba
 
 logger = logging.getLogger("llm_middleware")
 
@@ -84,10 +84,10 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     width = block_tables.shape[1] * block_size
     work = batch * heads * width
     tables, lengths = block_tables.numpy(), context_lens.numpy()
-    scores = run(_scores, work, query.reshape(batch, heads, dim).contiguous().numpy(), k_cache.numpy(), tables,
-                 lengths, scale, block_size, width)
+    scores = _scores(work, query.reshape(batch, heads, dim).contiguous().numpy(), k_cache.numpy(), tables, lengths,
+                     scale, block_size, width)
     probs = torch.softmax(torch.from_numpy(scores), dim=-1)
-    return torch.from_numpy(run(_weighted_values, work, probs.numpy(), v_cache.numpy(), tables, lengths, block_size))
+    return torch.from_numpy(_weighted_values(work, probs.numpy(), v_cache.numpy(), tables, lengths, block_size))
 
 
 def reproduces() -> bool:

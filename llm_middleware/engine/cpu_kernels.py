@@ -15,6 +15,7 @@ folder is writable): the probes that decide the swaps compile them while the mod
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import torch
@@ -38,21 +39,27 @@ def available(dtype: torch.dtype) -> bool:
     return numba is not None and dtype == torch.float32
 
 
-def run(kernel: Any, work: int, *args: Any) -> Any:
-    """``kernel(*args)`` over numba's threads, or on the calling thread alone for small ``work``."""
-    if work >= PARALLEL_WORK:
-        return kernel(*args)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        return kernel(*args)
-    finally:
-        numba.set_num_threads(threads)
+class Kernel:
+    """One kernel compiled twice: to run on the calling thread, and in parallel over ``prange``."""
+
+    __slots__ = ("alone", "parallel")
+
+    def __init__(self, function: Any) -> None:
+        options = {"nogil": True, "fastmath": FASTMATH, "cache": True}
+        self.alone = numba.njit(parallel=False, **options)(function)
+        # A twin under its own name: numba's disk cache keys compilations by the function's name only.
+        twin = types.FunctionType(function.__code__, function.__globals__, f"{function.__name__}_parallel")
+        twin.__qualname__ = f"{function.__qualname__}_parallel"
+        self.parallel = numba.njit(parallel=True, **options)(twin)
+
+    def __call__(self, work: int, *args: Any) -> Any:
+        """The kernel on ``args``, over numba's threads only where ``work`` (elements) is large."""
+        return (self.parallel if work >= PARALLEL_WORK else self.alone)(*args)
 
 
 def jit(function: Any) -> Any:
-    """``function`` compiled as a kernel: parallel over ``prange``, without the GIL, cached on disk."""
-    return numba.njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)(function) if numba else function
+    """``function`` as a :class:`Kernel` (left as it is without numba: nothing calls it then)."""
+    return Kernel(function) if numba is not None else function
 
 
 @jit
@@ -124,13 +131,13 @@ def rope_and_cache(
     """Norm and rotate the queries and keys of ``qkv`` in place; store keys and values in the cache."""
     norm = q_weight is not None
     weights = (q_weight.detach(), k_weight.detach()) if norm else (cos[0], cos[0])  # unread without norms
-    run(_rope_and_cache, qkv.numel(), qkv.numpy(), cos.numpy(), sin.numpy(), weights[0].numpy(), weights[1].numpy(),
+    _rope_and_cache(qkv.numel(), qkv.numpy(), cos.numpy(), sin.numpy(), weights[0].numpy(), weights[1].numpy(),
         norm, eps, slots.numpy(), k_cache.numpy(), v_cache.numpy(), heads)
 
 
 def add_rms_norm(residual: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor,
                  eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``residual + delta`` and its RMS norm scaled by ``weight`` (inputs ``[..., N]``)."""
-    total, out = run(_add_rms_norm, residual.numel(), residual.contiguous().numpy(), delta.contiguous().numpy(),
+    total, out = _add_rms_norm(residual.numel(), residual.contiguous().numpy(), delta.contiguous().numpy(),
                      weight.detach().numpy(), eps)
     return torch.from_numpy(total), torch.from_numpy(out)
