@@ -74,7 +74,9 @@ def test_cpu_decode_kernels_match_a_dense_reference(kv_heads: int, parallel: boo
     table = [[6, 2, 7], [3, 0, 0], [1, 5, 4]]
     lens = [11, 4, 12]
     query = torch.randn(3, heads, 1, dim, generator=gen)
-    out = cpu_attention.decode_attention(query, cache.keys[0], cache.values[0], torch.tensor(table),
+    # The query heads at the start of wider rows, as in a fused q/k/v projection.
+    rows = torch.cat([query.reshape(3, heads * dim), torch.randn(3, 2 * kv_heads * dim, generator=gen)], 1)
+    out = cpu_attention.decode_attention(rows, heads, cache.keys[0], cache.values[0], torch.tensor(table),
                                          torch.tensor(lens), 0.3, bs)
     assert out.shape == (3, 1, heads, dim) and out.dtype == torch.float32
     torch.testing.assert_close(out.double(), _dense(cache, query, table, lens, 0.3), rtol=1e-5, atol=1e-5)
@@ -108,8 +110,8 @@ def test_cpu_decode_kernels_are_checked_before_use(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(cpu_attention, "_scores", failing)
     assert not cpu_attention.reproduces()
 
-    def off_by_one(work, query, k_cache, tables, lengths, scale, block_size, width):  # noqa: ANN001, ANN202
-        scores = np.full((query.shape[0], query.shape[1], width), -np.inf, dtype=np.float32)
+    def off_by_one(work, rows, heads, k_cache, tables, lengths, scale, block_size, width):  # noqa: ANN001, ANN202
+        scores = np.full((rows.shape[0], heads, width), -np.inf, dtype=np.float32)
         scores[:, :, 0] = 0.0  # attends to the first token only
         return scores
 

@@ -60,8 +60,10 @@ def attend(
     if meta.block_tables is not None:
         scale = scaling if scaling is not None else head_dim**-0.5
         if query.device.type == "cpu":
-            return cpu_attention.decode_attention(query, k_cache, v_cache, meta.block_tables, meta.context_lens, scale,
-                                                  meta.kv_cache.block_size)
+            heads = query.shape[1]
+            rows = query.reshape(batch, heads * head_dim).contiguous()
+            return cpu_attention.decode_attention(rows, heads, k_cache, v_cache, meta.block_tables, meta.context_lens,
+                                                  scale, meta.kv_cache.block_size)
         from .paged_decode import paged_decode_attention
 
         return paged_decode_attention(

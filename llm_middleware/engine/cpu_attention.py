@@ -28,28 +28,31 @@ if numba is not None:
 
 
 @jit
-def _scores(query, k_cache, tables, lengths, scale, block_size, width):  # noqa: ANN001, ANN202
-    """``scale * q[b, h] · k[t]`` over row ``b``'s context, ``-inf`` past it: ``[B, H, width]``."""
-    batch, heads, dim = query.shape
-    kv_heads = k_cache.shape[1]
+def _scores(rows, heads, k_cache, tables, lengths, scale, block_size, width):  # noqa: ANN001, ANN202
+    """``scale * q[b, h] · k[t]`` over row ``b``'s context, ``-inf`` past it: ``[B, H, width]``.
+
+    Query head ``h`` of row ``b`` is ``rows[b, h * D : (h + 1) * D]``.  Each cached token's keys
+    (every KV head's, side by side) are read once, in the order they lie in their block.
+    """
+    batch = rows.shape[0]
+    kv_heads, dim = k_cache.shape[1], k_cache.shape[2]
     group = heads // kv_heads
     scale = np.float32(scale)
     scores = np.empty((batch, heads, width), dtype=np.float32)
-    for item in numba.prange(batch * kv_heads):
-        b = item // kv_heads
-        h = item % kv_heads
+    for b in numba.prange(batch):
         n = lengths[b]
         for t in range(n):
             slot = tables[b, t // block_size] * block_size + t % block_size
-            for g in range(group):
-                head = h * group + g
-                acc = np.float32(0.0)
-                for d in range(dim):
-                    acc += query[b, head, d] * k_cache[slot, h, d]
-                scores[b, head, t] = acc * scale
-        for g in range(group):
+            for h in range(kv_heads):
+                for g in range(group):
+                    head = h * group + g
+                    acc = np.float32(0.0)
+                    for d in range(dim):
+                        acc += rows[b, head * dim + d] * k_cache[slot, h, d]
+                    scores[b, head, t] = acc * scale
+        for head in range(heads):
             for t in range(n, width):
-                scores[b, h * group + g, t] = -np.inf
+                scores[b, head, t] = -np.inf
     return scores
 
 
@@ -60,32 +63,33 @@ def _weighted_values(probs, v_cache, tables, lengths, block_size):  # noqa: ANN0
     kv_heads, dim = v_cache.shape[1], v_cache.shape[2]
     group = heads // kv_heads
     out = np.zeros((batch, 1, heads, dim), dtype=np.float32)
-    for item in numba.prange(batch * kv_heads):
-        b = item // kv_heads
-        h = item % kv_heads
+    for b in numba.prange(batch):
         for t in range(lengths[b]):
             slot = tables[b, t // block_size] * block_size + t % block_size
-            for g in range(group):
-                head = h * group + g
-                weight = probs[b, head, t]
-                for d in range(dim):
-                    out[b, 0, head, d] += weight * v_cache[slot, h, d]
+            for h in range(kv_heads):
+                for g in range(group):
+                    head = h * group + g
+                    weight = probs[b, head, t]
+                    for d in range(dim):
+                        out[b, 0, head, d] += weight * v_cache[slot, h, d]
     return out
 
 
-def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
-                     context_lens: torch.Tensor, scale: float, block_size: int) -> torch.Tensor:
-    """One query token per row over its cached context: ``query [B, H, 1, D]`` -> ``[B, 1, H, D]``.
+def decode_attention(rows: torch.Tensor, heads: int, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
+                     block_size: int) -> torch.Tensor:
+    """One query token per row over its cached context: ``[B, 1, H, D]``.
 
-    ``block_tables [B, max_blocks]`` and ``context_lens [B]`` are int64 CPU tensors; the new
-    token's key and value are already in the cache.
+    ``rows [B, W]`` (contiguous) holds each row's query heads first, one after another: a step's
+    query ``[B, H * D]``, or its fused q/k/v projection as it is.  ``block_tables [B, max_blocks]``
+    and ``context_lens [B]`` are int64 CPU tensors; the new token's key and value are already
+    in the cache.
     """
-    batch, heads, _, dim = query.shape
+    batch = rows.shape[0]
     width = block_tables.shape[1] * block_size
     work = batch * heads * width
     tables, lengths = block_tables.numpy(), context_lens.numpy()
-    scores = _scores(work, query.reshape(batch, heads, dim).contiguous().numpy(), k_cache.numpy(), tables, lengths,
-                     scale, block_size, width)
+    scores = _scores(work, rows.numpy(), heads, k_cache.numpy(), tables, lengths, scale, block_size, width)
     probs = torch.softmax(torch.from_numpy(scores), dim=-1)
     return torch.from_numpy(_weighted_values(work, probs.numpy(), v_cache.numpy(), tables, lengths, block_size))
 
@@ -104,7 +108,8 @@ def reproduces() -> bool:
     tables, lengths = [[3, 0], [1, 4]], [7, 5]
     query = torch.randn(2, heads, 1, dim, generator=generator)
     try:
-        got = decode_attention(query, k_cache, v_cache, torch.tensor(tables), torch.tensor(lengths), 0.5, bs)
+        got = decode_attention(query.reshape(2, heads * dim), heads, k_cache, v_cache, torch.tensor(tables),
+                               torch.tensor(lengths), 0.5, bs)
     except Exception as exc:  # noqa: BLE001 - any failure means: attend through PyTorch ops
         logger.warning("CPU decode attention kernels unavailable, using PyTorch ops: %r", exc)
         return False

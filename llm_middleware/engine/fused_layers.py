@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import cpu_kernels
+from . import cpu_attention, cpu_kernels
 from .attention import ATTENTION_NAME, AttentionMetadata, attend, write_cache
 from .fused_norms import FusedRMSNorm
 from .kv_cache import KVCache
@@ -110,6 +110,11 @@ class _FusedAttention:
                     self.q_norm.weight if norm else None, self.k_norm.weight if norm else None, self.eps,
                     meta.slot_mapping.to(dev), k_cache, meta.kv_cache.values[self.layer], heads,
                 )
+            if meta.block_tables is not None and dev.type == "cpu":  # decode rows: the query heads lead each qkv row
+                scale = self.scaling if self.scaling is not None else dim**-0.5
+                out = cpu_attention.decode_attention(qkv.view(batch, -1), heads, k_cache, meta.kv_cache.values[self.layer],
+                                                     meta.block_tables, meta.context_lens, scale, meta.kv_cache.block_size)
+                return self.module.o_proj(out.view(batch, seq, -1)), None
             q, k, v = qkv.view(batch, seq, heads + 2 * kv_heads, dim).transpose(1, 2).split([heads, kv_heads, kv_heads], 1)
         else:
             q, k, v = qkv.view(batch, seq, heads + 2 * kv_heads, dim).split([heads, kv_heads, kv_heads], 2)
@@ -179,11 +184,14 @@ def _attention_reproduces(module: nn.Module, fused: _FusedAttention, rotary: nn.
     table = torch.tensor(_PROBE_TABLE)
     prompt_pos = torch.arange(4).expand(2, 4)
     decode_pos = torch.full((2, 1), 4)
+    decode_args: dict[str, Any] = {"causal_only": False, "gather_blocks": table.to(keys.device),
+                                   "mask": (torch.arange(2 * bs)[None, None, None, :] <= 4).expand(2, 1, 1, 2 * bs).to(keys.device)}
+    if keys.device.type == "cpu" and cpu_kernels.available(keys.dtype):  # decode rows as the CPU engine runs them
+        decode_args |= {"gather_blocks": None, "mask": None, "block_tables": table, "context_lens": torch.tensor([5, 5])}
     steps = []
     for positions, meta_args in (
         (prompt_pos, {"causal_only": True, "gather_blocks": None, "mask": None}),
-        (decode_pos, {"causal_only": False, "gather_blocks": table.to(keys.device),
-                      "mask": (torch.arange(2 * bs)[None, None, None, :] <= 4).expand(2, 1, 1, 2 * bs).to(keys.device)}),
+        (decode_pos, decode_args),
     ):
         slots = (table.gather(1, positions // bs) * bs + positions % bs).reshape(-1).to(keys.device)
         hidden = _randn(2, positions.shape[1], dim, like=fused.weight, seed=len(steps))
