@@ -114,7 +114,7 @@ class _FusedAttention:
                 scale = self.scaling if self.scaling is not None else dim**-0.5
                 out = cpu_attention.decode_attention(qkv.view(batch, -1), heads, k_cache, meta.kv_cache.values[self.layer],
                                                      meta.block_tables, meta.context_lens, scale, meta.kv_cache.block_size)
-                return self.module.o_proj(out.view(batch, seq, -1)), None
+                return self.module.o_proj.forward(out.view(batch, seq, -1)), None
             q, k, v = qkv.view(batch, seq, heads + 2 * kv_heads, dim).transpose(1, 2).split([heads, kv_heads, kv_heads], 1)
         else:
             q, k, v = qkv.view(batch, seq, heads + 2 * kv_heads, dim).split([heads, kv_heads, kv_heads], 2)
@@ -126,7 +126,7 @@ class _FusedAttention:
             k = k * cos + _rotate_half(k) * sin
             write_cache(meta, self.layer, k, v)
         out = attend(meta, self.layer, q, k, v, self.scaling)  # [B, S, H, D]
-        return self.module.o_proj(out.reshape(batch, seq, -1)), None
+        return self.module.o_proj.forward(out.reshape(batch, seq, -1)), None
 
 
 class _FusedMLP:
@@ -137,6 +137,8 @@ class _FusedMLP:
         self.weight = weight
         self.project = RowLinear(weight, bias)
         self.split = module.gate_proj.weight.shape[0]
+        act = module.act_fn
+        self.act = act.forward if isinstance(act, nn.Module) else act  # without nn.Module.__call__'s cost
         self.silu_mul: Any = None
         if weight.is_cuda and type(module.act_fn).__name__ in ("SiLU", "SiLUActivation") and 2 * self.split == weight.shape[0]:
             from .row_kernels import silu_mul  # one kernel for the activation and the product
@@ -146,9 +148,9 @@ class _FusedMLP:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.project(x)
         if self.silu_mul is not None:
-            return self.module.down_proj(self.silu_mul(gate_up))
+            return self.module.down_proj.forward(self.silu_mul(gate_up))
         gate, up = gate_up.split(self.split, -1)
-        return self.module.down_proj(self.module.act_fn(gate) * up)
+        return self.module.down_proj.forward(self.act(gate) * up)
 
 
 def _randn(*shape: int, like: torch.Tensor, seed: int) -> torch.Tensor:

@@ -86,9 +86,11 @@ class _FusedDecoderLayer:
         layer = self.layer
         if args:  # called in a way the probe did not see
             return type(layer).forward(layer, hidden_states, *args, **kwargs)
-        attention = layer.self_attn(hidden_states=layer.input_layernorm(hidden_states), **kwargs)[0]
+        # Sublayers' forwards are called directly: nn.Module.__call__ costs microseconds a call, and the
+        # engine's model carries no hooks (accelerate's replace ``forward`` itself).
+        attention = layer.self_attn.forward(hidden_states=layer.input_layernorm.forward(hidden_states), **kwargs)[0]
         hidden, normed = _add_norm(self.kernel, hidden_states, attention, self.post_norm)
-        hidden, normed = _add_norm(self.kernel, hidden, layer.mlp(normed), self.next_norm)
+        hidden, normed = _add_norm(self.kernel, hidden, layer.mlp.forward(normed), self.next_norm)
         self.handoff.hidden, self.handoff.normed = hidden, normed
         return hidden
 
