@@ -112,3 +112,14 @@ def test_a_dtype_without_a_packed_product_keeps_f_linear() -> None:
     assert (one_row, rows) == ("default", "default")
     x = torch.randn(3, 16, dtype=torch.float16)
     torch.testing.assert_close(products[0](x), torch.nn.functional.linear(x, weight), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(len(_AVAILABLE) < 2, reason="needs a packed kernel to choose from")
+def test_large_models_are_timed_on_their_first_products(monkeypatch: pytest.MonkeyPatch) -> None:
+    weights = [(torch.randn(8, 16), None) for _ in range(5)]
+    monkeypatch.setattr(cpu_products, "_TIMED_BYTES", 2 * 8 * 16 * 4)  # two weights' worth
+    seen: list[int] = []
+    monkeypatch.setattr(cpu_products, "fastest",
+                        lambda found, columns, dtype, rows: seen.append(len(columns)) or "default")
+    products, _, _ = cpu_products.choose(weights, budget=2**30)
+    assert len(products) == 5 and seen and set(seen) == {2}

@@ -35,6 +35,9 @@ PACKED_MEMORY_SHARE = 0.25
 # Rows of the "many rows" timing: a full default batch.
 MANY_ROWS = 32
 _ROUNDS = 7
+# The timings run over the first products up to this many bytes of weights: all of a small model's,
+# a few layers of a large one's (start-up would otherwise take seconds a timing).
+_TIMED_BYTES = 256 * 2**20
 
 
 def memory_bytes() -> int:
@@ -176,11 +179,16 @@ def choose(weights: Sequence[tuple[torch.Tensor, torch.Tensor | None]], *, budge
     found = candidates(weights, budget, wanted)
     columns = [w.shape[1] for w, _ in weights]
     dtype = weights[0][0].dtype if weights else torch.float32
+    timed, size = 0, 0
+    while timed < len(weights) and (timed == 0 or size < _TIMED_BYTES):
+        size += weights[timed][0].numel() * weights[timed][0].element_size()
+        timed += 1
+    sample = {kind: kernels[:timed] for kind, kernels in found.items()}
     chosen = []
     for forced, count in ((one_row, 1), (rows, MANY_ROWS)):
         if forced is not None and forced not in found:
             raise ValueError(f"no {forced!r} product kernel for these weights on this machine")
-        chosen.append(forced or (fastest(found, columns, dtype, count) if len(found) > 1 else "default"))
+        chosen.append(forced or (fastest(sample, columns[:timed], dtype, count) if len(found) > 1 else "default"))
     products = [CpuProduct(found[chosen[0]][i], found[chosen[1]][i], c) for i, c in enumerate(columns)]
     logger.info("CPU linear products: %s kernels for one row, %s for more rows", *chosen)
     return products, chosen[0], chosen[1]
