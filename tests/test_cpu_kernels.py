@@ -73,6 +73,16 @@ def test_a_kernel_whose_threads_fail_runs_on_the_calling_thread(monkeypatch: pyt
     assert calls == ["alone", "alone"]
 
 
+def test_numbas_workqueue_layer_leaves_kernels_on_the_calling_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    kernel = cpu_kernels.Kernel(lambda x: x + 1)
+    monkeypatch.setattr(cpu_kernels.numba, "threading_layer", lambda: "workqueue")
+    kernel.warm(np.float32(1.0))
+    assert not kernel.threads
+    monkeypatch.setattr(cpu_kernels.numba, "threading_layer", lambda: "omp")
+    kernel.warm(np.float32(1.0))
+    assert kernel.threads
+
+
 def test_kernels_that_cannot_compile_leave_pytorch_ops(monkeypatch: pytest.MonkeyPatch) -> None:
     def failing(*args):  # noqa: ANN002, ANN202
         raise RuntimeError("cannot compile")

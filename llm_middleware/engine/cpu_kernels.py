@@ -68,7 +68,9 @@ class Kernel:
         calling-thread form's result.
 
         A failure of the parallel form (numba's threading layer can fail to load) leaves the
-        kernel on the calling thread; a failure of the other raises.
+        kernel on the calling thread, and so does numba's fallback layer, ``workqueue``: it
+        aborts the process when two threads (two models' step loops) use it at once, and ran a
+        32-row decode step 1.5x slower than the OpenMP layer.  A failure of the other raises.
         """
         result = self.alone(*args)
         try:
@@ -76,6 +78,8 @@ class Kernel:
         except Exception as exc:  # noqa: BLE001 - any failure means: no numba threads
             logger.warning("numba's threads are unavailable, CPU kernels run on one thread: %r", exc)
             self.threads = False
+        else:
+            self.threads = numba.threading_layer() != "workqueue"
         return result
 
 
