@@ -186,10 +186,13 @@ def _attention_reproduces(module: nn.Module, fused: _FusedAttention, rotary: nn.
     table = torch.tensor(_PROBE_TABLE)
     prompt_pos = torch.arange(4).expand(2, 4)
     decode_pos = torch.full((2, 1), 4)
-    decode_args: dict[str, Any] = {"causal_only": False, "gather_blocks": table.to(keys.device),
-                                   "mask": (torch.arange(2 * bs)[None, None, None, :] <= 4).expand(2, 1, 1, 2 * bs).to(keys.device)}
+    decode_args: dict[str, Any]
     if keys.device.type == "cpu" and cpu_kernels.available(keys.dtype):  # decode rows as the CPU engine runs them
-        decode_args |= {"gather_blocks": None, "mask": None, "block_tables": table, "context_lens": torch.tensor([5, 5])}
+        decode_args = {"causal_only": False, "gather_blocks": None, "mask": None, "block_tables": table,
+                       "context_lens": torch.tensor([5, 5])}
+    else:
+        decode_args = {"causal_only": False, "gather_blocks": table.to(keys.device),
+                       "mask": (torch.arange(2 * bs)[None, None, None, :] <= 4).expand(2, 1, 1, 2 * bs).to(keys.device)}
     steps = []
     for positions, meta_args in (
         (prompt_pos, {"causal_only": True, "gather_blocks": None, "mask": None}),
