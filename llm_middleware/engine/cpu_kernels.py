@@ -45,6 +45,11 @@ def available(dtype: torch.dtype) -> bool:
     return numba is not None and dtype == torch.float32 and _compiled()
 
 
+def parallel() -> bool:
+    """Whether numba's threads run kernels here (after ``available``'s compilation found out)."""
+    return numba is not None and _compiled() and _rope_and_cache.threads
+
+
 class Kernel:
     """One kernel compiled twice: to run on the calling thread, and in parallel over ``prange``."""
 

@@ -120,6 +120,8 @@ class GenerationWorker:
                                   max_model_len=self.max_model_len, pad_id=self.pad_id, use_graphs=config.cuda_graphs,
                                   compile_model=config.compile)
         self.runner = ModelRunner(self.model, self.kv_cache, self.pad_id, decoder)
+        if loaded.device.type == "cpu" and (rows := self.runner.use_cpu_decoder(config.max_batch_size)):
+            logger.info("CPU decode steps of up to %d rows run as one call", rows)
         # Sampling happens where the logits are: the output layer's device.
         self.device = self.model.get_output_embeddings().weight.device
         self.generator = torch.Generator(device=self.device)

@@ -6,6 +6,7 @@ import torch
 
 from . import cpu_attention, cpu_kernels
 from .attention import AttentionMetadata
+from .cpu_decoder import CpuDecoder, choose_rows
 from .decode_graphs import CudaDecoder
 from .kv_cache import KVCache
 from .sampler import feed_draws
@@ -29,6 +30,8 @@ class ModelRunner:
         # Decode rows on the CPU attend through the numba kernels, which read the cache in place.
         self.cpu_kernels = (all(t.device.type == "cpu" for t in kv_cache.keys)
                             and cpu_kernels.available(kv_cache.keys[0].dtype) and cpu_attention.reproduces())
+        #: Runs CPU decode steps of up to ``cpu_decoder.max_rows`` rows as one call (``use_cpu_decoder``).
+        self.cpu_decoder: CpuDecoder | None = None
 
     def decode(self, seqs: list[Sequence], previous: torch.Tensor | None = None,
                sources: list[int] | None = None) -> torch.Tensor:
@@ -39,7 +42,20 @@ class ModelRunner:
         """
         if self.decoder is not None:
             return self.decoder.run(seqs, previous, sources)
+        if self.cpu_decoder is not None and len(seqs) <= self.cpu_decoder.max_rows:
+            return self.cpu_decoder.run(seqs, previous, sources)
         return self.run([(seq, 1) for seq in seqs], previous, sources)
+
+    def use_cpu_decoder(self, max_rows: int) -> int:
+        """Run CPU decode steps of up to ``max_rows`` rows as one numba call where that reproduces the
+        model's step and measured faster here; return the largest batch it serves (0: none)."""
+        if not self.cpu_kernels:
+            return 0
+        decoder = CpuDecoder.build(self.model, self.kv_cache)
+        if decoder is None or not choose_rows(decoder, self, max_rows):
+            return 0
+        self.cpu_decoder = decoder
+        return decoder.max_rows
 
     # Inputs are sent with non_blocking copies: from pageable memory they are staged at once, and a
     # blocking copy would first wait for everything queued on the device (the decode step of this

@@ -1,0 +1,382 @@
+"""The CPU decode step of a few rows as one numba call: the CPU's side of ``decode_graphs``.
+
+A one-row decode step through the model's modules is some hundred calls: 33 products, the
+numba kernels of each layer, and the PyTorch ops and Python between them.  On a 2-core machine
+it took 5.7-5.9 ms, of which the products read the weights in 2.2 ms back to back: the rest was
+the calls themselves, and OpenMP's threads falling asleep between products and waking for the
+next.  Here the whole forward (embedding, each layer's norms, products, rotary embedding, cache
+write and attention, the output layer) is one compiled function whose products run over
+numba's threads with little in between to let them sleep: 2.9-3.5 ms for the same step.
+
+Its products are plain loops (four weight rows at a time, each read once for every row of the
+batch), which keep up with memory for a few rows but not with MKL's GEMM for many, so at
+start-up both paths run decode steps of 1, 2, 4, 8 and 16 rows and this one serves the sizes
+it ran faster (up to 8 rows on that machine).  It serves Llama-family decoders in float32 whose
+layers the engine fused (merged q/k/v and gate/up projections without biases, plain RMS norms,
+SiLU gating, the rotary kernel), and only where its logits reproduced the model's on a probe.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+import types
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import cpu_kernels
+from .cpu_kernels import FASTMATH, numba
+from .fused_layers import _FusedAttention, _FusedMLP
+from .fused_norms import FusedRMSNorm
+from .fused_residuals import _FusedDecoderLayer, _plain_norm, _stacks
+from .kv_cache import KVCache
+from .probe import reproduced
+from .sequence import Sequence
+
+logger = logging.getLogger("llm_middleware")
+
+if numba is not None:
+    import numpy as np
+
+    _njit = numba.njit(nogil=True, fastmath=FASTMATH, cache=True)
+    _njit_parallel = numba.njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+else:  # nothing compiles or calls the kernels then
+    def _njit(function: Any) -> Any:
+        return function
+
+    _njit_parallel = _njit
+
+# The batch sizes timed at start-up.
+_TIMED_ROWS = (1, 2, 4, 8, 16)
+_PROBE_TOKENS = 20
+_ROUNDS = 5
+
+
+@_njit
+def _rms_norm(x, weight, eps, out):  # noqa: ANN001, ANN202
+    squares = np.float32(0.0)
+    for i in range(x.shape[0]):
+        squares += x[i] * x[i]
+    scale = np.float32(1.0) / np.sqrt(squares / x.shape[0] + eps)
+    for i in range(x.shape[0]):
+        out[i] = x[i] * scale * weight[i]
+
+
+@_njit_parallel
+def _project(weight, x, out):  # noqa: ANN001, ANN202
+    """``out[b] = weight @ x[b]``: four weight rows at a time, each read once for all of ``x``'s rows."""
+    batch, n, k = x.shape[0], weight.shape[0], weight.shape[1]
+    for group in numba.prange((n + 3) // 4):
+        j = 4 * group
+        if j + 4 <= n:
+            for b in range(batch):
+                a0 = a1 = a2 = a3 = np.float32(0.0)
+                for i in range(k):
+                    xi = x[b, i]
+                    a0 += weight[j, i] * xi
+                    a1 += weight[j + 1, i] * xi
+                    a2 += weight[j + 2, i] * xi
+                    a3 += weight[j + 3, i] * xi
+                out[b, j], out[b, j + 1], out[b, j + 2], out[b, j + 3] = a0, a1, a2, a3
+        else:
+            for row in range(j, n):
+                for b in range(batch):
+                    acc = np.float32(0.0)
+                    for i in range(k):
+                        acc += weight[row, i] * x[b, i]
+                    out[b, row] = acc
+
+
+@_njit
+def _rope_and_cache(qkv, cos, sin, q_weight, k_weight, norm, eps, slots, k_cache, v_cache, heads):  # noqa: ANN001, ANN202
+    """Per-head norms and rotary embedding of each row's queries and keys (in place); keys and values to the cache."""
+    kv_heads, dim = k_cache.shape[1], k_cache.shape[2]
+    half = dim // 2
+    for b in range(qkv.shape[0]):
+        slot = slots[b]
+        for h in range(heads + kv_heads):
+            base = h * dim
+            weight = q_weight if h < heads else k_weight
+            scale = np.float32(1.0)
+            if norm:
+                squares = np.float32(0.0)
+                for d in range(dim):
+                    squares += qkv[b, base + d] * qkv[b, base + d]
+                scale = np.float32(1.0) / np.sqrt(squares / dim + eps)
+            for d in range(half):
+                x1 = qkv[b, base + d]
+                x2 = qkv[b, base + d + half]
+                if norm:
+                    x1 = x1 * scale * weight[d]
+                    x2 = x2 * scale * weight[d + half]
+                qkv[b, base + d] = x1 * cos[b, d] - x2 * sin[b, d]
+                qkv[b, base + d + half] = x2 * cos[b, d + half] + x1 * sin[b, d + half]
+            if h >= heads:
+                for d in range(dim):
+                    k_cache[slot, h - heads, d] = qkv[b, base + d]
+        for h in range(kv_heads):
+            base = (heads + kv_heads + h) * dim
+            for d in range(dim):
+                v_cache[slot, h, d] = qkv[b, base + d]
+
+
+@_njit_parallel
+def _attend(qkv, heads, k_cache, v_cache, tables, lengths, scale, block_size, scores, out):  # noqa: ANN001, ANN202
+    """Each row's query heads over its cached context, one KV head (and its query group) per task."""
+    batch = qkv.shape[0]
+    kv_heads, dim = k_cache.shape[1], k_cache.shape[2]
+    group = heads // kv_heads
+    for task in numba.prange(batch * kv_heads):
+        b, h = task // kv_heads, task % kv_heads
+        n = lengths[b]
+        first = b * heads + h * group  # this task's rows of ``scores``
+        peak = np.full(group, -np.inf, np.float32)
+        for t in range(n):
+            slot = tables[b, t // block_size] * block_size + t % block_size
+            for g in range(group):
+                head = h * group + g
+                acc = np.float32(0.0)
+                for d in range(dim):
+                    acc += qkv[b, head * dim + d] * k_cache[slot, h, d]
+                acc *= scale
+                scores[first + g, t] = acc
+                peak[g] = max(peak[g], acc)
+        for g in range(group):
+            total = np.float32(0.0)
+            for t in range(n):
+                e = np.exp(scores[first + g, t] - peak[g])
+                scores[first + g, t] = e
+                total += e
+            peak[g] = np.float32(1.0) / total  # now each head's normaliser
+        acc_v = np.zeros((group, dim), np.float32)
+        for t in range(n):
+            slot = tables[b, t // block_size] * block_size + t % block_size
+            for g in range(group):
+                p = scores[first + g, t]
+                for d in range(dim):
+                    acc_v[g, d] += p * v_cache[slot, h, d]
+        for g in range(group):
+            for d in range(dim):
+                out[b, (h * group + g) * dim + d] = acc_v[g, d] * peak[g]
+
+
+@_njit  # its products and attention run over numba's threads
+def _step(tokens, cos, sin, slots, tables, lengths, embed, qkv_w, o_w, gate_up_w, down_w, input_w, post_w, q_w, k_w,
+          eps, qk_eps, norm_qk, final_w, final_eps, lm_w, k_caches, v_caches, heads, scale, block_size):  # noqa: ANN001, ANN202
+    """Logits ``[B, vocab]`` of one new token per row: the decoder's whole forward.
+
+    Per-layer weights come as tuples (one array per layer); ``eps[l]`` holds layer ``l``'s
+    input and post-attention norm epsilons.
+    """
+    batch, hidden = tokens.shape[0], embed.shape[1]
+    inter = down_w[0].shape[1]
+    x = np.empty((batch, hidden), np.float32)
+    normed = np.empty((batch, hidden), np.float32)
+    delta = np.empty((batch, hidden), np.float32)
+    qkv = np.empty((batch, qkv_w[0].shape[0]), np.float32)
+    attended = np.empty((batch, o_w[0].shape[1]), np.float32)
+    gate_up = np.empty((batch, 2 * inter), np.float32)
+    act = np.empty((batch, inter), np.float32)
+    scores = np.empty((batch * heads, tables.shape[1] * block_size), np.float32)
+    for b in range(batch):
+        x[b] = embed[tokens[b]]
+    for layer in range(len(qkv_w)):
+        k_cache, v_cache = k_caches[layer], v_caches[layer]
+        for b in range(batch):
+            _rms_norm(x[b], input_w[layer], eps[layer, 0], normed[b])
+        _project(qkv_w[layer], normed, qkv)
+        _rope_and_cache(qkv, cos, sin, q_w[layer], k_w[layer], norm_qk, qk_eps[layer], slots, k_cache, v_cache, heads)
+        _attend(qkv, heads, k_cache, v_cache, tables, lengths, scale, block_size, scores, attended)
+        _project(o_w[layer], attended, delta)
+        for b in range(batch):
+            for i in range(hidden):
+                x[b, i] += delta[b, i]
+            _rms_norm(x[b], post_w[layer], eps[layer, 1], normed[b])
+        _project(gate_up_w[layer], normed, gate_up)
+        for b in range(batch):
+            for i in range(inter):
+                gate = gate_up[b, i]
+                act[b, i] = gate / (np.float32(1.0) + np.exp(-gate)) * gate_up[b, inter + i]
+        _project(down_w[layer], act, delta)
+        for b in range(batch):
+            for i in range(hidden):
+                x[b, i] += delta[b, i]
+    for b in range(batch):
+        _rms_norm(x[b], final_w, final_eps, normed[b])
+    logits = np.empty((batch, lm_w.shape[0]), np.float32)
+    _project(lm_w, normed, logits)
+    return logits
+
+
+def _array(tensor: torch.Tensor) -> Any:
+    """A numpy view of a CPU tensor's memory (no copy; the tensor must be contiguous)."""
+    return tensor.detach().numpy()
+
+
+class CpuDecoder:
+    """Runs one-token decode steps of up to ``max_rows`` rows on the CPU (``max_rows`` is set by ``choose_rows``)."""
+
+    def __init__(self, model: nn.Module, kv_cache: KVCache, rotary: nn.Module, parts: dict[str, Any]) -> None:
+        self.rotary = rotary
+        self.block_size = kv_cache.block_size
+        self.max_rows = 0  # set by ``choose_rows``: nothing runs here before it measured
+        self.heads = parts.pop("heads")
+        self.scale = np.float32(parts.pop("scale"))
+        self.parts = parts
+        self.k_caches = tuple(_array(k) for k in kv_cache.keys)
+        self.v_caches = tuple(_array(v) for v in kv_cache.values)
+        self._dtype_probe = model.get_input_embeddings().weight[:1]
+
+    @classmethod
+    def build(cls, model: nn.Module, kv_cache: KVCache) -> CpuDecoder | None:
+        """A decoder for ``model`` where its layers are the fused kinds this step computes; else None."""
+        if numba is None or not cpu_kernels.parallel():
+            return None
+        embedding, output = model.get_input_embeddings(), model.get_output_embeddings()
+        stacks = _stacks(model)
+        rotary = next((m for m in model.modules() if type(m).__name__.endswith("RotaryEmbedding")), None)
+        if (len(stacks) != 1 or rotary is None or type(embedding) is not nn.Embedding or type(output) is not nn.Linear
+                or output.bias is not None or any(k.device.type != "cpu" or k.dtype != torch.float32 for k in kv_cache.keys)):
+            return None
+        layers, final_norm = stacks[0]
+        parts: dict[str, list[Any]] = {name: [] for name in ("qkv_w", "o_w", "gate_up_w", "down_w", "input_w", "post_w",
+                                                             "q_w", "k_w", "eps", "qk_eps")}
+        shapes = set()
+        for index, layer in enumerate(layers):
+            fused = vars(layer).get("forward")
+            attention, mlp = vars(layer.self_attn).get("forward"), vars(layer.mlp).get("forward")
+            if not (isinstance(fused, _FusedDecoderLayer) and isinstance(attention, _FusedAttention)
+                    and isinstance(mlp, _FusedMLP) and _plain_layer(index, attention, mlp)):
+                return None
+            in_norm, post_norm = _plain_norm(layer.input_layernorm), fused.post_norm
+            q_norm = attention.q_norm.forward if attention.q_norm is not None else None
+            parts["qkv_w"].append(attention.weight)
+            parts["o_w"].append(attention.module.o_proj.weight)
+            parts["gate_up_w"].append(mlp.weight)
+            parts["down_w"].append(mlp.module.down_proj.weight)
+            parts["input_w"].append(in_norm.module.weight)
+            parts["post_w"].append(post_norm.module.weight)
+            parts["q_w"].append(attention.q_norm.weight if q_norm else in_norm.module.weight)  # unread without norms
+            parts["k_w"].append(attention.k_norm.weight if q_norm else in_norm.module.weight)
+            parts["eps"].append((in_norm.eps, post_norm.eps))
+            parts["qk_eps"].append(attention.eps)
+            shapes.add((attention.heads, attention.kv_heads, attention.head_dim, q_norm is not None,
+                        attention.scaling if attention.scaling is not None else attention.head_dim**-0.5))
+        if len(shapes) != 1:
+            return None
+        heads, _, _, norm_qk, scale = shapes.pop()
+        weights = [t for name in ("qkv_w", "o_w", "gate_up_w", "down_w", "input_w", "post_w", "q_w", "k_w")
+                   for t in parts[name]] + [embedding.weight, output.weight, _plain_norm(final_norm).module.weight]
+        if any(w.dtype != torch.float32 or w.device.type != "cpu" or not w.is_contiguous() for w in weights):
+            return None
+        final = _plain_norm(final_norm)
+        arrays: dict[str, Any] = {name: tuple(_array(t) for t in parts[name]) for name in parts if name.endswith("_w")}
+        arrays.update(eps=np.array(parts["eps"], np.float32), qk_eps=np.array(parts["qk_eps"], np.float32),
+                      norm_qk=norm_qk, final_w=_array(final.module.weight), final_eps=np.float32(final.eps),
+                      embed=_array(embedding.weight), lm_w=_array(output.weight), heads=heads, scale=scale)
+        return cls(model, kv_cache, rotary, arrays)
+
+    @torch.inference_mode()
+    def run(self, seqs: list[Sequence], previous: torch.Tensor | None = None, sources: list[int] | None = None) -> torch.Tensor:
+        """Logits ``[len(seqs), vocab]`` of each sequence's next token (its last token is computed now).
+
+        A row whose last token is a pending draw takes it from ``previous[sources[row]]``.
+        """
+        bs = self.block_size
+        positions = [s.num_computed for s in seqs]
+        tokens = np.array([s.token_ids[-1] for s in seqs], np.int64)
+        if previous is not None and sources is not None:
+            for row, source in enumerate(sources):
+                if source >= 0:
+                    tokens[row] = int(previous[source])
+        blocks = max(len(s.block_table) for s in seqs)
+        tables = np.zeros((len(seqs), blocks), np.int64)
+        for row, s in enumerate(seqs):
+            tables[row, : len(s.block_table)] = s.block_table
+        slots = np.array([s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, positions)], np.int64)
+        lengths = np.array(positions, np.int64) + 1
+        cos, sin = self.rotary(self._dtype_probe, torch.tensor(positions)[None])  # [1, B, D]
+        p = self.parts
+        logits = _step(tokens, _array(cos[0].contiguous()), _array(sin[0].contiguous()), slots, tables, lengths,
+                       p["embed"], p["qkv_w"], p["o_w"], p["gate_up_w"], p["down_w"], p["input_w"], p["post_w"],
+                       p["q_w"], p["k_w"], p["eps"], p["qk_eps"], p["norm_qk"], p["final_w"], p["final_eps"], p["lm_w"],
+                       self.k_caches, self.v_caches, self.heads, self.scale, bs)
+        return torch.from_numpy(logits)
+
+
+def _plain_layer(index: int, attention: _FusedAttention, mlp: _FusedMLP) -> bool:
+    """Whether a fused layer is the kind ``_step`` computes: no biases, the CPU rotary kernel, SiLU gating."""
+    module = attention.module
+    return (attention.layer == index and attention.kernel is cpu_kernels.rope_and_cache
+            and attention.project.bias is None and module.o_proj.bias is None
+            and attention.heads % attention.kv_heads == 0
+            and mlp.project.bias is None and mlp.module.down_proj.bias is None
+            and type(mlp.module.act_fn).__name__ in ("SiLU", "SiLUActivation") and 2 * mlp.split == mlp.weight.shape[0]
+            and (attention.q_norm is None or isinstance(attention.q_norm.forward, FusedRMSNorm)))
+
+
+def choose_rows(decoder: CpuDecoder, runner: Any, max_rows: int) -> int:
+    """Check ``decoder`` against the model's own decode step and set the row counts it serves.
+
+    Probe sequences of ``_PROBE_TOKENS`` random tokens each (their blocks out of order) are
+    prefilled through ``runner`` (a ``ModelRunner``); then 1, 2, 4, 8 and 16 of them (up to
+    ``max_rows``) run a decode step both ways: the logits must agree, and the decoder serves
+    batches up to the last size it ran faster than the model's modules (the first it lost ends the probe).
+    The probe's cache blocks are zeroed afterwards.  Returns ``decoder.max_rows`` (0: none).
+    """
+    kv_cache = runner.kv_cache
+    bs = kv_cache.block_size
+    per_seq = -(-(_PROBE_TOKENS + 1) // bs)
+    rows_timed = [r for r in _TIMED_ROWS if r <= max_rows]
+    needed = per_seq * max(rows_timed, default=0)
+    decoder.max_rows = 0
+    if not rows_timed or needed > kv_cache.num_blocks:
+        return 0
+    generator = torch.Generator().manual_seed(0)
+    vocab = decoder.parts["embed"].shape[0]
+    blocks = list(reversed(range(needed)))  # out of order: a kernel that ignored the tables would read the wrong slots
+    seqs = [types.SimpleNamespace(token_ids=torch.randint(vocab, (_PROBE_TOKENS + 1,), generator=generator).tolist(),
+                                  num_computed=0, block_table=blocks[row * per_seq : (row + 1) * per_seq])
+            for row in range(max(rows_timed))]
+    served = 0
+    try:
+        for rows in rows_timed:
+            batch = seqs[:rows]
+            fresh = [s for s in batch if not s.num_computed]  # prefilled as the sizes grow: a loss ends the probe
+            runner.run([(s, _PROBE_TOKENS) for s in fresh])
+            for s in fresh:
+                s.num_computed = _PROBE_TOKENS
+
+            def modules_step(batch: list[Any] = batch) -> torch.Tensor:
+                return runner.run([(s, 1) for s in batch])
+
+            if not reproduced(decoder.run(batch), modules_step(), 1e-4):
+                logger.warning("the CPU decode step disagrees with the model's here; not using it")
+                served = 0
+                break
+            model_time, own_time = _median_time(modules_step), _median_time(lambda: decoder.run(batch))
+            logger.debug("decode step of %d rows: %.2f ms through the model's modules, %.2f ms as one call",
+                         rows, 1e3 * model_time, 1e3 * own_time)
+            if own_time >= model_time:
+                break
+            served = rows
+    except Exception as exc:  # noqa: BLE001 - any failure means: the model's own step
+        logger.warning("the CPU decode step failed here, using the model's: %r", exc)
+        served = 0
+    finally:
+        for layer_cache in (*kv_cache.keys, *kv_cache.values):
+            kv_cache.blocks(layer_cache)[:needed].zero_()
+    decoder.max_rows = served
+    return served
+
+
+def _median_time(step: Any) -> float:
+    times = []
+    for _ in range(_ROUNDS):
+        began = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
