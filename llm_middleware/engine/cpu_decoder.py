@@ -52,7 +52,7 @@ else:  # nothing compiles or calls the kernels then
 # The batch sizes timed at start-up.
 _TIMED_ROWS = (1, 2, 4, 8, 16)
 _PROBE_TOKENS = 20
-_ROUNDS = 5
+_ROUNDS = 3
 
 
 @_njit
