@@ -63,14 +63,16 @@ def test_example_view_uses_the_shared_engine(servers: dict[str, str], name: str)
 
 @pytest.mark.parametrize("name", list(SERVERS))
 def test_sse_comes_as_separate_events(servers: dict[str, str], name: str) -> None:
-    request = {**CHAT, "stream": True, "max_tokens": 30, "min_tokens": 30}
+    request = {**CHAT, "stream": True, "max_tokens": 200, "min_tokens": 200}
     with httpx.stream("POST", servers[name] + "/ai/v1/chat/completions", json=request, timeout=30) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         reads = list(response.iter_raw())
     events = [event for event in b"".join(reads).split(b"\n\n") if event]
     assert json.loads(events[0].removeprefix(b"data: "))["choices"][0]["delta"]["role"] == "assistant"
     assert events[-1] == b"data: [DONE]"
-    assert len(reads) >= 10  # one write per event, not one body
+    # One write per event, not one body: the stream arrives in several reads, each of whole events
+    # (how many depends on how far the client lags the tiny model's steps, a fraction of a millisecond each).
+    assert len(reads) >= 2 and all(read.endswith(b"\n\n") for read in reads)
 
 
 def test_flask_stream_passes_through_incrementally(servers: dict[str, str]) -> None:
