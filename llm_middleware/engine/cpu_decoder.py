@@ -30,7 +30,6 @@ from torch import nn
 from . import cpu_kernels
 from .cpu_kernels import FASTMATH, numba
 from .fused_layers import _FusedAttention, _FusedMLP
-from .fused_norms import FusedRMSNorm
 from .fused_residuals import _FusedDecoderLayer, _plain_norm, _stacks
 from .kv_cache import KVCache
 from .probe import reproduced
@@ -43,6 +42,8 @@ if numba is not None:
 
     _njit = numba.njit(nogil=True, fastmath=FASTMATH, cache=True)
     _njit_parallel = numba.njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+    # The layers' kernel for per-head norms, rotary embedding and cache write, in its calling-thread form.
+    _rope_and_cache = cpu_kernels._rope_and_cache.alone
 else:  # nothing compiles or calls the kernels then
     def _njit(function: Any) -> Any:
         return function
@@ -88,39 +89,6 @@ def _project(weight, x, out):  # noqa: ANN001, ANN202
                     for i in range(k):
                         acc += weight[row, i] * x[b, i]
                     out[b, row] = acc
-
-
-@_njit
-def _rope_and_cache(qkv, cos, sin, q_weight, k_weight, norm, eps, slots, k_cache, v_cache, heads):  # noqa: ANN001, ANN202
-    """Per-head norms and rotary embedding of each row's queries and keys (in place); keys and values to the cache."""
-    kv_heads, dim = k_cache.shape[1], k_cache.shape[2]
-    half = dim // 2
-    for b in range(qkv.shape[0]):
-        slot = slots[b]
-        for h in range(heads + kv_heads):
-            base = h * dim
-            weight = q_weight if h < heads else k_weight
-            scale = np.float32(1.0)
-            if norm:
-                squares = np.float32(0.0)
-                for d in range(dim):
-                    squares += qkv[b, base + d] * qkv[b, base + d]
-                scale = np.float32(1.0) / np.sqrt(squares / dim + eps)
-            for d in range(half):
-                x1 = qkv[b, base + d]
-                x2 = qkv[b, base + d + half]
-                if norm:
-                    x1 = x1 * scale * weight[d]
-                    x2 = x2 * scale * weight[d + half]
-                qkv[b, base + d] = x1 * cos[b, d] - x2 * sin[b, d]
-                qkv[b, base + d + half] = x2 * cos[b, d + half] + x1 * sin[b, d + half]
-            if h >= heads:
-                for d in range(dim):
-                    k_cache[slot, h - heads, d] = qkv[b, base + d]
-        for h in range(kv_heads):
-            base = (heads + kv_heads + h) * dim
-            for d in range(dim):
-                v_cache[slot, h, d] = qkv[b, base + d]
 
 
 @_njit_parallel
@@ -219,12 +187,13 @@ def _array(tensor: torch.Tensor) -> Any:
 class CpuDecoder:
     """Runs one-token decode steps of up to ``max_rows`` rows on the CPU (``max_rows`` is set by ``choose_rows``)."""
 
-    def __init__(self, model: nn.Module, kv_cache: KVCache, rotary: nn.Module, parts: dict[str, Any]) -> None:
+    def __init__(self, model: nn.Module, kv_cache: KVCache, rotary: nn.Module, parts: dict[str, Any], heads: int,
+                 scale: float) -> None:
         self.rotary = rotary
         self.block_size = kv_cache.block_size
         self.max_rows = 0  # set by ``choose_rows``: nothing runs here before it measured
-        self.heads = parts.pop("heads")
-        self.scale = np.float32(parts.pop("scale"))
+        self.heads = heads
+        self.scale = np.float32(scale)
         self.parts = parts
         self.k_caches = tuple(_array(k) for k in kv_cache.keys)
         self.v_caches = tuple(_array(v) for v in kv_cache.values)
@@ -252,32 +221,32 @@ class CpuDecoder:
                     and isinstance(mlp, _FusedMLP) and _plain_layer(index, attention, mlp)):
                 return None
             in_norm, post_norm = _plain_norm(layer.input_layernorm), fused.post_norm
-            q_norm = attention.q_norm.forward if attention.q_norm is not None else None
+            norms = attention.q_norm is not None
             parts["qkv_w"].append(attention.weight)
             parts["o_w"].append(attention.module.o_proj.weight)
             parts["gate_up_w"].append(mlp.weight)
             parts["down_w"].append(mlp.module.down_proj.weight)
             parts["input_w"].append(in_norm.module.weight)
             parts["post_w"].append(post_norm.module.weight)
-            parts["q_w"].append(attention.q_norm.weight if q_norm else in_norm.module.weight)  # unread without norms
-            parts["k_w"].append(attention.k_norm.weight if q_norm else in_norm.module.weight)
+            parts["q_w"].append(attention.q_norm.weight if norms else in_norm.module.weight)  # unread without norms
+            parts["k_w"].append(attention.k_norm.weight if norms else in_norm.module.weight)
             parts["eps"].append((in_norm.eps, post_norm.eps))
             parts["qk_eps"].append(attention.eps)
-            shapes.add((attention.heads, attention.kv_heads, attention.head_dim, q_norm is not None,
+            shapes.add((attention.heads, attention.kv_heads, attention.head_dim, norms,
                         attention.scaling if attention.scaling is not None else attention.head_dim**-0.5))
         if len(shapes) != 1:
             return None
         heads, _, _, norm_qk, scale = shapes.pop()
+        final = _plain_norm(final_norm)
         weights = [t for name in ("qkv_w", "o_w", "gate_up_w", "down_w", "input_w", "post_w", "q_w", "k_w")
-                   for t in parts[name]] + [embedding.weight, output.weight, _plain_norm(final_norm).module.weight]
+                   for t in parts[name]] + [embedding.weight, output.weight, final.module.weight]
         if any(w.dtype != torch.float32 or w.device.type != "cpu" or not w.is_contiguous() for w in weights):
             return None
-        final = _plain_norm(final_norm)
         arrays: dict[str, Any] = {name: tuple(_array(t) for t in parts[name]) for name in parts if name.endswith("_w")}
         arrays.update(eps=np.array(parts["eps"], np.float32), qk_eps=np.array(parts["qk_eps"], np.float32),
                       norm_qk=norm_qk, final_w=_array(final.module.weight), final_eps=np.float32(final.eps),
-                      embed=_array(embedding.weight), lm_w=_array(output.weight), heads=heads, scale=scale)
-        return cls(model, kv_cache, rotary, arrays)
+                      embed=_array(embedding.weight), lm_w=_array(output.weight))
+        return cls(model, kv_cache, rotary, arrays, heads, scale)
 
     @torch.inference_mode()
     def run(self, seqs: list[Sequence], previous: torch.Tensor | None = None, sources: list[int] | None = None) -> torch.Tensor:
@@ -314,8 +283,7 @@ def _plain_layer(index: int, attention: _FusedAttention, mlp: _FusedMLP) -> bool
             and attention.project.bias is None and module.o_proj.bias is None
             and attention.heads % attention.kv_heads == 0
             and mlp.project.bias is None and mlp.module.down_proj.bias is None
-            and type(mlp.module.act_fn).__name__ in ("SiLU", "SiLUActivation") and 2 * mlp.split == mlp.weight.shape[0]
-            and (attention.q_norm is None or isinstance(attention.q_norm.forward, FusedRMSNorm)))
+            and type(mlp.module.act_fn).__name__ in ("SiLU", "SiLUActivation") and 2 * mlp.split == mlp.weight.shape[0])
 
 
 def choose_rows(decoder: CpuDecoder, runner: Any, max_rows: int) -> int:
