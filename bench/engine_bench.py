@@ -96,7 +96,7 @@ def main() -> None:
         variants = [{}] + ([{"quantize": args.quantize}] if args.quantize else []) + ([{"compile": True}] if args.compile else [])
         for variant in variants:
             began = time.perf_counter()
-            engine = Engine(path, max_batch_size=max(streams), seed=0, device=args.device, **variant)
+            engine = Engine(path, max_batch_size=max(streams), seed=0, device=args.device, dtype=args.dtype, **variant)
             engine.wait_ready_sync()
             load_s = round(time.perf_counter() - began, 1)
             try:

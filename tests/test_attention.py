@@ -60,26 +60,29 @@ def _dense(cache: KVCache, query: torch.Tensor, table: list[list[int]], lens: li
 @pytest.mark.skipif(not cpu_kernels.available(torch.float32), reason="needs numba")
 @pytest.mark.parametrize("parallel", [False, True], ids=["calling-thread", "numba-threads"])
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])
-def test_cpu_decode_kernels_match_a_dense_reference(kv_heads: int, parallel: bool,
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_decode_kernels_match_a_dense_reference(kv_heads: int, parallel: bool, dtype: torch.dtype,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     # Rows of different lengths (one block, a partial last block, several blocks) through
     # out-of-order block tables padded with zeros; grouped and plain multi-head attention.
+    # bfloat16 inputs are read exactly and the float32 result rounded once.
     monkeypatch.setattr(cpu_kernels, "PARALLEL_WORK", 0 if parallel else 2**62)
     gen = torch.Generator().manual_seed(1)
     bs, heads, dim = 4, 4, 16
     cache = KVCache(num_layers=1, num_blocks=8, block_size=bs, num_kv_heads=kv_heads, head_dim=dim,
-                    dtype=torch.float32, devices=[torch.device("cpu")])
+                    dtype=dtype, devices=[torch.device("cpu")])
     cache.keys[0].copy_(torch.randn(cache.keys[0].shape, generator=gen))
     cache.values[0].copy_(torch.randn(cache.values[0].shape, generator=gen))
     table = [[6, 2, 7], [3, 0, 0], [1, 5, 4]]
     lens = [11, 4, 12]
-    query = torch.randn(3, heads, 1, dim, generator=gen)
+    query = torch.randn(3, heads, 1, dim, generator=gen).to(dtype)
     # The query heads at the start of wider rows, as in a fused q/k/v projection.
-    rows = torch.cat([query.reshape(3, heads * dim), torch.randn(3, 2 * kv_heads * dim, generator=gen)], 1)
+    rows = torch.cat([query.reshape(3, heads * dim), torch.randn(3, 2 * kv_heads * dim, generator=gen).to(dtype)], 1)
     out = cpu_attention.decode_attention(rows, heads, cache.keys[0], cache.values[0], torch.tensor(table),
                                          torch.tensor(lens), 0.3, bs)
-    assert out.shape == (3, 1, heads, dim) and out.dtype == torch.float32
-    torch.testing.assert_close(out.double(), _dense(cache, query, table, lens, 0.3), rtol=1e-5, atol=1e-5)
+    assert out.shape == (3, 1, heads, dim) and out.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 8e-3
+    torch.testing.assert_close(out.double(), _dense(cache, query, table, lens, 0.3), rtol=tol, atol=tol)
 
 
 @pytest.mark.skipif(not cpu_kernels.available(torch.float32), reason="needs numba")

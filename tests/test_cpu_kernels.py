@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from llm_middleware.engine import cpu_kernels
+from llm_middleware.engine.cpu_kernels import numba
 from llm_middleware.engine.fused_layers import _rotate_half
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.available(torch.float32), reason="needs numba")
@@ -19,40 +19,86 @@ def form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     return request.param
 
 
+#: Within a few roundings: bfloat16 model ops round after each op, the kernels once.
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 3e-2}
+DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+
+
+def model_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The norm as Llama-family models write it: in float32, rounded to the input's dtype before the weight."""
+    single = x.float()
+    return weight * (single * torch.rsqrt(single.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def test_bfloat16_bits_widen_and_round_as_pytorch_converts() -> None:
+    every = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)  # every bfloat16, NaNs included
+    widen, narrow = cpu_kernels.widen, cpu_kernels.narrow
+
+    @numba.njit
+    def widen_each(bits, out):  # noqa: ANN001, ANN202
+        for i in range(bits.size):
+            out[i] = widen(bits[i])
+
+    @numba.njit
+    def narrow_each(values, out):  # noqa: ANN001, ANN202
+        for i in range(values.size):
+            out[i] = narrow(values[i], out)
+
+    widened = np.empty(every.numel(), np.float32)
+    widen_each(every.numpy(), widened)
+    torch.testing.assert_close(torch.from_numpy(widened), every.view(torch.bfloat16).float(), rtol=0, atol=0,
+                               equal_nan=True)
+    gen = torch.Generator().manual_seed(2)
+    ties = (every.view(torch.bfloat16).float().view(torch.int32) | 0x8000).view(torch.float32)  # halfway between two
+    values = torch.cat([torch.randn(10000, generator=gen) * 10.0 ** torch.randint(-40, 39, (10000,), generator=gen),
+                        ties, torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 3.4e38, 1e-45])])
+    rounded = np.empty(values.numel(), np.int16)
+    narrow_each(values.numpy(), rounded)
+    expected = values.to(torch.bfloat16)
+    finite = ~expected.isnan()
+    assert torch.equal(torch.from_numpy(rounded)[finite], expected.view(torch.int16)[finite])
+    assert torch.from_numpy(rounded).view(torch.bfloat16)[~finite].isnan().all()
+
+
+@DTYPES
 @pytest.mark.parametrize("norms", [True, False])
-def test_rope_and_cache_matches_the_model_ops(form: str, norms: bool) -> None:
+def test_rope_and_cache_matches_the_model_ops(form: str, norms: bool, dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(0)
     tokens, heads, kv_heads, dim = 5, 4, 2, 8
-    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, generator=gen)
-    cos, sin = torch.randn(tokens, dim, generator=gen), torch.randn(tokens, dim, generator=gen)
-    q_weight, k_weight = torch.randn(dim, generator=gen), torch.randn(dim, generator=gen)
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, generator=gen).to(dtype)
+    cos, sin = (torch.randn(tokens, dim, generator=gen).to(dtype) for _ in range(2))
+    q_weight, k_weight = (torch.randn(dim, generator=gen).to(dtype) for _ in range(2))
     slots = torch.tensor([7, 2, 9, 0, 4])
-    k_cache, v_cache = torch.zeros(12, kv_heads, dim), torch.zeros(12, kv_heads, dim)
+    k_cache, v_cache = torch.zeros(12, kv_heads, dim, dtype=dtype), torch.zeros(12, kv_heads, dim, dtype=dtype)
     q, k, v = qkv.view(tokens, heads + 2 * kv_heads, dim).split([heads, kv_heads, kv_heads], 1)
     if norms:
-        q, k = F.rms_norm(q, (dim,), q_weight, 1e-6), F.rms_norm(k, (dim,), k_weight, 1e-6)
+        q, k = model_rms_norm(q, q_weight, 1e-6), model_rms_norm(k, k_weight, 1e-6)
     c, s = cos[:, None], sin[:, None]
     q, k = q * c + _rotate_half(q) * s, k * c + _rotate_half(k) * s
     v = v.clone()
     weights = (q_weight, k_weight) if norms else (None, None)
     cpu_kernels.rope_and_cache(qkv, cos, sin, *weights, 1e-6, slots, k_cache, v_cache, heads)
     rotated = qkv.view(tokens, heads + 2 * kv_heads, dim)
-    torch.testing.assert_close(rotated[:, :heads], q, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(rotated[:, heads : heads + kv_heads], k, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(k_cache[slots], k, rtol=1e-5, atol=1e-5)
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(rotated[:, :heads], q, rtol=tol, atol=tol)
+    torch.testing.assert_close(rotated[:, heads : heads + kv_heads], k, rtol=tol, atol=tol)
+    torch.testing.assert_close(k_cache[slots], rotated[:, heads : heads + kv_heads], rtol=0, atol=0)
     torch.testing.assert_close(v_cache[slots], v, rtol=0, atol=0)
     untouched = torch.ones(12, dtype=torch.bool)
     untouched[slots] = False
     assert not k_cache[untouched].any() and not v_cache[untouched].any()
 
 
-def test_add_rms_norm_matches_the_model_ops(form: str) -> None:
+@DTYPES
+def test_add_rms_norm_matches_the_model_ops(form: str, dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(1)
-    residual, delta = torch.randn(3, 2, 16, generator=gen), torch.randn(3, 2, 16, generator=gen)
-    weight = torch.randn(16, generator=gen)
+    residual, delta = (torch.randn(3, 2, 16, generator=gen).to(dtype) for _ in range(2))
+    weight = torch.randn(16, generator=gen).to(dtype)
     total, normed = cpu_kernels.add_rms_norm(residual, delta, weight, 1e-6)
     torch.testing.assert_close(total, residual + delta, rtol=0, atol=0)
-    torch.testing.assert_close(normed, F.rms_norm(residual + delta, (16,), weight, 1e-6), rtol=1e-5, atol=1e-5)
+    # The same roundings as the model's norm: within one rounding of a different order of the sum of squares.
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(normed, model_rms_norm(residual + delta, weight, 1e-6), rtol=tol, atol=tol)
     # A strided input is read as it is laid out
     total, normed = cpu_kernels.add_rms_norm(residual.transpose(0, 1), delta.transpose(0, 1), weight, 1e-6)
     torch.testing.assert_close(total, (residual + delta).transpose(0, 1), rtol=0, atol=0)

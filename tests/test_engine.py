@@ -742,3 +742,28 @@ def test_a_lone_request_waits_one_burst_window_at_most(tiny_model_dir: Path) -> 
         assert 0.25 < launched[0] - sent < 2.0  # one window of 0.3 s, not the 25 a burst may take
     finally:
         eng.shutdown()
+
+
+@pytest.mark.skipif(not cpu_kernels.available(torch.bfloat16), reason="needs numba")
+@pytest.mark.parametrize("arch_fixture", ["tiny_model_dir", "tiny_llama_dir"])
+async def test_bfloat16_on_the_cpu_runs_the_kernels_and_keeps_greedy_output(arch_fixture: str,
+                                                                             request: pytest.FixtureRequest) -> None:
+    # The kernels read and write bfloat16 as its bits: norms, rotary and cache writes, decode attention.
+    model_dir: Path = request.getfixturevalue(arch_fixture)
+    eng = Engine(model_dir, max_prefill_tokens=8, seed=0, dtype="bfloat16")
+    try:
+        await eng.wait_ready()
+        worker = default_worker(eng)
+        assert worker.runner.cpu_kernels and worker.kv_cache.keys[0].dtype == torch.bfloat16
+        attention = worker.model.model.layers[0].self_attn
+        assert attention.forward.kernel is cpu_kernels.rope_and_cache
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+        for prompt in PROMPTS:
+            ids = tok.encode(prompt, add_special_tokens=False)
+            expected = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, eos_token_id=None,
+                                      pad_token_id=0)[0, len(ids):].tolist()
+            done = await eng.complete(prompt, max_tokens=16, temperature=0, ignore_eos=True)
+            assert done.choices[0].token_ids == expected, prompt
+    finally:
+        eng.shutdown()

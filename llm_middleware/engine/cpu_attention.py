@@ -19,7 +19,10 @@ import logging
 
 import torch
 
-from .cpu_kernels import jit, numba
+from .cpu_kernels import jit, numba, numpy_of
+
+if numba is not None:
+    from .cpu_kernels import widen
 
 logger = logging.getLogger("llm_middleware")
 
@@ -48,7 +51,7 @@ def _scores(rows, heads, k_cache, tables, lengths, scale, block_size, width):  #
                     head = h * group + g
                     acc = np.float32(0.0)
                     for d in range(dim):
-                        acc += rows[b, head * dim + d] * k_cache[slot, h, d]
+                        acc += widen(rows[b, head * dim + d]) * widen(k_cache[slot, h, d])
                     scores[b, head, t] = acc * scale
         for head in range(heads):
             for t in range(n, width):
@@ -71,14 +74,14 @@ def _weighted_values(probs, v_cache, tables, lengths, block_size):  # noqa: ANN0
                     head = h * group + g
                     weight = probs[b, head, t]
                     for d in range(dim):
-                        out[b, 0, head, d] += weight * v_cache[slot, h, d]
+                        out[b, 0, head, d] += weight * widen(v_cache[slot, h, d])
     return out
 
 
 def decode_attention(rows: torch.Tensor, heads: int, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
                      block_size: int) -> torch.Tensor:
-    """One query token per row over its cached context: ``[B, 1, H, D]``.
+    """One query token per row over its cached context: ``[B, 1, H, D]`` in the query's dtype.
 
     ``rows [B, W]`` (contiguous) holds each row's query heads first, one after another: a step's
     query ``[B, H * D]``, or its fused q/k/v projection as it is.  ``block_tables [B, max_blocks]``
@@ -89,9 +92,10 @@ def decode_attention(rows: torch.Tensor, heads: int, k_cache: torch.Tensor, v_ca
     width = block_tables.shape[1] * block_size
     work = batch * heads * width
     tables, lengths = block_tables.numpy(), context_lens.numpy()
-    scores = _scores(work, rows.numpy(), heads, k_cache.numpy(), tables, lengths, scale, block_size, width)
+    scores = _scores(work, numpy_of(rows), heads, numpy_of(k_cache), tables, lengths, scale, block_size, width)
     probs = torch.softmax(torch.from_numpy(scores), dim=-1)
-    return torch.from_numpy(_weighted_values(work, probs.numpy(), v_cache.numpy(), tables, lengths, block_size))
+    out = torch.from_numpy(_weighted_values(work, probs.numpy(), numpy_of(v_cache), tables, lengths, block_size))
+    return out.to(rows.dtype)  # float32 sums, rounded once for a 16-bit model
 
 
 def reproduces() -> bool:
@@ -104,23 +108,30 @@ def reproduces() -> bool:
         return False
     generator = torch.Generator().manual_seed(0)
     bs, kv_heads, heads, dim = 4, 2, 4, 8
-    k_cache, v_cache = (torch.randn(6 * bs + 1, kv_heads, dim, generator=generator) for _ in range(2))
     tables, lengths = [[3, 0], [1, 4]], [7, 5]
+    table_t, lengths_t = torch.tensor(tables), torch.tensor(lengths)
+    caches = [torch.randn(6 * bs + 1, kv_heads, dim, generator=generator) for _ in range(2)]
     query = torch.randn(2, heads, 1, dim, generator=generator)
-    rows, table_t, lengths_t = query.reshape(2, heads * dim), torch.tensor(tables), torch.tensor(lengths)
-    try:
-        # Both forms of each kernel compile now; the result is checked in the form decode rows run.
-        scores = _scores.warm(rows.numpy(), heads, k_cache.numpy(), table_t.numpy(), lengths_t.numpy(), 0.5, bs, 2 * bs)
-        _weighted_values.warm(scores, v_cache.numpy(), table_t.numpy(), lengths_t.numpy(), bs)
-        got = decode_attention(rows, heads, k_cache, v_cache, table_t, lengths_t, 0.5, bs)
-    except Exception as exc:  # noqa: BLE001 - any failure means: attend through PyTorch ops
-        logger.warning("CPU decode attention kernels unavailable, using PyTorch ops: %r", exc)
-        return False
-    for row, (blocks, n) in enumerate(zip(tables, lengths)):
-        slots = torch.tensor([blocks[p // bs] * bs + p % bs for p in range(n)])
-        keys, values = (c[slots].transpose(0, 1).repeat_interleave(heads // kv_heads, 0) for c in (k_cache, v_cache))
-        expected = torch.softmax(query[row] @ keys.transpose(1, 2) * 0.5, -1) @ values  # [H, 1, D]
-        if not torch.allclose(got[row], expected.transpose(0, 1), rtol=1e-5, atol=1e-5):
-            logger.warning("CPU decode attention kernels disagree with PyTorch ops here; not using them")
+    # bfloat16 inputs are exact in float32 and the result is rounded once: within one rounding.
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+        k_cache, v_cache, q = (t.to(dtype) for t in (*caches, query))
+        rows = q.reshape(2, heads * dim)
+        try:
+            # Both forms of each kernel compile now; the result is checked in the form decode rows run.
+            scores = _scores.warm(numpy_of(rows), heads, numpy_of(k_cache), table_t.numpy(), lengths_t.numpy(), 0.5, bs,
+                                  2 * bs)
+            _weighted_values.warm(scores, numpy_of(v_cache), table_t.numpy(), lengths_t.numpy(), bs)
+            got = decode_attention(rows, heads, k_cache, v_cache, table_t, lengths_t, 0.5, bs)
+        except Exception as exc:  # noqa: BLE001 - any failure means: attend through PyTorch ops
+            logger.warning("CPU decode attention kernels unavailable, using PyTorch ops: %r", exc)
             return False
+        for row, (blocks, n) in enumerate(zip(tables, lengths)):
+            slots = torch.tensor([blocks[p // bs] * bs + p % bs for p in range(n)])
+            keys, values = (c[slots].float().transpose(0, 1).repeat_interleave(heads // kv_heads, 0)
+                            for c in (k_cache, v_cache))
+            expected = torch.softmax(q[row].float() @ keys.transpose(1, 2) * 0.5, -1) @ values  # [H, 1, D]
+            if got.dtype != dtype or not torch.allclose(got[row].float(), expected.transpose(0, 1), rtol=tolerance,
+                                                        atol=tolerance):
+                logger.warning("CPU decode attention kernels disagree with PyTorch ops here; not using them")
+                return False
     return True
