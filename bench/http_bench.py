@@ -299,7 +299,7 @@ def main() -> None:
                 report("mistralrs", streams=n, tokens_per_s=round(rate, 1))
 
         # Prompt chunks keep the engine's default size for the device (see the README's option table).
-        options: dict[str, Any] = {"max_batch_size": max(streams), "device": args.device, "seed": 0}
+        options: dict[str, Any] = {"max_batch_size": max(streams), "device": args.device, "dtype": args.dtype, "seed": 0}
         for variant in [{}] + ([{"quantize": args.quantize}] if args.quantize else []):
             server = Server(path, {**options, **variant})
             try:

@@ -745,10 +745,12 @@ def test_a_lone_request_waits_one_burst_window_at_most(tiny_model_dir: Path) -> 
 
 
 @pytest.mark.skipif(not cpu_kernels.available(torch.bfloat16), reason="needs numba")
+@pytest.mark.parametrize("mode", ["one-call", "modules"])
 @pytest.mark.parametrize("arch_fixture", ["tiny_model_dir", "tiny_llama_dir"])
-async def test_bfloat16_on_the_cpu_runs_the_kernels_and_keeps_greedy_output(arch_fixture: str,
+async def test_bfloat16_on_the_cpu_runs_the_kernels_and_keeps_greedy_output(arch_fixture: str, mode: str,
                                                                              request: pytest.FixtureRequest) -> None:
-    # The kernels read and write bfloat16 as its bits: norms, rotary and cache writes, decode attention.
+    # The kernels read and write bfloat16 as its bits: norms, rotary and cache writes, decode attention,
+    # and the one-call decode step (where numba's threads run).
     model_dir: Path = request.getfixturevalue(arch_fixture)
     eng = Engine(model_dir, max_prefill_tokens=8, seed=0, dtype="bfloat16")
     try:
@@ -757,6 +759,10 @@ async def test_bfloat16_on_the_cpu_runs_the_kernels_and_keeps_greedy_output(arch
         assert worker.runner.cpu_kernels and worker.kv_cache.keys[0].dtype == torch.bfloat16
         attention = worker.model.model.layers[0].self_attn
         assert attention.forward.kernel is cpu_kernels.rope_and_cache
+        decoder = CpuDecoder.build(worker.model, worker.kv_cache) if mode == "one-call" else None
+        if decoder is not None:
+            decoder.max_rows = 8
+        worker.runner.cpu_decoder = decoder
         tok = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
         for prompt in PROMPTS:

@@ -11,9 +11,11 @@ numba's threads with little in between to let them sleep: 2.9-3.5 ms for the sam
 Its products are plain loops (four weight rows at a time, each read once for every row of the
 batch), which keep up with memory for a few rows but not with MKL's GEMM for many, so at
 start-up both paths run decode steps of 1, 2, 4, 8 and 16 rows and this one serves the sizes
-it ran faster (up to 8 rows on that machine).  It serves Llama-family decoders in float32 whose
-layers the engine fused (merged q/k/v and gate/up projections without biases, plain RMS norms,
-SiLU gating, the rotary kernel), and only where its logits reproduced the model's on a probe.
+it ran faster (up to 8 rows on that machine).  It serves Llama-family decoders in float32 or
+bfloat16 whose layers the engine fused (merged q/k/v and gate/up projections without biases,
+plain RMS norms, SiLU gating, the rotary kernel), and only where its logits reproduced the
+model's on a probe.  A bfloat16 model's activations are kept as bfloat16 bits, each rounded
+where the model's op rounds it, with float32 sums in between (as ``cpu_kernels`` does).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ if numba is not None:
     _njit_parallel = numba.njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
     # The layers' kernel for per-head norms, rotary embedding and cache write, in its calling-thread form.
     _rope_and_cache = cpu_kernels._rope_and_cache.alone
+    from .cpu_kernels import narrow, widen
 else:  # nothing compiles or calls the kernels then
     def _njit(function: Any) -> Any:
         return function
@@ -60,10 +63,10 @@ _ROUNDS = 3
 def _rms_norm(x, weight, eps, out):  # noqa: ANN001, ANN202
     squares = np.float32(0.0)
     for i in range(x.shape[0]):
-        squares += x[i] * x[i]
+        squares += widen(x[i]) * widen(x[i])
     scale = np.float32(1.0) / np.sqrt(squares / x.shape[0] + eps)
-    for i in range(x.shape[0]):
-        out[i] = x[i] * scale * weight[i]
+    for i in range(x.shape[0]):  # rounded where the model's norm rounds: the normalised value, then the product
+        out[i] = narrow(widen(narrow(widen(x[i]) * scale, out)) * widen(weight[i]), out)
 
 
 @_njit_parallel
@@ -76,19 +79,20 @@ def _project(weight, x, out):  # noqa: ANN001, ANN202
             for b in range(batch):
                 a0 = a1 = a2 = a3 = np.float32(0.0)
                 for i in range(k):
-                    xi = x[b, i]
-                    a0 += weight[j, i] * xi
-                    a1 += weight[j + 1, i] * xi
-                    a2 += weight[j + 2, i] * xi
-                    a3 += weight[j + 3, i] * xi
-                out[b, j], out[b, j + 1], out[b, j + 2], out[b, j + 3] = a0, a1, a2, a3
+                    xi = widen(x[b, i])
+                    a0 += widen(weight[j, i]) * xi
+                    a1 += widen(weight[j + 1, i]) * xi
+                    a2 += widen(weight[j + 2, i]) * xi
+                    a3 += widen(weight[j + 3, i]) * xi
+                out[b, j], out[b, j + 1] = narrow(a0, out), narrow(a1, out)
+                out[b, j + 2], out[b, j + 3] = narrow(a2, out), narrow(a3, out)
         else:
             for row in range(j, n):
                 for b in range(batch):
                     acc = np.float32(0.0)
                     for i in range(k):
-                        acc += weight[row, i] * x[b, i]
-                    out[b, row] = acc
+                        acc += widen(weight[row, i]) * widen(x[b, i])
+                    out[b, row] = narrow(acc, out)
 
 
 @_njit_parallel
@@ -108,7 +112,7 @@ def _attend(qkv, heads, k_cache, v_cache, tables, lengths, scale, block_size, sc
                 head = h * group + g
                 acc = np.float32(0.0)
                 for d in range(dim):
-                    acc += qkv[b, head * dim + d] * k_cache[slot, h, d]
+                    acc += widen(qkv[b, head * dim + d]) * widen(k_cache[slot, h, d])
                 acc *= scale
                 scores[first + g, t] = acc
                 peak[g] = max(peak[g], acc)
@@ -125,10 +129,10 @@ def _attend(qkv, heads, k_cache, v_cache, tables, lengths, scale, block_size, sc
             for g in range(group):
                 p = scores[first + g, t]
                 for d in range(dim):
-                    acc_v[g, d] += p * v_cache[slot, h, d]
+                    acc_v[g, d] += p * widen(v_cache[slot, h, d])
         for g in range(group):
             for d in range(dim):
-                out[b, (h * group + g) * dim + d] = acc_v[g, d] * peak[g]
+                out[b, (h * group + g) * dim + d] = narrow(acc_v[g, d] * peak[g], out)
 
 
 @_njit  # its products and attention run over numba's threads
@@ -137,17 +141,19 @@ def _step(tokens, cos, sin, slots, tables, lengths, embed, qkv_w, o_w, gate_up_w
     """Logits ``[B, vocab]`` of one new token per row: the decoder's whole forward.
 
     Per-layer weights come as tuples (one array per layer); ``eps[l]`` holds layer ``l``'s
-    input and post-attention norm epsilons.
+    input and post-attention norm epsilons.  Activations are arrays of the weights' element
+    type (float32, or bfloat16 bits).
     """
     batch, hidden = tokens.shape[0], embed.shape[1]
     inter = down_w[0].shape[1]
-    x = np.empty((batch, hidden), np.float32)
-    normed = np.empty((batch, hidden), np.float32)
-    delta = np.empty((batch, hidden), np.float32)
-    qkv = np.empty((batch, qkv_w[0].shape[0]), np.float32)
-    attended = np.empty((batch, o_w[0].shape[1]), np.float32)
-    gate_up = np.empty((batch, 2 * inter), np.float32)
-    act = np.empty((batch, inter), np.float32)
+    kind = embed.dtype
+    x = np.empty((batch, hidden), kind)
+    normed = np.empty((batch, hidden), kind)
+    delta = np.empty((batch, hidden), kind)
+    qkv = np.empty((batch, qkv_w[0].shape[0]), kind)
+    attended = np.empty((batch, o_w[0].shape[1]), kind)
+    gate_up = np.empty((batch, 2 * inter), kind)
+    act = np.empty((batch, inter), kind)
     scores = np.empty((batch * heads, tables.shape[1] * block_size), np.float32)
     for b in range(batch):
         x[b] = embed[tokens[b]]
@@ -161,27 +167,28 @@ def _step(tokens, cos, sin, slots, tables, lengths, embed, qkv_w, o_w, gate_up_w
         _project(o_w[layer], attended, delta)
         for b in range(batch):
             for i in range(hidden):
-                x[b, i] += delta[b, i]
+                x[b, i] = narrow(widen(x[b, i]) + widen(delta[b, i]), x)
             _rms_norm(x[b], post_w[layer], eps[layer, 1], normed[b])
         _project(gate_up_w[layer], normed, gate_up)
         for b in range(batch):
             for i in range(inter):
-                gate = gate_up[b, i]
-                act[b, i] = gate / (np.float32(1.0) + np.exp(-gate)) * gate_up[b, inter + i]
+                gate = widen(gate_up[b, i])
+                silu = widen(narrow(gate / (np.float32(1.0) + np.exp(-gate)), act))
+                act[b, i] = narrow(silu * widen(gate_up[b, inter + i]), act)
         _project(down_w[layer], act, delta)
         for b in range(batch):
             for i in range(hidden):
-                x[b, i] += delta[b, i]
+                x[b, i] = narrow(widen(x[b, i]) + widen(delta[b, i]), x)
     for b in range(batch):
         _rms_norm(x[b], final_w, final_eps, normed[b])
-    logits = np.empty((batch, lm_w.shape[0]), np.float32)
+    logits = np.empty((batch, lm_w.shape[0]), kind)
     _project(lm_w, normed, logits)
     return logits
 
 
 def _array(tensor: torch.Tensor) -> Any:
-    """A numpy view of a CPU tensor's memory (no copy; the tensor must be contiguous)."""
-    return tensor.detach().numpy()
+    """A numpy view of a CPU tensor's memory (no copy; the tensor must be contiguous; bfloat16 as its bits)."""
+    return cpu_kernels.numpy_of(tensor.detach())
 
 
 class CpuDecoder:
@@ -198,6 +205,7 @@ class CpuDecoder:
         self.k_caches = tuple(_array(k) for k in kv_cache.keys)
         self.v_caches = tuple(_array(v) for v in kv_cache.values)
         self._dtype_probe = model.get_input_embeddings().weight[:1]
+        self.dtype = self._dtype_probe.dtype
 
     @classmethod
     def build(cls, model: nn.Module, kv_cache: KVCache) -> CpuDecoder | None:
@@ -208,7 +216,7 @@ class CpuDecoder:
         stacks = _stacks(model)
         rotary = next((m for m in model.modules() if type(m).__name__.endswith("RotaryEmbedding")), None)
         if (len(stacks) != 1 or rotary is None or type(embedding) is not nn.Embedding or type(output) is not nn.Linear
-                or output.bias is not None or any(k.device.type != "cpu" or k.dtype != torch.float32 for k in kv_cache.keys)):
+                or output.bias is not None):
             return None
         layers, final_norm = stacks[0]
         parts: dict[str, list[Any]] = {name: [] for name in ("qkv_w", "o_w", "gate_up_w", "down_w", "input_w", "post_w",
@@ -240,7 +248,10 @@ class CpuDecoder:
         final = _plain_norm(final_norm)
         weights = [t for name in ("qkv_w", "o_w", "gate_up_w", "down_w", "input_w", "post_w", "q_w", "k_w")
                    for t in parts[name]] + [embedding.weight, output.weight, final.module.weight]
-        if any(w.dtype != torch.float32 or w.device.type != "cpu" or not w.is_contiguous() for w in weights):
+        dtype = embedding.weight.dtype
+        caches = [*kv_cache.keys, *kv_cache.values]
+        if dtype not in (torch.float32, torch.bfloat16) or any(
+                t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous() for t in weights + caches):
             return None
         arrays: dict[str, Any] = {name: tuple(_array(t) for t in parts[name]) for name in parts if name.endswith("_w")}
         arrays.update(eps=np.array(parts["eps"], np.float32), qk_eps=np.array(parts["qk_eps"], np.float32),
@@ -273,7 +284,7 @@ class CpuDecoder:
                        p["embed"], p["qkv_w"], p["o_w"], p["gate_up_w"], p["down_w"], p["input_w"], p["post_w"],
                        p["q_w"], p["k_w"], p["eps"], p["qk_eps"], p["norm_qk"], p["final_w"], p["final_eps"], p["lm_w"],
                        self.k_caches, self.v_caches, self.heads, self.scale, bs)
-        return torch.from_numpy(logits)
+        return cpu_kernels.tensor_of(logits, self.dtype)
 
 
 def _plain_layer(index: int, attention: _FusedAttention, mlp: _FusedMLP) -> bool:
