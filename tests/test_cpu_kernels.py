@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from llm_middleware.engine import cpu_kernels
 from llm_middleware.engine.cpu_kernels import numba
@@ -141,3 +142,32 @@ def test_kernels_that_cannot_compile_leave_pytorch_ops(monkeypatch: pytest.Monke
         monkeypatch.undo()
         cpu_kernels._compiled.cache_clear()  # noqa: SLF001
     assert cpu_kernels.available(torch.float32)
+
+
+def test_exp_is_within_a_few_ulp_and_clamps_outside_float32s_normal_range() -> None:
+    exp = cpu_kernels.exp
+
+    @numba.njit
+    def each(values, out):  # noqa: ANN001, ANN202
+        for i in range(values.size):
+            out[i] = exp(values[i])
+
+    x = np.linspace(-87.3, 88.3, 400001, dtype=np.float32)
+    got = np.empty_like(x)
+    each(x, got)
+    exact = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(got - exact) / exact) < 4 * 2.0**-24
+    edges = np.array([-1e30, -100.0, 100.0, 1e30], np.float32)
+    out = np.empty_like(edges)
+    each(edges, out)
+    assert out[0] == out[1] == 0.0 and np.isfinite(out[2:]).all() and (out[2:] > 2e38).all()
+
+
+@DTYPES
+def test_silu_mul_matches_the_model_ops(form: str, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(3)
+    gate_up = (4 * torch.randn(3, 2, 2 * 24, generator=gen)).to(dtype)
+    gate, up = gate_up.split(24, -1)
+    expected = F.silu(gate) * up  # the model's ops: the activation rounded, then the product
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(cpu_kernels.silu_mul(gate_up), expected, rtol=tol, atol=tol)

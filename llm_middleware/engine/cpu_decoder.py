@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from . import cpu_kernels
-from .cpu_kernels import FASTMATH, numba
+from .cpu_kernels import OPTIONS, numba
 from .fused_layers import _FusedAttention, _FusedMLP
 from .fused_residuals import _FusedDecoderLayer, _plain_norm, _stacks
 from .kv_cache import KVCache
@@ -42,11 +42,11 @@ logger = logging.getLogger("llm_middleware")
 if numba is not None:
     import numpy as np
 
-    _njit = numba.njit(nogil=True, fastmath=FASTMATH, cache=True)
-    _njit_parallel = numba.njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+    _njit = numba.njit(**OPTIONS)
+    _njit_parallel = numba.njit(parallel=True, **OPTIONS)
     # The layers' kernel for per-head norms, rotary embedding and cache write, in its calling-thread form.
     _rope_and_cache = cpu_kernels._rope_and_cache.alone
-    from .cpu_kernels import narrow, widen
+    from .cpu_kernels import exp, narrow, widen
 else:  # nothing compiles or calls the kernels then
     def _njit(function: Any) -> Any:
         return function
@@ -64,7 +64,7 @@ def _rms_norm(x, weight, eps, out):  # noqa: ANN001, ANN202
     squares = np.float32(0.0)
     for i in range(x.shape[0]):
         squares += widen(x[i]) * widen(x[i])
-    scale = np.float32(1.0) / np.sqrt(squares / x.shape[0] + eps)
+    scale = np.float32(1.0) / np.sqrt(squares / np.float32(x.shape[0]) + eps)  # float32 throughout: an int divisor makes it float64
     for i in range(x.shape[0]):  # rounded where the model's norm rounds: the normalised value, then the product
         out[i] = narrow(widen(narrow(widen(x[i]) * scale, out)) * widen(weight[i]), out)
 
@@ -119,7 +119,7 @@ def _attend(qkv, heads, k_cache, v_cache, tables, lengths, scale, block_size, sc
         for g in range(group):
             total = np.float32(0.0)
             for t in range(n):
-                e = np.exp(scores[first + g, t] - peak[g])
+                e = exp(scores[first + g, t] - peak[g])
                 scores[first + g, t] = e
                 total += e
             peak[g] = np.float32(1.0) / total  # now each head's normaliser
@@ -173,7 +173,7 @@ def _step(tokens, cos, sin, slots, tables, lengths, embed, qkv_w, o_w, gate_up_w
         for b in range(batch):
             for i in range(inter):
                 gate = widen(gate_up[b, i])
-                silu = widen(narrow(gate / (np.float32(1.0) + np.exp(-gate)), act))
+                silu = widen(narrow(gate / (np.float32(1.0) + exp(-gate)), act))
                 act[b, i] = narrow(silu * widen(gate_up[b, inter + i]), act)
         _project(down_w[layer], act, delta)
         for b in range(batch):

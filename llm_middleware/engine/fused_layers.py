@@ -139,11 +139,14 @@ class _FusedMLP:
         self.split = module.gate_proj.weight.shape[0]
         act = module.act_fn
         self.act = act.forward if isinstance(act, nn.Module) else act  # without nn.Module.__call__'s cost
-        self.silu_mul: Any = None
-        if weight.is_cuda and type(module.act_fn).__name__ in ("SiLU", "SiLUActivation") and 2 * self.split == weight.shape[0]:
-            from .row_kernels import silu_mul  # one kernel for the activation and the product
+        self.silu_mul: Any = None  # one kernel for the activation and the product
+        if type(module.act_fn).__name__ in ("SiLU", "SiLUActivation") and 2 * self.split == weight.shape[0]:
+            if weight.is_cuda:
+                from .row_kernels import silu_mul
 
-            self.silu_mul = silu_mul
+                self.silu_mul = silu_mul
+            elif weight.device.type == "cpu" and cpu_kernels.available(weight.dtype):
+                self.silu_mul = cpu_kernels.silu_mul
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.project(x)
