@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -107,16 +109,28 @@ def test_cpu_decode_rows_attend_through_the_kernels() -> None:
 def test_cpu_decode_kernels_are_checked_before_use(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cpu_attention.reproduces()
 
-    def failing(work, *args):  # noqa: ANN001, ANN002, ANN202
+    class Scores:
+        """Stands in for the scores kernel, in both its calls."""
+
+        def __init__(self, fill: Any) -> None:
+            self.fill = fill
+
+        def warm(self, *args: Any) -> None:
+            self.fill(*args)
+
+        def __call__(self, work: int, *args: Any) -> None:
+            self.fill(*args)
+
+    def failing(*args: Any) -> None:
         raise ValueError("No threading layer could be loaded.")
 
-    monkeypatch.setattr(cpu_attention, "_scores", failing)
+    monkeypatch.setattr(cpu_attention, "_scores", Scores(failing))
     assert not cpu_attention.reproduces()
 
-    def off_by_one(work, rows, heads, k_cache, tables, lengths, scale, block_size, width):  # noqa: ANN001, ANN202
-        scores = np.full((rows.shape[0], heads, width), -np.inf, dtype=np.float32)
-        scores[:, :, 0] = 0.0  # attends to the first token only
-        return scores
+    def first_token_only(rows, heads, k_cache, tables, lengths, scale, block_size, scores):  # noqa: ANN001, ANN202
+        scores[:] = -np.inf
+        scores[:, :, 0] = 0.0
 
+    off_by_one = Scores(first_token_only)
     monkeypatch.setattr(cpu_attention, "_scores", off_by_one)
     assert not cpu_attention.reproduces()

@@ -7,7 +7,8 @@ products per KV head most of the rest of the attention's 5 ms.  These kernels wa
 block table instead, so the context is read once, in place: 32 rows took 0.42 ms a layer
 against 0.72-0.97 ms for the gather and PyTorch's fused attention, one row 22 against 58 µs.
 
-Softmax runs in PyTorch between the two kernels (its vectorised exp; numba's is a scalar call).
+Softmax runs between the two kernels in a third (``cpu_kernels.exp``: numba's own is a call per
+element).  ``cpu_decoder`` runs the same three inside its one-call step.
 Numba compiles the kernels at the first call (a second or two, cached on disk where the
 package's folder is writable); the engine does that while the model loads, checking them on
 a probe against dense attention before any decode step uses them.
@@ -22,7 +23,7 @@ import torch
 from .cpu_kernels import jit, numba, numpy_of
 
 if numba is not None:
-    from .cpu_kernels import widen
+    from .cpu_kernels import exp, narrow, widen
 
 logger = logging.getLogger("llm_middleware")
 
@@ -31,8 +32,8 @@ if numba is not None:
 
 
 @jit
-def _scores(rows, heads, k_cache, tables, lengths, scale, block_size, width):  # noqa: ANN001, ANN202
-    """``scale * q[b, h] · k[t]`` over row ``b``'s context, ``-inf`` past it: ``[B, H, width]``.
+def _scores(rows, heads, k_cache, tables, lengths, scale, block_size, scores):  # noqa: ANN001, ANN202
+    """``scale * q[b, h] · k[t]`` over row ``b``'s context into ``scores [B, H, width]`` (past it: unset).
 
     Query head ``h`` of row ``b`` is ``rows[b, h * D : (h + 1) * D]``.  Each cached token's keys
     (every KV head's, side by side) are read once, in the order they lie in their block.
@@ -41,10 +42,8 @@ def _scores(rows, heads, k_cache, tables, lengths, scale, block_size, width):  #
     kv_heads, dim = k_cache.shape[1], k_cache.shape[2]
     group = heads // kv_heads
     scale = np.float32(scale)
-    scores = np.empty((batch, heads, width), dtype=np.float32)
     for b in numba.prange(batch):
-        n = lengths[b]
-        for t in range(n):
+        for t in range(lengths[b]):
             slot = tables[b, t // block_size] * block_size + t % block_size
             for h in range(kv_heads):
                 for g in range(group):
@@ -53,20 +52,37 @@ def _scores(rows, heads, k_cache, tables, lengths, scale, block_size, width):  #
                     for d in range(dim):
                         acc += widen(rows[b, head * dim + d]) * widen(k_cache[slot, h, d])
                     scores[b, head, t] = acc * scale
-        for head in range(heads):
-            for t in range(n, width):
-                scores[b, head, t] = -np.inf
-    return scores
 
 
 @jit
-def _weighted_values(probs, v_cache, tables, lengths, block_size):  # noqa: ANN001, ANN202
-    """``Σ_t probs[b, h, t] · v[t]`` over row ``b``'s context: ``[B, 1, H, D]``."""
-    batch, heads, _ = probs.shape
+def _softmax(scores, lengths):  # noqa: ANN001, ANN202
+    """Softmax in place over each row's first ``lengths[b]`` scores."""
+    batch, heads = scores.shape[0], scores.shape[1]
+    for task in numba.prange(batch * heads):
+        b, head = task // heads, task % heads
+        n = lengths[b]
+        peak = np.float32(-np.inf)
+        for t in range(n):
+            peak = max(peak, scores[b, head, t])
+        total = np.float32(0.0)
+        for t in range(n):
+            e = exp(scores[b, head, t] - peak)
+            scores[b, head, t] = e
+            total += e
+        inverse = np.float32(1.0) / total
+        for t in range(n):
+            scores[b, head, t] *= inverse
+
+
+@jit
+def _weighted_values(probs, v_cache, tables, lengths, block_size, out):  # noqa: ANN001, ANN202
+    """``Σ_t probs[b, h, t] · v[t]`` over row ``b``'s context into ``out [B, H * D]``, summed in float32
+    and rounded once to ``out``'s element type."""
+    batch, heads = probs.shape[0], probs.shape[1]
     kv_heads, dim = v_cache.shape[1], v_cache.shape[2]
     group = heads // kv_heads
-    out = np.zeros((batch, 1, heads, dim), dtype=np.float32)
     for b in numba.prange(batch):
+        acc = np.zeros((heads, dim), np.float32)
         for t in range(lengths[b]):
             slot = tables[b, t // block_size] * block_size + t % block_size
             for h in range(kv_heads):
@@ -74,8 +90,10 @@ def _weighted_values(probs, v_cache, tables, lengths, block_size):  # noqa: ANN0
                     head = h * group + g
                     weight = probs[b, head, t]
                     for d in range(dim):
-                        out[b, 0, head, d] += weight * widen(v_cache[slot, h, d])
-    return out
+                        acc[head, d] += weight * widen(v_cache[slot, h, d])
+        for head in range(heads):
+            for d in range(dim):
+                out[b, head * dim + d] = narrow(acc[head, d], out)
 
 
 def decode_attention(rows: torch.Tensor, heads: int, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -88,14 +106,16 @@ def decode_attention(rows: torch.Tensor, heads: int, k_cache: torch.Tensor, v_ca
     and ``context_lens [B]`` are int64 CPU tensors; the new token's key and value are already
     in the cache.
     """
-    batch = rows.shape[0]
+    batch, dim = rows.shape[0], k_cache.shape[2]
     width = block_tables.shape[1] * block_size
     work = batch * heads * width
     tables, lengths = block_tables.numpy(), context_lens.numpy()
-    scores = _scores(work, numpy_of(rows), heads, numpy_of(k_cache), tables, lengths, scale, block_size, width)
-    probs = torch.softmax(torch.from_numpy(scores), dim=-1)
-    out = torch.from_numpy(_weighted_values(work, probs.numpy(), numpy_of(v_cache), tables, lengths, block_size))
-    return out.to(rows.dtype)  # float32 sums, rounded once for a 16-bit model
+    scores = np.empty((batch, heads, width), np.float32)
+    out = torch.empty(batch, 1, heads, dim, dtype=rows.dtype)
+    _scores(work, numpy_of(rows), heads, numpy_of(k_cache), tables, lengths, scale, block_size, scores)
+    _softmax(work, scores, lengths)
+    _weighted_values(work, scores, numpy_of(v_cache), tables, lengths, block_size, numpy_of(out.view(batch, -1)))
+    return out
 
 
 def reproduces() -> bool:
@@ -118,9 +138,11 @@ def reproduces() -> bool:
         rows = q.reshape(2, heads * dim)
         try:
             # Both forms of each kernel compile now; the result is checked in the form decode rows run.
-            scores = _scores.warm(numpy_of(rows), heads, numpy_of(k_cache), table_t.numpy(), lengths_t.numpy(), 0.5, bs,
-                                  2 * bs)
-            _weighted_values.warm(scores, numpy_of(v_cache), table_t.numpy(), lengths_t.numpy(), bs)
+            scores = np.zeros((2, heads, 2 * bs), np.float32)
+            _scores.warm(numpy_of(rows), heads, numpy_of(k_cache), table_t.numpy(), lengths_t.numpy(), 0.5, bs, scores)
+            _softmax.warm(scores, lengths_t.numpy())
+            _weighted_values.warm(scores, numpy_of(v_cache), table_t.numpy(), lengths_t.numpy(), bs,
+                                  np.zeros((2, heads * dim), numpy_of(rows).dtype))
             got = decode_attention(rows, heads, k_cache, v_cache, table_t, lengths_t, 0.5, bs)
         except Exception as exc:  # noqa: BLE001 - any failure means: attend through PyTorch ops
             logger.warning("CPU decode attention kernels unavailable, using PyTorch ops: %r", exc)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import cpu_kernels
+from . import cpu_attention, cpu_kernels
 from .cpu_kernels import OPTIONS, numba
 from .fused_layers import _FusedAttention, _FusedMLP
 from .fused_residuals import _FusedDecoderLayer, _plain_norm, _stacks
@@ -44,8 +44,11 @@ if numba is not None:
 
     _njit = numba.njit(**OPTIONS)
     _njit_parallel = numba.njit(parallel=True, **OPTIONS)
-    # The layers' kernel for per-head norms, rotary embedding and cache write, in its calling-thread form.
+    # The layers' kernel for per-head norms, rotary embedding and cache write, in its calling-thread form,
+    # and their attention kernels over numba's threads.
     _rope_and_cache = cpu_kernels._rope_and_cache.alone
+    _scores, _softmax = cpu_attention._scores.parallel, cpu_attention._softmax.parallel
+    _weighted_values = cpu_attention._weighted_values.parallel
     from .cpu_kernels import exp, narrow, widen
 else:  # nothing compiles or calls the kernels then
     def _njit(function: Any) -> Any:
@@ -57,6 +60,7 @@ else:  # nothing compiles or calls the kernels then
 _TIMED_ROWS = (1, 2, 4, 8, 16)
 _PROBE_TOKENS = 20
 _ROUNDS = 3
+_WARM_CALLS = 3
 
 
 @_njit
@@ -95,46 +99,6 @@ def _project(weight, x, out):  # noqa: ANN001, ANN202
                     out[b, row] = narrow(acc, out)
 
 
-@_njit_parallel
-def _attend(qkv, heads, k_cache, v_cache, tables, lengths, scale, block_size, scores, out):  # noqa: ANN001, ANN202
-    """Each row's query heads over its cached context, one KV head (and its query group) per task."""
-    batch = qkv.shape[0]
-    kv_heads, dim = k_cache.shape[1], k_cache.shape[2]
-    group = heads // kv_heads
-    for task in numba.prange(batch * kv_heads):
-        b, h = task // kv_heads, task % kv_heads
-        n = lengths[b]
-        first = b * heads + h * group  # this task's rows of ``scores``
-        peak = np.full(group, -np.inf, np.float32)
-        for t in range(n):
-            slot = tables[b, t // block_size] * block_size + t % block_size
-            for g in range(group):
-                head = h * group + g
-                acc = np.float32(0.0)
-                for d in range(dim):
-                    acc += widen(qkv[b, head * dim + d]) * widen(k_cache[slot, h, d])
-                acc *= scale
-                scores[first + g, t] = acc
-                peak[g] = max(peak[g], acc)
-        for g in range(group):
-            total = np.float32(0.0)
-            for t in range(n):
-                e = exp(scores[first + g, t] - peak[g])
-                scores[first + g, t] = e
-                total += e
-            peak[g] = np.float32(1.0) / total  # now each head's normaliser
-        acc_v = np.zeros((group, dim), np.float32)
-        for t in range(n):
-            slot = tables[b, t // block_size] * block_size + t % block_size
-            for g in range(group):
-                p = scores[first + g, t]
-                for d in range(dim):
-                    acc_v[g, d] += p * widen(v_cache[slot, h, d])
-        for g in range(group):
-            for d in range(dim):
-                out[b, (h * group + g) * dim + d] = narrow(acc_v[g, d] * peak[g], out)
-
-
 @_njit  # its products and attention run over numba's threads
 def _step(tokens, cos, sin, slots, tables, lengths, embed, qkv_w, o_w, gate_up_w, down_w, input_w, post_w, q_w, k_w,
           eps, qk_eps, norm_qk, final_w, final_eps, lm_w, k_caches, v_caches, heads, scale, block_size):  # noqa: ANN001, ANN202
@@ -154,7 +118,7 @@ def _step(tokens, cos, sin, slots, tables, lengths, embed, qkv_w, o_w, gate_up_w
     attended = np.empty((batch, o_w[0].shape[1]), kind)
     gate_up = np.empty((batch, 2 * inter), kind)
     act = np.empty((batch, inter), kind)
-    scores = np.empty((batch * heads, tables.shape[1] * block_size), np.float32)
+    scores = np.empty((batch, heads, tables.shape[1] * block_size), np.float32)
     for b in range(batch):
         x[b] = embed[tokens[b]]
     for layer in range(len(qkv_w)):
@@ -163,7 +127,9 @@ def _step(tokens, cos, sin, slots, tables, lengths, embed, qkv_w, o_w, gate_up_w
             _rms_norm(x[b], input_w[layer], eps[layer, 0], normed[b])
         _project(qkv_w[layer], normed, qkv)
         _rope_and_cache(qkv, cos, sin, q_w[layer], k_w[layer], norm_qk, qk_eps[layer], slots, k_cache, v_cache, heads)
-        _attend(qkv, heads, k_cache, v_cache, tables, lengths, scale, block_size, scores, attended)
+        _scores(qkv, heads, k_cache, tables, lengths, scale, block_size, scores)
+        _softmax(scores, lengths)
+        _weighted_values(scores, v_cache, tables, lengths, block_size, attended)
         _project(o_w[layer], attended, delta)
         for b in range(batch):
             for i in range(hidden):
@@ -353,6 +319,10 @@ def choose_rows(decoder: CpuDecoder, runner: Any, max_rows: int) -> int:
 
 
 def _median_time(step: Any) -> float:
+    # Untimed calls first: after the other path ran, its threads (PyTorch's OpenMP pool or numba's,
+    # two runtimes) spin on the same cores for a while, and the first calls measured up to 3x slower.
+    for _ in range(_WARM_CALLS):
+        step()
     times = []
     for _ in range(_ROUNDS):
         began = time.perf_counter()
