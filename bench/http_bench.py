@@ -259,7 +259,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--quantize", choices=["4bit", "8bit"], help="also serve the model quantized")
     parser.add_argument("--no-baselines", action="store_true", help="skip the in-process transformers baselines")
-    parser.add_argument("--passthrough-requests", type=int, default=2000)
+    parser.add_argument("--passthrough-requests", type=int, default=2000, help="0 skips the pass-through workload")
     parser.add_argument("--client-processes", type=int, default=None,
                         help="client processes per workload (at most one per stream); default: one per 8 streams "
                              "while half the cores are free")
@@ -316,7 +316,7 @@ def main() -> None:
             finally:
                 server.stop()
 
-        for host_app in ("plain", "wrapped"):
+        for host_app in ("plain", "wrapped") if args.passthrough_requests else ():
             server = Server(path, options, host_app=host_app)
             try:
                 server.wait_ready("/shop")
