@@ -68,7 +68,7 @@ def _rms_norm(x, weight, eps, out):  # noqa: ANN001, ANN202
     squares = np.float32(0.0)
     for i in range(x.shape[0]):
         squares += widen(x[i]) * widen(x[i])
-    scale = np.float32(1.0) / np.sqrt(squares / np.float32(x.shape[0]) + eps)  # float32 throughout: an int divisor makes it float64
+    scale = np.float32(1.0) / np.sqrt(squares / np.float32(x.shape[0]) + eps)  # an int divisor would make it float64
     for i in range(x.shape[0]):  # rounded where the model's norm rounds: the normalised value, then the product
         out[i] = narrow(widen(narrow(widen(x[i]) * scale, out)) * widen(weight[i]), out)
 
@@ -320,7 +320,8 @@ def choose_rows(decoder: CpuDecoder, runner: Any, max_rows: int) -> int:
 
 def _median_time(step: Any) -> float:
     # Untimed calls first: after the other path ran, its threads (PyTorch's OpenMP pool or numba's,
-    # two runtimes) spin on the same cores for a while, and the first calls measured up to 3x slower.
+    # two runtimes) spin on the same cores for a while, and the first calls measured slower (up to
+    # 3x where another thread's PyTorch pool was alive too).
     for _ in range(_WARM_CALLS):
         step()
     times = []

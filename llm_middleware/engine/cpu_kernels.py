@@ -6,8 +6,8 @@ the norm after it another eight, and each op costs microseconds of dispatch what
 Each kernel here does one such group in one call, with the GIL released so that the server's
 event loop runs meanwhile.  They read and write float32 or bfloat16 tensors; numba has no 16-bit
 floats, so bfloat16 ones travel as their int16 bits (``numpy_of``), and the kernels widen each
-element to float32 (``widen``) and round each result back (``narrow``) where the model rounds.  Measured on a 2-core
-machine, the norms, rotary embedding and cache write of one token took 10 µs against 58 µs as
+element to float32 (``widen``) and round each result back (``narrow``) where the model rounds.
+Measured on a 2-core machine, the norms, rotary embedding and cache write of one token took 10 µs against 58 µs as
 PyTorch ops, of 512 tokens 0.4 against 2.7 ms.  The layers that call them swap them in only
 where they reproduce the model's own forward.
 
@@ -136,12 +136,12 @@ if numba is not None:
                 single = context.cast(builder, args[0], sig.args[0], nb_types.float32)
                 bits = builder.bitcast(single, _I32)
                 odd = builder.and_(builder.lshr(bits, ir.Constant(_I32, 16)), ir.Constant(_I32, 1))
-                rounded = builder.lshr(builder.add(bits, builder.add(odd, ir.Constant(_I32, 0x7FFF))), ir.Constant(_I32, 16))
+                halfway = builder.add(odd, ir.Constant(_I32, 0x7FFF))  # rounds up past half, ties to the even
+                rounded = builder.lshr(builder.add(bits, halfway), ir.Constant(_I32, 16))
                 nan = builder.fcmp_unordered("uno", single, single)
                 return builder.trunc(builder.select(nan, ir.Constant(_I32, 0x7FC0), rounded), ir.IntType(16))
             return nb_types.int16(value, like), codegen
         return None
-
 
     @intrinsic
     def _float_of_bits(typingctx, bits):  # noqa: ANN001, ANN201, ARG001
@@ -157,8 +157,7 @@ if numba is not None:
     @numba.njit(inline="always", **OPTIONS)
     def exp(x):  # noqa: ANN001, ANN201
         """``e ** x`` in float32 within a few ulp, for loops that must vectorise: numba's ``np.exp``
-        is a library call per element here (about 5 ns; a 32-row SiLU then took longer than the
-        step's products).  ``x = k ln 2 + r``, ``|r| <= ln 2 / 2``: a degree-6 polynomial of ``r``
+        is a library call per element here (2.1 ns an element against 0.4 for this one).  ``x = k ln 2 + r``, ``|r| <= ln 2 / 2``: a degree-6 polynomial of ``r``
         (Cephes' ``expf``), times ``2 ** k`` built from its exponent bits.  ``x`` is clamped to the
         range where ``2 ** k`` is a normal float32: results under about 1e-38 come out 0, and over
         2.1e38 (``x > 88.3``) as 2.1e38, not infinity."""
