@@ -23,12 +23,11 @@ import torch
 from .cpu_kernels import jit, numba, numpy_of
 
 if numba is not None:
+    import numpy as np
+
     from .cpu_kernels import exp, narrow, widen
 
 logger = logging.getLogger("llm_middleware")
-
-if numba is not None:
-    import numpy as np
 
 
 @jit

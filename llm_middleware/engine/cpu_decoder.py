@@ -46,10 +46,10 @@ if numba is not None:
     _njit_parallel = numba.njit(parallel=True, **OPTIONS)
     # The layers' kernel for per-head norms, rotary embedding and cache write, in its calling-thread form,
     # and their attention kernels over numba's threads.
-    _rope_and_cache = cpu_kernels._rope_and_cache.alone
+    _rope_and_cache, _silu_mul = cpu_kernels._rope_and_cache.alone, cpu_kernels._silu_mul.alone
     _scores, _softmax = cpu_attention._scores.parallel, cpu_attention._softmax.parallel
     _weighted_values = cpu_attention._weighted_values.parallel
-    from .cpu_kernels import exp, narrow, widen
+    from .cpu_kernels import narrow, rms_norm_row, widen
 else:  # nothing compiles or calls the kernels then
     def _njit(function: Any) -> Any:
         return function
@@ -61,16 +61,6 @@ _TIMED_ROWS = (1, 2, 4, 8, 16)
 _PROBE_TOKENS = 20
 _ROUNDS = 3
 _WARM_CALLS = 3
-
-
-@_njit
-def _rms_norm(x, weight, eps, out):  # noqa: ANN001, ANN202
-    squares = np.float32(0.0)
-    for i in range(x.shape[0]):
-        squares += widen(x[i]) * widen(x[i])
-    scale = np.float32(1.0) / np.sqrt(squares / np.float32(x.shape[0]) + eps)  # an int divisor would make it float64
-    for i in range(x.shape[0]):  # rounded where the model's norm rounds: the normalised value, then the product
-        out[i] = narrow(widen(narrow(widen(x[i]) * scale, out)) * widen(weight[i]), out)
 
 
 @_njit_parallel
@@ -117,14 +107,13 @@ def _step(tokens, cos, sin, slots, tables, lengths, embed, qkv_w, o_w, gate_up_w
     qkv = np.empty((batch, qkv_w[0].shape[0]), kind)
     attended = np.empty((batch, o_w[0].shape[1]), kind)
     gate_up = np.empty((batch, 2 * inter), kind)
-    act = np.empty((batch, inter), kind)
     scores = np.empty((batch, heads, tables.shape[1] * block_size), np.float32)
     for b in range(batch):
         x[b] = embed[tokens[b]]
     for layer in range(len(qkv_w)):
         k_cache, v_cache = k_caches[layer], v_caches[layer]
         for b in range(batch):
-            _rms_norm(x[b], input_w[layer], eps[layer, 0], normed[b])
+            rms_norm_row(x[b], input_w[layer], eps[layer, 0], normed[b])
         _project(qkv_w[layer], normed, qkv)
         _rope_and_cache(qkv, cos, sin, q_w[layer], k_w[layer], norm_qk, qk_eps[layer], slots, k_cache, v_cache, heads)
         _scores(qkv, heads, k_cache, tables, lengths, scale, block_size, scores)
@@ -134,19 +123,14 @@ def _step(tokens, cos, sin, slots, tables, lengths, embed, qkv_w, o_w, gate_up_w
         for b in range(batch):
             for i in range(hidden):
                 x[b, i] = narrow(widen(x[b, i]) + widen(delta[b, i]), x)
-            _rms_norm(x[b], post_w[layer], eps[layer, 1], normed[b])
+            rms_norm_row(x[b], post_w[layer], eps[layer, 1], normed[b])
         _project(gate_up_w[layer], normed, gate_up)
-        for b in range(batch):
-            for i in range(inter):
-                gate = widen(gate_up[b, i])
-                silu = widen(narrow(gate / (np.float32(1.0) + exp(-gate)), act))
-                act[b, i] = narrow(silu * widen(gate_up[b, inter + i]), act)
-        _project(down_w[layer], act, delta)
+        _project(down_w[layer], _silu_mul(gate_up), delta)
         for b in range(batch):
             for i in range(hidden):
                 x[b, i] = narrow(widen(x[b, i]) + widen(delta[b, i]), x)
     for b in range(batch):
-        _rms_norm(x[b], final_w, final_eps, normed[b])
+        rms_norm_row(x[b], final_w, final_eps, normed[b])
     logits = np.empty((batch, lm_w.shape[0]), kind)
     _project(lm_w, normed, logits)
     return logits

@@ -172,6 +172,17 @@ if numba is not None:
         p = p * r + np.float32(5.0000001201e-1)
         return (p * r * r + r + np.float32(1.0)) * _float_of_bits((np.int64(k) + 127) << 23)
 
+    @numba.njit(inline="always", **OPTIONS)
+    def rms_norm_row(x, weight, eps, out):  # noqa: ANN001, ANN201
+        """``out = weight * x / rms(x)`` for one row, rounded where the model's norm rounds: the
+        normalised value, then the product with the weight."""
+        squares = np.float32(0.0)
+        for i in range(x.shape[0]):
+            squares += widen(x[i]) * widen(x[i])
+        scale = np.float32(1.0) / np.sqrt(squares / np.float32(x.shape[0]) + eps)  # an int divisor would make it float64
+        for i in range(x.shape[0]):
+            out[i] = narrow(widen(narrow(widen(x[i]) * scale, out)) * widen(weight[i]), out)
+
 
 def jit(function: Any) -> Any:
     """``function`` as a :class:`Kernel` (left as it is without numba: nothing calls it then)."""
@@ -225,14 +236,9 @@ def _add_rms_norm(residual, delta, weight, eps):  # noqa: ANN001, ANN202
     out = np.empty_like(res)
     eps = np.float32(eps)
     for r in numba.prange(res.shape[0]):
-        squares = np.float32(0.0)
         for i in range(width):
             total[r, i] = narrow(widen(res[r, i]) + widen(dlt[r, i]), total)
-            value = widen(total[r, i])  # the norm reads the sum as the model stores it
-            squares += value * value
-        scale = np.float32(1.0) / np.sqrt(squares / np.float32(width) + eps)
-        for i in range(width):
-            out[r, i] = narrow(widen(narrow(widen(total[r, i]) * scale, out)) * widen(weight[i]), out)
+        rms_norm_row(total[r], weight, eps, out[r])  # the norm reads the sum as the model stores it
     return total.reshape(residual.shape), out.reshape(residual.shape)
 
 
@@ -275,7 +281,6 @@ def add_rms_norm(residual: torch.Tensor, delta: torch.Tensor, weight: torch.Tens
     total, out = _add_rms_norm(residual.numel(), numpy_of(residual.contiguous()), numpy_of(delta.contiguous()),
                                numpy_of(weight.detach()), eps)
     return tensor_of(total, residual.dtype), tensor_of(out, residual.dtype)
-
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
