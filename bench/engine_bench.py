@@ -104,7 +104,9 @@ def main() -> None:
                 for n in streams:
                     tok_s = asyncio.run(bench_engine(engine, prompts_of(tokenizer, n, args.prompt_tokens),
                                                      args.new_tokens, args.repeats))
-                    extra = {**variant, "load_s": load_s}
+                    memory = engine.stats()
+                    extra = {**variant, "load_s": load_s, "weights_mib": round(memory["weight_bytes"] / 2**20, 2),
+                             "kv_cache_mib": round(memory["kv_cache_bytes"] / 2**20, 2)}
                     if args.device.startswith("cuda"):
                         extra["gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
                     report("engine", n, tok_s, **extra)

@@ -9,7 +9,8 @@ per workload:
 
 * ``server``: ``llm-middleware``'s API behind hypercorn on loopback, N concurrent streaming
   clients (``/v1/completions``, fixed output length with ``ignore_eos``): tokens/s, TTFT and
-  inter-token latency p50/p99 (milliseconds).  The clients run in one process per 8 streams
+  inter-token latency p50/p99 (milliseconds), and the memory of the model's weights and KV
+  cache (MiB, from the API's metrics).  The clients run in one process per 8 streams
   (``--client-processes``), so that the client's own work does not set the figure.
 * ``generate`` (one stream), ``generate_static_batch`` and ``generate_batch`` (transformers'
   own continuous batching), in-process on the same model; ``mistralrs`` where that package
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 import torch
 
 from llm_middleware.demo_model import build_demo_model
@@ -78,6 +80,14 @@ class Server:
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"benchmark server not ready after {timeout} s")
+
+    def memory(self) -> dict[str, float]:
+        """The served model's weights and KV cache in MiB, from the API's Prometheus metrics."""
+        text = httpx.get(self.url + "/ai/metrics", timeout=10).text
+        gauges = {"llm_weight_bytes": "weights_mib", "llm_kv_cache_bytes": "kv_cache_mib"}
+        return {gauges[sample.name]: round(sample.value / 2**20, 2)
+                for family in text_string_to_metric_families(text) for sample in family.samples
+                if sample.name in gauges}
 
     def stop(self) -> None:
         self.process.terminate()
@@ -304,6 +314,7 @@ def main() -> None:
             server = Server(path, {**options, **variant})
             try:
                 server.wait_ready("/ai/health")
+                memory = server.memory()
                 # Warm-up at the largest burst and with a lone request: the first prefill of each
                 # shape pays one-off allocator growth and kernel selection, which is start-up cost,
                 # not serving speed.
@@ -312,7 +323,7 @@ def main() -> None:
                 for n in streams:
                     procs = processes_for(n)
                     figures = stream_workload(server.url, biggest[:n], args.new_tokens, procs)
-                    report("server", streams=n, client_processes=procs, **variant, **figures)
+                    report("server", streams=n, client_processes=procs, **variant, **figures, **memory)
             finally:
                 server.stop()
 

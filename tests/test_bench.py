@@ -26,6 +26,7 @@ def test_http_bench_smoke_prints_every_workload() -> None:
             assert line["tokens_per_s"] > 0
             assert 0 < line["ttft_ms_p50"] <= line["ttft_ms_p99"]
             assert 0 <= line["itl_ms_p50"] <= line["itl_ms_p99"]
+            assert line["weights_mib"] > 0 and line["kv_cache_mib"] > 0
         elif line["workload"] == "passthrough":
             assert line["requests_per_s"] > 0
         else:

@@ -44,12 +44,13 @@ def test_paged_decode_kernel_matches_reference(dtype, batch, heads, kv_heads, he
         assert err < (1e-5 if dtype == torch.float32 else 1e-2), (b, float(err))
 
 
-@pytest.mark.parametrize("cuda_graphs", [True, False])
-async def test_greedy_equals_generate_on_cuda(tiny_model_dir: Path, cuda_graphs: bool) -> None:
+@pytest.mark.parametrize("cuda_graphs,compile_model", [(True, False), (False, False), (True, True)])
+async def test_greedy_equals_generate_on_cuda(tiny_model_dir: Path, cuda_graphs: bool, compile_model: bool) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     prompts = ["Hello", "The quick brown fox jumps over the lazy dog again", "东京 🚀 café"]
-    eng = Engine(tiny_model_dir, device="cuda", dtype="float32", max_batch_size=8, cuda_graphs=cuda_graphs, seed=0)
+    eng = Engine(tiny_model_dir, device="cuda", dtype="float32", max_batch_size=8, cuda_graphs=cuda_graphs,
+                 compile=compile_model, seed=0)
     try:
         await eng.wait_ready()
 

@@ -17,6 +17,7 @@ from engine_state import default_worker, first_step
 from llm_middleware import errors
 from llm_middleware.engine import Engine, cpu_kernels
 from llm_middleware.engine.cpu_decoder import CpuDecoder
+from llm_middleware.engine.footprint import weight_bytes
 from llm_middleware.engine.sequence import PENDING_TOKEN
 
 PROMPTS = [
@@ -474,6 +475,12 @@ def test_quantized_loading_generates(tiny_model_dir: Path, quantize: str) -> Non
         assert not any("forward" in vars(layer.self_attn) or "forward" in vars(layer.mlp) for layer in model.model.layers)
         done = eng.complete_sync("Hello", max_tokens=5, temperature=0, ignore_eos=True)
         assert done.usage.completion_tokens == 5
+        # The packed weights and their scales: less than the float32 weights, more than the packed
+        # parameters alone.
+        stored = eng.stats()["weight_bytes"]
+        parameters = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
+        full = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        assert sum(parameters.values()) < stored < weight_bytes(full)
     finally:
         eng.shutdown()
 

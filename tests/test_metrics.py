@@ -69,6 +69,8 @@ async def test_requests_tokens_latencies_and_engine_gauges(engine: Engine) -> No
     assert samples[("llm_kv_blocks_used", (("model", "tiny"),))] == stats["total_kv_blocks"] - stats["free_kv_blocks"]
     assert samples[("llm_waiting_requests", (("model", "tiny"),))] == 0
     assert samples[("llm_running_sequences", (("model", "tiny"),))] == 0
+    assert samples[("llm_weight_bytes", (("model", "tiny"),))] == stats["weight_bytes"] > 0
+    assert samples[("llm_kv_cache_bytes", (("model", "tiny"),))] == stats["kv_cache_bytes"] > 0
 
     others = await scrape(other)
     assert not any(name == "llm_requests_total" for name, _ in others)

@@ -37,6 +37,7 @@ class EmbeddingWorker:
     def __init__(self, name: str, loaded: LoadedModel, config: ModelConfig, source: str) -> None:
         self.name = name
         self.model = loaded.model
+        self.weight_bytes = weight_bytes(self.model)
         self.tokenizer = loaded.tokenizer
         self.config = config
         # len() of a large tokenizer rebuilds its vocabulary (milliseconds): once, not per request.
@@ -85,7 +86,8 @@ class EmbeddingWorker:
         Intake.submitted()
 
     def stats(self) -> dict[str, int]:
-        return {"running": 0, "waiting": len(self._jobs), "free_kv_blocks": 0, "total_kv_blocks": 0}
+        return {"running": 0, "waiting": len(self._jobs), "free_kv_blocks": 0, "total_kv_blocks": 0,
+                "weight_bytes": self.weight_bytes, "kv_cache_bytes": 0}
 
     def _loop(self) -> None:
         while True:

@@ -233,10 +233,12 @@ class Engine:
             self._stopping = False
 
     def stats(self, model: str | None = None) -> dict[str, int]:
-        """Live counts of a model's batch: ``running``, ``waiting``, ``free_kv_blocks``, ``total_kv_blocks``."""
+        """Live counts of a model's batch: ``running``, ``waiting``, ``free_kv_blocks``, ``total_kv_blocks``;
+        and its memory: ``weight_bytes`` (``footprint.weight_bytes``) and ``kv_cache_bytes``."""
         worker = self._models[self.resolve_model(model)].worker
         if worker is None:
-            return {"running": 0, "waiting": 0, "free_kv_blocks": 0, "total_kv_blocks": 0}
+            return {"running": 0, "waiting": 0, "free_kv_blocks": 0, "total_kv_blocks": 0, "weight_bytes": 0,
+                    "kv_cache_bytes": 0}
         return worker.stats()
 
     # ---- worker lookup ------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from .block_manager import BlockManager
 from .config import ModelConfig
 from .delivery import Outbox, Sink
 from .detokenizer import IncrementalDetokenizer, TokenDecoder
+from .footprint import weight_bytes
 from .fused_layers import fuse_layers
 from .fused_norms import fuse_rms_norms
 from .fused_residuals import fuse_residuals
@@ -97,6 +98,7 @@ class GenerationWorker:
         fuse_layers(self.model)
         fuse_residuals(self.model)
         use_row_kernel(self.model)
+        self.weight_bytes = weight_bytes(self.model)
         num_blocks = self._num_kv_blocks(text_config, layer_devices)
         head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
         kv_heads = getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads
@@ -296,6 +298,8 @@ class GenerationWorker:
             "waiting": len(self._inbox) + len(self.scheduler.waiting),
             "free_kv_blocks": self.blocks.num_free,
             "total_kv_blocks": self.blocks.num_blocks,
+            "weight_bytes": self.weight_bytes,
+            "kv_cache_bytes": self.kv_cache.nbytes,
         }
 
     # ---- the step loop -------------------------------------------------------------------------

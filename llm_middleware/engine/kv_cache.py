@@ -34,6 +34,11 @@ class KVCache:
         self.keys = [torch.zeros(shape, dtype=dtype, device=devices[i]) for i in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=devices[i]) for i in range(num_layers)]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all layers' key and value tensors."""
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
     @staticmethod
     def bytes_per_token(*, num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
         return 2 * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()

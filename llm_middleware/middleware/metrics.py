@@ -2,8 +2,8 @@
 
 Every middleware has its own ``CollectorRegistry`` (several can live in one process, each
 with its own engine); nothing is registered globally.  Counters and histograms are updated
-as requests run; the engine's live counts (waiting, running, KV blocks) are read from
-``engine.stats()`` at each scrape.
+as requests run; the engine's live counts (waiting, running, KV blocks) and memory (weights, KV
+cache) are read from ``engine.stats()`` at each scrape.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
 
 
 class _EngineCollector(Collector):
-    """The engine's live counts per generative model, read when Prometheus scrapes."""
+    """The engine's live counts per generative model and memory per model, read when Prometheus scrapes."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -40,13 +40,18 @@ class _EngineCollector(Collector):
             "running": GaugeMetricFamily("llm_running_sequences", "Sequences in the running batch", labels=["model"]),
             "used": GaugeMetricFamily("llm_kv_blocks_used", "KV-cache blocks holding sequences", labels=["model"]),
             "free": GaugeMetricFamily("llm_kv_blocks_free", "Free KV-cache blocks", labels=["model"]),
+            "weights": GaugeMetricFamily("llm_weight_bytes", "Bytes of the model's weights as loaded", labels=["model"]),
+            "cache": GaugeMetricFamily("llm_kv_cache_bytes", "Bytes of the model's KV cache", labels=["model"]),
         }
         for info in self._engine.models():
-            if info.task != "generate":
-                continue
             try:
                 stats = self._engine.stats(info.name)
             except LLMError:  # the model went away between the two calls (a remote engine's upstream)
+                continue
+            if "weight_bytes" in stats:  # a remote engine's weights live upstream
+                families["weights"].add_metric([info.name], stats["weight_bytes"])
+                families["cache"].add_metric([info.name], stats["kv_cache_bytes"])
+            if info.task != "generate":
                 continue
             families["waiting"].add_metric([info.name], stats["waiting"])
             families["running"].add_metric([info.name], stats["running"])

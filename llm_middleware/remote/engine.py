@@ -264,9 +264,10 @@ class RemoteEngine:
         return runtime.pool.statuses()
 
     def stats(self, model: str | None = None) -> dict[str, int]:
-        """Live counts of a model, with the keys of :meth:`Engine.stats`: ``running`` (its requests in
+        """Live counts of a model, with the counts of :meth:`Engine.stats`: ``running`` (its requests in
         flight upstream); ``waiting``, ``free_kv_blocks`` and ``total_kv_blocks`` are 0 (queues and KV
-        caches live upstream); plus ``upstreams`` serving it and how many are ``healthy_upstreams``."""
+        caches live upstream, and so do the weights: no memory figures); plus ``upstreams`` serving it and
+        how many are ``healthy_upstreams``."""
         served = self._served(model, None)
         runtime = self._current()
         return {
