@@ -500,6 +500,7 @@ def test_embeddings_rank_paraphrase_above_unrelated(minilm_dir: Path) -> None:
         short = eng.embed_sync("hello", dimensions=64)
         assert len(short.vectors[0]) == 64
         assert eng.models()[0].task == "embed"
+        assert 80 * 2**20 < eng.stats()["weight_bytes"] < 100 * 2**20  # 22.7M float32 parameters
     finally:
         eng.shutdown()
 

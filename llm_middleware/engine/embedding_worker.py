@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ..errors import ContextLengthExceededError, EngineNotReadyError, EngineOverloadedError, InvalidRequestError
 from .config import ModelConfig
 from .delivery import Outbox, Sink
+from .footprint import weight_bytes
 from .intake import Intake
 from .loader import LoadedModel
 from .step_thread import IDLE_EXIT_S, StepThread
