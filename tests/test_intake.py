@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from asgi_streams import ASGIStream
-from engine_state import first_step
+from engine_state import default_worker, first_step
 from test_dispatch import ShopASGI
 
 from llm_middleware.engine import Engine
@@ -87,3 +87,34 @@ async def test_the_middleware_counts_a_request_until_it_submits(
     await stream.body()
     await stream.app_returned()
     assert counts == [1, 0]
+
+
+
+@pytest.mark.parametrize("reading_s,window_ms,held_s", [(0.15, 40, 0.15), (1.0, 8, 0.2)])
+def test_a_busy_engine_holds_a_few_prompts_while_a_burst_is_still_being_read(
+    tiny_model_dir: Path, reading_s: float, window_ms: float, held_s: float
+) -> None:
+    # A step in flight (async scheduling) and a request still being read: the prompt that came
+    # first waits for it, until the reading ends or for 25 windows at most, while the running
+    # stream decodes.
+    eng = Engine(tiny_model_dir, seed=0, async_scheduling=True, burst_window_ms=window_ms)
+    eng.wait_ready_sync()
+    try:
+        running = threading.Thread(target=eng.complete_sync, args=(list(range(10, 20)),),
+                                   kwargs={"max_tokens": 4000, "ignore_eos": True})
+        running.start()
+        while eng.stats()["running"] == 0:
+            time.sleep(0.01)
+        launches: list[tuple[float, int]] = []  # the steps that start prompts: when, and their decode rows
+        default_worker(eng).before_step = (
+            lambda batch: launches.append((time.monotonic(), len(batch.decode))) if batch.prefill else None)
+        with eng.intake.reading():
+            sent = time.monotonic()
+            late = threading.Thread(target=eng.complete_sync, args=(list(range(30, 40)),), kwargs={"max_tokens": 1})
+            late.start()
+            time.sleep(reading_s)
+        late.join(10)
+        assert launches[0][1] == 1  # the long stream still decoding
+        assert held_s - 0.03 < launches[0][0] - sent < held_s + 0.2
+    finally:
+        eng.shutdown()

@@ -148,6 +148,7 @@ class GenerationWorker:
         # chunk while the device computes the last one.  On the CPU the model runs on this thread,
         # and a chunk queued first would hold back the pending step's first tokens.
         self.overlap_prompts = self.overlap and self.device.type == "cuda"
+        self._held_since: float | None = None  # since when waiting prompts wait for the rest of a burst
         self._thread = StepThread(f"llm-engine-{name}", IDLE_EXIT_S if self.device.type == "cpu" else None)
         #: Set by tests and fault injection: called with the scheduled batch before each model step.
         self.before_step: Any = None
@@ -326,7 +327,7 @@ class GenerationWorker:
                     self.scheduler.add(seq)
             for request in aborts:
                 self._drop(request)
-            batch = self.scheduler.schedule()
+            batch = self.scheduler.schedule(admit=self._admits_prompts(pending is not None))
             if pending is not None and not self._may_overlap(batch):
                 self._finish(pending, outbox)
                 outbox.flush()  # before the next launch, which may be a long prompt chunk
@@ -368,6 +369,26 @@ class GenerationWorker:
             if len(self._inbox) == seen and not self.intake.pending:  # none came, none on its way
                 return
             seen = len(self._inbox)
+
+    def _admits_prompts(self, in_flight: bool) -> bool:
+        """Whether the next step may start waiting prompts; ``in_flight``: a launched step is still computing.
+
+        The rest of a burst reaches the inbox while the first prompt chunk computes.  Started as
+        they come, a few at a time, the late prompts would each take a step of their own, queued
+        one behind the other, and each costs the device about as much as a full chunk.  So while
+        a step is in flight and the server is still reading requests (``intake``), prompts that
+        fill less than a chunk wait, for at most 25 ``burst_window_ms``: the running sequences
+        decode meanwhile, and the device is busy with the step in flight anyway.
+        """
+        waiting = self.scheduler.waiting
+        if not (in_flight and waiting and self.intake.pending) or (
+                sum(seq.num_uncomputed for seq in waiting) >= self.scheduler.max_prefill_tokens):
+            self._held_since = None
+            return True
+        now = time.monotonic()
+        if self._held_since is None:
+            self._held_since = now
+        return now - self._held_since >= 25 * self.config.burst_window_ms / 1000
 
     def _may_overlap(self, batch: ScheduledBatch) -> bool:
         """Whether ``batch`` may be launched before the host reads the pending step's draws.

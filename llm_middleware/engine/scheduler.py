@@ -57,7 +57,8 @@ class Scheduler:
         self.blocks.free(seq)
         seq.status = SequenceStatus.FINISHED
 
-    def schedule(self) -> ScheduledBatch:
+    def schedule(self, admit: bool = True) -> ScheduledBatch:
+        """The next step's work; ``admit=False`` starts no waiting sequence (running ones go on)."""
         batch = ScheduledBatch()
         # A sequence whose last draw (still on the device) reaches its length limit is done.
         decoding = [s for s in self.running if s.num_uncomputed == 1 and s.num_tokens < s.max_total_tokens]
@@ -84,7 +85,7 @@ class Scheduler:
                 self.blocks.allocate(seq, chunk)
                 batch.prefill.append((seq, chunk))
                 budget -= chunk
-        while self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
+        while admit and self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
             seq = self.waiting[0]
             chunk = self._fit(seq, min(seq.num_uncomputed, budget))
             if not chunk:
