@@ -375,10 +375,11 @@ class GenerationWorker:
 
         The rest of a burst reaches the inbox while the first prompt chunk computes.  Started as
         they come, a few at a time, the late prompts would each take a step of their own, queued
-        one behind the other, and each costs the device about as much as a full chunk.  So while
-        a step is in flight and the server is still reading requests (``intake``), prompts that
-        fill less than a chunk wait, for at most 25 ``burst_window_ms``: the running sequences
-        decode meanwhile, and the device is busy with the step in flight anyway.
+        one behind the other: eager forwards whose launches cost the host about as much time
+        however few their prompts.  So while a step is in flight and the server is still reading
+        requests (``intake``), prompts that fill less than a chunk wait, for at most 25
+        ``burst_window_ms``: the running sequences decode meanwhile, and the device is busy with
+        the step in flight anyway.
         """
         waiting = self.scheduler.waiting
         if not (in_flight and waiting and self.intake.pending) or (
