@@ -59,13 +59,17 @@ def prompts_of(tokenizer: Any, n: int, length: int) -> list[list[int]]:
 class Server:
     """``bench.server`` in a subprocess on a free loopback port."""
 
-    def __init__(self, model: Path, options: dict[str, Any], host_app: str | None = None) -> None:
+    def __init__(self, model: Path, options: dict[str, Any], host_app: str | None = None,
+                 log: Path | None = None) -> None:
         self.port = free_port()
         cmd = [sys.executable, "-m", "bench.server", "--port", str(self.port), "--model", str(model),
                "--options", json.dumps(options)]
         if host_app:
             cmd += ["--host-app", host_app]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if log:
+            cmd += ["--log-level", "debug"]
+        with open(log, "a") if log else open(os.devnull, "w") as stderr:
+            self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, path: str, timeout: float = 600) -> None:
@@ -273,6 +277,8 @@ def main() -> None:
     parser.add_argument("--client-processes", type=int, default=None,
                         help="client processes per workload (at most one per stream); default: one per 8 streams "
                              "while half the cores are free")
+    parser.add_argument("--server-log", type=Path, help="append the API servers' debug log (each step that starts "
+                        "prompts, each burst) to this file")
     parser.add_argument("--smoke", action="store_true", help="tiny model, few tokens: checks the harness, not speed")
     args = parser.parse_args()
     if args.smoke:
@@ -311,7 +317,7 @@ def main() -> None:
         # Prompt chunks keep the engine's default size for the device (see the README's option table).
         options: dict[str, Any] = {"max_batch_size": max(streams), "device": args.device, "dtype": args.dtype, "seed": 0}
         for variant in [{}] + ([{"quantize": args.quantize}] if args.quantize else []):
-            server = Server(path, {**options, **variant})
+            server = Server(path, {**options, **variant}, log=args.server_log)
             try:
                 server.wait_ready("/ai/health")
                 memory = server.memory()

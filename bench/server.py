@@ -2,6 +2,7 @@
 
     python -m bench.server --port 8123 --model PATH --options '{"max_batch_size": 64}'
     python -m bench.server --port 8123 --host-app plain|wrapped --model PATH
+    python -m bench.server --port 8123 --model PATH --log-level debug   # each prompt step logged
 
 Hypercorn's access log is off so that the figures measure the server, not its logging.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import signal
 
 from hypercorn.asyncio import serve
@@ -36,7 +38,11 @@ async def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--options", default="{}", help="engine options as JSON")
     parser.add_argument("--host-app", choices=["plain", "wrapped"], help="serve the host route instead of the API")
+    parser.add_argument("--log-level", help="log llm_middleware at this level (debug: how bursts are chunked) to stderr")
     args = parser.parse_args()
+    if args.log_level:
+        logging.basicConfig(format="%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+        logging.getLogger("llm_middleware").setLevel(args.log_level.upper())
     options = json.loads(args.options)
     if args.host_app == "plain":
         app = host_route

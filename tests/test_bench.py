@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_http_bench_smoke_prints_every_workload() -> None:
+def test_http_bench_smoke_prints_every_workload(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "bench.http_bench", "--smoke", "--client-processes", "2"], cwd=ROOT, env=env,
+    log = tmp_path / "server.log"
+    out = subprocess.run([sys.executable, "-m", "bench.http_bench", "--smoke", "--client-processes", "2",
+                          "--server-log", str(log)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=280, check=True).stdout
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     seen = {(line["workload"], line.get("streams"), line.get("app")) for line in lines}
@@ -31,3 +34,6 @@ def test_http_bench_smoke_prints_every_workload() -> None:
             assert line["requests_per_s"] > 0
         else:
             assert line["tokens_per_s"] > 0
+    steps = log.read_text()  # how each burst was gathered and chunked
+    assert re.search(r"burst: [12] requests after [\d.]+ ms", steps)
+    assert re.search(r"step: [01] decode rows and [12] prompts \((16|32) prompt tokens\); \d+ waiting, \d+ being read", steps)

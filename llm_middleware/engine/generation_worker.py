@@ -328,6 +328,10 @@ class GenerationWorker:
             for request in aborts:
                 self._drop(request)
             batch = self.scheduler.schedule(admit=self._admits_prompts(pending is not None))
+            if batch.prefill and logger.isEnabledFor(logging.DEBUG):  # how bursts are chunked, for TTFT
+                logger.debug("step: %d decode rows and %d prompts (%d prompt tokens); %d waiting, %d being read",
+                             len(batch.decode), len(batch.prefill), sum(n for _, n in batch.prefill),
+                             len(self.scheduler.waiting), self.intake.pending)
             if pending is not None and not self._may_overlap(batch):
                 self._finish(pending, outbox)
                 outbox.flush()  # before the next launch, which may be a long prompt chunk
@@ -358,17 +362,19 @@ class GenerationWorker:
         until the inbox fills a prompt chunk.
         """
         window = self.config.burst_window_ms / 1000
-        deadline = time.monotonic() + 25 * window
+        began = time.monotonic()
+        deadline = began + 25 * window
         seen = len(self._inbox)
         while not self._stopping:
             tokens = sum(len(r.prompt_ids) * len(r.seqs) for r in self._inbox)
             remaining = deadline - time.monotonic()
             if tokens >= self.scheduler.max_prefill_tokens or remaining <= 0:
-                return
+                break
             self._wake.wait(min(window, remaining))
             if len(self._inbox) == seen and not self.intake.pending:  # none came, none on its way
-                return
+                break
             seen = len(self._inbox)
+        logger.debug("burst: %d requests after %.1f ms", len(self._inbox), (time.monotonic() - began) * 1000)
 
     def _admits_prompts(self, in_flight: bool) -> bool:
         """Whether the next step may start waiting prompts; ``in_flight``: a launched step is still computing.
