@@ -277,6 +277,8 @@ def main() -> None:
     parser.add_argument("--client-processes", type=int, default=None,
                         help="client processes per workload (at most one per stream); default: one per 8 streams "
                              "while half the cores are free")
+    parser.add_argument("--options", type=json.loads, default={},
+                        help="more engine options for the served model, as JSON (e.g. '{\"burst_window_ms\": 0}')")
     parser.add_argument("--server-log", type=Path, help="append the API servers' debug log (each step that starts "
                         "prompts, each burst) to this file")
     parser.add_argument("--smoke", action="store_true", help="tiny model, few tokens: checks the harness, not speed")
@@ -315,7 +317,8 @@ def main() -> None:
                 report("mistralrs", streams=n, tokens_per_s=round(rate, 1))
 
         # Prompt chunks keep the engine's default size for the device (see the README's option table).
-        options: dict[str, Any] = {"max_batch_size": max(streams), "device": args.device, "dtype": args.dtype, "seed": 0}
+        options: dict[str, Any] = {"max_batch_size": max(streams), "device": args.device, "dtype": args.dtype, "seed": 0,
+                                   **args.options}
         for variant in [{}] + ([{"quantize": args.quantize}] if args.quantize else []):
             server = Server(path, {**options, **variant}, log=args.server_log)
             try:
