@@ -49,7 +49,7 @@ if numba is not None:
     _rope_and_cache, _silu_mul = cpu_kernels._rope_and_cache.alone, cpu_kernels._silu_mul.alone
     _scores, _softmax = cpu_attention._scores.parallel, cpu_attention._softmax.parallel
     _weighted_values = cpu_attention._weighted_values.parallel
-    from .cpu_kernels import narrow, rms_norm_row, widen
+    from .cpu_kernels import add_row, narrow, rms_norm_row, widen
 else:  # nothing compiles or calls the kernels then
     def _njit(function: Any) -> Any:
         return function
@@ -121,14 +121,12 @@ def _step(tokens, cos, sin, slots, tables, lengths, embed, qkv_w, o_w, gate_up_w
         _weighted_values(scores, v_cache, tables, lengths, block_size, attended)
         _project(o_w[layer], attended, delta)
         for b in range(batch):
-            for i in range(hidden):
-                x[b, i] = narrow(widen(x[b, i]) + widen(delta[b, i]), x)
+            add_row(x[b], delta[b], x[b])
             rms_norm_row(x[b], post_w[layer], eps[layer, 1], normed[b])
         _project(gate_up_w[layer], normed, gate_up)
         _project(down_w[layer], _silu_mul(gate_up), delta)
         for b in range(batch):
-            for i in range(hidden):
-                x[b, i] = narrow(widen(x[b, i]) + widen(delta[b, i]), x)
+            add_row(x[b], delta[b], x[b])
     for b in range(batch):
         rms_norm_row(x[b], final_w, final_eps, normed[b])
     logits = np.empty((batch, lm_w.shape[0]), kind)

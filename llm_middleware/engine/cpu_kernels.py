@@ -173,6 +173,12 @@ if numba is not None:
         return (p * r * r + r + np.float32(1.0)) * _float_of_bits((np.int64(k) + 127) << 23)
 
     @numba.njit(inline="always", **OPTIONS)
+    def add_row(a, b, out):  # noqa: ANN001, ANN201
+        """``out = a + b`` for one row, summed in float32 and rounded once (``out`` may be ``a``)."""
+        for i in range(out.shape[0]):
+            out[i] = narrow(widen(a[i]) + widen(b[i]), out)
+
+    @numba.njit(inline="always", **OPTIONS)
     def rms_norm_row(x, weight, eps, out):  # noqa: ANN001, ANN201
         """``out = weight * x / rms(x)`` for one row, rounded where the model's norm rounds: the
         normalised value, then the product with the weight."""
@@ -200,21 +206,19 @@ def _rope_and_cache(qkv, cos, sin, q_weight, k_weight, norm, eps, slots, k_cache
         # Each head is read into float32 scratch first and written back after: loops that read and
         # write ``qkv`` itself do not vectorise (the compiler cannot rule out overlap).
         c, s, x = np.empty(dim, np.float32), np.empty(dim, np.float32), np.empty(dim, np.float32)
+        normed = np.empty(dim, qkv.dtype)
         for d in range(dim):
             c[d] = widen(cos[t, d])
             s[d] = widen(sin[t, d])
         for h in range(heads + kv_heads):
             base = h * dim
-            for d in range(dim):
-                x[d] = widen(qkv[t, base + d])
             if norm:
-                weight = q_weight if h < heads else k_weight
-                squares = np.float32(0.0)
+                rms_norm_row(qkv[t, base : base + dim], q_weight if h < heads else k_weight, eps, normed)
                 for d in range(dim):
-                    squares += x[d] * x[d]
-                scale = np.float32(1.0) / np.sqrt(squares / np.float32(dim) + eps)  # an int divisor would make it float64
-                for d in range(dim):  # rounded where the model's norm rounds: the normalised value, then the product
-                    x[d] = widen(narrow(widen(narrow(x[d] * scale, qkv)) * widen(weight[d]), qkv))
+                    x[d] = widen(normed[d])
+            else:
+                for d in range(dim):
+                    x[d] = widen(qkv[t, base + d])
             for d in range(half):
                 qkv[t, base + d] = narrow(x[d] * c[d] - x[d + half] * s[d], qkv)
                 qkv[t, base + d + half] = narrow(x[d + half] * c[d + half] + x[d] * s[d + half], qkv)
@@ -236,8 +240,7 @@ def _add_rms_norm(residual, delta, weight, eps):  # noqa: ANN001, ANN202
     out = np.empty_like(res)
     eps = np.float32(eps)
     for r in numba.prange(res.shape[0]):
-        for i in range(width):
-            total[r, i] = narrow(widen(res[r, i]) + widen(dlt[r, i]), total)
+        add_row(res[r], dlt[r], total[r])
         rms_norm_row(total[r], weight, eps, out[r])  # the norm reads the sum as the model stores it
     return total.reshape(residual.shape), out.reshape(residual.shape)
 
