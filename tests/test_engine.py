@@ -257,9 +257,8 @@ async def test_cancellation_frees_slot_and_kv(tiny_model_dir: Path, overlap: boo
         # The one slot is free again: a later request runs to completion.
         done = await asyncio.wait_for(eng.complete("Hi", max_tokens=3, ignore_eos=True), timeout=30)
         assert done.usage.completion_tokens == 3
-        stats = eng.stats()
-        assert stats == {"running": 0, "waiting": 0, "free_kv_blocks": total, "total_kv_blocks": total,
-                         "weight_bytes": stats["weight_bytes"], "kv_cache_bytes": stats["kv_cache_bytes"]}
+        counts = {name: value for name, value in eng.stats().items() if not name.endswith("_bytes")}
+        assert counts == {"running": 0, "waiting": 0, "free_kv_blocks": total, "total_kv_blocks": total}
     finally:
         eng.shutdown()
 
