@@ -184,6 +184,12 @@ def build_demo_model(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / DEMO_MARKER).write_text(json.dumps({"arch": arch, "size": size, "seed": seed, "random_weights": True}))
+    if torch.device(device).type == "cuda":
+        # The float32 weights made on the GPU stay in PyTorch's allocator cache otherwise, and an
+        # engine sizing its KV cache from the GPU's free memory (in this process or another)
+        # would lose that much.
+        del model
+        torch.cuda.empty_cache()
     return out
 
 

@@ -205,3 +205,12 @@ def test_add_rms_norm_and_silu_mul_kernels_match_the_models_ops(dtype: torch.dty
     gate, up = gate_up.split(1500, -1)
     torch.testing.assert_close(silu_mul(gate_up).float(), (torch.nn.functional.silu(gate) * up).float(),
                                rtol=tol, atol=tol)
+
+
+def test_building_a_demo_model_on_cuda_leaves_no_memory_cached(tmp_path: Path) -> None:
+    from llm_middleware.demo_model import build_demo_model
+
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_reserved()
+    build_demo_model(tmp_path / "model", size="small", device="cuda", dtype="bfloat16")
+    assert torch.cuda.memory_reserved() == before
