@@ -14,6 +14,7 @@ from test_dispatch import ShopASGI
 
 from llm_middleware.engine import Engine
 from llm_middleware.engine.intake import Intake
+from llm_middleware.errors import EngineNotReadyError
 from llm_middleware.middleware import LLMMiddleware
 
 
@@ -99,9 +100,16 @@ def test_a_busy_engine_holds_a_few_prompts_while_a_burst_is_still_being_read(
     # stream decodes.
     eng = Engine(tiny_model_dir, seed=0, async_scheduling=True, burst_window_ms=window_ms)
     eng.wait_ready_sync()
+    ended_by_shutdown: list[EngineNotReadyError] = []
+
+    def long_stream() -> None:
+        try:
+            eng.complete_sync(list(range(10, 20)), max_tokens=4000, ignore_eos=True)
+        except EngineNotReadyError as error:
+            ended_by_shutdown.append(error)
+
+    running = threading.Thread(target=long_stream)
     try:
-        running = threading.Thread(target=eng.complete_sync, args=(list(range(10, 20)),),
-                                   kwargs={"max_tokens": 4000, "ignore_eos": True})
         running.start()
         while eng.stats()["running"] == 0:
             time.sleep(0.01)
@@ -118,3 +126,5 @@ def test_a_busy_engine_holds_a_few_prompts_while_a_burst_is_still_being_read(
         assert held_s - 0.03 < launches[0][0] - sent < held_s + 0.2
     finally:
         eng.shutdown()
+        running.join(10)
+    assert len(ended_by_shutdown) == 1  # the long stream was still decoding, and ended with an error, not silently
