@@ -16,6 +16,8 @@ per workload:
   own continuous batching), in-process on the same model; ``mistralrs`` where that package
   is installed.
 * ``passthrough``: requests/s of a host app's route served alone and behind the middleware.
+* ``passthrough_call``: the same route called in-process as an ASGI app, alone and wrapped:
+  microseconds per request, the middleware's own cost without HTTP's noise.
 """
 
 from __future__ import annotations
@@ -195,6 +197,45 @@ async def passthrough_rate(url: str, requests: int, concurrency: int) -> float:
         return requests / (time.perf_counter() - began)
 
 
+async def _asgi_call_seconds(app: Any, calls: int) -> float:
+    """Seconds per direct ASGI call of ``GET /shop`` on ``app``, the best of five rounds."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": "/shop", "raw_path": b"/shop", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"shop")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    rounds = []
+    for _ in range(5):
+        began = time.perf_counter()
+        for _ in range(calls):
+            await app(dict(scope), receive, send)
+        rounds.append((time.perf_counter() - began) / calls)
+    return min(rounds)
+
+
+def passthrough_call_cost(model: Path, options: dict[str, Any], calls: int) -> dict[str, float]:
+    """Microseconds per in-process request to the host route, alone and behind the middleware.
+
+    The wrapped app is never started, so its model does not load: a host route needs no engine.
+    """
+    from bench.server import host_route
+    from llm_middleware.middleware import LLMMiddleware
+
+    wrapped = LLMMiddleware(host_route, model=model, **options)
+    try:
+        plain_s = asyncio.run(_asgi_call_seconds(host_route, calls))
+        wrapped_s = asyncio.run(_asgi_call_seconds(wrapped, calls))
+    finally:
+        wrapped.close()
+    plain_us, wrapped_us = round(plain_s * 1e6, 2), round(wrapped_s * 1e6, 2)
+    return {"plain_us": plain_us, "wrapped_us": wrapped_us, "added_us": round(wrapped_us - plain_us, 2)}
+
+
 def bench_generate(model: Any, prompts: list[list[int]], new_tokens: int) -> float:
     ids = torch.tensor(prompts, device=model.device)
     began = time.perf_counter()
@@ -348,6 +389,8 @@ def main() -> None:
                 report("passthrough", app=host_app, requests_per_s=round(rate, 1))
             finally:
                 server.stop()
+        if args.passthrough_requests:
+            report("passthrough_call", **passthrough_call_cost(path, options, 10 * args.passthrough_requests))
 
 
 if __name__ == "__main__":

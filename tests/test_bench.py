@@ -22,7 +22,7 @@ def test_http_bench_smoke_prints_every_workload(tmp_path: Path) -> None:
     seen = {(line["workload"], line.get("streams"), line.get("app")) for line in lines}
     assert {("generate", 1, None), ("generate_static_batch", 2, None), ("generate_batch", 2, None),
             ("server", 1, None), ("server", 2, None), ("passthrough", None, "plain"),
-            ("passthrough", None, "wrapped")} <= seen
+            ("passthrough", None, "wrapped"), ("passthrough_call", None, None)} <= seen
     for line in lines:
         if line["workload"] == "server":
             assert line["client_processes"] == line["streams"]  # 2 streams: read from two processes
@@ -33,6 +33,9 @@ def test_http_bench_smoke_prints_every_workload(tmp_path: Path) -> None:
             assert 0 < line["kv_cache_mib"] < 2  # 2 streams x 1,024 tokens, as asked (4,096 would be 4 MiB)
         elif line["workload"] == "passthrough":
             assert line["requests_per_s"] > 0
+        elif line["workload"] == "passthrough_call":
+            assert 0 < line["plain_us"] < line["wrapped_us"]
+            assert line["added_us"] == round(line["wrapped_us"] - line["plain_us"], 2)
         else:
             assert line["tokens_per_s"] > 0
     steps = log.read_text()  # how each burst was gathered and chunked
