@@ -37,7 +37,7 @@ class KVCache:
     @property
     def nbytes(self) -> int:
         """Bytes of all layers' key and value tensors."""
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+        return sum(t.nbytes for t in (*self.keys, *self.values))
 
     @staticmethod
     def bytes_per_token(*, num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
