@@ -90,7 +90,6 @@ async def test_the_middleware_counts_a_request_until_it_submits(
     assert counts == [1, 0]
 
 
-
 @pytest.mark.parametrize("reading_s,window_ms,held_s", [(0.15, 40, 0.15), (1.0, 8, 0.2)])
 def test_a_busy_engine_holds_a_few_prompts_while_a_burst_is_still_being_read(
     tiny_model_dir: Path, reading_s: float, window_ms: float, held_s: float
