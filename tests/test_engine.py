@@ -420,17 +420,21 @@ def test_two_models_at_once(tiny_model_dir: Path, tiny_llama_dir: Path) -> None:
         eng.shutdown()
 
 
-def test_missing_model_fails_with_its_path(tmp_path: Path) -> None:
+def test_missing_model_fails_with_its_path_in_engine_error(tmp_path: Path) -> None:
+    # The path and the exception are for the host (engine.error, the log); the raised error, which
+    # a view may pass on to its client, names the model only.
     eng = Engine(tmp_path / "nowhere")
-    with pytest.raises(errors.EngineNotReadyError, match="nowhere"):
+    with pytest.raises(errors.EngineNotReadyError, match="model 'nowhere' failed to load") as raised:
         eng.wait_ready_sync()
-    assert eng.state == "failed" and "does not exist" in (eng.error or "")
+    assert str(tmp_path) not in raised.value.message
+    assert eng.state == "failed" and f"{tmp_path / 'nowhere'} does not exist" in (eng.error or "")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
     eng2 = Engine(broken)
-    with pytest.raises(errors.EngineNotReadyError, match="broken"):
+    with pytest.raises(errors.EngineNotReadyError, match="model 'broken' failed to load"):
         eng2.wait_ready_sync()
+    assert "JSONDecodeError" in (eng2.error or "")
 
 
 def test_generation_config_defaults_respected(tmp_path: Path) -> None:
