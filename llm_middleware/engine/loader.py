@@ -96,7 +96,10 @@ def detect_task(source: str) -> Literal["generate", "embed"]:
         return "embed"
     config_file = path / "config.json"
     if config_file.is_file():
-        archs = json.loads(config_file.read_text()).get("architectures") or []
+        try:
+            archs = json.loads(config_file.read_text()).get("architectures") or []
+        except (OSError, ValueError, AttributeError):  # loading it reports what is wrong, once
+            return "generate"
         if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs):
             return "embed"
     return "generate"
