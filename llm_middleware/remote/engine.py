@@ -87,9 +87,8 @@ class _Runtime:
     def served(self, name: str | None, task: Task | None) -> ServedModel:
         """The model ``name`` refers to; 503 while no upstream serves anything."""
         models = self.models()
-        if not models:
-            reasons = self.down_reasons()
-            raise EngineNotReadyError(f"no upstream serves a model: {reasons}", retry_after=self.retry_after)
+        if not models:  # why each upstream is out was logged when it left rotation
+            raise EngineNotReadyError("No upstream server is in rotation yet; retry later.", retry_after=self.retry_after)
         return resolve(models, name, task)
 
     async def route(self, name: str | None, task: Task | None) -> ServedModel:
@@ -103,9 +102,10 @@ class RemoteEngine:
     ``llm-middleware serve``): ``LLMMiddleware(app, engine=RemoteEngine([...]))`` serves the same
     routes as with an embedded engine, and your views call the same methods.
 
-    Requests go to the least busy upstream serving their model; upstreams that fail leave
-    rotation until a health check passes, and requests that had not produced a byte yet are
-    retried on another upstream.  Every method is thread-safe; async ones work from any loop.
+    Requests go to the least busy upstream serving their model.  A request moves to another
+    upstream only where it cannot have run (no connection; a 429 or 503); any other failure ends
+    that request alone (502, or 504 for a timeout) and leaves the upstream in rotation: health
+    checks decide rotation.  Every method is thread-safe; async ones work from any loop.
 
     Args:
         upstreams: Base URLs of the servers, up to their ``/v1`` (``http://gpu-1:8000/v1``).
@@ -113,6 +113,7 @@ class RemoteEngine:
         model_map: Public model name -> upstream model id; clients see and send the public names.
         timeout: Longest wait, in seconds, for an upstream's next bytes: for a whole (not streamed)
             answer that is the whole generation; for a stream, the longest pause between chunks.
+            Past it the request fails with :class:`~llm_middleware.remote.UpstreamTimeoutError` (504); the upstream stays in rotation.
         connect_timeout: Longest wait to connect to an upstream; also bounds each health check.
         health_interval: Seconds between two health checks (``GET {upstream}/models``) of every upstream.
         http2: Use HTTP/2 where an upstream offers it (negotiated over TLS); needs the ``h2`` extra.
