@@ -223,7 +223,8 @@ def test_error_answers_are_sorted_by_whether_the_request_may_have_run() -> None:
     # Not taken: try elsewhere.  Unusable credentials also take the upstream out; busy ones stay.
     for status, down in ((401, True), (403, True), (503, False)):
         unavailable = _status_error(_answer(status, {"error": "nope"}))
-        assert isinstance(unavailable, UpstreamUnavailable) and (unavailable.down, unavailable.overloaded) == (down, False)
+        assert isinstance(unavailable, UpstreamUnavailable)
+        assert (unavailable.down, unavailable.overloaded) == (down, False)
         assert str(unavailable) == f"HTTP {status}: {{\"error\": \"nope\"}}"  # the log's detail
     busy = _status_error(_answer(429, {"error": {"message": "full"}}, {"retry-after": "3"}))
     assert isinstance(busy, UpstreamUnavailable) and busy.overloaded and not busy.down and busy.retry_after == 3

@@ -88,7 +88,9 @@ class _Runtime:
         """The model ``name`` refers to; 503 while no upstream serves anything."""
         models = self.models()
         if not models:  # why each upstream is out was logged when it left rotation
-            raise EngineNotReadyError("No upstream server is in rotation yet; retry later.", retry_after=self.retry_after)
+            raise EngineNotReadyError(
+                "No upstream server serves a model yet; retry later.", retry_after=self.retry_after
+            )
         return resolve(models, name, task)
 
     async def route(self, name: str | None, task: Task | None) -> ServedModel:
@@ -113,7 +115,8 @@ class RemoteEngine:
         model_map: Public model name -> upstream model id; clients see and send the public names.
         timeout: Longest wait, in seconds, for an upstream's next bytes: for a whole (not streamed)
             answer that is the whole generation; for a stream, the longest pause between chunks.
-            Past it the request fails with :class:`~llm_middleware.remote.UpstreamTimeoutError` (504); the upstream stays in rotation.
+            Past it the request fails with :class:`~llm_middleware.remote.UpstreamTimeoutError` (504) and
+            the upstream stays in rotation.
         connect_timeout: Longest wait to connect to an upstream; also bounds each health check.
         health_interval: Seconds between two health checks (``GET {upstream}/models``) of every upstream.
         http2: Use HTTP/2 where an upstream offers it (negotiated over TLS); needs the ``h2`` extra.
