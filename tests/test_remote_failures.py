@@ -140,7 +140,8 @@ def test_when_every_upstream_times_out_only_the_requests_fail() -> None:
 @pytest.mark.parametrize("behaviour", ["status:429", "status:503", "refused"])
 def test_a_request_that_cannot_have_run_moves_to_another_upstream(behaviour: str, stream: bool) -> None:
     first = "ok" if behaviour == "refused" else behaviour
-    with FakeUpstream(first) as failing, FakeUpstream() as healthy, fronting([failing.url, healthy.url]) as (front, engine):
+    with (FakeUpstream(first) as failing, FakeUpstream() as healthy,
+          fronting([failing.url, healthy.url]) as (front, engine)):
         if behaviour == "refused":
             failing.stop()  # in rotation since its health check, and now nothing listens there
         answers = [_ask(front, stream) for _ in range(4)]
@@ -162,7 +163,8 @@ def test_when_every_upstream_is_busy_the_client_is_told_to_retry(behaviour: str,
         response = httpx.post(front + "/ai/v1/chat/completions", json=body, timeout=60)
         assert response.status_code == status and response.json()["error"]["code"] == code
         assert int(response.headers["retry-after"]) >= 1 and (a.posts, b.posts) == (1, 1)
-        _says_nothing_internal(Answer(status, response.headers["x-request-id"], response.text, response.json()["error"]))
+        error = response.json()["error"]
+        _says_nothing_internal(Answer(status, response.headers["x-request-id"], response.text, error))
         assert all(status.healthy for status in engine.upstreams()) and _health(front).status_code == 200
 
 
