@@ -9,6 +9,7 @@ changes rotation during a test is the requests.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ import pytest
 from remote_servers import FAKE_MODEL, SECRET, FakeUpstream, FrontServer, front_home, wait_until
 from servers import free_port
 
-from llm_middleware import LLMMiddleware, RemoteEngine
+from llm_middleware import EngineNotReadyError, LLMMiddleware, RemoteEngine
 from llm_middleware.remote import UpstreamFailedError
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -192,6 +193,9 @@ def test_a_front_whose_upstreams_are_all_gone_says_nothing_internal() -> None:
         assert health.status_code == 503 and health.json()["error"]["code"] == "engine_failed"
         assert not [text for text in INTERNALS if text in health.text], health.text
         assert all(url in (engine.error or "") for url in urls)  # the host's own code still sees why
+        for wait in (engine.wait_ready_sync, lambda timeout: asyncio.run(engine.wait_ready(timeout))):
+            with pytest.raises(EngineNotReadyError, match="no upstream is in rotation"):
+                wait(60)
         refused = _ask(front, False)
         assert refused.status == 503 and not [text for text in INTERNALS if text in refused.body], refused.body
 

@@ -214,9 +214,15 @@ class RemoteEngine:
     def wait_ready_sync(self, timeout: float | None = None) -> None:
         """Start if needed and block until every upstream was checked once; raise
         :class:`EngineNotReadyError` if none is in rotation then."""
-        runtime = self._started()
+        self._loop.call_sync(self._checked(self._started(), timeout))
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Async twin of :meth:`wait_ready_sync`; the wait holds no thread."""
+        await self._loop.call(self._checked(self._started(), timeout))
+
+    async def _checked(self, runtime: _Runtime, timeout: float | None) -> None:
         try:
-            self._loop.call_sync(asyncio.wait_for(runtime.checker.discovered.wait(), timeout))
+            await asyncio.wait_for(runtime.checker.discovered.wait(), timeout)
         except TimeoutError:
             raise EngineNotReadyError(
                 "the upstreams have not answered their first health check yet", retry_after=1
@@ -225,10 +231,6 @@ class RemoteEngine:
             raise EngineNotReadyError(
                 f"no upstream is in rotation: {self.error}", retry_after=self._settings.health_interval
             )
-
-    async def wait_ready(self, timeout: float | None = None) -> None:
-        """Async twin of :meth:`wait_ready_sync`."""
-        await asyncio.to_thread(self.wait_ready_sync, timeout)
 
     def _current(self) -> _Runtime | None:
         return self._runtime if self._pid == os.getpid() else None
