@@ -34,7 +34,10 @@ class UpstreamClient:
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             # Each upstream applies its own admission control (429): no cap on concurrent streams here.
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+            # Idle connections are dropped well before the servers' own idle timeout (5 s in uvicorn and
+            # hypercorn): a request sent on a connection the server is closing fails with no answer, which
+            # cannot be told apart from an upstream that died while generating, so it is not retried.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100, keepalive_expiry=2.0),
             http2=http2,
         )
 
