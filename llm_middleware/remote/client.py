@@ -53,14 +53,14 @@ class UpstreamClient:
         try:
             response = await self._http.get(f"{upstream.url}/models", timeout=self._health_timeout)
         except httpx.TransportError as exc:
-            raise UpstreamUnavailable(_describe(exc), down=True) from exc
+            raise UpstreamUnavailable(_describe(exc)) from exc
         if response.status_code != 200:
-            raise UpstreamUnavailable(f"GET /models answered HTTP {response.status_code}", down=True)
+            raise UpstreamUnavailable(f"GET /models answered HTTP {response.status_code}")
         try:
             cards = msgspec.json.decode(response.content)["data"]
             return {card["id"]: card for card in cards if card.get("state", "ready") == "ready"}
         except (msgspec.DecodeError, KeyError, TypeError) as exc:
-            raise UpstreamUnavailable("GET /models did not answer an OpenAI model list", down=True) from exc
+            raise UpstreamUnavailable("GET /models did not answer an OpenAI model list") from exc
 
     async def post(self, upstream: Upstream, route: str, body: dict[str, Any], request_id: str) -> dict[str, Any]:
         """POST ``body`` to ``route`` and return the JSON answer."""

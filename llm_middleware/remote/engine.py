@@ -105,9 +105,9 @@ class RemoteEngine:
     routes as with an embedded engine, and your views call the same methods.
 
     Requests go to the least busy upstream serving their model.  A request moves to another
-    upstream only where it cannot have run (no connection; a 429 or 503); any other failure ends
-    that request alone (502, or 504 for a timeout) and leaves the upstream in rotation: health
-    checks decide rotation.  Every method is thread-safe; async ones work from any loop.
+    upstream only where it cannot have run (no connection; a 429, 503, 401 or 403 answer); any
+    other failure ends that request alone (502, or 504 for a timeout) and leaves the upstream in
+    rotation, which health checks decide.  Every method is thread-safe; async ones work from any loop.
 
     Args:
         upstreams: Base URLs of the servers, up to their ``/v1`` (``http://gpu-1:8000/v1``).
