@@ -22,8 +22,10 @@ async def health(engine: Engine, request: Request, request_id: str) -> Response:
     if state == "ready":
         return json_response(HealthStatus())
     if state == "failed":
+        # Why it failed (paths, exception text) is for the server's log and engine.error, not for clients.
         return error_response(
-            503, f"The model failed to load: {engine.error}", type="server_error", code="engine_failed"
+            503, f"A model failed to load; the server's log says why (request {request_id}).", type="server_error",
+            code="engine_failed",
         )
     reasons = {
         "loading": "The model is still loading.",
