@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +18,11 @@ from typing import Any
 import httpx
 import pytest
 from flask import Flask
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
+from remote_servers import FrontServer, front_home, wait_until
 from servers import free_port, launch, server_env, wait_until_up
 
 from llm_middleware import EngineNotReadyError, InvalidRequestError, LLMMiddleware, ModelNotFoundError, RemoteEngine
+from llm_middleware.remote import UpstreamTimeoutError
 
 # No worker subprocess (--workers 0): killing the server process then really stops serving.
 UPSTREAM_APP = ["-m", "hypercorn", "--workers", "0", "server_apps:raw_asgi"]
@@ -59,40 +57,10 @@ class UpstreamProcess:
     def running(self) -> int:
         return json.loads(httpx.get(self.url + "/stats", timeout=5).text)["running"]
 
-
-class FrontServer:
-    """hypercorn serving an ASGI app on a thread of its own, with its own event loop."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True)
-
-    async def _serve(self) -> None:
-        config = Config()
-        config.bind = [self.url.removeprefix("http://")]
-        config.graceful_timeout = 1
-        self._stop = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
-        self._ready.set()
-        await serve(self.app, config, shutdown_trigger=self._stop.wait)  # type: ignore[arg-type]
-
-    def __enter__(self) -> FrontServer:
-        self._thread.start()
-        self._ready.wait()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-
-async def front_home(scope: Any, receive: Any, send: Any) -> None:
-    """The app the API is mounted in."""
-    if scope["type"] == "http":
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-        await send({"type": "http.response.body", "body": b"front home"})
+    def generated(self) -> float:
+        """Completion tokens of the requests this upstream finished; a cancelled request adds none."""
+        metrics = httpx.get(self.url + "/ai/metrics", timeout=5).text.splitlines()
+        return sum(float(line.split()[-1]) for line in metrics if line.startswith("llm_completion_tokens_total"))
 
 
 @dataclass
@@ -108,14 +76,14 @@ class Fleet:
     def running(self) -> tuple[int, int]:
         return self.a.running(), self.b.running()
 
+    def generated(self) -> float:
+        return self.a.generated() + self.b.generated()
 
-def _wait(condition: Any, timeout: float, what: str) -> None:
-    """Poll ``condition`` until true, for at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.02)
+    def cancelled_since(self, generated: float, what: str) -> None:
+        """Wait until the chat upstreams run nothing, and check that what they ran was cancelled: a request
+        that ran to its end would have added its tokens to what they had ``generated``."""
+        wait_until(lambda: self.running() == (0, 0), 120, what)
+        assert self.generated() == generated
 
 
 def _answers(url: str) -> bool:
@@ -140,7 +108,7 @@ def fleet(tiny_model_dir: Path, minilm_dir: Path) -> Iterator[Fleet]:
         embed_model = httpx.get(c.base + "/models").json()["data"][0]["id"]
         engine = RemoteEngine([a.base, b.base, c.base], model_map={"chat": chat_model}, health_interval=0.5, timeout=30)
         with FrontServer(LLMMiddleware(front_home, base_path="/ai", engine=engine)) as front:
-            _wait(lambda: _answers(front.url + "/ai/health"), 10, "the front coming up")
+            wait_until(lambda: _answers(front.url + "/ai/health"), 60, "the front coming up")
             yield Fleet(a, b, c, chat_model, embed_model, engine, front.url)
         engine.shutdown()
     finally:
@@ -202,6 +170,7 @@ def test_models_are_the_union_of_the_upstreams_renamed(fleet: Fleet) -> None:
 
 
 async def test_streams_are_balanced_passed_through_and_cancelled_upstream(fleet: Fleet) -> None:
+    generated = fleet.generated()
     async with httpx.AsyncClient(base_url=fleet.front, timeout=30) as client:
         async with LongStreams(client, 4) as streams:
             # (The readers must stay referenced: collecting one would close its response.)
@@ -215,8 +184,8 @@ async def test_streams_are_balanced_passed_through_and_cancelled_upstream(fleet:
                 assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
                 assert all(e["id"] == request_id and e["model"] == "chat" for e in events)
                 assert all(e["object"] == "chat.completion.chunk" for e in events)
-        # The clients went away: each cancellation reaches its upstream long before 2000 tokens end.
-        await asyncio.to_thread(_wait, lambda: fleet.running() == (0, 0), 1.5, "upstream cancellation")
+        # The clients went away: each cancellation reaches its upstream, which ends the request there.
+        await asyncio.to_thread(fleet.cancelled_since, generated, "upstream cancellation")
     assert fleet.c.running() == 0
 
 
@@ -276,11 +245,12 @@ async def test_engine_api_over_the_fleet(fleet: Fleet) -> None:
     with pytest.raises(InvalidRequestError, match="top_p"):
         engine.chat_sync(HELLO, top_p=2.0)
 
+    generated = fleet.generated()
     stream = engine.stream_chat(HELLO, max_tokens=2000, min_tokens=2000)
     await anext(stream)
     assert sum(fleet.running()) == 1
     await stream.aclose()
-    await asyncio.to_thread(_wait, lambda: sum(fleet.running()) == 0, 1.5, "cancellation of an engine stream")
+    await asyncio.to_thread(fleet.cancelled_since, generated, "cancellation of an engine stream")
     assert engine.stats("chat")["running"] == 0
 
 
@@ -296,17 +266,29 @@ def test_a_wsgi_app_streams_from_the_fleet_and_cancels_on_close(fleet: Fleet) ->
     client = flask_app.test_client()
     try:
         assert client.get("/ask").json == {"tokens": 3}
-        short = client.post("/ai/v1/chat/completions", json={**LONG, "max_tokens": 5, "min_tokens": 5})
-        events = [e for e in short.text.split("\n\n") if e]
-        # role, 1 to 5 content events (a reader that falls behind gets merged deltas), finish, done
-        assert events[-1] == "data: [DONE]" and '"finish_reason":"length"' in events[-2]
-        assert 1 + 1 + 1 + 1 <= len(events) <= 1 + 5 + 1 + 1
+        greedy = {"messages": HELLO, "max_tokens": 5, "min_tokens": 5, "temperature": 0}
+        whole = client.post("/ai/v1/chat/completions", json=greedy).json
+        assert whole is not None and whole["usage"]["completion_tokens"] == 5
+        streamed = client.post("/ai/v1/chat/completions",
+                               json={**greedy, "stream": True, "stream_options": {"include_usage": True}})
+        assert streamed.text.endswith("\n\ndata: [DONE]\n\n")
+        events = [json.loads(e.removeprefix("data: ")) for e in streamed.text.split("\n\n")[:-2]]
+        # The role chunk, the content, the finish and the usage, in that order, with every token on the way:
+        # the text is the whole answer's (both upstreams decode greedily with the same weights).
+        *chunks, usage = events
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length" and usage["usage"]["completion_tokens"] == 5
+        assert all(chunk["choices"][0]["finish_reason"] is None for chunk in chunks[:-1])
+        text = "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in chunks)
+        assert text == whole["choices"][0]["message"]["content"]
+
+        generated = fleet.generated()
         long = client.post("/ai/v1/chat/completions", json=LONG, buffered=False)
         body = iter(long.response)
         next(body), next(body)
         assert sum(fleet.running()) == 1
         long.close()  # what a WSGI server does when the client goes away
-        _wait(lambda: sum(fleet.running()) == 0, 1.5, "cancellation through WSGI")
+        fleet.cancelled_since(generated, "cancellation through WSGI")
     finally:
         wrapped.close()
 
@@ -314,6 +296,7 @@ def test_a_wsgi_app_streams_from_the_fleet_and_cancels_on_close(fleet: Fleet) ->
 async def test_shutdown_ends_requests_in_flight_and_start_begins_afresh(fleet: Fleet) -> None:
     engine = RemoteEngine(fleet.a.base, health_interval=60)
     await engine.wait_ready()
+    generated = fleet.generated()
     stream = engine.stream_chat(HELLO, max_tokens=2000, min_tokens=2000)
     await anext(stream)
     await asyncio.to_thread(engine.shutdown)
@@ -321,21 +304,23 @@ async def test_shutdown_ends_requests_in_flight_and_start_begins_afresh(fleet: F
     with pytest.raises(EngineNotReadyError, match="shutting down"):
         async for _ in stream:
             pass
-    await asyncio.to_thread(_wait, lambda: fleet.a.running() == 0, 1.5, "the upstream request ending")
+    await asyncio.to_thread(fleet.cancelled_since, generated, "the upstream request ending")
     engine.start()
     await engine.wait_ready(10)
     assert (await engine.chat(HELLO, max_tokens=2, min_tokens=2)).usage.completion_tokens == 2
     engine.shutdown()
 
 
-async def test_an_upstream_that_times_out_leaves_rotation_and_its_request_ends(fleet: Fleet) -> None:
+async def test_a_timed_out_request_fails_alone_and_ends_upstream(fleet: Fleet) -> None:
     impatient = RemoteEngine(fleet.a.base, timeout=0.3, health_interval=60)
     await impatient.wait_ready()
-    with pytest.raises(EngineNotReadyError, match="ReadTimeout"):
-        await impatient.chat(HELLO, max_tokens=2000, min_tokens=2000)  # the whole answer takes seconds
+    generated = fleet.generated()
+    with pytest.raises(UpstreamTimeoutError, match="did not answer in time"):
+        await impatient.chat(HELLO, max_tokens=2000, min_tokens=2000)  # the whole answer takes far longer
+    # The generation was too long for the timeout: the upstream is not to blame, it stays in rotation.
     [status] = impatient.upstreams()
-    assert not status.healthy and "ReadTimeout" in (status.error or "")
-    await asyncio.to_thread(_wait, lambda: fleet.a.running() == 0, 1.5, "the timed-out request ending upstream")
+    assert status.healthy and status.error is None and impatient.state == "ready"
+    await asyncio.to_thread(fleet.cancelled_since, generated, "the timed-out request ending upstream")
     impatient.shutdown()
 
 
@@ -364,6 +349,7 @@ async def test_failover_and_recovery(fleet: Fleet) -> None:
         whole = [end for end in ends if end not in broken]
         assert len(broken) == 1 and len(whole) == 1
         assert broken[0][-2]["error"]["code"] == "upstream_failed" and broken[0][-1] == "[DONE]"
+        assert fleet.b.url not in json.dumps(broken[0][-2])  # which upstream failed, and how, is for the log
         assert whole[0][-2]["choices"][0]["finish_reason"] == "length" and whole[0][-1] == "[DONE]"
 
         answers = await asyncio.gather(*(
@@ -371,7 +357,7 @@ async def test_failover_and_recovery(fleet: Fleet) -> None:
         ))
         assert [r.status_code for r in answers] == [200] * 6
 
-    # Requests that had produced nothing yet move to a live upstream: none fails.
+    # Requests that find nothing listening on b move to a: none fails.
     counts = await asyncio.gather(
         *(_whole_tokens(unaware.chat(HELLO, max_tokens=3, min_tokens=3)) for _ in range(4)),
         *(_streamed_tokens(unaware.stream_chat(HELLO, max_tokens=3, min_tokens=3)) for _ in range(2)),
@@ -389,7 +375,7 @@ async def test_failover_and_recovery(fleet: Fleet) -> None:
         status = fleet.engine.upstreams()[1]
         return status.healthy and fleet.chat_model in status.models
 
-    await asyncio.to_thread(_wait, b_serves, 5, "recovery of b")
+    await asyncio.to_thread(wait_until, b_serves, 60, "recovery of b")
     async with httpx.AsyncClient(base_url=fleet.front, timeout=30) as client, LongStreams(client, 2) as streams:
         readers = [_events(response) for response in streams]
         for events in readers:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import threading
@@ -16,16 +17,21 @@ from llm_middleware.api.tool_calls import parse_tool_calls
 from llm_middleware.errors import (
     EngineNotReadyError,
     EngineOverloadedError,
-    EngineStepError,
     InvalidRequestError,
     ModelNotFoundError,
 )
 from llm_middleware.remote import RemoteEngine
 from llm_middleware.remote.bodies import chat_body, sampling_fields
 from llm_middleware.remote.bridge import EngineLoop
-from llm_middleware.remote.client import _event_data, _status_error
+from llm_middleware.remote.client import _event_data, _status_error, _transport_error
 from llm_middleware.remote.dispatch import Dispatcher
-from llm_middleware.remote.errors import UpstreamError, UpstreamUnavailable
+from llm_middleware.remote.errors import (
+    UpstreamError,
+    UpstreamFailedError,
+    UpstreamFailure,
+    UpstreamTimeoutError,
+    UpstreamUnavailable,
+)
 from llm_middleware.remote.health import _HideHealthChecks
 from llm_middleware.remote.models import ModelNames, catalog, resolve
 from llm_middleware.remote.results import ChatDeltas, chat_completion
@@ -189,12 +195,6 @@ def test_whole_answers_keep_tool_calls_and_usage() -> None:
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [("f", {"a": 1})]
 
 
-def test_an_error_event_ends_the_stream_with_that_error() -> None:
-    with pytest.raises(UpstreamError, match="boom") as failed:
-        ChatDeltas().feed({"error": {"message": "boom", "type": "server_error", "code": 500}})
-    assert failed.value.code == "500" and failed.value.type == "server_error"
-
-
 # ---- HTTP details -----------------------------------------------------------------------------------
 
 
@@ -209,7 +209,7 @@ def _answer(status: int, body: Any, headers: dict[str, str] | None = None) -> ht
     return httpx.Response(status, content=content, headers=headers)
 
 
-def test_error_answers_are_sorted_by_what_they_mean() -> None:
+def test_error_answers_are_sorted_by_whether_the_request_may_have_run() -> None:
     refused = _status_error(_answer(400, {"error": {"message": "bad temp", "type": "invalid_request_error",
                                                     "param": "temperature", "code": None}}))
     assert isinstance(refused, UpstreamError)
@@ -217,12 +217,34 @@ def test_error_answers_are_sorted_by_what_they_mean() -> None:
     assert refused.code == "upstream_error"
     unprocessable = _status_error(_answer(422, {"detail": "Field required"}))
     assert isinstance(unprocessable, UpstreamError) and unprocessable.message == "Field required"
-    assert _status_error(_answer(404, b"Not Found")).message == "Not Found"  # type: ignore[union-attr]
-    for status in (401, 403, 500, 503):
-        down = _status_error(_answer(status, {"error": "nope"}))
-        assert isinstance(down, UpstreamUnavailable) and not down.overloaded and f"HTTP {status}" in str(down)
+    # A body not meant for API clients (a proxy's page) is not relayed.
+    page = _status_error(_answer(404, b"<html>nginx at 10.0.0.7</html>"))
+    assert isinstance(page, UpstreamError) and page.message == "The upstream server refused the request (HTTP 404)."
+    # Not taken: try elsewhere.  Unusable credentials also take the upstream out; busy ones stay.
+    for status, down in ((401, True), (403, True), (503, False)):
+        unavailable = _status_error(_answer(status, {"error": "nope"}))
+        assert isinstance(unavailable, UpstreamUnavailable)
+        assert (unavailable.down, unavailable.overloaded) == (down, False)
+        assert str(unavailable) == f"HTTP {status}: {{\"error\": \"nope\"}}"  # the log's detail
     busy = _status_error(_answer(429, {"error": {"message": "full"}}, {"retry-after": "3"}))
-    assert isinstance(busy, UpstreamUnavailable) and busy.overloaded and busy.retry_after == 3
+    assert isinstance(busy, UpstreamUnavailable) and busy.overloaded and not busy.down and busy.retry_after == 3
+    # Other 5xx may come after the work began: the request fails, nothing is retried.
+    for status, timeout in ((500, False), (502, False), (504, True)):
+        failure = _status_error(_answer(status, b"Traceback ..."))
+        assert isinstance(failure, UpstreamFailure) and failure.timeout == timeout
+        assert str(failure) == f"HTTP {status}: Traceback ..."
+
+
+def test_transport_errors_are_retried_only_where_nothing_was_sent() -> None:
+    request = httpx.Request("POST", "http://u0:8000/v1/chat/completions")
+    refused = _transport_error(httpx.ConnectError("Connection refused", request=request))
+    assert isinstance(refused, UpstreamUnavailable) and refused.down
+    slow = _transport_error(httpx.ConnectTimeout("", request=request))
+    assert isinstance(slow, UpstreamUnavailable) and not slow.down and str(slow) == "ConnectTimeout"
+    for sent, timeout in ((httpx.ReadTimeout, True), (httpx.WriteTimeout, True),
+                          (httpx.RemoteProtocolError, False), (httpx.ReadError, False)):
+        failure = _transport_error(sent("", request=request))
+        assert isinstance(failure, UpstreamFailure) and failure.timeout == timeout
 
 
 def test_only_health_checks_are_kept_out_of_httpx_log() -> None:
@@ -242,7 +264,8 @@ def test_only_health_checks_are_kept_out_of_httpx_log() -> None:
 
 
 class ScriptedClient:
-    """Answers per upstream URL: a list of events to stream, or an exception (raised after ``after`` events)."""
+    """Answers per upstream URL: to ``post``, an exception to raise or ``None`` (answer ``{"from": url}``);
+    to ``stream``, ``(events, failure)``: the events, then the failure raised after them (or ``None``)."""
 
     def __init__(self, script: dict[str, Any]) -> None:
         self.script = script
@@ -272,8 +295,8 @@ def _dispatcher(script: dict[str, Any]) -> tuple[Dispatcher, ScriptedClient, Ups
     return Dispatcher(pool, client, retry_after=2), client, pool  # type: ignore[arg-type]
 
 
-async def test_a_failure_before_the_first_byte_moves_the_request() -> None:
-    refused = UpstreamUnavailable("ConnectError")
+async def test_a_request_that_cannot_have_run_moves_to_the_next_upstream() -> None:
+    refused = UpstreamUnavailable("ConnectError", down=True)
     dispatcher, client, pool = _dispatcher({"http://u0:8000/v1": ([], refused), "http://u1:8000/v1": ([1, 2], None)})
     pool.upstreams[1].outstanding = 1  # u0 goes first
     assert [e async for e in dispatcher.stream("chat/completions", "m", {}, "r")] == [1, 2]
@@ -281,23 +304,51 @@ async def test_a_failure_before_the_first_byte_moves_the_request() -> None:
     assert not pool.upstreams[0].healthy and pool.upstreams[0].error == "ConnectError"
     assert [u.outstanding for u in pool.upstreams] == [0, 1] and dispatcher.running["m"] == 0
 
+    busy = UpstreamUnavailable("HTTP 503: busy")
+    dispatcher, client, pool = _dispatcher({"http://u0:8000/v1": busy, "http://u1:8000/v1": None})
+    pool.upstreams[1].outstanding = 1
+    assert await dispatcher.request("chat/completions", "m", {}, "r") == {"from": "http://u1:8000/v1"}
+    assert client.calls == ["http://u0:8000/v1", "http://u1:8000/v1"] and all(u.healthy for u in pool.upstreams)
 
-async def test_a_started_stream_is_not_replayed() -> None:
-    broken = UpstreamUnavailable("RemoteProtocolError")
-    dispatcher, client, pool = _dispatcher({"http://u0:8000/v1": ([1], broken), "http://u1:8000/v1": ([1, 2], None)})
+
+@pytest.mark.parametrize("events", [[], [1]], ids=["before-the-first-event", "mid-stream"])
+async def test_a_stream_that_may_have_run_fails_alone(events: list[int], caplog: pytest.LogCaptureFixture) -> None:
+    broken = UpstreamFailure("RemoteProtocolError: peer closed connection")
+    dispatcher, client, pool = _dispatcher({"http://u0:8000/v1": (events, broken), "http://u1:8000/v1": ([1, 2], None)})
     pool.upstreams[1].outstanding = 1
     received = []
-    with pytest.raises(EngineStepError, match="failed during the stream") as failed:
-        async for event in dispatcher.stream("chat/completions", "m", {}, "r"):
+    with pytest.raises(UpstreamFailedError) as failed:
+        async for event in dispatcher.stream("chat/completions", "m", {}, "req-9"):
             received.append(event)
-    assert received == [1] and client.calls == ["http://u0:8000/v1"] and failed.value.code == "upstream_failed"
+    assert received == events and client.calls == ["http://u0:8000/v1"]  # not replayed on u1
+    assert all(u.healthy for u in pool.upstreams) and pool.upstreams[0].outstanding == 0
+    assert (failed.value.status, failed.value.code) == (502, "upstream_failed")
+    assert "req-9" in failed.value.message and "u0" not in failed.value.message and "peer" not in failed.value.message
+    [logged] = [r.getMessage() for r in caplog.records if "req-9" in r.getMessage()]
+    assert "http://u0:8000/v1" in logged and "peer closed connection" in logged
 
 
-async def test_when_every_upstream_fails_the_error_says_why() -> None:
-    dispatcher, _, _ = _dispatcher({"http://u0:8000/v1": UpstreamUnavailable("HTTP 503: loading"),
-                                    "http://u1:8000/v1": UpstreamUnavailable("ConnectError")})
-    with pytest.raises(EngineNotReadyError, match=r"HTTP 503: loading; ConnectError|ConnectError; HTTP 503: loading"):
-        await dispatcher.request("chat/completions", "m", {}, "r")
+async def test_a_timeout_fails_that_request_alone_with_a_504() -> None:
+    dispatcher, client, pool = _dispatcher({"http://u0:8000/v1": UpstreamFailure("ReadTimeout", timeout=True),
+                                            "http://u1:8000/v1": None})
+    pool.upstreams[1].outstanding = 1
+    with pytest.raises(UpstreamTimeoutError) as timed_out:
+        await dispatcher.request("chat/completions", "m", {}, "req-3")
+    assert client.calls == ["http://u0:8000/v1"] and all(u.healthy for u in pool.upstreams)
+    assert (timed_out.value.status, timed_out.value.code) == (504, "upstream_timeout")
+    assert timed_out.value.message == "The upstream server did not answer in time (request req-3)."
+
+
+async def test_when_no_upstream_takes_the_request_the_log_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    dispatcher, _, pool = _dispatcher({"http://u0:8000/v1": UpstreamUnavailable("HTTP 503: loading"),
+                                       "http://u1:8000/v1": UpstreamUnavailable("ConnectError", down=True)})
+    with pytest.raises(EngineNotReadyError) as unavailable:
+        await dispatcher.request("chat/completions", "m", {}, "req-5")
+    assert "req-5" in unavailable.value.message and "u0" not in unavailable.value.message
+    assert "loading" not in unavailable.value.message and unavailable.value.retry_after == 2
+    [logged] = [r.getMessage() for r in caplog.records if "no upstream could take it" in r.getMessage()]
+    assert "http://u0:8000/v1: HTTP 503: loading" in logged and "http://u1:8000/v1: ConnectError" in logged
+    assert [u.healthy for u in pool.upstreams] == [True, False]
     busy = UpstreamUnavailable("HTTP 429", overloaded=True, retry_after=7)
     dispatcher, _, pool = _dispatcher({"http://u0:8000/v1": busy, "http://u1:8000/v1": busy})
     with pytest.raises(EngineOverloadedError) as overloaded:
@@ -328,20 +379,20 @@ async def test_relay_hands_items_over_and_closing_it_stops_the_source(engine_loo
     ran_on: list[str] = []
     closed = threading.Event()
 
-    async def source() -> AsyncGenerator[int, None]:
+    async def endless() -> AsyncGenerator[int, None]:
         try:
-            for k in range(1000):
+            for k in itertools.count():
                 ran_on.append(threading.current_thread().name)
                 yield k
                 await asyncio.sleep(0.01)
         finally:
             closed.set()
 
-    relay = engine_loop.relay(source())
+    relay = engine_loop.relay(endless())
     assert [await anext(relay) for _ in range(3)] == [0, 1, 2]
     await relay.aclose()
-    assert await asyncio.to_thread(closed.wait, 2)
-    assert set(ran_on) == {"test-remote-loop"} and len(ran_on) < 1000
+    assert await asyncio.to_thread(closed.wait, 60)  # only closing the relay ends this source
+    assert set(ran_on) == {"test-remote-loop"}
 
 
 def test_sync_twins_relay_items_and_errors(engine_loop: EngineLoop) -> None:
@@ -361,11 +412,14 @@ def test_sync_twins_relay_items_and_errors(engine_loop: EngineLoop) -> None:
 
 
 async def test_shutdown_ends_waiting_callers_with_a_clear_error(engine_loop: EngineLoop) -> None:
+    started = threading.Event()
+
     async def forever() -> None:
+        started.set()
         await asyncio.Event().wait()
 
     waiting = asyncio.ensure_future(engine_loop.call(forever()))
-    await asyncio.sleep(0.05)
+    assert await asyncio.to_thread(started.wait, 60)
     await asyncio.to_thread(engine_loop.run, engine_loop.cancel_all())
     with pytest.raises(EngineNotReadyError, match="shutting down"):
         await waiting

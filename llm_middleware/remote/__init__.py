@@ -8,6 +8,7 @@ app = LLMMiddleware(app, base_path="/ai", engine=engine)
 """
 
 from .engine import RemoteEngine
+from .errors import UpstreamFailedError, UpstreamTimeoutError
 from .upstream import UpstreamStatus
 
-__all__ = ["RemoteEngine", "UpstreamStatus"]
+__all__ = ["RemoteEngine", "UpstreamFailedError", "UpstreamStatus", "UpstreamTimeoutError"]

@@ -1,7 +1,8 @@
 """HTTP to the upstreams: one pooled httpx client, JSON answers, server-sent event streams.
 
-Every failure is sorted into what it means for the fleet: :class:`UpstreamUnavailable` (try
-another upstream) or :class:`UpstreamError` (the request itself was refused: relay it).
+Every failure is sorted by whether the request may have run: :class:`UpstreamUnavailable` (it
+cannot have: try another upstream), :class:`UpstreamFailure` (it may have: fail it alone) or
+:class:`UpstreamError` (the request itself was refused: relay it).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from .errors import UpstreamError, UpstreamUnavailable
+from .errors import UpstreamError, UpstreamFailure, UpstreamUnavailable
 from .upstream import Upstream
 
 _JSON_HEADERS = {"content-type": "application/json", "accept": "application/json"}
@@ -33,7 +34,10 @@ class UpstreamClient:
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             # Each upstream applies its own admission control (429): no cap on concurrent streams here.
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+            # Idle connections are dropped well before the servers' own idle timeout (5 s in uvicorn and
+            # hypercorn): a request sent on a connection the server is closing fails with no answer, which
+            # cannot be told apart from an upstream that died while generating, so it is not retried.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100, keepalive_expiry=2.0),
             http2=http2,
         )
 
@@ -66,15 +70,15 @@ class UpstreamClient:
                 upstream.endpoint(route), content=msgspec.json.encode(body), headers=headers
             )
         except httpx.TransportError as exc:
-            raise UpstreamUnavailable(_describe(exc)) from exc
+            raise _transport_error(exc) from exc
         if response.status_code != 200:
             raise _status_error(response)
         try:
             answer = msgspec.json.decode(response.content)
         except msgspec.DecodeError as exc:
-            raise UpstreamUnavailable(f"POST /{route} answered something other than JSON") from exc
+            raise UpstreamFailure(f"POST /{route} answered something other than JSON") from exc
         if not isinstance(answer, dict):
-            raise UpstreamUnavailable(f"POST /{route} answered JSON that is not an object")
+            raise UpstreamFailure(f"POST /{route} answered JSON that is not an object")
         return answer
 
     async def stream(
@@ -82,7 +86,8 @@ class UpstreamClient:
     ) -> AsyncGenerator[dict[str, Any], None]:
         """POST ``body`` to ``route`` and yield each server-sent event's JSON as it arrives.
 
-        Closing the generator closes the connection, which cancels the request upstream.
+        Closing the generator closes the connection, which cancels the request upstream.  An error
+        event (``{"error": {...}}``) ends the stream with :class:`UpstreamFailure`.
         """
         headers = {**_SSE_HEADERS, "x-request-id": request_id}
         try:
@@ -94,11 +99,14 @@ class UpstreamClient:
                     raise _status_error(response)
                 async for data in _event_data(response):
                     try:
-                        yield msgspec.json.decode(data)
+                        message = msgspec.json.decode(data)
                     except msgspec.DecodeError as exc:
-                        raise UpstreamUnavailable(f"POST /{route} streamed an event that is not JSON") from exc
+                        raise UpstreamFailure(f"POST /{route} streamed an event that is not JSON") from exc
+                    if isinstance(message, dict) and isinstance(message.get("error"), dict | str):
+                        raise UpstreamFailure(f"POST /{route} streamed an error event: {data[:500]}")
+                    yield message
         except httpx.TransportError as exc:
-            raise UpstreamUnavailable(_describe(exc)) from exc
+            raise _transport_error(exc) from exc
 
 
 async def _event_data(response: httpx.Response) -> AsyncGenerator[str, None]:
@@ -125,39 +133,63 @@ def _describe(exc: httpx.TransportError) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _status_error(response: httpx.Response) -> UpstreamError | UpstreamUnavailable:
-    """What a non-200 answer means: 5xx, 429 and refused credentials (401, 403: our ``api_key`` is
-    wrong for that upstream, not the caller's) are the upstream's trouble, other codes the request's."""
-    message, type_, code, param = _error_fields(response)
+def _transport_error(exc: httpx.TransportError) -> UpstreamUnavailable | UpstreamFailure:
+    """What a failed exchange means.  Only a connection that was never made proves the request did
+    not run; once it was sent, a timeout or a broken connection may come after the work began."""
+    if isinstance(exc, httpx.ConnectError):
+        return UpstreamUnavailable(_describe(exc), down=True)  # nothing listens there
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return UpstreamUnavailable(_describe(exc))  # slow, not gone: health checks decide
+    return UpstreamFailure(_describe(exc), timeout=isinstance(exc, httpx.TimeoutException))
+
+
+def _status_error(response: httpx.Response) -> UpstreamError | UpstreamUnavailable | UpstreamFailure:
+    """What a non-200 answer means.  429 and 503 say the upstream did not take the request; refused
+    credentials (401, 403: our ``api_key`` is wrong for that upstream, not the caller's) too.  Other
+    5xx may come after the work began.  The remaining codes are the request's own fault."""
     status = response.status_code
-    if status >= 500 or status in (401, 403, 429):
+    reason = f"HTTP {status}: {_body_text(response)}"
+    if status in (429, 503):
         retry_after = response.headers.get("retry-after")
         return UpstreamUnavailable(
-            f"HTTP {status}: {message}",
+            reason,
             overloaded=status == 429,
             retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
         )
+    if status in (401, 403):
+        return UpstreamUnavailable(reason, down=True)
+    if status >= 500:
+        return UpstreamFailure(reason, timeout=status == 504)
+    fields = _error_fields(response)
+    if fields is None:  # a proxy's page, a bare "Not Found": nothing meant for the client
+        return UpstreamError(status, f"The upstream server refused the request (HTTP {status}).")
+    message, type_, code, param = fields
     return UpstreamError(status, message, type=type_, code=code, param=param)
 
 
-def _error_fields(response: httpx.Response) -> tuple[str, str | None, str | None, str | None]:
-    """``message, type, code, param`` of an error answer: OpenAI's shape, FastAPI's or TGI's, or plain text."""
+def _body_text(response: httpx.Response) -> str:
+    """The start of an answer's body, for the log."""
+    return response.text.strip()[:500] or response.reason_phrase
+
+
+def _error_fields(response: httpx.Response) -> tuple[str, str | None, str | None, str | None] | None:
+    """``message, type, code, param`` of an error answer in OpenAI's, FastAPI's or TGI's shape."""
     try:
         data = msgspec.json.decode(response.content)
     except msgspec.DecodeError:
-        data = None
-    if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            code, param = error.get("code"), error.get("param")
-            return (
-                error["message"],
-                error.get("type") if isinstance(error.get("type"), str) else None,
-                str(code) if code is not None else None,
-                param if isinstance(param, str) else None,
-            )
-        for key in ("error", "message", "detail"):
-            if isinstance(data.get(key), str):
-                return data[key], None, None, None
-    text = response.text.strip()[:500]
-    return text or response.reason_phrase or f"HTTP {response.status_code}", None, None, None
+        return None
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        code, param = error.get("code"), error.get("param")
+        return (
+            error["message"],
+            error.get("type") if isinstance(error.get("type"), str) else None,
+            str(code) if code is not None else None,
+            param if isinstance(param, str) else None,
+        )
+    for key in ("error", "message", "detail"):
+        if isinstance(data.get(key), str):
+            return data[key], None, None, None
+    return None

@@ -1,24 +1,30 @@
-"""Sending one request to the fleet: pick an upstream, send, and fail over while nothing reached the caller."""
+"""Sending one request to the fleet: pick an upstream, send, and move on only while it cannot have run."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing, contextmanager
 from typing import Any
 
-from ..errors import EngineNotReadyError, EngineOverloadedError, EngineStepError, LLMError
+from ..errors import EngineNotReadyError, EngineOverloadedError, LLMError
 from .client import UpstreamClient
-from .errors import UpstreamUnavailable
+from .errors import UpstreamFailedError, UpstreamFailure, UpstreamTimeoutError, UpstreamUnavailable
 from .upstream import Upstream, UpstreamPool
+
+logger = logging.getLogger("llm_middleware")
 
 
 class Dispatcher:
     """Runs requests on the upstreams serving their model, each upstream tried at most once per request.
 
-    A failure before the first byte reached the caller (no connection, a timeout, a 5xx, a 429)
-    moves the request to the next upstream; once a stream has started it is not replayed, it ends
-    with an error.  Failed upstreams leave rotation (overloaded ones stay) until a health check passes.
+    A request moves to the next upstream only when it cannot have run where it was sent (no
+    connection, or a 429, 503, 401 or 403 answer).  Any other failure (a timeout, a 5xx, a
+    connection closed mid-answer) may come after the upstream did the work, or while it still
+    does: replaying it would run it twice, and the fault may be the request's own (a generation
+    longer than the timeout), so that request alone fails, with a 502 or 504 that names only its
+    id.  Unreachable upstreams leave rotation; for everything else health checks decide.
     """
 
     def __init__(self, pool: UpstreamPool, client: UpstreamClient, *, retry_after: float) -> None:
@@ -30,63 +36,68 @@ class Dispatcher:
 
     async def request(self, route: str, model: str, body: dict[str, Any], request_id: str) -> dict[str, Any]:
         """The JSON answer to ``body`` from the first upstream serving ``model`` that takes it."""
-        tried: list[Upstream] = []
-        failures: list[UpstreamUnavailable] = []
+        refusals: list[tuple[Upstream, UpstreamUnavailable]] = []
         while True:
-            upstream = self._next(model, tried, failures)
+            upstream = self._next(model, refusals, request_id)
             with self._in_flight(upstream, model):
                 try:
                     return await self._client.post(upstream, route, body, request_id)
                 except UpstreamUnavailable as exc:
-                    self._failed(upstream, exc, failures)
+                    self._refused(upstream, exc, refusals, request_id)
+                except UpstreamFailure as exc:
+                    raise _failed(upstream, exc, request_id) from exc
 
     async def stream(
         self, route: str, model: str, body: dict[str, Any], request_id: str
     ) -> AsyncGenerator[dict[str, Any], None]:
-        """The streamed events of ``body``, from the first upstream serving ``model`` that starts them.
+        """The streamed events of ``body``, from the first upstream serving ``model`` that takes it.
 
         Closing this generator closes the upstream connection, which cancels the request there.
         """
-        tried: list[Upstream] = []
-        failures: list[UpstreamUnavailable] = []
+        refusals: list[tuple[Upstream, UpstreamUnavailable]] = []
         while True:
-            upstream = self._next(model, tried, failures)
-            started = False
+            upstream = self._next(model, refusals, request_id)
             with self._in_flight(upstream, model):
                 try:
                     async with aclosing(self._client.stream(upstream, route, body, request_id)) as events:
                         async for event in events:
-                            started = True
                             yield event
                     return
-                except UpstreamUnavailable as exc:
-                    self._failed(upstream, exc, failures)
-                    if started:
-                        raise EngineStepError(
-                            f"the upstream {upstream.url} failed during the stream ({exc}); the answer is incomplete",
-                            code="upstream_failed",
-                        ) from exc
+                except UpstreamUnavailable as exc:  # raised before the first event only
+                    self._refused(upstream, exc, refusals, request_id)
+                except UpstreamFailure as exc:
+                    raise _failed(upstream, exc, request_id) from exc
 
-    def _next(self, model: str, tried: list[Upstream], failures: list[UpstreamUnavailable]) -> Upstream:
-        upstream = self._pool.pick(model, tried)
+    def _next(self, model: str, refusals: list[tuple[Upstream, UpstreamUnavailable]], request_id: str) -> Upstream:
+        upstream = self._pool.pick(model, [tried for tried, _ in refusals])
         if upstream is None:
-            raise self._exhausted(model, failures)
-        tried.append(upstream)
+            raise self._exhausted(refusals, request_id)
         return upstream
 
-    def _failed(self, upstream: Upstream, exc: UpstreamUnavailable, failures: list[UpstreamUnavailable]) -> None:
-        failures.append(exc)
-        if not exc.overloaded:
+    def _refused(
+        self,
+        upstream: Upstream,
+        exc: UpstreamUnavailable,
+        refusals: list[tuple[Upstream, UpstreamUnavailable]],
+        request_id: str,
+    ) -> None:
+        logger.info("request %s: upstream %s did not take it (%s)", request_id, upstream.url, exc)
+        refusals.append((upstream, exc))
+        if exc.down:
             self._pool.mark_down(upstream, str(exc))
 
-    def _exhausted(self, model: str, failures: list[UpstreamUnavailable]) -> LLMError:
-        if failures and all(f.overloaded for f in failures):
-            waits = [f.retry_after for f in failures if f.retry_after is not None]
-            retry_after = min(waits) if waits else self._retry_after
-            return EngineOverloadedError(f"every upstream serving {model!r} is overloaded", retry_after=retry_after)
-        reasons = "; ".join(str(f) for f in failures) or "none is in rotation"
+    def _exhausted(self, refusals: list[tuple[Upstream, UpstreamUnavailable]], request_id: str) -> LLMError:
+        reasons = "; ".join(f"{upstream.url}: {exc}" for upstream, exc in refusals) or "none serves its model"
+        logger.warning("request %s: no upstream could take it: %s", request_id, reasons)
+        if refusals and all(exc.overloaded for _, exc in refusals):
+            waits = [exc.retry_after for _, exc in refusals if exc.retry_after is not None]
+            return EngineOverloadedError(
+                f"Every server of this model is busy; retry later (request {request_id}).",
+                retry_after=min(waits) if waits else self._retry_after,
+            )
         return EngineNotReadyError(
-            f"no upstream could take the request for {model!r}: {reasons}", retry_after=self._retry_after
+            f"No server of this model could take this request; retry later (request {request_id}).",
+            retry_after=self._retry_after,
         )
 
     @contextmanager
@@ -99,3 +110,14 @@ class Dispatcher:
         finally:
             upstream.outstanding -= 1
             self.running[model] -= 1
+
+
+def _failed(upstream: Upstream, exc: UpstreamFailure, request_id: str) -> UpstreamFailedError:
+    """The caller's error for a failure after the request reached ``upstream``; the details go to the log."""
+    logger.warning("request %s failed on upstream %s: %s", request_id, upstream.url, exc)
+    if exc.timeout:
+        return UpstreamTimeoutError(f"The upstream server did not answer in time (request {request_id}).")
+    return UpstreamFailedError(
+        f"The upstream server failed while answering this request (request {request_id}); "
+        "the server's log has the details."
+    )

@@ -87,9 +87,10 @@ class _Runtime:
     def served(self, name: str | None, task: Task | None) -> ServedModel:
         """The model ``name`` refers to; 503 while no upstream serves anything."""
         models = self.models()
-        if not models:
-            reasons = self.down_reasons()
-            raise EngineNotReadyError(f"no upstream serves a model: {reasons}", retry_after=self.retry_after)
+        if not models:  # why each upstream is out was logged when it left rotation
+            raise EngineNotReadyError(
+                "No upstream server serves a model yet; retry later.", retry_after=self.retry_after
+            )
         return resolve(models, name, task)
 
     async def route(self, name: str | None, task: Task | None) -> ServedModel:
@@ -103,9 +104,10 @@ class RemoteEngine:
     ``llm-middleware serve``): ``LLMMiddleware(app, engine=RemoteEngine([...]))`` serves the same
     routes as with an embedded engine, and your views call the same methods.
 
-    Requests go to the least busy upstream serving their model; upstreams that fail leave
-    rotation until a health check passes, and requests that had not produced a byte yet are
-    retried on another upstream.  Every method is thread-safe; async ones work from any loop.
+    Requests go to the least busy upstream serving their model.  A request moves to another
+    upstream only where it cannot have run (no connection; a 429, 503, 401 or 403 answer); any
+    other failure ends that request alone (502, or 504 for a timeout) and leaves the upstream in
+    rotation, which health checks decide.  Every method is thread-safe; async ones work from any loop.
 
     Args:
         upstreams: Base URLs of the servers, up to their ``/v1`` (``http://gpu-1:8000/v1``).
@@ -113,6 +115,8 @@ class RemoteEngine:
         model_map: Public model name -> upstream model id; clients see and send the public names.
         timeout: Longest wait, in seconds, for an upstream's next bytes: for a whole (not streamed)
             answer that is the whole generation; for a stream, the longest pause between chunks.
+            Past it the request fails with :class:`~llm_middleware.remote.UpstreamTimeoutError` (504) and
+            the upstream stays in rotation.
         connect_timeout: Longest wait to connect to an upstream; also bounds each health check.
         health_interval: Seconds between two health checks (``GET {upstream}/models``) of every upstream.
         http2: Use HTTP/2 where an upstream offers it (negotiated over TLS); needs the ``h2`` extra.
@@ -210,9 +214,15 @@ class RemoteEngine:
     def wait_ready_sync(self, timeout: float | None = None) -> None:
         """Start if needed and block until every upstream was checked once; raise
         :class:`EngineNotReadyError` if none is in rotation then."""
-        runtime = self._started()
+        self._loop.call_sync(self._checked(self._started(), timeout))
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Async twin of :meth:`wait_ready_sync`; the wait holds no thread."""
+        await self._loop.call(self._checked(self._started(), timeout))
+
+    async def _checked(self, runtime: _Runtime, timeout: float | None) -> None:
         try:
-            self._loop.call_sync(asyncio.wait_for(runtime.checker.discovered.wait(), timeout))
+            await asyncio.wait_for(runtime.checker.discovered.wait(), timeout)
         except TimeoutError:
             raise EngineNotReadyError(
                 "the upstreams have not answered their first health check yet", retry_after=1
@@ -221,10 +231,6 @@ class RemoteEngine:
             raise EngineNotReadyError(
                 f"no upstream is in rotation: {self.error}", retry_after=self._settings.health_interval
             )
-
-    async def wait_ready(self, timeout: float | None = None) -> None:
-        """Async twin of :meth:`wait_ready_sync`."""
-        await asyncio.to_thread(self.wait_ready_sync, timeout)
 
     def _current(self) -> _Runtime | None:
         return self._runtime if self._pid == os.getpid() else None

@@ -13,7 +13,6 @@ from typing import Any
 
 from ..api.tool_calls import HERMES_END, HERMES_START
 from ..engine.outputs import Choice, Completion, Delta, Embeddings, FinishReason, TokenLogprob, TopLogprob, Usage
-from .errors import UpstreamError
 
 #: Log-probabilities from an upstream name tokens by text only.
 UNKNOWN_TOKEN_ID = -1
@@ -62,17 +61,6 @@ def completion_logprobs(value: Any) -> list[TokenLogprob] | None:
     ]
 
 
-def raise_error_event(chunk: dict[str, Any]) -> None:
-    """An ``{"error": {...}}`` event in the stream ends it with that error."""
-    error = chunk.get("error")
-    if isinstance(error, dict):
-        code = error.get("code")
-        raise UpstreamError(
-            500, str(error.get("message", "the upstream reported an error")), type=error.get("type"),
-            code=str(code) if code is not None else None, param=error.get("param"),
-        )
-
-
 def _call_start(name: str) -> str:
     return f'{HERMES_START}\n{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": '
 
@@ -96,7 +84,6 @@ class _ChunkDeltas:
 
     def feed(self, chunk: dict[str, Any]) -> list[Delta]:
         """The deltas of one chunk (none for a chunk that carries nothing, like the role chunk)."""
-        raise_error_event(chunk)
         deltas = []
         for choice in chunk.get("choices") or []:
             index = self._last_index = int(choice.get("index") or 0)
