@@ -19,6 +19,7 @@ from servers import free_port, launch, server_env, wait_until_up
 from test_dispatch import ShopASGI, asgi_request
 
 from llm_middleware.engine.engine import Engine
+from llm_middleware.errors import EngineNotReadyError
 from llm_middleware.middleware import LLMMiddleware
 
 CHAT = {"messages": [{"role": "user", "content": "Hello"}]}
@@ -165,3 +166,137 @@ def test_sigterm_drains_then_stops(tiny_model_dir: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# ---- races with a stop, and loads cut short -----------------------------------------------------
+
+
+def in_thread(call: Any) -> Any:
+    """``call()`` run on a thread of its own: its result or exception (the join only guards against a hang)."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert outcome, f"{call} did not return"
+    return outcome[0]
+
+
+def test_a_request_submitted_while_the_engine_stops_fails_instead_of_waiting_forever(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llm_middleware.engine import generation_worker
+
+    engine = Engine(tiny_model_dir, max_model_len=256, seed=0)
+    engine.wait_ready_sync(120)
+    build = generation_worker.GenerationRequest
+
+    def stop_first(*args: Any) -> Any:
+        # The request has passed the worker's checks and is about to be queued: the engine stops now.
+        engine.shutdown()
+        return build(*args)
+
+    monkeypatch.setattr(generation_worker, "GenerationRequest", stop_first)
+    try:
+        outcome = in_thread(lambda: engine.chat_sync([{"role": "user", "content": "Hi"}], max_tokens=2))
+        assert isinstance(outcome, EngineNotReadyError) and outcome.status == 503, outcome
+        assert engine.state == "stopped"
+    finally:
+        engine.shutdown()
+
+
+def test_a_stopped_engine_stays_stopped_until_started(tiny_model_dir: Path) -> None:
+    engine = Engine(tiny_model_dir, max_model_len=256, seed=0)
+    engine.wait_ready_sync(120)
+    engine.shutdown()
+    try:
+        hello = [{"role": "user", "content": "Hi"}]
+        for call in (lambda: engine.chat_sync(hello, max_tokens=2), lambda: asyncio.run(engine.chat(hello, max_tokens=2)),
+                     lambda: engine.tokenize("Hi"), lambda: engine.wait_ready_sync(5)):
+            with pytest.raises(EngineNotReadyError, match="stopped"):
+                call()
+        assert engine.state == "stopped"
+        engine.start()
+        engine.wait_ready_sync(120)
+        assert engine.chat_sync(hello, max_tokens=2, ignore_eos=True).usage.completion_tokens == 2
+    finally:
+        engine.shutdown()
+
+
+class GatedLoads:
+    """Holds each tokenizer load (the first step of a model load) until ``release``; records the
+    order in which loads enter and leave that step, and which go on to load weights."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.steps: list[str] = []
+        tokenizer, weights = AutoTokenizer.from_pretrained, AutoModelForCausalLM.from_pretrained
+
+        def held_tokenizer(*args: Any, **kwargs: Any) -> Any:
+            self.steps.append("tokenizer")
+            self.entered.set()
+            self.gate.wait(60)
+            self.steps.append("tokenizer loaded")
+            return tokenizer(*args, **kwargs)
+
+        def counted_weights(*args: Any, **kwargs: Any) -> Any:
+            self.steps.append("weights")
+            return weights(*args, **kwargs)
+
+        monkeypatch.setattr(AutoTokenizer, "from_pretrained", held_tokenizer)
+        monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", counted_weights)
+
+
+def load_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("llm-load")]
+
+
+def test_shutdown_during_a_load_returns_at_once_and_the_load_stops_at_its_next_step(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads = GatedLoads(monkeypatch)
+    engine = Engine(tiny_model_dir, max_model_len=256, seed=0)
+    try:
+        engine.start()
+        assert loads.entered.wait(60)
+        assert in_thread(engine.shutdown) is None  # while the tokenizer step is still held
+        assert engine.state == "stopped" and load_threads()
+        with pytest.raises(EngineNotReadyError, match="stopped"):
+            engine.complete_sync("Hi", max_tokens=2)
+        loads.gate.set()
+        for thread in load_threads():
+            thread.join(60)
+        # The held step finished; the load went no further, and no worker ever started.
+        assert loads.steps == ["tokenizer", "tokenizer loaded"]
+        assert engine.state == "stopped" and default_worker(engine) is None
+    finally:
+        loads.gate.set()
+        engine.shutdown()
+
+
+def test_a_restart_waits_for_the_abandoned_load_to_end(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loads = GatedLoads(monkeypatch)
+    engine = Engine(tiny_model_dir, max_model_len=256, seed=0)
+    try:
+        engine.start()
+        assert loads.entered.wait(60)
+        engine.shutdown()
+        engine.start()  # the first load is still held in its tokenizer step
+        assert engine.state == "loading"
+        loads.gate.set()
+        engine.wait_ready_sync(120)
+        # Never two loads at once: the second began after the abandoned one left its step.
+        assert loads.steps == ["tokenizer", "tokenizer loaded", "tokenizer", "tokenizer loaded", "weights"]
+        assert engine.complete_sync("Hi", max_tokens=2, ignore_eos=True).usage.completion_tokens == 2
+    finally:
+        loads.gate.set()
+        engine.shutdown()
