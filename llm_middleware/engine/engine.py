@@ -178,9 +178,10 @@ class Engine:
         self._start(on_purpose=True)
 
     def _start(self, *, on_purpose: bool) -> None:
-        """Start unless started; a use (``on_purpose`` False) starts only an engine never shut down."""
+        """Start unless started; a use (``on_purpose`` False) starts only an engine never shut down.
+        While a shutdown runs, a start is ignored and a use refused."""
         with self._lock:
-            if self._stopping:
+            if self._stopping and not on_purpose:
                 raise EngineNotReadyError("the engine is shutting down", retry_after=5)
             if self._started:
                 return
