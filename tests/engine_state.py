@@ -1,4 +1,5 @@
-"""Test helpers over an engine's state: waiting until it is idle, reaching its default model's worker, watching its steps."""
+"""Test helpers over an engine's state: waiting until it is idle, reaching its default model's worker,
+watching its steps."""
 
 from __future__ import annotations
 

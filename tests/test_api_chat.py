@@ -282,7 +282,8 @@ async def test_errors_before_the_first_delta_are_plain_http_errors(call_api) -> 
 async def test_closing_the_stream_cancels_the_request(api, api_engine) -> None:
     body = json.dumps({"messages": HELLO, "max_tokens": 400, "stream": True, "ignore_eos": True}).encode()
     with StepLog(default_worker(api_engine)) as log:
-        response = await api.handle(Request("POST", "/v1/chat/completions", "/ai", {"content-type": "application/json"}, body=body))
+        request = Request("POST", "/v1/chat/completions", "/ai", {"content-type": "application/json"}, body=body)
+        response = await api.handle(request)
         assert response.stream is not None
         await anext(response.stream)
         assert api_engine.stats("tiny")["running"] == 1
