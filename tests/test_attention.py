@@ -127,7 +127,7 @@ def test_cpu_decode_kernels_are_checked_before_use(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(cpu_attention, "_scores", Scores(failing))
     assert not cpu_attention.reproduces()
 
-    def first_token_only(rows, heads, k_cache, tables, lengths, scale, block_size, scores):  # noqa: ANN001, ANN202
+    def first_token_only(rows, heads, k_cache, tables, lengths, window, scale, softcap, block_size, scores):  # noqa: ANN001, ANN202
         scores[:] = -np.inf
         scores[:, :, 0] = 0.0
 
