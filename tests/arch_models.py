@@ -10,6 +10,7 @@ ignored the feature could not match ``generate``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ WINDOW = 16
 
 _SHAPE = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
               initializer_range=0.5, max_position_embeddings=512)
+_VOCAB = 512
 
 
 def _config(arch: Arch, vocab_size: int, ids: dict[str, int]) -> Any:
@@ -48,20 +50,18 @@ def _config(arch: Arch, vocab_size: int, ids: dict[str, int]) -> Any:
                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **common)
 
 
-def build_arch_model(path: Path, arch: Arch, *, seed: int = 0) -> Path:
-    """Build a tiny random-weight ``arch`` model with a BPE tokenizer and save it to ``path``."""
+def _save(path: Path, config: Any, vocab: int, adjust: Callable[[Any], None] | None = None, *, seed: int = 0) -> Path:
+    """A random-weight model of ``config`` (given the tokenizer's special-token ids) and a BPE tokenizer, saved."""
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    tokenizer = _train_tokenizer(_SHAPE["hidden_size"] * 8)
-    vocab = _SHAPE["hidden_size"] * 8
-    tokenizer.add_tokens([f"<w{i}>" for i in range(vocab - len(tokenizer))])
+    tokenizer = _train_tokenizer(vocab)
+    tokenizer.add_tokens([f"<w{i}>" for i in range(vocab - len(tokenizer))])  # filler words up to the full size
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(_config(arch, len(tokenizer), ids), dtype=torch.float32)
-    if arch == "gpt_oss":
-        with torch.no_grad():  # sinks as large as the scores, so that they take a share worth noticing
-            for layer in model.model.layers:
-                layer.self_attn.sinks.normal_(0.0, 4.0)
+    model = AutoModelForCausalLM.from_config(config(len(tokenizer), ids), dtype=torch.float32)
+    if adjust is not None:
+        with torch.no_grad():
+            adjust(model)
     model.generation_config = GenerationConfig(eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
@@ -69,8 +69,42 @@ def build_arch_model(path: Path, arch: Arch, *, seed: int = 0) -> Path:
     return path
 
 
+def _large_sinks(model: Any) -> None:
+    for layer in model.model.layers:  # sinks as large as the scores, so that they take a share worth noticing
+        layer.self_attn.sinks.normal_(0.0, 4.0)
+
+
+def build_arch_model(path: Path, arch: Arch, *, seed: int = 0) -> Path:
+    """Build a tiny random-weight ``arch`` model with a BPE tokenizer and save it to ``path``."""
+    return _save(path, lambda vocab, ids: _config(arch, vocab, ids), _VOCAB,
+                 _large_sinks if arch == "gpt_oss" else None, seed=seed)
+
+
+def _unsupported_config(kind: str, vocab: int, ids: dict[str, int]) -> Any:
+    from transformers import Gemma3TextConfig, Lfm2Config, Llama4TextConfig
+
+    common: dict[str, Any] = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+                                  intermediate_size=128, vocab_size=vocab, bos_token_id=None,
+                                  eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    if kind == "chunked":
+        return Llama4TextConfig(attention_chunk_size=8, intermediate_size_mlp=128, head_dim=16, **common)
+    if kind == "bidirectional":
+        return Gemma3TextConfig(use_bidirectional_attention=True, head_dim=16, **common)
+    return Lfm2Config(layer_types=["conv", "full_attention"], **common)  # a convolution layer, then attention
+
+
+#: Models whose attention the engine does not compute, and the feature its refusal names.
+UNSUPPORTED = {"chunked": "chunked attention", "bidirectional": "bidirectional attention",
+               "convolution": "layers that do not call the attention function"}
+
+
+def build_unsupported_model(path: Path, kind: str) -> Path:
+    """Build a tiny model of ``UNSUPPORTED[kind]``'s kind and save it to ``path``."""
+    return _save(path, lambda vocab, ids: _unsupported_config(kind, vocab, ids), _VOCAB)
+
+
 def load_reference(path: Path, **overrides: Any) -> Any:
-    """``path``'s model as transformers runs it, its config changed by ``overrides`` (float32, CPU)."""
+    """``path``'s model as transformers runs it (float32, CPU), its config changed by ``overrides``."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(path)
@@ -87,11 +121,21 @@ def greedy(model: Any, prompt_ids: list[int], n: int) -> list[int]:
     return out[0, len(prompt_ids):].tolist()
 
 
-#: Config changes that switch one feature off (a window longer than any context: no window).
-ABLATIONS: dict[Arch, dict[str, dict[str, Any]]] = {
-    "mistral": {"sliding window": {"sliding_window": 4096}},
-    "gemma2": {"sliding window": {"sliding_window": 4096}, "soft-capping": {"attn_logit_softcapping": None},
-               "query scale": {"query_pre_attn_scalar": 16}},
-    "gemma3": {"sliding window": {"sliding_window": 4096}, "query scale": {"query_pre_attn_scalar": 16}},
-    "gpt_oss": {"sliding window": {"sliding_window": 4096}},
+def _without_sinks(path: Path) -> Any:
+    model = load_reference(path)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.sinks.fill_(float("-inf"))  # a sink that takes no share
+    return model
+
+
+#: Each architecture's model with one feature switched off (a window longer than any context: no window).
+ABLATIONS: dict[Arch, dict[str, Callable[[Path], Any]]] = {
+    "mistral": {"sliding window": lambda p: load_reference(p, sliding_window=4096)},
+    "gemma2": {"sliding window": lambda p: load_reference(p, sliding_window=4096),
+               "soft-capping": lambda p: load_reference(p, attn_logit_softcapping=None),
+               "query scale": lambda p: load_reference(p, query_pre_attn_scalar=16)},
+    "gemma3": {"sliding window": lambda p: load_reference(p, sliding_window=4096),
+               "query scale": lambda p: load_reference(p, query_pre_attn_scalar=16)},
+    "gpt_oss": {"sliding window": lambda p: load_reference(p, sliding_window=4096), "sinks": _without_sinks},
 }
