@@ -53,7 +53,8 @@ def _scores(rows, heads, k_cache, tables, lengths, window, scale, softcap, block
     scale = np.float32(scale)
     softcap = np.float32(softcap)
     for b in numba.prange(batch):
-        for t in range(_first(lengths[b], window), lengths[b]):
+        first = _first(lengths[b], window)
+        for t in range(first, lengths[b]):
             slot = tables[b, t // block_size] * block_size + t % block_size
             for h in range(kv_heads):
                 for g in range(group):
@@ -61,10 +62,11 @@ def _scores(rows, heads, k_cache, tables, lengths, window, scale, softcap, block
                     acc = np.float32(0.0)
                     for d in range(dim):
                         acc += widen(rows[b, head * dim + d]) * widen(k_cache[slot, h, d])
-                    score = acc * scale
-                    if softcap > 0:
-                        score = softcap * np.tanh(score / softcap)
-                    scores[b, head, t] = score
+                    scores[b, head, t] = acc * scale
+        if softcap > 0:  # a pass of its own: a branch among the products slowed them by a sixth
+            for head in range(heads):
+                for t in range(first, lengths[b]):
+                    scores[b, head, t] = softcap * np.tanh(scores[b, head, t] / softcap)
 
 
 @jit
@@ -76,18 +78,24 @@ def _softmax(scores, lengths, window, sinks):  # noqa: ANN001, ANN202
     batch, heads = scores.shape[0], scores.shape[1]
     for task in numba.prange(batch * heads):
         b, head = task // heads, task % heads
-        first, n = _first(lengths[b], window), lengths[b]
-        peak = sinks[head] if sinks.shape[0] else np.float32(-np.inf)
-        for t in range(first, n):
-            peak = max(peak, scores[b, head, t])
-        total = exp(sinks[head] - peak) if sinks.shape[0] else np.float32(0.0)
-        for t in range(first, n):
-            e = exp(scores[b, head, t] - peak)
-            scores[b, head, t] = e
+        first = _first(lengths[b], window)
+        # Loops from 0 over the row's slice vectorise; loops from ``first`` did not (4x slower).
+        row = scores[b, head, first : lengths[b]]
+        peak = np.float32(-np.inf)
+        for t in range(row.shape[0]):
+            peak = max(peak, row[t])
+        if sinks.shape[0]:
+            peak = max(peak, sinks[head])
+        total = np.float32(0.0)
+        for t in range(row.shape[0]):
+            e = exp(row[t] - peak)
+            row[t] = e
             total += e
+        if sinks.shape[0]:
+            total += exp(sinks[head] - peak)
         inverse = np.float32(1.0) / total
-        for t in range(first, n):
-            scores[b, head, t] *= inverse
+        for t in range(row.shape[0]):
+            row[t] *= inverse
 
 
 @jit
