@@ -21,11 +21,10 @@ import torch.nn.functional as F
 from .attention import AttentionVariant, variant_of_call
 from .loader import ModelLoadError
 
-# Keyword arguments of a layer's call that the engine computes or that carry no attention feature.
-_UNDERSTOOD = frozenset({
-    "llm_attention", "scaling", "dropout", "sliding_window", "softcap", "s_aux", "is_causal", "position_ids",
-    "output_attentions", "use_cache", "cache_position", "return_dict",
-})
+# Keyword arguments of a layer's call that the engine computes or that carry no attention feature
+# (``scaling`` and ``dropout`` are parameters of their own; flags left off, False or None, are ignored).
+_UNDERSTOOD = frozenset({"llm_attention", "sliding_window", "softcap", "s_aux", "is_causal", "position_ids",
+                         "cache_position"})
 # Layer types (``config.layer_types``) whose attention is the engine's.
 _LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
 # Config fields that change the mask a model builds (which it builds for none of our calls).
@@ -81,8 +80,6 @@ def _call_refusals(kwargs: dict[str, Any], masked: bool, calls: int) -> list[str
         refused.append("an attention mask of its own")
     if kwargs.get("is_causal") is False:
         refused.append("bidirectional attention")
-    if kwargs.get("dropout"):
-        refused.append("attention dropout")
     window = kwargs.get("sliding_window")
     if window is not None and (not isinstance(window, int) or window < 1):
         refused.append(f"a sliding window of {window!r}")
