@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from llm_middleware.engine import cpu_attention, cpu_kernels
+from llm_middleware.engine import attention, cpu_attention, cpu_kernels
 from llm_middleware.engine.attention import AttentionMetadata, AttentionVariant, attend
 from llm_middleware.engine.kv_cache import KVCache
 
@@ -93,9 +93,13 @@ def test_gathered_attention_matches_a_dense_reference(dtype: torch.dtype, new_to
         torch.testing.assert_close(out[row].double(), expected, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "query-chunks"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_fresh_prompts_attend_within_their_window(variant: str) -> None:
-    # Fresh prompts of one length attend among their own tokens: windowed, capped and sunk there too.
+def test_fresh_prompts_attend_within_their_window(variant: str, split: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fresh prompts of one length attend among their own tokens: windowed, capped and sunk there too;
+    # explicit scores (caps, sinks) are made a few queries at a time where they would be large.
+    if split:
+        monkeypatch.setattr(attention, "_EXPLICIT_SCORES", 2 * 4 * 9 * 2)  # two queries of both rows' 4 heads
     gen = torch.Generator().manual_seed(4)
     heads, kv_heads, seq, dim = 4, 2, 9, 8
     cache = KVCache(num_layers=1, num_blocks=1, block_size=4, num_kv_heads=kv_heads, head_dim=dim,

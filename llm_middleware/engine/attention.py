@@ -27,7 +27,7 @@ ATTENTION_NAME = "llm_middleware_paged"
 
 # Explicit attention (soft-capping, sinks) holds one float32 score per query, head and key: prompt
 # chunks are split by queries so that the scores stay under this many elements.
-_EXPLICIT_SCORES = 1 << 26
+_EXPLICIT_SCORES = 1 << 24
 
 
 @dataclass(frozen=True, slots=True, eq=False)
