@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,21 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama-architecture model."""
     return build_demo_model(tmp_path_factory.mktemp("llama-tiny"), arch="llama", size="tiny", seed=1)
+
+
+@pytest.fixture(scope="session")
+def arch_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``arch_model_dir(arch)``: a tiny model of ``arch_models.ARCHS`` (sliding windows, soft-capping, sinks), built once."""
+    from arch_models import build_arch_model
+
+    built: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in built:
+            built[arch] = build_arch_model(tmp_path_factory.mktemp(arch), arch)
+        return built[arch]
+
+    return get
 
 
 @pytest.fixture(scope="session")

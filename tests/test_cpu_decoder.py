@@ -19,9 +19,13 @@ pytestmark = pytest.mark.skipif(not (cpu_kernels.available(torch.float32) and cp
 
 
 @pytest.fixture(params=[("tiny_model_dir", "float32"), ("tiny_model_dir", "bfloat16"), ("tiny_llama_dir", "float32"),
-                        ("tiny_llama_dir", "bfloat16")], ids=["qwen3", "qwen3-bf16", "llama", "llama-bf16"])
+                        ("tiny_llama_dir", "bfloat16"), ("mistral", "float32")],
+                ids=["qwen3", "qwen3-bf16", "llama", "llama-bf16", "mistral-window"])
 def worker(request: pytest.FixtureRequest) -> Any:
-    model_dir: Path = request.getfixturevalue(request.param[0])
+    # Mistral's layers see a sliding window of 16 tokens, shorter than the longer probe rows.
+    name = request.param[0]
+    model_dir: Path = (request.getfixturevalue("arch_model_dir")(name) if name == "mistral"
+                       else request.getfixturevalue(name))
     eng = Engine(model_dir, seed=0, block_size=4, dtype=request.param[1])
     eng.wait_ready_sync()
     yield default_worker(eng)

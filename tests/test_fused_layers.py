@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from llm_middleware.engine.attention import ATTENTION_NAME, AttentionMetadata
+from llm_middleware.engine.attention_features import read_variants
 from llm_middleware.engine.fused_layers import fuse_layers
 from llm_middleware.engine.fused_norms import fuse_rms_norms
 from llm_middleware.engine.kv_cache import KVCache
@@ -37,7 +38,7 @@ def test_swaps_every_layer_and_keeps_the_logits(arch_fixture: str, request: pyte
     model = _load(model_dir, ATTENTION_NAME)
     fuse_rms_norms(model)
     layers = model.config.num_hidden_layers
-    assert fuse_layers(model) == (layers, layers)
+    assert fuse_layers(model, read_variants(model)) == (layers, layers)
     cache = _cache(model)
 
     attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
@@ -76,7 +77,7 @@ def test_layers_with_another_formula_keep_their_forward(tiny_model_dir: Path) ->
     attn.__class__, mlp.__class__ = ScaledAttention, ScaledMLP
     fuse_rms_norms(model)
     layers = model.config.num_hidden_layers
-    assert fuse_layers(model) == (layers - 1, layers - 1)
+    assert fuse_layers(model, read_variants(model)) == (layers - 1, layers - 1)
     assert "forward" not in vars(attn) and "forward" not in vars(mlp)
     # A swap that did not reproduce gives each projection its own storage back.
     assert attn.q_proj.weight.untyped_storage().data_ptr() != attn.k_proj.weight.untyped_storage().data_ptr()
@@ -105,7 +106,7 @@ def test_projections_with_biases_are_merged_with_their_biases(tmp_path: Path, ar
     cache = KVCache(num_layers=2, num_blocks=4, block_size=16, num_kv_heads=2, head_dim=16,
                     dtype=torch.float32, devices=[torch.device("cpu")] * 2)
     fuse_rms_norms(model)
-    assert fuse_layers(model) == (2, 2)
+    assert fuse_layers(model, read_variants(model)) == (2, 2)
     ids = torch.tensor([[5, 17, 42, 7, 99, 3]])
     meta = AttentionMetadata(kv_cache=cache, slot_mapping=torch.arange(6), gather_blocks=None, mask=None, causal_only=True)
     with torch.inference_mode():
@@ -117,6 +118,7 @@ def test_quantized_projections_keep_their_forward(tiny_model_dir: Path) -> None:
     # bitsandbytes' layers subclass nn.Linear and pack their weights: their shapes must not size
     # the probe's cache, and such a layer keeps its forward while the others are swapped.
     model = _load(tiny_model_dir, ATTENTION_NAME)
+    variants = read_variants(model)
     attn = model.model.layers[0].self_attn
 
     class PackedLinear(torch.nn.Linear):
@@ -127,5 +129,5 @@ def test_quantized_projections_keep_their_forward(tiny_model_dir: Path) -> None:
     attn.k_proj = packed
     fuse_rms_norms(model)
     layers = model.config.num_hidden_layers
-    assert fuse_layers(model) == (layers - 1, layers)
+    assert fuse_layers(model, variants) == (layers - 1, layers)
     assert "forward" not in vars(attn)

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from llm_middleware.engine import cpu_products
 from llm_middleware.engine.attention import ATTENTION_NAME, AttentionMetadata
+from llm_middleware.engine.attention_features import read_variants
 from llm_middleware.engine.fused_layers import fuse_layers
 from llm_middleware.engine.fused_norms import fuse_rms_norms
 from llm_middleware.engine.kv_cache import KVCache
@@ -22,7 +23,7 @@ _AVAILABLE = list(cpu_products.candidates([(torch.randn(8, 16), None)], budget=2
 def _fused_model(model_dir: Path) -> torch.nn.Module:
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=ATTENTION_NAME).eval()
     fuse_rms_norms(model)
-    fuse_layers(model)
+    fuse_layers(model, read_variants(model))
     return model
 
 

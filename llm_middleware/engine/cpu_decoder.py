@@ -13,7 +13,8 @@ batch), which keep up with memory for a few rows but not with MKL's GEMM for man
 start-up both paths run decode steps of 1, 2, 4, 8 and 16 rows and this one serves the sizes
 it ran faster (up to 8 rows on that machine).  It serves Llama-family decoders in float32 or
 bfloat16 whose layers the engine fused (merged q/k/v and gate/up projections without biases,
-plain RMS norms, SiLU gating, the rotary kernel), and only where its logits reproduced the
+plain RMS norms, SiLU gating, the rotary kernel; softmax attention, within a sliding window or
+not), and only where its logits reproduced the
 model's on a probe.  A bfloat16 model's activations are kept as bfloat16 bits, each rounded
 where the model's op rounds it, with float32 sums in between (as ``cpu_kernels`` does).
 """
@@ -91,12 +92,12 @@ def _project(weight, x, out):  # noqa: ANN001, ANN202
 
 @_njit  # its products and attention run over numba's threads
 def _step(tokens, cos, sin, slots, tables, lengths, embed, qkv_w, o_w, gate_up_w, down_w, input_w, post_w, q_w, k_w,
-          eps, qk_eps, norm_qk, final_w, final_eps, lm_w, k_caches, v_caches, heads, scale, block_size):  # noqa: ANN001, ANN202
+          eps, qk_eps, norm_qk, windows, final_w, final_eps, lm_w, k_caches, v_caches, heads, scale, block_size):  # noqa: ANN001, ANN202
     """Logits ``[B, vocab]`` of one new token per row: the decoder's whole forward.
 
     Per-layer weights come as tuples (one array per layer); ``eps[l]`` holds layer ``l``'s
-    input and post-attention norm epsilons.  Activations are arrays of the weights' element
-    type (float32, or bfloat16 bits).
+    input and post-attention norm epsilons, ``windows[l]`` its sliding window (0: none).
+    Activations are arrays of the weights' element type (float32, or bfloat16 bits).
     """
     batch, hidden = tokens.shape[0], embed.shape[1]
     inter = down_w[0].shape[1]
@@ -108,6 +109,7 @@ def _step(tokens, cos, sin, slots, tables, lengths, embed, qkv_w, o_w, gate_up_w
     attended = np.empty((batch, o_w[0].shape[1]), kind)
     gate_up = np.empty((batch, 2 * inter), kind)
     scores = np.empty((batch, heads, tables.shape[1] * block_size), np.float32)
+    no_sinks = np.empty(0, np.float32)
     for b in range(batch):
         x[b] = embed[tokens[b]]
     for layer in range(len(qkv_w)):
@@ -116,9 +118,9 @@ def _step(tokens, cos, sin, slots, tables, lengths, embed, qkv_w, o_w, gate_up_w
             rms_norm_row(x[b], input_w[layer], eps[layer, 0], normed[b])
         _project(qkv_w[layer], normed, qkv)
         _rope_and_cache(qkv, cos, sin, q_w[layer], k_w[layer], norm_qk, qk_eps[layer], slots, k_cache, v_cache, heads)
-        _scores(qkv, heads, k_cache, tables, lengths, scale, block_size, scores)
-        _softmax(scores, lengths)
-        _weighted_values(scores, v_cache, tables, lengths, block_size, attended)
+        _scores(qkv, heads, k_cache, tables, lengths, windows[layer], scale, 0.0, block_size, scores)
+        _softmax(scores, lengths, windows[layer], no_sinks)
+        _weighted_values(scores, v_cache, tables, lengths, windows[layer], block_size, attended)
         _project(o_w[layer], attended, delta)
         for b in range(batch):
             add_row(x[b], delta[b], x[b])
@@ -168,7 +170,7 @@ class CpuDecoder:
             return None
         layers, final_norm = stacks[0]
         parts: dict[str, list[Any]] = {name: [] for name in ("qkv_w", "o_w", "gate_up_w", "down_w", "input_w", "post_w",
-                                                             "q_w", "k_w", "eps", "qk_eps")}
+                                                             "q_w", "k_w", "eps", "qk_eps", "windows")}
         shapes = set()
         for index, layer in enumerate(layers):
             fused = vars(layer).get("forward")
@@ -188,6 +190,7 @@ class CpuDecoder:
             parts["k_w"].append(attention.k_norm.weight if norms else in_norm.module.weight)
             parts["eps"].append((in_norm.eps, post_norm.eps))
             parts["qk_eps"].append(attention.eps)
+            parts["windows"].append(attention.variant.window or 0)
             shapes.add((attention.heads, attention.kv_heads, attention.head_dim, norms,
                         attention.scaling if attention.scaling is not None else attention.head_dim**-0.5))
         if len(shapes) != 1:
@@ -203,7 +206,8 @@ class CpuDecoder:
             return None
         arrays: dict[str, Any] = {name: tuple(_array(t) for t in parts[name]) for name in parts if name.endswith("_w")}
         arrays.update(eps=np.array(parts["eps"], np.float32), qk_eps=np.array(parts["qk_eps"], np.float32),
-                      norm_qk=norm_qk, final_w=_array(final.module.weight), final_eps=np.float32(final.eps),
+                      windows=np.array(parts["windows"], np.int64), norm_qk=norm_qk,
+                      final_w=_array(final.module.weight), final_eps=np.float32(final.eps),
                       embed=_array(embedding.weight), lm_w=_array(output.weight))
         return cls(model, kv_cache, rotary, arrays, heads, scale)
 
@@ -230,15 +234,18 @@ class CpuDecoder:
         p = self.parts
         logits = _step(tokens, _array(cos[0].contiguous()), _array(sin[0].contiguous()), slots, tables, lengths,
                        p["embed"], p["qkv_w"], p["o_w"], p["gate_up_w"], p["down_w"], p["input_w"], p["post_w"],
-                       p["q_w"], p["k_w"], p["eps"], p["qk_eps"], p["norm_qk"], p["final_w"], p["final_eps"], p["lm_w"],
+                       p["q_w"], p["k_w"], p["eps"], p["qk_eps"], p["norm_qk"], p["windows"], p["final_w"],
+                       p["final_eps"], p["lm_w"],
                        self.k_caches, self.v_caches, self.heads, self.scale, bs)
         return cpu_kernels.tensor_of(logits, self.dtype)
 
 
 def _plain_layer(index: int, attention: _FusedAttention, mlp: _FusedMLP) -> bool:
-    """Whether a fused layer is the kind ``_step`` computes: no biases, the CPU rotary kernel, SiLU gating."""
+    """Whether a fused layer is the kind ``_step`` computes: no biases, the CPU rotary kernel, SiLU gating,
+    softmax attention (within a sliding window or not)."""
     module = attention.module
     return (attention.layer == index and attention.kernel is cpu_kernels.rope_and_cache
+            and attention.variant.plain_softmax
             and attention.project.bias is None and module.o_proj.bias is None
             and attention.heads % attention.kv_heads == 0
             and mlp.project.bias is None and mlp.module.down_proj.bias is None

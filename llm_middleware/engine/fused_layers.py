@@ -11,6 +11,8 @@ Like the fused norms, a module's ``forward`` is replaced only after the new one 
 on a probe: two prompts written through out-of-order block tables, then a decode step that
 reads them back; outputs and cache contents must match.  Attention written differently
 (partial rotary, norms over all heads, biases on some projections only) keeps the model's code.
+A layer's sliding window, soft-capping and sinks (``attention.AttentionVariant``: what its
+module asks the attention function for) go with its new forward.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from . import cpu_attention, cpu_kernels
-from .attention import ATTENTION_NAME, AttentionMetadata, attend, write_cache
+from .attention import ATTENTION_NAME, PLAIN, AttentionMetadata, AttentionVariant, attend, write_cache
 from .fused_norms import FusedRMSNorm
 from .kv_cache import KVCache
 from .probe import reproduced
@@ -62,11 +64,13 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class _FusedAttention:
     """Replacement ``forward`` of a Llama-family attention module (q/k/v/o projections)."""
 
-    def __init__(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None,
+                 variant: AttentionVariant) -> None:
         self.module = module
         self.weight = weight
         self.project = RowLinear(weight, bias)
         self.layer = module.layer_idx
+        self.variant = variant  # what the module's own forward asks the attention function for
         self.head_dim = module.head_dim
         self.heads = module.q_proj.weight.shape[0] // self.head_dim
         self.kv_heads = module.k_proj.weight.shape[0] // self.head_dim
@@ -112,8 +116,12 @@ class _FusedAttention:
                 )
             if meta.block_tables is not None and dev.type == "cpu":  # decode rows: the query heads lead each qkv row
                 scale = self.scaling if self.scaling is not None else dim**-0.5
-                out = cpu_attention.decode_attention(qkv.view(batch, -1), heads, k_cache, meta.kv_cache.values[self.layer],
-                                                     meta.block_tables, meta.context_lens, scale, meta.kv_cache.block_size)
+                variant = self.variant
+                out = cpu_attention.decode_attention(
+                    qkv.view(batch, -1), heads, k_cache, meta.kv_cache.values[self.layer], meta.block_tables,
+                    meta.context_lens, scale, meta.kv_cache.block_size, window=variant.window, softcap=variant.softcap,
+                    sinks=variant.sinks,
+                )
                 return self.module.o_proj.forward(out.view(batch, seq, -1)), None
             q, k, v = qkv.view(batch, seq, heads + 2 * kv_heads, dim).transpose(1, 2).split([heads, kv_heads, kv_heads], 1)
         else:
@@ -125,7 +133,7 @@ class _FusedAttention:
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             write_cache(meta, self.layer, k, v)
-        out = attend(meta, self.layer, q, k, v, self.scaling)  # [B, S, H, D]
+        out = attend(meta, self.layer, q, k, v, self.scaling, self.variant)  # [B, S, H, D]
         return self.module.o_proj.forward(out.reshape(batch, seq, -1)), None
 
 
@@ -194,7 +202,7 @@ def _attention_reproduces(module: nn.Module, fused: _FusedAttention, rotary: nn.
         decode_args = {"causal_only": False, "gather_blocks": None, "mask": None, "block_tables": table,
                        "context_lens": torch.tensor([5, 5])}
     else:
-        decode_args = {"causal_only": False, "gather_blocks": table.to(keys.device),
+        decode_args = {"causal_only": False, "gather_blocks": table.to(keys.device), "positions": decode_pos,
                        "mask": (torch.arange(2 * bs)[None, None, None, :] <= 4).expand(2, 1, 1, 2 * bs).to(keys.device)}
     steps = []
     for positions, meta_args in (
@@ -266,9 +274,10 @@ def _swap(module: nn.Module, linears: list[nn.Linear], build: Any, reproduces: A
     return False
 
 
-def fuse_layers(model: nn.Module) -> tuple[int, int]:
+def fuse_layers(model: nn.Module, variants: dict[int, AttentionVariant]) -> tuple[int, int]:
     """Swap reproducible attention and MLP forwards; return how many of each were swapped.
 
+    ``variants``: what each layer's attention computes (``attention_features.read_variants``).
     Call after ``fuse_rms_norms`` (the attention kernel takes over fused per-head norms only)
     and before the KV cache is sized (merging copies one layer's weights at a time).
     """
@@ -277,7 +286,8 @@ def fuse_layers(model: nn.Module) -> tuple[int, int]:
     attentions = [m for m in modules if _is_attention(m)] if rotary is not None else []
     cache = _probe_cache(attentions) if attentions else None
     swapped_attention = sum(
-        _swap(m, [m.q_proj, m.k_proj, m.v_proj], lambda w, b, m=m: _FusedAttention(m, w, b),
+        _swap(m, [m.q_proj, m.k_proj, m.v_proj],
+              lambda w, b, m=m: _FusedAttention(m, w, b, variants.get(m.layer_idx, PLAIN)),
               lambda fused, m=m: _attention_reproduces(m, fused, rotary, cache))
         for m in attentions
     )

@@ -17,6 +17,7 @@ from ..errors import (
     EngineStepError,
     InvalidRequestError,
 )
+from .attention_features import read_variants
 from .block_manager import BlockManager
 from .config import ModelConfig
 from .delivery import Outbox, Sink
@@ -93,9 +94,11 @@ class GenerationWorker:
         )
 
         layer_devices = self._layer_devices(text_config.num_hidden_layers, loaded.device)
+        # Before anything is swapped: the model's own attention modules say what they need (or refuse it).
+        variants = read_variants(self.model)
         # Before the cache is sized: merging projections copies one layer's weights at a time.
         fuse_rms_norms(self.model)
-        fuse_layers(self.model)
+        fuse_layers(self.model, variants)
         fuse_residuals(self.model)
         use_row_kernel(self.model)
         self.weight_bytes = weight_bytes(self.model)

@@ -88,6 +88,7 @@ class ModelRunner:
         # Fresh prompts of one length need no cache reads and no mask: plain causal attention.
         causal_only = all(start == 0 for start in starts) and all(n == width for _, n in rows)
         gather_blocks = mask = block_tables = context_lens = None
+        positions_dev = positions.to(dev, non_blocking=True)
         if width == 1 and not causal_only and self.cpu_kernels:
             block_tables, context_lens = table, start_t[:, 0] + 1
         elif not causal_only:
@@ -104,13 +105,14 @@ class ModelRunner:
             causal_only=causal_only,
             block_tables=block_tables,
             context_lens=context_lens,
+            positions=positions_dev,
         )
         ids = ids.to(dev, non_blocking=True)
         if previous is not None and sources is not None:
             feed_draws(ids[:, -1], torch.tensor(sources).to(dev, non_blocking=True), previous)
         out = self.model(
             input_ids=ids,
-            position_ids=positions.to(dev, non_blocking=True),
+            position_ids=positions_dev,
             use_cache=False,
             logits_to_keep=1,
             llm_attention=meta,
