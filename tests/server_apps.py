@@ -1,6 +1,7 @@
 """Apps the server tests serve in subprocesses; the model comes from ``$LLM_MODEL``.
 
-Each exposes ``/stats`` (the engine's live counts) so a test can watch a request leave the batch.
+Each exposes ``/stats`` (the engine's live counts, and the steps its default model launched) so a
+test can watch a request leave the batch before it could have finished.
 """
 
 from __future__ import annotations
@@ -21,6 +22,25 @@ MODEL = os.environ["LLM_MODEL"]
 flask_app = Flask(__name__)
 
 
+class Stats:
+    """``engine.stats()`` of a middleware's engine, with ``steps``: how many steps its default model
+    has launched since the first call that found it loaded."""
+
+    def __init__(self, middleware: LLMMiddleware) -> None:
+        self.middleware = middleware
+        self.steps = 0
+
+    def __call__(self) -> dict[str, int]:
+        engine = self.middleware.engine
+        worker = engine._models[engine.resolve_model(None)].worker  # noqa: SLF001
+        if worker is not None and worker.before_step is None:
+            worker.before_step = self._count
+        return {**engine.stats(), "steps": self.steps}
+
+    def _count(self, batch: Any) -> None:
+        self.steps += 1
+
+
 @flask_app.get("/")
 def index() -> str:
     return "flask home"
@@ -38,11 +58,12 @@ def countdown() -> Response:
 
 @flask_app.get("/stats")
 def stats() -> dict[str, int]:
-    return flask_wrapped.engine.stats()
+    return flask_stats()
 
 
 #: ``LLMMiddleware(flask_app)``: hypercorn serves it as ASGI, werkzeug as WSGI.
 flask_wrapped = LLMMiddleware(flask_app, base_path="/ai", model=MODEL)
+flask_stats = Stats(flask_wrapped)
 
 
 def raw_asgi_app(**options: Any) -> LLMMiddleware:
@@ -51,11 +72,12 @@ def raw_asgi_app(**options: Any) -> LLMMiddleware:
     async def raw(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = json.dumps(wrapped.engine.stats()).encode() if scope["path"] == "/stats" else b"raw home"
+        body = json.dumps(wrapped_stats()).encode() if scope["path"] == "/stats" else b"raw home"
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         await send({"type": "http.response.body", "body": body})
 
     wrapped = LLMMiddleware(raw, base_path="/ai", model=MODEL, **options)
+    wrapped_stats = Stats(wrapped)
     return wrapped
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+from engine_state import StepLog, default_worker
 
 from llm_middleware.api import guided
 from llm_middleware.api.chat import _ChatChunks, _ToolSettings
@@ -280,13 +281,16 @@ async def test_errors_before_the_first_delta_are_plain_http_errors(call_api) -> 
 
 async def test_closing_the_stream_cancels_the_request(api, api_engine) -> None:
     body = json.dumps({"messages": HELLO, "max_tokens": 400, "stream": True, "ignore_eos": True}).encode()
-    response = await api.handle(Request("POST", "/v1/chat/completions", "/ai", {"content-type": "application/json"}, body=body))
-    assert response.stream is not None
-    await anext(response.stream)
-    assert api_engine.stats("tiny")["running"] == 1
-    await response.stream.aclose()
-    for _ in range(100):
-        if api_engine.stats("tiny")["running"] == 0:
-            break
-        await asyncio.sleep(0.02)
+    with StepLog(default_worker(api_engine)) as log:
+        request = Request("POST", "/v1/chat/completions", "/ai", {"content-type": "application/json"}, body=body)
+        response = await api.handle(request)
+        assert response.stream is not None
+        await anext(response.stream)
+        assert api_engine.stats("tiny")["running"] == 1
+        await response.stream.aclose()
+        for _ in range(3000):  # a hang guard: the step log tells whether it was cancelled
+            if api_engine.stats("tiny")["running"] == 0:
+                break
+            await asyncio.sleep(0.02)
+    assert log.steps_after_abort(dict(response.headers)["x-request-id"]) in (0, 1)
     assert api_engine.stats("tiny")["running"] == 0

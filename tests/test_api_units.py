@@ -349,21 +349,37 @@ async def test_merge_interleaves_and_closing_it_closes_every_stream() -> None:
 
     from llm_middleware.api.streams import merge
 
+    second_seen = asyncio.Event()
     closed: list[int] = []
 
-    async def numbers(k: int, count: int, delay: float):
+    async def first():  # its second item waits until the consumer has seen the other stream's item
+        yield "a0"
+        await second_seen.wait()
+        yield "a1"
+
+    async def second():
+        yield "b0"
+
+    async def consume() -> list[str]:
+        items = []
+        async for _, item in merge([first(), second()]):
+            items.append(item)
+            if item == "b0":
+                second_seen.set()
+        return items
+
+    items = await asyncio.wait_for(consume(), 10)  # a merge that read the streams in turn would never end
+    assert sorted(items[:2]) == ["a0", "b0"] and items[2] == "a1"
+
+    async def endless(k: int):
         try:
-            for i in range(count):
-                await asyncio.sleep(delay)
-                yield i
+            while True:
+                await asyncio.sleep(0)
+                yield k
         finally:
             closed.append(k)
 
-    items = [item async for item in merge([numbers(0, 3, 0.001), numbers(1, 2, 0.002)])]
-    assert sorted(items) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
-    assert [i for k, i in items if k == 0] == [0, 1, 2]
-    closed.clear()
-    merged = merge([numbers(0, 100, 0.001), numbers(1, 100, 0.001)])
+    merged = merge([endless(0), endless(1)])
     await anext(merged)
     await merged.aclose()
     assert sorted(closed) == [0, 1]

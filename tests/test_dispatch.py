@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from asgiref.testing import ApplicationCommunicator
+from engine_state import StepLog, default_worker, idle_stats
 from flask import Flask, Response as FlaskResponse, stream_with_context
 from hypercorn.utils import is_asgi
 
@@ -409,17 +410,17 @@ async def test_streamed_chat_goes_out_chunk_by_chunk_asgi(mw: LLMMiddleware) -> 
 async def test_client_disconnect_cancels_the_engine_request(mw: LLMMiddleware, engine: Engine) -> None:
     body = json.dumps({**CHAT, "stream": True, "max_tokens": 1500, "min_tokens": 1500}).encode()
     comm = ApplicationCommunicator(mw, http_scope("/ai/v1/chat/completions", method="POST", headers=[("content-type", "application/json")]))
-    await comm.send_input({"type": "http.request", "body": body})
-    assert (await comm.receive_output(30))["type"] == "http.response.start"
-    await comm.receive_output(30)
-    assert engine.stats()["running"] == 1
-    await comm.send_input({"type": "http.disconnect"})
-    await comm.wait(10)  # the middleware returns once it has cancelled the request
-    for _ in range(100):
-        if engine.stats()["running"] == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert engine.stats()["running"] == 0
+    with StepLog(default_worker(engine)) as log:
+        await comm.send_input({"type": "http.request", "body": body})
+        start = await comm.receive_output(30)
+        assert start["type"] == "http.response.start"
+        await comm.receive_output(30)
+        assert engine.stats()["running"] == 1
+        await comm.send_input({"type": "http.disconnect"})
+        await comm.wait(30)  # the middleware returns once it has cancelled the request
+        stats = await idle_stats(engine, timeout=60)  # a hang guard: the step log tells whether it was cancelled
+    assert log.steps_after_abort(dict(start["headers"])[b"x-request-id"].decode()) in (0, 1)
+    assert stats["running"] == 0
 
 
 def test_chat_and_stream_over_wsgi(wsgi_mw: LLMMiddleware) -> None:
@@ -435,18 +436,19 @@ def test_closing_the_wsgi_iterable_cancels_the_engine_request(wsgi_mw: LLMMiddle
     body = json.dumps({**CHAT, "stream": True, "max_tokens": 1500, "min_tokens": 1500}).encode()
     environ_body = io.BytesIO(body)
     started: list[Any] = []
-    iterable = wsgi_mw(
-        {"REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": "/ai/v1/chat/completions", "QUERY_STRING": "",
-         "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)), "wsgi.input": environ_body},
-        lambda status, headers, exc_info=None: started.append(status),
-    )
-    next(iter(iterable))
-    assert engine.stats()["running"] == 1
-    iterable.close()
-    for _ in range(100):
-        if engine.stats()["running"] == 0:
-            break
-        time.sleep(0.05)
+    with StepLog(default_worker(engine)) as log:
+        iterable = wsgi_mw(
+            {"REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": "/ai/v1/chat/completions", "QUERY_STRING": "",
+             "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)), "wsgi.input": environ_body},
+            lambda status, headers, exc_info=None: started.append(dict(headers)),
+        )
+        next(iter(iterable))
+        assert engine.stats()["running"] == 1
+        iterable.close()
+        deadline = time.monotonic() + 60  # a hang guard: the step log tells whether it was cancelled
+        while engine.stats()["running"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert log.steps_after_abort(started[0]["x-request-id"]) in (0, 1)
     assert engine.stats()["running"] == 0
 
 

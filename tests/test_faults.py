@@ -55,7 +55,9 @@ async def settle(engine: Engine) -> dict[str, int]:
     return await idle_stats(engine, timeout=4.0)
 
 
-async def test_step_failure_before_the_first_token_is_a_500(engine: Engine, fault: StepFault) -> None:
+async def test_step_failure_before_the_first_token_is_a_500(
+    engine: Engine, fault: StepFault, caplog: pytest.LogCaptureFixture
+) -> None:
     mw = LLMMiddleware(ShopASGI(), engine=engine)
     before = await settle(engine)
     fault.armed = True
@@ -65,7 +67,10 @@ async def test_step_failure_before_the_first_token_is_a_500(engine: Engine, faul
         assert status == 500 and headers["content-type"] == "application/json"
         error = json.loads(body)["error"]
         assert error["type"] == "server_error" and error["code"] == "engine_error"
-        assert "injected fault" in error["message"]
+        # The exception's text goes to the log, under the request id the client is told.
+        assert "injected fault" not in error["message"] and headers["x-request-id"] in error["message"]
+        assert any(headers["x-request-id"] in r.getMessage() and "injected fault" in r.exc_text for r in caplog.records
+                   if r.exc_text)
     assert fault.fired == 2
     assert await settle(engine) == before
     status, _, body = await asgi_request(mw, "/ai/v1/chat/completions", json={**CHAT, "max_tokens": 3})
@@ -77,7 +82,8 @@ async def test_step_failure_mid_stream_fails_only_that_step(engine: Engine, faul
     before = await settle(engine)
     running = ASGIStream(mw, "/ai/v1/chat/completions", {**CHAT, "stream": True, "max_tokens": 400, "min_tokens": 400})
     assert await running.start() == 200
-    assert (await running.next_event())["choices"][0]["delta"]["role"] == "assistant"
+    first = await running.next_event()
+    assert first["choices"][0]["delta"]["role"] == "assistant"
     await running.next_event()
     # A second request waits for the only batch slot: it is not in the step that fails.
     waiting = asyncio.create_task(asgi_request(mw, "/ai/v1/chat/completions", json={**CHAT, "max_tokens": 3}))
@@ -89,7 +95,8 @@ async def test_step_failure_mid_stream_fails_only_that_step(engine: Engine, faul
     fault.armed = True
     rest = await running.rest()
     assert rest[-1] == "[DONE]"
-    assert rest[-2]["error"]["code"] == "engine_error" and "injected fault" in rest[-2]["error"]["message"]
+    assert rest[-2]["error"]["code"] == "engine_error" and "injected fault" not in rest[-2]["error"]["message"]
+    assert first["id"] in rest[-2]["error"]["message"]
     assert all("choices" in event for event in rest[:-2])
     status, _, body = await waiting
     assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 3
@@ -107,7 +114,9 @@ async def test_model_that_fails_to_load(tmp_path: Path) -> None:
             await asyncio.sleep(0.02)
         status, headers, body = await asgi_request(mw, "/ai/health")
         error = json.loads(body)["error"]
-        assert status == 503 and error["code"] == "engine_failed" and "no-such-model" in error["message"]
+        # Where the model was looked for is the host's business (engine.error), not the client's.
+        assert status == 503 and error["code"] == "engine_failed" and str(tmp_path) not in error["message"]
+        assert headers["x-request-id"] in error["message"] and str(tmp_path) in (mw.engine.error or "")
         for path, payload in [
             ("/ai/v1/chat/completions", {**CHAT, "max_tokens": 2}),
             ("/ai/v1/chat/completions", {**CHAT, "max_tokens": 2, "stream": True}),
@@ -119,7 +128,8 @@ async def test_model_that_fails_to_load(tmp_path: Path) -> None:
             status, headers, body = await asgi_request(mw, path, json=payload)
             error = json.loads(body)["error"]
             assert status == 503 and error["code"] == "engine_unavailable", (path, body)
-            assert "no-such-model" in error["message"] and "retry-after" in headers
+            assert "failed to load" in error["message"] and str(tmp_path) not in error["message"]
+            assert "retry-after" in headers
         # Listing models still answers: it is how clients see which model failed.
         status, _, body = await asgi_request(mw, "/ai/v1/models")
         assert status == 200 and json.loads(body)["data"][0]["state"] == "failed"

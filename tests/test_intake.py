@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from asgi_streams import ASGIStream
@@ -20,28 +23,37 @@ from llm_middleware.middleware import LLMMiddleware
 
 async def test_a_ticket_counts_until_its_request_or_a_task_it_started_submits() -> None:
     intake = Intake()
+
+    async def submit() -> None:
+        Intake.submitted()  # runs in the task, which finds the ticket in the context it inherited
+
     with intake.reading():
         assert intake.pending == 1
-        await asyncio.ensure_future(asyncio.sleep(0, result=Intake.submitted()))  # a task inherits the ticket
+        await asyncio.ensure_future(submit())
         assert intake.pending == 0
         Intake.submitted()  # twice is once
         assert intake.pending == 0
     assert intake.pending == 0
-    with intake.reading():  # a request that submits nothing counts until it ends
+    with intake.reading():  # a thread starts with a context of its own: its submission is not the request's
+        thread = threading.Thread(target=Intake.submitted)
+        thread.start()
+        thread.join()
         assert intake.pending == 1
-    assert intake.pending == 0
+    assert intake.pending == 0  # a request that submits nothing counts until it ends
     Intake.submitted()  # outside any request: nothing to close
     assert intake.pending == 0
 
 
 async def test_an_idle_engine_waits_for_a_request_still_being_read(tiny_model_dir: Path) -> None:
-    eng = Engine(tiny_model_dir, seed=0, burst_window_ms=50)
+    # Windows of 0.2 s: the second request comes two windows after the first (without the count,
+    # the first would have started alone), and the wait for it may last 25 (5 s).
+    eng = Engine(tiny_model_dir, seed=0, burst_window_ms=200)
     await eng.wait_ready()
     first_chunk = first_step(eng, lambda batch: len(batch.prefill))
     try:
         alone = asyncio.ensure_future(eng.complete(list(range(10, 20)), max_tokens=2, ignore_eos=True))
         with eng.intake.reading():  # the server reads a second request while the first is submitted
-            await asyncio.sleep(0.3)  # six windows: without the count the first would have started alone
+            await asyncio.sleep(0.4)
             await eng.complete(list(range(30, 40)), max_tokens=2, ignore_eos=True)
         await alone
         assert first_chunk == [2]
@@ -50,17 +62,18 @@ async def test_an_idle_engine_waits_for_a_request_still_being_read(tiny_model_di
 
 
 def test_a_request_that_never_submits_delays_the_first_chunk_25_windows_at_most(tiny_model_dir: Path) -> None:
-    eng = Engine(tiny_model_dir, seed=0, burst_window_ms=40)
+    window_ms = 40
+    eng = Engine(tiny_model_dir, seed=0, burst_window_ms=window_ms)
     eng.wait_ready_sync()
     launched = first_step(eng, lambda batch: time.monotonic())
     try:
-        with eng.intake.reading():
+        with eng.intake.reading():  # never closed while the request runs: a thread's submission is not this one's
             sent = time.monotonic()
-            # A thread starts with a context of its own: its submission does not close this ticket.
             thread = threading.Thread(target=eng.complete_sync, args=(list(range(10, 20)),), kwargs={"max_tokens": 1})
             thread.start()
-            thread.join(10)
-        assert 0.9 < launched[0] - sent < 3.0  # 25 windows of 40 ms
+            thread.join(30)
+            assert not thread.is_alive()  # answered while the ticket is still open: the wait ended by itself
+        assert launched[0] - sent >= 25 * (window_ms / 1000)  # ... after all 25 windows, the ticket being open
     finally:
         eng.shutdown()
 
@@ -90,40 +103,56 @@ async def test_the_middleware_counts_a_request_until_it_submits(
     assert counts == [1, 0]
 
 
-@pytest.mark.parametrize("reading_s,window_ms,held_s", [(0.15, 40, 0.15), (1.0, 8, 0.2)])
-def test_a_busy_engine_holds_a_few_prompts_while_a_burst_is_still_being_read(
-    tiny_model_dir: Path, reading_s: float, window_ms: float, held_s: float
-) -> None:
+def _until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition``; the deadline only guards against a hang."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen"
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("reading_ends", [True, False], ids=["until-read", "25-windows"])
+def test_a_busy_engine_holds_a_few_prompts_while_a_burst_is_still_being_read(tiny_model_dir: Path,
+                                                                            reading_ends: bool) -> None:
     # A step in flight (async scheduling) and a request still being read: the prompt that came
     # first waits for it, until the reading ends or for 25 windows at most, while the running
     # stream decodes.
+    window_ms = 200 if reading_ends else 8  # 25 windows: 5 s, far more than the test's reading; or 0.2 s
     eng = Engine(tiny_model_dir, seed=0, async_scheduling=True, burst_window_ms=window_ms)
     eng.wait_ready_sync()
-    ended_by_shutdown: list[EngineNotReadyError] = []
 
     def long_stream() -> None:
-        try:
+        with contextlib.suppress(EngineNotReadyError):  # still decoding when the engine shuts down
             eng.complete_sync(list(range(10, 20)), max_tokens=4000, ignore_eos=True)
-        except EngineNotReadyError as error:
-            ended_by_shutdown.append(error)
 
     running = threading.Thread(target=long_stream)
     try:
         running.start()
-        while eng.stats()["running"] == 0:
-            time.sleep(0.01)
-        launches: list[tuple[float, int]] = []  # the steps that start prompts: when, and their decode rows
-        default_worker(eng).before_step = (
-            lambda batch: launches.append((time.monotonic(), len(batch.decode))) if batch.prefill else None)
+        _until(lambda: eng.stats()["running"] == 1, "the long stream")
+        steps: list[Any] = []  # per launched step: (prompts started, decode rows, when); markers of the test
+        default_worker(eng).before_step = lambda batch: steps.append((len(batch.prefill), len(batch.decode),
+                                                                      time.monotonic()))
         with eng.intake.reading():
             sent = time.monotonic()
             late = threading.Thread(target=eng.complete_sync, args=(list(range(30, 40)),), kwargs={"max_tokens": 1})
             late.start()
-            time.sleep(reading_s)
-        late.join(10)
-        assert launches[0][1] == 1  # the long stream still decoding
-        assert held_s - 0.03 < launches[0][0] - sent < held_s + 0.2
+            if reading_ends:
+                _until(lambda: eng.stats()["waiting"] == 1, "the late prompt queued")
+                queued = len(steps)
+                _until(lambda: len(steps) >= queued + 3, "three steps")
+                assert [prompts for prompts, _, _ in steps[queued:queued + 3]] == [0, 0, 0]  # held meanwhile
+                steps.append("reading ends")
+            else:
+                late.join(30)
+                assert not late.is_alive()  # it ran while the reading went on
+        late.join(30)
+        prompt_steps = [(i, step) for i, step in enumerate(steps) if step != "reading ends" and step[0]]
+        index, (_, decode_rows, launched) = prompt_steps[0]
+        assert decode_rows == 1  # the long stream still decoding
+        if reading_ends:
+            assert index > steps.index("reading ends")  # started once the reading ended, not before
+        else:
+            assert launched - sent >= 25 * (window_ms / 1000)  # held for all 25 windows
     finally:
         eng.shutdown()
         running.join(10)
-    assert len(ended_by_shutdown) == 1  # the long stream was still decoding, and ended with an error, not silently

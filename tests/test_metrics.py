@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from asgi_streams import ASGIStream
+from engine_state import default_worker
 from prometheus_client.parser import text_string_to_metric_families
 from test_dispatch import ShopASGI, asgi_request, shop_wsgi, wsgi_call
 
@@ -49,9 +51,20 @@ async def test_requests_tokens_latencies_and_engine_gauges(engine: Engine) -> No
     status, _, body = await asgi_request(mw, "/ai/v1/chat/completions", json={**CHAT, "max_tokens": 4, "min_tokens": 4})
     assert status == 200
     usage = json.loads(body)["usage"]
-    stream = ASGIStream(mw, "/ai/v1/chat/completions", {**CHAT, "stream": True, "max_tokens": 6, "min_tokens": 6})
-    assert await stream.start() == 200
-    assert (await stream.rest())[-1] == "[DONE]"
+    # The stream's second step waits until its first token was read: the later tokens then come in
+    # deltas of their own (one at least, however far the reader lags), each an inter-token latency.
+    first_read = threading.Event()
+    steps: list[int] = []
+    worker = default_worker(engine)
+    worker.before_step = lambda batch: (steps.append(1), len(steps) == 2 and first_read.wait(30))
+    try:
+        stream = ASGIStream(mw, "/ai/v1/chat/completions", {**CHAT, "stream": True, "max_tokens": 6, "min_tokens": 6})
+        assert await stream.start() == 200
+        first_read.set()
+        assert (await stream.rest())[-1] == "[DONE]"
+    finally:
+        first_read.set()
+        worker.before_step = None
     assert (await asgi_request(mw, "/ai/v1/models/no-such"))[0] == 404
     assert (await asgi_request(mw, "/ai/nowhere"))[0] == 404
 

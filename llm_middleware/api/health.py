@@ -29,7 +29,7 @@ async def health(engine: Engine, request: Request, request_id: str) -> Response:
         )
     reasons = {
         "loading": "The model is still loading.",
-        "stopped": "The engine has not been started.",
+        "stopped": "The engine is stopped.",
         "stopping": "The engine is shutting down.",
     }
     return error_response(

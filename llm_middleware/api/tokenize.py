@@ -16,8 +16,8 @@ from .schemas import DetokenizeResponse, TokenizeResponse, detokenize_request_de
 if TYPE_CHECKING:
     from ..engine.engine import Engine
 
-# The engine's text helpers block until the model has loaded: they run in a worker thread
-# so that the event loop keeps serving other requests meanwhile.
+# The engine's text helpers block until the model has loaded: the handlers first wait for the
+# load without holding a thread, then run them in a worker thread.
 
 
 async def tokenize(engine: Engine, request: Request, request_id: str) -> Response:
@@ -27,6 +27,7 @@ async def tokenize(engine: Engine, request: Request, request_id: str) -> Respons
         raise InvalidRequestError("Give exactly one of 'prompt' and 'messages'.", param="prompt")
     check_tool_parameters(body.tools or [])
     model = engine.resolve_model(body.model)
+    await engine.wait_ready(model=model)
     if body.messages is not None:
         text = await asyncio.to_thread(
             engine.apply_chat_template,
@@ -46,5 +47,6 @@ async def detokenize(engine: Engine, request: Request, request_id: str) -> Respo
     """The text of ``tokens``."""
     body = decode_body(request, detokenize_request_decoder)
     model = engine.resolve_model(body.model)
+    await engine.wait_ready(model=model)
     text = await asyncio.to_thread(engine.detokenize, body.tokens, model=model)
     return json_response(DetokenizeResponse(prompt=text))

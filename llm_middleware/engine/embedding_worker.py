@@ -76,9 +76,10 @@ class EmbeddingWorker:
                 f"'dimensions' must be between 1 and {self.dimension} for model {self.name!r}, got {dimensions}",
                 param="dimensions",
             )
-        if self._stopping:
-            raise EngineNotReadyError("the engine is shutting down", retry_after=5)
         with self._wake:
+            # Checked where stop() sets it: a job queued after the loop ended would wait forever.
+            if self._stopping:
+                raise EngineNotReadyError("the engine is shutting down", retry_after=5)
             if len(self._jobs) >= self.config.max_waiting:
                 raise EngineOverloadedError(f"model {self.name!r} has too many embedding requests waiting", retry_after=1)
             self._jobs.append(EmbeddingJob(texts, dimensions, sink))

@@ -21,8 +21,9 @@ from .delivery import AsyncSink, ThreadSink
 from .embedding_worker import EmbeddingWorker
 from .generation_worker import GenerationWorker
 from .intake import Intake
-from .loader import ModelLoadError, load
+from .loader import LoadCancelledError, ModelLoadError, is_local_path, load
 from .outputs import Choice, Completion, Delta, Embeddings, ModelInfo, TokenLogprob, Usage
+from .readiness import Readiness
 from .sampling import SamplingParams
 
 logger = logging.getLogger("llm_middleware")
@@ -44,7 +45,11 @@ _CONFIG_FIELDS = {f.name for f in fields(ModelConfig)}
 
 
 class _Model:
-    """One served model: where it comes from, how to run it, and its worker once loaded."""
+    """One served model: where it comes from, how to run it, and its worker once loaded.
+
+    Each start of the engine loads it anew, with a fresh ``ready`` (set when that load ends)
+    and ``cancel`` (set when the engine stops, abandoning that load).
+    """
 
     def __init__(self, name: str, source: str, config: ModelConfig) -> None:
         self.name = name
@@ -52,9 +57,17 @@ class _Model:
         self.config = config
         self.worker: Worker | None = None
         self.error: str | None = None
-        self.ready = threading.Event()
+        self.ready = Readiness()
+        self.cancel = threading.Event()
         self.created = int(time.time())
         self.random_weights = False
+
+    def new_load(self) -> tuple[_Model, Readiness, threading.Event]:
+        """Reset for another load; returns what that load reports to (called holding the engine's lock)."""
+        self.error = None
+        self.ready = Readiness()
+        self.cancel = threading.Event()
+        return self, self.ready, self.cancel
 
     @property
     def state(self) -> Literal["loading", "ready", "failed"]:
@@ -71,8 +84,10 @@ class Engine:
     (``quantize``, ``dtype``, ``device``, ``max_batch_size``, ``max_waiting``, ``max_model_len`` …);
     ``seed`` seeds the sampling of requests that bring no seed of their own.
 
-    Loading starts with :meth:`start` (in the background) or on first use.  Every method is
-    thread-safe; the async ones work from any event loop, the ``*_sync`` twins from any thread.
+    Loading starts with :meth:`start` (in the background) or on first use.  After
+    :meth:`shutdown` the engine stays stopped (requests raise :class:`EngineNotReadyError`) until
+    :meth:`start` is called again.  Every method is thread-safe; the async ones work from any
+    event loop, the ``*_sync`` twins from any thread.
     """
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *, name: str | None = None,
@@ -84,6 +99,8 @@ class Engine:
         self._lock = threading.Lock()
         self._started = False
         self._stopping = False
+        self._shut_down = False  # stopped on purpose: only an explicit start() serves again
+        self._loaders: list[threading.Thread] = []  # load threads, abandoned ones included, until they end
         if model is not None:
             self.add_model(model, name=name, **options)
 
@@ -95,15 +112,15 @@ class Engine:
         if unknown:
             raise TypeError(f"unknown engine option(s) {', '.join(unknown)}; valid: {', '.join(sorted(_CONFIG_FIELDS))}")
         source = os.fspath(model)
-        name = name or (Path(source).name if Path(source).expanduser().exists() else source)
+        # A directory's name, not its path: the name is public (listed, and in error messages).
+        name = name or (Path(source).expanduser().name if is_local_path(source) else source)
         with self._lock:
             if name in self._models:
                 raise ValueError(f"a model named {name!r} is already served; pass another name=")
             entry = _Model(name, source, ModelConfig(**options))
             self._models[name] = entry
-            started = self._started
-        if started:
-            threading.Thread(target=self._load, args=(entry,), name=f"llm-load-{name}", daemon=True).start()
+            if self._started:
+                self._spawn_loader([entry.new_load()], f"llm-load-{name}", after=[])
         return name
 
     def models(self) -> list[ModelInfo]:
@@ -138,7 +155,8 @@ class Engine:
 
     @property
     def state(self) -> EngineState:
-        """``stopped`` before :meth:`start`, then ``loading``, ``ready`` or ``failed``; ``stopping`` during shutdown."""
+        """``stopped`` before :meth:`start` and after :meth:`shutdown`, else ``loading``, ``ready`` or ``failed``;
+        ``stopping`` during shutdown."""
         if self._stopping:
             return "stopping"
         if not self._started:
@@ -155,78 +173,139 @@ class Engine:
         return "; ".join(errors) or None
 
     def start(self) -> None:
-        """Begin loading every model in the background (idempotent, returns at once)."""
+        """Begin loading every model in the background (idempotent, returns at once); after
+        :meth:`shutdown`, serve again."""
+        self._start(on_purpose=True)
+
+    def _start(self, *, on_purpose: bool) -> None:
+        """Start unless started; a use (``on_purpose`` False) starts only an engine never shut down.
+        While a shutdown runs, a start is ignored and a use refused."""
         with self._lock:
+            if self._stopping and not on_purpose:
+                raise EngineNotReadyError("the engine is shutting down", retry_after=5)
             if self._started:
                 return
+            if self._shut_down and not on_purpose:
+                raise EngineNotReadyError("the engine is stopped", retry_after=5)
             self._started = True
-            self._stopping = False
-            pending = list(self._models.values())
-        for entry in pending:
-            entry.ready.clear()
-            entry.error = None
-        threading.Thread(target=self._load_all, args=(pending,), name="llm-load", daemon=True).start()
+            self._shut_down = False
+            # A load abandoned by a shutdown may still run its last step: two copies of a model
+            # must never be held at once, so this start's loads wait for it to end.
+            abandoned = [t for t in self._loaders if t.is_alive()]
+            self._spawn_loader([entry.new_load() for entry in self._models.values()], "llm-load", after=abandoned)
 
-    def _load_all(self, entries: list[_Model]) -> None:
-        for entry in entries:
-            self._load(entry)
+    def _spawn_loader(self, loads: list[tuple[_Model, Readiness, threading.Event]], name: str, *,
+                      after: list[threading.Thread]) -> None:
+        """Load ``loads`` in order on a new thread, once the threads ``after`` ended (called holding the lock)."""
+        thread = threading.Thread(target=self._load_all, args=(loads, after), name=name, daemon=True)
+        self._loaders = [*(t for t in self._loaders if t.is_alive()), thread]
+        thread.start()
 
-    def _load(self, entry: _Model) -> None:
+    def _load_all(self, loads: list[tuple[_Model, Readiness, threading.Event]],
+                  after: list[threading.Thread]) -> None:
+        for thread in after:
+            thread.join()
+        for entry, ready, cancel in loads:
+            self._load(entry, ready, cancel)
+
+    def _load(self, entry: _Model, ready: Readiness, cancel: threading.Event) -> None:
         began = time.perf_counter()
         try:
+            if cancel.is_set():
+                return
             loaded = load(
                 entry.source, task=entry.config.task, quantize=entry.config.quantize, dtype=entry.config.dtype,
                 device=entry.config.device, device_map=entry.config.device_map,
                 attn_implementation=attention.ATTENTION_NAME,
-                trust_remote_code=entry.config.trust_remote_code,
+                trust_remote_code=entry.config.trust_remote_code, cancel=cancel,
             )
+            if cancel.is_set():
+                raise LoadCancelledError("the load was abandoned: the engine stopped")
             worker: Worker
             if loaded.task == "embed":
                 worker = EmbeddingWorker(entry.name, loaded, entry.config, entry.source)
             else:
                 worker = GenerationWorker(entry.name, loaded, entry.config, self._seed, self.intake)
-            worker.start()
+            with self._lock:  # installed only while this load is current: shutdown() cancels under the lock
+                if cancel.is_set():
+                    raise LoadCancelledError("the load was abandoned: the engine stopped")
+                entry.random_weights = loaded.random_weights
+                entry.worker = worker
+                worker.start()
             _freeze_startup_objects()
-            entry.random_weights = loaded.random_weights
-            entry.worker = worker
             if loaded.random_weights:
                 logger.warning("model %s has RANDOM WEIGHTS (a demo model): its output is gibberish", entry.name)
             logger.info("model %s ready in %.1f s", entry.name, time.perf_counter() - began)
+        except LoadCancelledError:
+            logger.info("model %s: loading abandoned, the engine stopped", entry.name)
+            _release_device_memory()
         except (ModelLoadError, InvalidRequestError) as exc:
-            entry.error = str(exc)
+            self._load_failed(entry, cancel, str(exc))
             logger.error("model %s failed to load: %s", entry.name, exc)
         except Exception as exc:
-            entry.error = f"{type(exc).__name__}: {exc}"
+            self._load_failed(entry, cancel, f"{type(exc).__name__}: {exc}")
             logger.exception("model %s failed to load", entry.name)
         finally:
-            entry.ready.set()
+            ready.set()
 
-    def wait_ready_sync(self, timeout: float | None = None) -> None:
-        """Start if needed and block until every model is loaded; raise :class:`EngineNotReadyError` if one failed."""
-        self.start()
+    def _load_failed(self, entry: _Model, cancel: threading.Event, error: str) -> None:
+        with self._lock:
+            if not cancel.is_set():  # an abandoned load's failure is no failure of a later start
+                entry.error = error
+
+    def wait_ready_sync(self, timeout: float | None = None, *, model: str | None = None) -> None:
+        """Block until every model (or ``model``) has loaded, starting the engine on first use; raise
+        :class:`EngineNotReadyError` if one failed (:attr:`error` says why), the engine is stopped or
+        ``timeout`` seconds passed."""
+        entries = self._awaited(model)
         deadline = None if timeout is None else time.monotonic() + timeout
-        for entry in list(self._models.values()):
+        for entry in entries:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not entry.ready.wait(left):
                 raise EngineNotReadyError(f"model {entry.name!r} is still loading", retry_after=5)
-        if self.state == "failed":
-            raise EngineNotReadyError(f"a model failed to load: {self.error}")
+        for entry in entries:
+            self._loaded_worker(entry)
 
-    async def wait_ready(self, timeout: float | None = None) -> None:
-        """Async twin of :meth:`wait_ready_sync`."""
-        await asyncio.to_thread(self.wait_ready_sync, timeout)
+    async def wait_ready(self, timeout: float | None = None, *, model: str | None = None) -> None:
+        """Async twin of :meth:`wait_ready_sync`; the wait holds no thread."""
+        entries = self._awaited(model)
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        for entry in entries:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await entry.ready.wait_async()
+            except TimeoutError:
+                raise EngineNotReadyError(f"model {entry.name!r} is still loading", retry_after=5) from None
+        for entry in entries:
+            self._loaded_worker(entry)
+
+    def _awaited(self, model: str | None) -> list[_Model]:
+        entries = [self._models[self.resolve_model(model)]] if model is not None else list(self._models.values())
+        self._start(on_purpose=False)
+        return entries
 
     def shutdown(self) -> None:
-        """Stop every step loop and free the models (idempotent).  Unfinished requests end with an error."""
+        """Stop every step loop and free the models (idempotent).  Unfinished requests end with an error.
+
+        A load under way is abandoned at its next step, without waiting for it.  The engine then
+        stays stopped until :meth:`start` is called.
+        """
         with self._lock:
-            if not self._started:
+            self._shut_down = True
+            if not self._started or self._stopping:
                 return
             self._stopping = True
-        for entry in self._models.values():
-            entry.ready.wait()
-            if entry.worker is not None:
-                entry.worker.stop()
-                entry.worker = None
+            workers = []
+            for entry in self._models.values():
+                entry.cancel.set()
+                if entry.worker is not None:
+                    workers.append(entry.worker)
+                    entry.worker = None
+            readies = [entry.ready for entry in self._models.values()]
+        for ready in readies:  # requests waiting for a load now see a stopped engine
+            ready.set()
+        for worker in workers:
+            worker.stop()
         _release_device_memory()
         with self._lock:
             self._started = False
@@ -245,18 +324,21 @@ class Engine:
 
     def _entry(self, model: str | None, task: Literal["generate", "embed"]) -> _Model:
         entry = self._models[self.resolve_model(model, task=task)]
-        if self._stopping:
-            raise EngineNotReadyError("the engine is shutting down", retry_after=5)
-        self.start()
+        self._start(on_purpose=False)
         return entry
 
-    @staticmethod
-    def _ready_worker(entry: _Model, task: Literal["generate", "embed"]) -> Any:
+    def _loaded_worker(self, entry: _Model) -> Worker:
+        """``entry``'s worker once its load has ended; clients learn no more than that a load failed."""
         if entry.error is not None:
-            raise EngineNotReadyError(f"model {entry.name!r} failed to load: {entry.error}")
+            raise EngineNotReadyError(f"model {entry.name!r} failed to load; the server's log says why")
         worker = entry.worker
         if worker is None:
-            raise EngineNotReadyError(f"model {entry.name!r} is not loaded (the engine is stopped)", retry_after=5)
+            state = "shutting down" if self._stopping else "stopped"
+            raise EngineNotReadyError(f"model {entry.name!r} is not loaded: the engine is {state}", retry_after=5)
+        return worker
+
+    def _ready_worker(self, entry: _Model, task: Literal["generate", "embed"]) -> Any:
+        worker = self._loaded_worker(entry)
         wanted = GenerationWorker if task == "generate" else EmbeddingWorker
         if not isinstance(worker, wanted):
             kind = "text generation" if task == "generate" else "embeddings"
@@ -265,8 +347,7 @@ class Engine:
 
     async def _worker(self, model: str | None, task: Literal["generate", "embed"]) -> Any:
         entry = self._entry(model, task)
-        if not entry.ready.is_set():
-            await asyncio.to_thread(entry.ready.wait)
+        await entry.ready.wait_async()
         return self._ready_worker(entry, task)
 
     def _worker_sync(self, model: str | None, task: Literal["generate", "embed"]) -> Any:
@@ -286,23 +367,22 @@ class Engine:
 
     def tokenize(self, text: str, *, model: str | None = None) -> list[int]:
         """Token ids of ``text`` (no special tokens added for generative models)."""
-        entry = self._models[self.resolve_model(model)]
-        self.start()
-        entry.ready.wait()
-        worker = self._ready_worker(entry, "embed" if isinstance(entry.worker, EmbeddingWorker) else "generate")
-        return worker.encode(text)
+        return self._text_worker(model).encode(text)
 
     def detokenize(self, token_ids: list[int], *, model: str | None = None) -> str:
         """Text of ``token_ids``."""
-        entry = self._models[self.resolve_model(model)]
-        self.start()
-        entry.ready.wait()
-        worker = self._ready_worker(entry, "embed" if isinstance(entry.worker, EmbeddingWorker) else "generate")
+        worker = self._text_worker(model)
         vocab = worker.vocab_size
         bad = [t for t in token_ids if not 0 <= t < vocab]
         if bad:
             raise InvalidRequestError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", param="tokens")
         return worker.tokenizer.decode(token_ids)
+
+    def _text_worker(self, model: str | None) -> Worker:
+        entry = self._models[self.resolve_model(model)]
+        self._start(on_purpose=False)
+        entry.ready.wait()
+        return self._loaded_worker(entry)
 
     # ---- generation: async --------------------------------------------------------------------
 

@@ -257,8 +257,6 @@ class GenerationWorker:
                 f"{len(prompt_ids)} tokens; shorten the prompt or the conversation",
                 param="messages",
             )
-        if self._stopping:
-            raise EngineNotReadyError("the engine is shutting down", retry_after=5)
         waiting = len(self._inbox) + len(self.scheduler.waiting)
         # Requests that will find a free batch slot do not wait: only the rest count.
         free_slots = max(0, self.config.max_batch_size - len(self.scheduler.running))
@@ -283,6 +281,10 @@ class GenerationWorker:
             request.pending_ids.append([])
             request.pending_logprobs.append([])
         with self._wake:
+            # Checked where stop() sets it: a request queued after the loop's last look at the
+            # inbox would wait there forever.
+            if self._stopping:
+                raise EngineNotReadyError("the engine is shutting down", retry_after=5)
             self._inbox.append(request)
             self._thread.ensure_running(self._loop)
             self._wake.notify()
@@ -461,12 +463,16 @@ class GenerationWorker:
             self._fail_step(exc, {seq.request for seq in launched.seqs}, outbox)
 
     def _fail_step(self, exc: Exception, requests: set[GenerationRequest], outbox: Outbox) -> None:
-        logger.exception("model step failed; failing the %d requests in it", len(requests), exc_info=exc)
-        error = EngineStepError(f"the model step failed: {type(exc).__name__}: {exc}")
-        for request in requests:
-            if request in self._active:
-                outbox.put(request.sink, error)
-                self._drop(request)
+        failed = [request for request in requests if request in self._active]
+        logger.error("model step failed; failing requests %s", ", ".join(sorted(r.request_id for r in failed)),
+                     exc_info=exc)
+        for request in failed:
+            # The exception's text may hold paths and internals: it stays in the log.
+            outbox.put(request.sink, EngineStepError(
+                f"The model failed while generating this response (request {request.request_id}); "
+                "the server's log has the details."
+            ))
+            self._drop(request)
 
     def _process(self, launched: _Launched, result: SampleResult, outbox: Outbox) -> None:
         stop_ids = self.eos_ids

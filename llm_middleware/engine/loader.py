@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,15 @@ Quantize = Literal["4bit", "8bit"] | None
 
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message names the model and says why."""
+
+
+class LoadCancelledError(RuntimeError):
+    """The load was abandoned between two of its steps (the engine stopped meanwhile)."""
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise LoadCancelledError("the load was abandoned: the engine stopped")
 
 
 @dataclass
@@ -74,6 +84,11 @@ def _checkpoint_dtype(source: str, trust_remote_code: bool) -> Any:
     return getattr(torch, named, None) if isinstance(named, str) else named
 
 
+def is_local_path(source: str) -> bool:
+    """Whether ``source`` names a directory (existing or not) rather than an ``org/name`` hub id."""
+    return Path(source).expanduser().exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
+
+
 def detect_task(source: str) -> Literal["generate", "embed"]:
     """``embed`` for sentence-transformers folders and encoder-only configs, else ``generate``."""
     path = Path(source)
@@ -81,7 +96,10 @@ def detect_task(source: str) -> Literal["generate", "embed"]:
         return "embed"
     config_file = path / "config.json"
     if config_file.is_file():
-        archs = json.loads(config_file.read_text()).get("architectures") or []
+        try:
+            archs = json.loads(config_file.read_text()).get("architectures") or []
+        except (OSError, ValueError, AttributeError):  # loading it reports what is wrong, once
+            return "generate"
         if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs):
             return "embed"
     return "generate"
@@ -116,8 +134,13 @@ def load(
     attn_implementation: str,
     device_map: str | dict[str, Any] | None = None,
     trust_remote_code: bool = False,
+    cancel: threading.Event | None = None,
 ) -> LoadedModel:
-    """Load ``source`` (hub id or local directory); raise :class:`ModelLoadError` naming it on failure."""
+    """Load ``source`` (hub id or local directory); raise :class:`ModelLoadError` naming it on failure.
+
+    Once ``cancel`` is set, the load stops at its next step (tokenizer, weights, placement) with
+    :class:`LoadCancelledError`: a step under way cannot be interrupted safely, only not followed.
+    """
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     source = os.fspath(source)
@@ -126,7 +149,7 @@ def load(
         source = str(local)
         if not (local / "config.json").is_file():
             raise ModelLoadError(f"model directory {local} has no config.json: is it a transformers model folder?")
-    elif source.startswith((".", "/", "~")) or source.count("/") > 1:  # a path, not an "org/name" hub id
+    elif is_local_path(source):
         raise ModelLoadError(f"model path {source} does not exist")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev, source, trust_remote_code)
@@ -135,9 +158,13 @@ def load(
     logger.info("loading %s model %s on %s (dtype=%s, quantize=%s)", chosen_task, source, dev, shown, quantize)
     common: dict[str, Any] = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
     try:
+        _check(cancel)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        _check(cancel)
         if chosen_task == "embed":
-            model = AutoModel.from_pretrained(source, **common).to(dev)
+            model = AutoModel.from_pretrained(source, **common)
+            _check(cancel)
+            model = model.to(dev)
         else:
             qconfig = quantization_config(quantize, torch_dtype)
             if qconfig is not None:
@@ -148,10 +175,11 @@ def load(
             elif qconfig is not None:
                 common["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
             model = AutoModelForCausalLM.from_pretrained(source, attn_implementation=attn_implementation, **common)
+            _check(cancel)
             if "device_map" not in common:
                 model = model.to(dev)
             dev = model.get_input_embeddings().weight.device
-    except (ModelLoadError, InvalidRequestError):
+    except (ModelLoadError, InvalidRequestError, LoadCancelledError):
         raise
     except Exception as exc:  # transformers raises many types (OSError, ValueError, KeyError...)
         raise ModelLoadError(f"could not load model {source}: {type(exc).__name__}: {exc}") from exc

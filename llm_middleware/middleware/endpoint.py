@@ -106,7 +106,8 @@ class APIEndpoint:
     # ---- lifecycle ------------------------------------------------------------------------------
 
     def start_engine(self) -> None:
-        """Start the engine once per process; returns at once (the model loads in the background)."""
+        """Start the engine on the first request of a process; returns at once (the model loads in
+        the background).  An engine shut down later stays down: only :meth:`open` starts it again."""
         if self._started_in == os.getpid():
             return
         with self._start_lock:
@@ -117,7 +118,9 @@ class APIEndpoint:
     def open(self) -> None:
         """Take requests (again, after a drain) and start the engine: the server is starting up."""
         self._drain.reopen()
-        self.start_engine()
+        with self._start_lock:
+            self.engine.start()
+            self._started_in = os.getpid()
 
     async def drain(self) -> None:
         """Refuse new requests (503), wait up to ``drain_timeout`` for those in flight, end the rest."""
