@@ -5,6 +5,10 @@ built-in corpus, the weights are random, and the result is saved with ``save_pre
 so that it loads through the same ``from_pretrained`` path as a hub model.  The text such a
 model writes is gibberish; its mechanics (shapes, rotary positions, GQA, the chat template,
 eos handling) are those of the real architecture.
+
+The tokenizer is as awkward as real ones: multi-byte characters span several tokens, and the
+tool-call and thinking markers are special tokens (as in Hermes-2-Pro), which decoding with
+special tokens skipped drops.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ CHAT_TEMPLATE = (
 OUTPUT_SCALE = 3.0
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-EXTRA_TOKENS = ["<tool_call>", "</tool_call>", "<think>", "</think>"]
+MARKER_TOKENS = ["<tool_call>", "</tool_call>", "<think>", "</think>"]
 
 # A small multilingual corpus so that the BPE learns merges across scripts, and
 # multi-byte characters (accents, CJK, emoji) are split over several tokens.
@@ -99,7 +103,7 @@ _SIZES: dict[str, dict[str, int]] = {
 }
 
 
-def _train_tokenizer(vocab_size: int) -> Any:
+def _train_tokenizer(vocab_size: int, special_markers: bool) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -107,7 +111,7 @@ def _train_tokenizer(vocab_size: int) -> Any:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(SPECIAL_TOKENS) - len(EXTRA_TOKENS),
+        vocab_size=vocab_size - len(SPECIAL_TOKENS) - len(MARKER_TOKENS),
         special_tokens=[],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -117,9 +121,10 @@ def _train_tokenizer(vocab_size: int) -> Any:
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIAL_TOKENS[1:],
+        additional_special_tokens=SPECIAL_TOKENS[1:] + (MARKER_TOKENS if special_markers else []),
     )
-    fast.add_tokens(EXTRA_TOKENS)
+    if not special_markers:
+        fast.add_tokens(MARKER_TOKENS)
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -133,21 +138,23 @@ def build_demo_model(
     max_position_embeddings: int = 2048,
     device: str = "cpu",
     dtype: str = "float32",
+    special_markers: bool = True,
     **config_overrides: Any,
 ) -> Path:
     """Build a random-weight causal LM of ``arch`` and save it (model, tokenizer, template) to ``path``.
 
     ``config_overrides`` replace fields of the architecture's config (for example
     ``num_hidden_layers``).  ``device`` and ``dtype`` say where the random weights are made and
-    how they are saved (a GPU initialises a multi-billion-parameter model in seconds).  Returns
-    the directory, ready for ``Engine(path)``.
+    how they are saved (a GPU initialises a multi-billion-parameter model in seconds).
+    ``special_markers=False`` registers the tool-call and thinking markers as plain
+    added tokens instead of special ones.  Returns the directory, ready for ``Engine(path)``.
     """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-    shape = dict(_SIZES[size])
+    shape: dict[str, Any] = dict(_SIZES[size])
     shape.update(config_overrides)
-    tokenizer = _train_tokenizer(shape["vocab_size"])
+    tokenizer = _train_tokenizer(shape["vocab_size"], special_markers)
     # The BPE stops merging when the small corpus runs out; filler words take the remaining ids,
     # so that the vocabulary has its real size (memory and speed depend on it) and every token
     # the model can sample decodes to text.
