@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -171,3 +176,30 @@ def test_silu_mul_matches_the_model_ops(form: str, dtype: torch.dtype) -> None:
     expected = F.silu(gate) * up  # the model's ops: the activation rounded, then the product
     tol = TOLERANCE[dtype]
     torch.testing.assert_close(cpu_kernels.silu_mul(gate_up), expected, rtol=tol, atol=tol)
+
+
+def test_an_edit_of_a_helper_reaches_the_cached_kernels_that_inline_it(tmp_path: Path) -> None:
+    # Numba checks a cached kernel against its own file only: without names that follow every kernel
+    # source, a kernel inlining ``exp`` from another file kept running the old ``exp`` after an edit.
+    package = tmp_path / "llm_middleware"
+    (package / "engine").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "engine" / "__init__.py").write_text("")
+    source = Path(cpu_kernels.__file__).parent
+    for name in ("cpu_kernels.py", "cpu_attention.py", "cpu_decoder.py"):
+        (package / "engine" / name).write_text((source / name).read_text())
+    softmax = ("import numpy as np; from llm_middleware.engine import cpu_attention; "
+               "s = np.array([[[0.0, -1.0, -2.0]]], np.float32); cpu_attention._softmax.alone(s, np.array([3])); "
+               "print(round(float(s[0, 0, 0]), 4))")
+
+    def run() -> str:
+        env = {**os.environ, "PYTHONPATH": str(tmp_path), "NUMBA_CACHE_DIR": ""}
+        done = subprocess.run([sys.executable, "-c", softmax], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip()
+
+    assert run() == "0.6652"  # e^0 / (e^0 + e^-1 + e^-2), compiled and cached
+    kernels = package / "engine" / "cpu_kernels.py"
+    kernels.write_text(kernels.read_text().replace("x = min(max(x,", "x = np.float32(0.0) * min(max(x,", 1))
+    assert run() == "0.3333"  # every exp now 1: the cached softmax was compiled again with it
