@@ -6,7 +6,11 @@ so that it loads through the same ``from_pretrained`` path as a hub model.  The 
 model writes is gibberish; its mechanics (shapes, rotary positions, GQA, the chat template,
 eos handling) are those of the real architecture.
 
-The tokenizer is as awkward as real ones: multi-byte characters span several tokens, and the
+The weights are large enough that each next token depends on the context: with transformers'
+default initialisation (a standard deviation of 0.02) every layer adds next to nothing to the
+token's own embedding, and greedy decoding repeats one token whatever came before it, so a
+broken attention, KV cache or prompt chunking would still give the right answer.  The
+tokenizer is as awkward as real ones: multi-byte characters span several tokens, and the
 tool-call and thinking markers are special tokens (as in Hermes-2-Pro), which decoding with
 special tokens skipped drops.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +31,8 @@ Size = Literal["tiny", "small", "4b"]
 
 #: Marker file written next to the weights; the engine reports such models as random weights.
 DEMO_MARKER = "llm_middleware_demo.json"
+# Part of the cached demo's folder name: a change of how demo models are built gets a fresh build.
+_BUILD_VERSION = 2
 
 # ChatML, as Qwen templates render it, including Hermes-style tool definitions and calls.
 CHAT_TEMPLATE = (
@@ -61,6 +68,19 @@ CHAT_TEMPLATE = (
     "{% endif %}"
 )
 
+# Weights have a standard deviation of WEIGHT_GAIN / sqrt(hidden_size) (0.375 for the tiny shape): each
+# product then scales its input's size by about WEIGHT_GAIN, so attention and MLP outputs outweigh the
+# token's embedding in the residual stream and greedy output follows the context, in every size.  A
+# larger gain amplifies roundings from layer to layer until bfloat16 results of two summation orders
+# part ways; a smaller one brings back answers that repeat a few tokens.
+WEIGHT_GAIN = 3.0
+# Attention scores (q·k / sqrt(d)) would have a standard deviation of about WEIGHT_GAIN ** 2 where queries
+# and keys are not normed (Llama): each query would pick one key, and one rounding in a key another.
+# Queries and keys are scaled down to scores of a few units, as in trained models (and as Qwen3's
+# per-head norms keep them).
+QK_SCALE = 0.5
+# Random init gives nearly uniform next-token distributions; a larger output scale makes them peaked
+# enough for greedy near-ties to be rare, yet still varied under sampling.
 OUTPUT_SCALE = 3.0
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -144,9 +164,10 @@ def build_demo_model(
     """Build a random-weight causal LM of ``arch`` and save it (model, tokenizer, template) to ``path``.
 
     ``config_overrides`` replace fields of the architecture's config (for example
-    ``num_hidden_layers``).  ``device`` and ``dtype`` say where the random weights are made and
-    how they are saved (a GPU initialises a multi-billion-parameter model in seconds).
-    ``special_markers=False`` registers the tool-call and thinking markers as plain
+    ``num_hidden_layers``, or ``initializer_range``, the weights' standard deviation, by default
+    ``WEIGHT_GAIN / sqrt(hidden_size)``).  ``device`` and ``dtype`` say where the random weights
+    are made and how they are saved (a GPU initialises a multi-billion-parameter model in
+    seconds).  ``special_markers=False`` registers the tool-call and thinking markers as plain
     added tokens instead of special ones.  Returns the directory, ready for ``Engine(path)``.
     """
     import torch
@@ -154,6 +175,7 @@ def build_demo_model(
 
     shape: dict[str, Any] = dict(_SIZES[size])
     shape.update(config_overrides)
+    shape.setdefault("initializer_range", WEIGHT_GAIN / math.sqrt(shape["hidden_size"]))
     tokenizer = _train_tokenizer(shape["vocab_size"], special_markers)
     # The BPE stops merging when the small corpus runs out; filler words take the remaining ids,
     # so that the vocabulary has its real size (memory and speed depend on it) and every token
@@ -178,10 +200,11 @@ def build_demo_model(
         else:
             model = LlamaForCausalLM(LlamaConfig(**common))
     model = model.to(getattr(torch, dtype))
-    # Random init gives nearly uniform next-token distributions; a larger output scale makes them
-    # peaked enough for greedy ties to be practically impossible, yet still varied under sampling.
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(OUTPUT_SCALE)
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(QK_SCALE)
+            layer.self_attn.k_proj.weight.mul_(QK_SCALE)
     model.generation_config = GenerationConfig(
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
         pad_token_id=ids["<|endoftext|>"],
@@ -206,7 +229,7 @@ def demo_model_path(*, arch: Arch = "qwen3", size: Size = "small", cache_dir: st
     The cache lives in ``$LLM_MIDDLEWARE_CACHE`` or ``~/.cache/llm_middleware``.
     """
     root = Path(cache_dir or os.environ.get("LLM_MIDDLEWARE_CACHE") or Path.home() / ".cache" / "llm_middleware")
-    path = root / f"demo-{arch}-{size}"
+    path = root / f"demo-{arch}-{size}-v{_BUILD_VERSION}"
     if not (path / DEMO_MARKER).exists():
         logger.warning("building a random-weight demo model (%s, %s) at %s: its output is gibberish", arch, size, path)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
