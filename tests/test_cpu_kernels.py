@@ -152,7 +152,7 @@ def test_kernels_that_cannot_compile_leave_pytorch_ops(monkeypatch: pytest.Monke
 def test_exp_is_within_a_few_ulp_and_clamps_outside_float32s_normal_range() -> None:
     exp = cpu_kernels.exp
 
-    @numba.njit
+    @numba.njit(fastmath=cpu_kernels.FASTMATH)  # as the kernels compile it: reassociation must not undo its two-part ln 2
     def each(values, out):  # noqa: ANN001, ANN202
         for i in range(values.size):
             out[i] = exp(values[i])
@@ -203,3 +203,47 @@ def test_an_edit_of_a_helper_reaches_the_cached_kernels_that_inline_it(tmp_path:
     kernels = package / "engine" / "cpu_kernels.py"
     kernels.write_text(kernels.read_text().replace("x = min(max(x,", "x = np.float32(0.0) * min(max(x,", 1))
     assert run() == "0.3333"  # every exp now 1: the cached softmax was compiled again with it
+
+
+
+def _error(got: torch.Tensor, exact: torch.Tensor) -> float:
+    """Root-mean-square error against a float64 result, relative to that result's own size."""
+    return float(((got.double() - exact) ** 2).mean().sqrt() / (exact**2).mean().sqrt())
+
+
+def test_kernels_on_large_activations_are_within_pytorchs_own_float32_error(form: str) -> None:
+    # Real models carry large activations (residuals of thousands, attention scores of tens, gates of
+    # tens): each kernel, under its own fast-math flags, must stay as close to float64 as PyTorch's ops.
+    from llm_middleware.engine import cpu_attention
+
+    gen = torch.Generator().manual_seed(4)
+    residual, delta = (1000 * torch.randn(64, 1024, generator=gen) for _ in range(2))
+    residual[:, 5] *= 30  # an outlier channel
+    weight = 0.5 + torch.rand(1024, generator=gen)
+    total = residual.double() + delta.double()
+    exact = total * torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + 1e-6) * weight.double()
+    ours = cpu_kernels.add_rms_norm(residual, delta, weight, 1e-6)[1]
+    assert _error(ours, exact) <= 1.5 * _error(F.rms_norm(residual + delta, (1024,), weight, 1e-6), exact)
+
+    gate_up = 15 * torch.randn(64, 2 * 512, generator=gen)
+    gate, up = gate_up.double().split(512, -1)
+    exact = F.silu(gate) * up
+    theirs = F.silu(gate_up[:, :512]) * gate_up[:, 512:]
+    assert _error(cpu_kernels.silu_mul(gate_up), exact) <= 1.5 * _error(theirs, exact)
+
+    rows, heads, kv_heads, dim, bs, n = 16, 8, 2, 64, 16, 300
+    blocks = -(-n // bs)
+    k_cache = 5 * torch.randn(rows * blocks * bs, kv_heads, dim, generator=gen)  # scores of up to about a hundred
+    v_cache = torch.randn(rows * blocks * bs, kv_heads, dim, generator=gen)
+    query = 5 * torch.randn(rows, heads * dim, generator=gen)
+    tables = torch.randperm(rows * blocks, generator=gen).view(rows, blocks)
+    ours = cpu_attention.decode_attention(query, heads, k_cache, v_cache, tables, torch.full((rows,), n), dim**-0.5, bs)
+    exact, theirs = [], []
+    for row in range(rows):
+        slots = tables[row, torch.arange(n) // bs] * bs + torch.arange(n) % bs
+        keys, values = (c[slots].transpose(0, 1).repeat_interleave(heads // kv_heads, 0) for c in (k_cache, v_cache))
+        q = query[row].view(heads, 1, dim)
+        exact.append(torch.softmax(q.double() @ keys.double().transpose(1, 2) * dim**-0.5, -1) @ values.double())
+        theirs.append(F.scaled_dot_product_attention(q[None], keys[None], values[None], scale=dim**-0.5)[0])
+    exact_t = torch.stack(exact).transpose(1, 2)  # [B, 1, H, D]
+    assert _error(ours, exact_t) <= 1.5 * _error(torch.stack(theirs).transpose(1, 2), exact_t)
