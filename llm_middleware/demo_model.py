@@ -5,12 +5,21 @@ built-in corpus, the weights are random, and the result is saved with ``save_pre
 so that it loads through the same ``from_pretrained`` path as a hub model.  The text such a
 model writes is gibberish; its mechanics (shapes, rotary positions, GQA, the chat template,
 eos handling) are those of the real architecture.
+
+The weights are large enough that each next token depends on the context: with transformers'
+default initialisation (a standard deviation of 0.02) every layer adds next to nothing to the
+token's own embedding, and greedy decoding repeats one token whatever came before it, so a
+broken attention, KV cache or prompt chunking would still give the right answer.  The
+tokenizer is as awkward as real ones: multi-byte characters span several tokens, and the
+tool-call and thinking markers are special tokens (as in Hermes-2-Pro), which decoding with
+special tokens skipped drops.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +31,8 @@ Size = Literal["tiny", "small", "4b"]
 
 #: Marker file written next to the weights; the engine reports such models as random weights.
 DEMO_MARKER = "llm_middleware_demo.json"
+# Part of the cached demo's folder name: a change of how demo models are built gets a fresh build.
+_BUILD_VERSION = 2
 
 # ChatML, as Qwen templates render it, including Hermes-style tool definitions and calls.
 CHAT_TEMPLATE = (
@@ -57,10 +68,23 @@ CHAT_TEMPLATE = (
     "{% endif %}"
 )
 
+# Weights have a standard deviation of WEIGHT_GAIN / sqrt(hidden_size) (0.375 for the tiny shape): each
+# product then scales its input's size by about WEIGHT_GAIN, so attention and MLP outputs outweigh the
+# token's embedding in the residual stream and greedy output follows the context, in every size.  A
+# larger gain amplifies roundings from layer to layer until bfloat16 results of two summation orders
+# part ways; a smaller one brings back answers that repeat a few tokens.
+WEIGHT_GAIN = 3.0
+# Attention scores (q·k / sqrt(d)) would have a standard deviation of about WEIGHT_GAIN ** 2 where queries
+# and keys are not normed (Llama): each query would pick one key, and one rounding in a key another.
+# Queries and keys are scaled down to scores of a few units, as in trained models (and as Qwen3's
+# per-head norms keep them).
+QK_SCALE = 0.5
+# Random init gives nearly uniform next-token distributions; a larger output scale makes them peaked
+# enough for greedy near-ties to be rare, yet still varied under sampling.
 OUTPUT_SCALE = 3.0
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-EXTRA_TOKENS = ["<tool_call>", "</tool_call>", "<think>", "</think>"]
+MARKER_TOKENS = ["<tool_call>", "</tool_call>", "<think>", "</think>"]
 
 # A small multilingual corpus so that the BPE learns merges across scripts, and
 # multi-byte characters (accents, CJK, emoji) are split over several tokens.
@@ -99,7 +123,7 @@ _SIZES: dict[str, dict[str, int]] = {
 }
 
 
-def _train_tokenizer(vocab_size: int) -> Any:
+def _train_tokenizer(vocab_size: int, special_markers: bool) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -107,7 +131,7 @@ def _train_tokenizer(vocab_size: int) -> Any:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(SPECIAL_TOKENS) - len(EXTRA_TOKENS),
+        vocab_size=vocab_size - len(SPECIAL_TOKENS) - len(MARKER_TOKENS),
         special_tokens=[],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -117,9 +141,10 @@ def _train_tokenizer(vocab_size: int) -> Any:
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIAL_TOKENS[1:],
+        additional_special_tokens=SPECIAL_TOKENS[1:] + (MARKER_TOKENS if special_markers else []),
     )
-    fast.add_tokens(EXTRA_TOKENS)
+    if not special_markers:
+        fast.add_tokens(MARKER_TOKENS)
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -133,21 +158,25 @@ def build_demo_model(
     max_position_embeddings: int = 2048,
     device: str = "cpu",
     dtype: str = "float32",
+    special_markers: bool = True,
     **config_overrides: Any,
 ) -> Path:
     """Build a random-weight causal LM of ``arch`` and save it (model, tokenizer, template) to ``path``.
 
     ``config_overrides`` replace fields of the architecture's config (for example
-    ``num_hidden_layers``).  ``device`` and ``dtype`` say where the random weights are made and
-    how they are saved (a GPU initialises a multi-billion-parameter model in seconds).  Returns
-    the directory, ready for ``Engine(path)``.
+    ``num_hidden_layers``, or ``initializer_range``, the weights' standard deviation, by default
+    ``WEIGHT_GAIN / sqrt(hidden_size)``).  ``device`` and ``dtype`` say where the random weights
+    are made and how they are saved (a GPU initialises a multi-billion-parameter model in
+    seconds).  ``special_markers=False`` registers the tool-call and thinking markers as plain
+    added tokens instead of special ones.  Returns the directory, ready for ``Engine(path)``.
     """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-    shape = dict(_SIZES[size])
+    shape: dict[str, Any] = dict(_SIZES[size])
     shape.update(config_overrides)
-    tokenizer = _train_tokenizer(shape["vocab_size"])
+    shape.setdefault("initializer_range", WEIGHT_GAIN / math.sqrt(shape["hidden_size"]))
+    tokenizer = _train_tokenizer(shape["vocab_size"], special_markers)
     # The BPE stops merging when the small corpus runs out; filler words take the remaining ids,
     # so that the vocabulary has its real size (memory and speed depend on it) and every token
     # the model can sample decodes to text.
@@ -171,10 +200,11 @@ def build_demo_model(
         else:
             model = LlamaForCausalLM(LlamaConfig(**common))
     model = model.to(getattr(torch, dtype))
-    # Random init gives nearly uniform next-token distributions; a larger output scale makes them
-    # peaked enough for greedy ties to be practically impossible, yet still varied under sampling.
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(OUTPUT_SCALE)
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(QK_SCALE)
+            layer.self_attn.k_proj.weight.mul_(QK_SCALE)
     model.generation_config = GenerationConfig(
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
         pad_token_id=ids["<|endoftext|>"],
@@ -199,7 +229,7 @@ def demo_model_path(*, arch: Arch = "qwen3", size: Size = "small", cache_dir: st
     The cache lives in ``$LLM_MIDDLEWARE_CACHE`` or ``~/.cache/llm_middleware``.
     """
     root = Path(cache_dir or os.environ.get("LLM_MIDDLEWARE_CACHE") or Path.home() / ".cache" / "llm_middleware")
-    path = root / f"demo-{arch}-{size}"
+    path = root / f"demo-{arch}-{size}-v{_BUILD_VERSION}"
     if not (path / DEMO_MARKER).exists():
         logger.warning("building a random-weight demo model (%s, %s) at %s: its output is gibberish", arch, size, path)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -147,7 +152,7 @@ def test_kernels_that_cannot_compile_leave_pytorch_ops(monkeypatch: pytest.Monke
 def test_exp_is_within_a_few_ulp_and_clamps_outside_float32s_normal_range() -> None:
     exp = cpu_kernels.exp
 
-    @numba.njit
+    @numba.njit(fastmath=cpu_kernels.FASTMATH)  # as the kernels compile it: reassociation must not undo its two-part ln 2
     def each(values, out):  # noqa: ANN001, ANN202
         for i in range(values.size):
             out[i] = exp(values[i])
@@ -171,3 +176,74 @@ def test_silu_mul_matches_the_model_ops(form: str, dtype: torch.dtype) -> None:
     expected = F.silu(gate) * up  # the model's ops: the activation rounded, then the product
     tol = TOLERANCE[dtype]
     torch.testing.assert_close(cpu_kernels.silu_mul(gate_up), expected, rtol=tol, atol=tol)
+
+
+def test_an_edit_of_a_helper_reaches_the_cached_kernels_that_inline_it(tmp_path: Path) -> None:
+    # Numba checks a cached kernel against its own file only: without names that follow every kernel
+    # source, a kernel inlining ``exp`` from another file kept running the old ``exp`` after an edit.
+    package = tmp_path / "llm_middleware"
+    (package / "engine").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "engine" / "__init__.py").write_text("")
+    source = Path(cpu_kernels.__file__).parent
+    for name in ("cpu_kernels.py", "cpu_attention.py", "cpu_decoder.py"):
+        (package / "engine" / name).write_text((source / name).read_text())
+    softmax = ("import numpy as np; from llm_middleware.engine import cpu_attention; "
+               "s = np.array([[[0.0, -1.0, -2.0]]], np.float32); cpu_attention._softmax.alone(s, np.array([3])); "
+               "print(round(float(s[0, 0, 0]), 4))")
+
+    def run() -> str:
+        env = {**os.environ, "PYTHONPATH": str(tmp_path), "NUMBA_CACHE_DIR": ""}
+        done = subprocess.run([sys.executable, "-c", softmax], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip()
+
+    assert run() == "0.6652"  # e^0 / (e^0 + e^-1 + e^-2), compiled and cached
+    kernels = package / "engine" / "cpu_kernels.py"
+    kernels.write_text(kernels.read_text().replace("x = min(max(x,", "x = np.float32(0.0) * min(max(x,", 1))
+    assert run() == "0.3333"  # every exp now 1: the cached softmax was compiled again with it
+
+
+
+def _error(got: torch.Tensor, exact: torch.Tensor) -> float:
+    """Root-mean-square error against a float64 result, relative to that result's own size."""
+    return float(((got.double() - exact) ** 2).mean().sqrt() / (exact**2).mean().sqrt())
+
+
+def test_kernels_on_large_activations_are_within_pytorchs_own_float32_error(form: str) -> None:
+    # Real models carry large activations (residuals of thousands, attention scores of tens, gates of
+    # tens): each kernel, under its own fast-math flags, must stay as close to float64 as PyTorch's ops.
+    from llm_middleware.engine import cpu_attention
+
+    gen = torch.Generator().manual_seed(4)
+    residual, delta = (1000 * torch.randn(64, 1024, generator=gen) for _ in range(2))
+    residual[:, 5] *= 30  # an outlier channel
+    weight = 0.5 + torch.rand(1024, generator=gen)
+    total = residual.double() + delta.double()
+    exact = total * torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + 1e-6) * weight.double()
+    ours = cpu_kernels.add_rms_norm(residual, delta, weight, 1e-6)[1]
+    assert _error(ours, exact) <= 1.5 * _error(F.rms_norm(residual + delta, (1024,), weight, 1e-6), exact)
+
+    gate_up = 15 * torch.randn(64, 2 * 512, generator=gen)
+    gate, up = gate_up.double().split(512, -1)
+    exact = F.silu(gate) * up
+    theirs = F.silu(gate_up[:, :512]) * gate_up[:, 512:]
+    assert _error(cpu_kernels.silu_mul(gate_up), exact) <= 1.5 * _error(theirs, exact)
+
+    rows, heads, kv_heads, dim, bs, n = 16, 8, 2, 64, 16, 300
+    blocks = -(-n // bs)
+    k_cache = 5 * torch.randn(rows * blocks * bs, kv_heads, dim, generator=gen)  # scores of up to about a hundred
+    v_cache = torch.randn(rows * blocks * bs, kv_heads, dim, generator=gen)
+    query = 5 * torch.randn(rows, heads * dim, generator=gen)
+    tables = torch.randperm(rows * blocks, generator=gen).view(rows, blocks)
+    ours = cpu_attention.decode_attention(query, heads, k_cache, v_cache, tables, torch.full((rows,), n), dim**-0.5, bs)
+    exact, theirs = [], []
+    for row in range(rows):
+        slots = tables[row, torch.arange(n) // bs] * bs + torch.arange(n) % bs
+        keys, values = (c[slots].transpose(0, 1).repeat_interleave(heads // kv_heads, 0) for c in (k_cache, v_cache))
+        q = query[row].view(heads, 1, dim)
+        exact.append(torch.softmax(q.double() @ keys.double().transpose(1, 2) * dim**-0.5, -1) @ values.double())
+        theirs.append(F.scaled_dot_product_attention(q[None], keys[None], values[None], scale=dim**-0.5)[0])
+    exact_t = torch.stack(exact).transpose(1, 2)  # [B, 1, H, D]
+    assert _error(ours, exact_t) <= 1.5 * _error(torch.stack(theirs).transpose(1, 2), exact_t)

@@ -166,11 +166,12 @@ def test_utf8_never_broken_across_deltas(engine: Engine, rust_backend: bool) -> 
             chunks.append(detok.take(final=False))
         assert context + "".join(chunks) == text
         assert all("\ufffd" not in c for c in chunks)
-    # Streamed output of the engine joins to the decoding of all its tokens.
+    # Streamed output of the engine joins to the decoding of all its tokens (tool-call and thinking
+    # markers kept, other special tokens left out).
     for seed in range(3):
         deltas = list(engine.stream_complete_sync(text, max_tokens=30, temperature=1.0, seed=seed))
         all_ids = [t for d in deltas for t in d.token_ids]
-        assert "".join(d.text for d in deltas) == tokenizer.decode(all_ids, skip_special_tokens=True)
+        assert "".join(d.text for d in deltas) == TokenDecoder(tokenizer).decode(all_ids)
 
 
 
@@ -784,9 +785,15 @@ async def test_bfloat16_on_the_cpu_runs_the_kernels_and_keeps_greedy_output(arch
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
         for prompt in PROMPTS:
             ids = tok.encode(prompt, add_special_tokens=False)
-            expected = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, eos_token_id=None,
-                                      pad_token_id=0)[0, len(ids):].tolist()
             done = await eng.complete(prompt, max_tokens=16, temperature=0, ignore_eos=True)
-            assert done.choices[0].token_ids == expected, prompt
+            got = done.choices[0].token_ids
+            # In bfloat16 two summation orders round apart, and the model's own incremental generate and
+            # its forward over the whole sequence already pick different tokens some steps on.  So each
+            # token must be the one the model's forward picks after the same tokens, within one rounding.
+            with torch.inference_mode():
+                logits = model(torch.tensor([ids + got])).logits[0, len(ids) - 1 : -1].float()  # [16, vocab]
+            best = logits.max(-1).values
+            chosen = logits[torch.arange(len(got)), torch.tensor(got)]
+            assert bool((best - chosen <= torch.finfo(torch.bfloat16).eps * best.abs()).all()), prompt
     finally:
         eng.shutdown()

@@ -53,7 +53,8 @@ def test_swaps_every_layer_and_keeps_the_logits(arch_fixture: str, request: pyte
     with torch.inference_mode():
         expected = reference(ids).logits
         actual = model(ids, use_cache=False, llm_attention=meta).logits
-    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    # Float32 products summed in another order: within a few roundings of the logits' size.
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().mean()))
     # The new keys and values went to their slots, and nowhere else.
     for layer_cache in cache.keys + cache.values:
         written = torch.zeros(layer_cache.shape[0], dtype=torch.bool)

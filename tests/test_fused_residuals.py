@@ -49,7 +49,9 @@ def test_every_layer_hands_its_norm_over_and_the_logits_are_kept(
     taken = _count_handed(monkeypatch)
     ids = torch.tensor([[5, 17, 42, 7, 99, 3]])
     with torch.inference_mode():
-        torch.testing.assert_close(model(ids).logits, reference(ids).logits, rtol=1e-6, atol=1e-6)
+        expected = reference(ids).logits
+        # Within the bound of the engine's own probe: roundings of the logits' size, which the layers amplify.
+        torch.testing.assert_close(model(ids).logits, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().mean()))
     # Every layer's last norm (the next layer's input norm, then the final norm) was handed over.
     assert taken == [True] * layers
     assert all(layer.forward.handoff.hidden is None for layer in model.model.layers)  # nothing held after a step
@@ -72,7 +74,9 @@ def test_a_layer_with_another_formula_keeps_its_forward(tiny_llama_dir: Path, mo
     taken = _count_handed(monkeypatch)
     ids = torch.tensor([[5, 17, 42, 7, 99, 3]])
     with torch.inference_mode():
-        torch.testing.assert_close(model(ids).logits, reference(ids).logits, rtol=1e-6, atol=1e-6)
+        expected = reference(ids).logits
+        # Within the bound of the engine's own probe: roundings of the logits' size, which the layers amplify.
+        torch.testing.assert_close(model(ids).logits, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().mean()))
     # The first layer's handed norm went unused (the second layer normalised a new tensor); the
     # layers after the second hand theirs over.
     assert taken == [False] + [True] * (layers - 2)

@@ -115,8 +115,9 @@ def tool_call_spec(
 ) -> dict[str, Any] | None:
     """The ``guided`` spec forcing Hermes-style tool calls for ``tool_choice`` required or named.
 
-    The grammar names ``<tool_call>`` and ``</tool_call>`` as tokens of the model's vocabulary,
-    so the engine compiles it with the model's tokenizer.
+    The grammar names ``<tool_call>`` and ``</tool_call>`` as tokens of the model's vocabulary
+    (special or plain added tokens: llguidance treats both as special ones, whose text it would
+    not match), so the engine compiles it with the model's tokenizer.
 
     ``auto`` and ``none`` need no grammar (None).  Named: exactly one call of that function.
     Required: one call of any offered tool, or several when ``parallel``.

@@ -9,6 +9,9 @@ Three formats are recognised, whichever the model writes:
   ``;``), optionally after ``<|python_tag|>``.  Without that tag, a bare JSON object only counts as
   a call when its name is one of the offered tools, so plain JSON answers stay content.
 
+The markers are found in the text whether the tokenizer has them as special tokens or not: the
+engine keeps their text (``llm_middleware.markers``).
+
 Text before a call is content.  Once a call starts, the text is held back until the call can
 be parsed; a call that does not parse is given back as content rather than lost.
 """
@@ -22,11 +25,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-HERMES_START = "<tool_call>"
-HERMES_END = "</tool_call>"
-MISTRAL_START = "[TOOL_CALLS]"
-MISTRAL_ARGS = "[ARGS]"
-LLAMA_START = "<|python_tag|>"
+from ..markers import HERMES_END, HERMES_START, LLAMA_START, MISTRAL_ARGS, MISTRAL_START
+
 _MARKERS = (HERMES_START, MISTRAL_START, LLAMA_START)
 
 _ID_ALPHABET = string.ascii_letters + string.digits

@@ -43,8 +43,12 @@ logger = logging.getLogger("llm_middleware")
 if numba is not None:
     import numpy as np
 
-    _njit = numba.njit(**OPTIONS)
-    _njit_parallel = numba.njit(parallel=True, **OPTIONS)
+    def _njit(function: Any) -> Any:
+        return numba.njit(**OPTIONS)(cpu_kernels.cache_named(function))
+
+    def _njit_parallel(function: Any) -> Any:
+        return numba.njit(parallel=True, **OPTIONS)(cpu_kernels.cache_named(function))
+
     # The layers' kernel for per-head norms, rotary embedding and cache write, in its calling-thread form,
     # and their attention kernels over numba's threads.
     _rope_and_cache, _silu_mul = cpu_kernels._rope_and_cache.alone, cpu_kernels._silu_mul.alone

@@ -19,8 +19,10 @@ over numba's threads (prompt chunks, large batches).  Numba compiles them while 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import types
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +43,17 @@ FASTMATH = {"reassoc", "contract"}
 # Division as numpy (and PyTorch) divide, to inf or NaN: Python's ZeroDivisionError check on each
 # one kept loops that divide from vectorising (a 32-row SiLU ran 6x slower).
 OPTIONS = {"nogil": True, "fastmath": FASTMATH, "error_model": "numpy", "cache": True}
+
+# Numba checks a cached kernel against its own source file only, not against the helpers it inlines or
+# the kernels it calls from other files (``exp`` in the softmax, the attention kernels in the one-call
+# step): after an edit of one of those, the cached callers went on running the old code.  Kernels are
+# cached under names that carry a digest of every kernel source, so that any edit compiles them afresh.
+_KERNEL_SOURCES = ("cpu_kernels.py", "cpu_attention.py", "cpu_decoder.py")
+try:
+    _SOURCES_DIGEST = hashlib.sha256(b"".join((Path(__file__).parent / name).read_bytes()
+                                              for name in _KERNEL_SOURCES)).hexdigest()[:16]
+except OSError:  # no sources to read: numba cannot cache kernels then either
+    _SOURCES_DIGEST = "nosource"
 
 # Below this many elements a kernel runs on the calling thread alone: waking numba's idle threads
 # costs tens of microseconds, more than a decode row's whole work.
@@ -64,6 +77,14 @@ def tensor_of(array: Any, dtype: torch.dtype) -> torch.Tensor:
     return tensor.view(dtype) if dtype == torch.bfloat16 else tensor
 
 
+def cache_named(function: Any, suffix: str = "") -> Any:
+    """``function`` under a name for numba's disk cache (which keys compilations by the function's name
+    only) that changes with every kernel source; ``suffix`` names a twin compiled another way."""
+    twin = types.FunctionType(function.__code__, function.__globals__, f"{function.__name__}{suffix}")
+    twin.__qualname__ = f"{function.__qualname__}{suffix}_{_SOURCES_DIGEST}"
+    return twin
+
+
 def parallel() -> bool:
     """Whether numba's threads run kernels here (after ``available``'s compilation found out)."""
     return numba is not None and _compiled() and _rope_and_cache.threads
@@ -75,11 +96,8 @@ class Kernel:
     __slots__ = ("alone", "parallel", "threads")
 
     def __init__(self, function: Any) -> None:
-        self.alone = numba.njit(parallel=False, **OPTIONS)(function)
-        # A twin under its own name: numba's disk cache keys compilations by the function's name only.
-        twin = types.FunctionType(function.__code__, function.__globals__, f"{function.__name__}_parallel")
-        twin.__qualname__ = f"{function.__qualname__}_parallel"
-        self.parallel = numba.njit(parallel=True, **OPTIONS)(twin)
+        self.alone = numba.njit(parallel=False, **OPTIONS)(cache_named(function))
+        self.parallel = numba.njit(parallel=True, **OPTIONS)(cache_named(function, "_parallel"))
         self.threads = True  # whether numba's threads run here (``warm`` finds out)
 
     def __call__(self, work: int, *args: Any) -> Any:
