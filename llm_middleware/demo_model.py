@@ -123,7 +123,7 @@ _SIZES: dict[str, dict[str, int]] = {
 }
 
 
-def _train_tokenizer(vocab_size: int, special_markers: bool) -> Any:
+def _train_tokenizer(vocab_size: int, special_markers: bool = True) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

@@ -121,9 +121,10 @@ async def test_equal_prompts_prefilled_whole_past_the_window(arch: str, arch_mod
 def test_models_whose_attention_is_not_computed_are_refused_at_load(kind: str, tmp_path: Path) -> None:
     eng = Engine(build_unsupported_model(tmp_path, kind))
     try:
-        with pytest.raises(errors.EngineNotReadyError, match="does not compute the attention"):
+        with pytest.raises(errors.EngineNotReadyError, match="failed to load"):
             eng.wait_ready_sync()
         assert eng.state == "failed"
+        assert "does not compute the attention" in eng.error
         assert UNSUPPORTED[kind] in eng.error
     finally:
         eng.shutdown()

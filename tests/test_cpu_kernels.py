@@ -189,7 +189,8 @@ def test_an_edit_of_a_helper_reaches_the_cached_kernels_that_inline_it(tmp_path:
     for name in ("cpu_kernels.py", "cpu_attention.py", "cpu_decoder.py"):
         (package / "engine" / name).write_text((source / name).read_text())
     softmax = ("import numpy as np; from llm_middleware.engine import cpu_attention; "
-               "s = np.array([[[0.0, -1.0, -2.0]]], np.float32); cpu_attention._softmax.alone(s, np.array([3])); "
+               "s = np.array([[[0.0, -1.0, -2.0]]], np.float32); "
+               "cpu_attention._softmax.alone(s, np.array([3]), 0, np.empty(0, np.float32)); "
                "print(round(float(s[0, 0, 0]), 4))")
 
     def run() -> str:
