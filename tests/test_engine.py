@@ -249,7 +249,7 @@ async def test_cancellation_frees_slot_and_kv(tiny_model_dir: Path, overlap: boo
     await eng.wait_ready()
     try:
         total = eng.stats()["total_kv_blocks"]
-        stream = eng.stream_complete("Hello", max_tokens=10_000, ignore_eos=True)
+        stream = eng.stream_complete("Hello", ignore_eos=True)
         async for _ in stream:
             break
         assert eng.stats()["running"] == 1
@@ -265,7 +265,7 @@ async def test_cancellation_frees_slot_and_kv(tiny_model_dir: Path, overlap: boo
 
 def test_sync_iterator_close_cancels(engine: Engine) -> None:
     total = engine.stats()["total_kv_blocks"]
-    it = engine.stream_complete_sync("Hello", max_tokens=10_000, ignore_eos=True)
+    it = engine.stream_complete_sync("Hello", ignore_eos=True)
     next(it)
     it.close()  # type: ignore[attr-defined]
     deadline = time.monotonic() + 10
@@ -278,7 +278,7 @@ async def test_cancelled_task_cancels_request(engine: Engine) -> None:
     started = asyncio.Event()
 
     async def consume() -> None:
-        async for _ in engine.stream_complete("Hello", max_tokens=10_000, ignore_eos=True):
+        async for _ in engine.stream_complete("Hello", ignore_eos=True):
             started.set()
 
     task = asyncio.create_task(consume())

@@ -103,7 +103,7 @@ def test_a_busy_engine_holds_a_few_prompts_while_a_burst_is_still_being_read(
 
     def long_stream() -> None:
         try:
-            eng.complete_sync(list(range(10, 20)), max_tokens=4000, ignore_eos=True)
+            eng.complete_sync(list(range(10, 20)), ignore_eos=True)
         except EngineNotReadyError as error:
             ended_by_shutdown.append(error)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
+from ..cpu_pool import run_cpu
 from ..errors import InvalidRequestError
 from .decoding import decode_body
 from .guided import check_tool_parameters
@@ -16,20 +16,18 @@ from .schemas import DetokenizeResponse, TokenizeResponse, detokenize_request_de
 if TYPE_CHECKING:
     from ..engine.engine import Engine
 
-# The engine's text helpers block until the model has loaded: they run in a worker thread
-# so that the event loop keeps serving other requests meanwhile.
+# Decoding, rendering and tokenizing are request-sized CPU work, and the engine's text helpers
+# block until the model has loaded: all of it runs on the CPU pool, off the event loop.
 
 
-async def tokenize(engine: Engine, request: Request, request_id: str) -> Response:
-    """Token ids of ``prompt``, or of ``messages`` rendered by the chat template."""
+def _tokens(engine: Engine, request: Request) -> TokenizeResponse:
     body = decode_body(request, tokenize_request_decoder)
     if (body.prompt is None) == (body.messages is None):
         raise InvalidRequestError("Give exactly one of 'prompt' and 'messages'.", param="prompt")
     check_tool_parameters(body.tools or [])
     model = engine.resolve_model(body.model)
     if body.messages is not None:
-        text = await asyncio.to_thread(
-            engine.apply_chat_template,
+        text = engine.apply_chat_template(
             template_messages(body.messages),
             model=model,
             tools=template_tools(body.tools) if body.tools else None,
@@ -37,14 +35,21 @@ async def tokenize(engine: Engine, request: Request, request_id: str) -> Respons
         )
     else:
         text = body.prompt or ""
-    tokens = await asyncio.to_thread(engine.tokenize, text, model=model)
+    tokens = engine.tokenize(text, model=model)
     max_model_len = next(info.max_model_len for info in engine.models() if info.name == model)
-    return json_response(TokenizeResponse(count=len(tokens), max_model_len=max_model_len, tokens=tokens))
+    return TokenizeResponse(count=len(tokens), max_model_len=max_model_len, tokens=tokens)
+
+
+async def tokenize(engine: Engine, request: Request, request_id: str) -> Response:
+    """Token ids of ``prompt``, or of ``messages`` rendered by the chat template."""
+    return json_response(await run_cpu(_tokens, engine, request))
+
+
+def _text(engine: Engine, request: Request) -> DetokenizeResponse:
+    body = decode_body(request, detokenize_request_decoder)
+    return DetokenizeResponse(prompt=engine.detokenize(body.tokens, model=engine.resolve_model(body.model)))
 
 
 async def detokenize(engine: Engine, request: Request, request_id: str) -> Response:
     """The text of ``tokens``."""
-    body = decode_body(request, detokenize_request_decoder)
-    model = engine.resolve_model(body.model)
-    text = await asyncio.to_thread(engine.detokenize, body.tokens, model=model)
-    return json_response(DetokenizeResponse(prompt=text))
+    return json_response(await run_cpu(_text, engine, request))

@@ -1,0 +1,206 @@
+"""Hostile requests through a real server: each is answered (refused with the right 4xx, or served) within
+seconds, while the host app's own route, polled all the while, keeps answering within about a second.
+
+The server is hypercorn serving a raw ASGI host app wrapped by the middleware (``server_apps``), whose
+every API request passes a synchronous ``authorize``: the host route and the API share one event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from servers import Server, server_env, serving
+
+# The host route must answer every poll within this many seconds ("about a second", on a loaded machine).
+HOST_LATENCY = 1.5
+# Every hostile request must be answered within this many seconds.
+ANSWER_WITHIN = 60
+
+HELLO = [{"role": "user", "content": "Hello"}]
+# Ten billion iterations: a template that never ends in practice.
+ENDLESS_TEMPLATE = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+TEN_MB_PROMPT_WORDS = 2_000_000  # "word " is five bytes
+
+
+@pytest.fixture(scope="module")
+def url(tiny_model_dir: Path) -> Iterator[str]:
+    with serving({"host": Server(["-m", "hypercorn", "server_apps:slow_authorize_app"])},
+                 server_env(tiny_model_dir)) as urls:
+        yield urls["host"]
+
+
+class HostPoller:
+    """Polls the host app's own route from a thread and keeps the slowest answer's time."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.worst = 0.0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        # Until stopped, and once more after: the host must still answer once the hostile request is over.
+        with httpx.Client(timeout=10) as client:
+            while True:
+                stopping = self._stop.is_set()
+                began = time.monotonic()
+                try:
+                    response = client.get(self.url + "/")
+                    if response.text != "raw home":
+                        self.failures.append(f"{response.status_code}: {response.text[:100]}")
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                self.worst = max(self.worst, time.monotonic() - began)
+                if stopping:
+                    return
+                self._stop.wait(0.02)
+
+    @contextmanager
+    def running(self) -> Iterator[HostPoller]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join()
+
+
+@dataclass(frozen=True)
+class Hostile:
+    """A hostile request and the answer it must get: ``status``, and the error's ``param`` or ``code``.
+
+    ``body`` makes the JSON body (bytes: sent as they are).
+    """
+
+    method: str
+    path: str
+    body: Callable[[], Any] | None
+    status: int
+    param: str | None = None
+    code: str | None = None
+    headers: dict[str, str] | None = None
+
+
+def chat(**fields: Any) -> Callable[[], dict[str, Any]]:
+    return lambda: {"messages": HELLO, "max_tokens": 4, **fields}
+
+
+def tools(count: int, properties: int) -> list[dict[str, Any]]:
+    schema = {"type": "object", "properties": {f"p{j}": {"type": "integer"} for j in range(properties)}}
+    return [{"type": "function", "function": {"name": f"tool_{i}", "parameters": schema}} for i in range(count)]
+
+
+def nested(depth: int) -> Any:
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def deeply_nested_chat() -> bytes:
+    """A chat body with a template variable nested 100k levels deep (too deep for ``json.dumps`` to write)."""
+    return (b'{"messages": [{"role": "user", "content": "Hello"}], "chat_template_kwargs": {"deep": '
+            + b"[" * 100_000 + b"]" * 100_000 + b"}}")
+
+
+HOSTILE: dict[str, Hostile] = {
+    "template code with an endless loop": Hostile(
+        "POST", "/ai/v1/chat/completions", chat(chat_template_kwargs={"chat_template": ENDLESS_TEMPLATE}),
+        400, param="chat_template_kwargs.chat_template"),
+    "template code through /tokenize": Hostile(
+        "POST", "/ai/tokenize", lambda: {"messages": HELLO, "chat_template_kwargs": {"chat_template": ENDLESS_TEMPLATE}},
+        400, param="chat_template_kwargs.chat_template"),
+    "a huge chat_template": Hostile(
+        "POST", "/ai/v1/chat/completions", chat(chat_template_kwargs={"chat_template": "{{ messages }}" * 500_000}),
+        400, param="chat_template_kwargs.chat_template"),
+    "a template rendering gigabytes": Hostile(
+        "POST", "/ai/v1/chat/completions", chat(chat_template_kwargs={"chat_template": "{{ 'ha' * 1000000000 }}"}),
+        400, param="chat_template_kwargs.chat_template"),
+    "10k logit_bias keys": Hostile(
+        "POST", "/ai/v1/chat/completions", chat(logit_bias={str(i): 1 for i in range(10_000)}), 400, param="logit_bias"),
+    "100k stop_token_ids": Hostile(
+        "POST", "/ai/v1/chat/completions", chat(stop_token_ids=list(range(100_000))), 400, param="stop_token_ids"),
+    "a 1,000-prompt completions list": Hostile(
+        "POST", "/ai/v1/completions", lambda: {"prompt": ["Hello"] * 1000, "max_tokens": 4}, 400, param="prompt"),
+    "3,000 tools": Hostile("POST", "/ai/v1/chat/completions", chat(tools=tools(3000, 4)), 400, param="tools"),
+    "128 tools, each schema checked": Hostile(
+        "POST", "/ai/v1/chat/completions", chat(tools=tools(128, 30), tool_choice="none"), 200),
+    "a 5,000-property response_format, compiled into a grammar": Hostile(
+        "POST", "/ai/v1/chat/completions", chat(response_format={"type": "json_schema", "json_schema": {
+            "name": "big", "schema": {"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(5000)}}}}),
+        200),
+    "100k messages": Hostile(
+        "POST", "/ai/v1/chat/completions", lambda: {"messages": HELLO * 100_000, "max_tokens": 4}, 400, param="messages"),
+    "100k content parts": Hostile(
+        "POST", "/ai/v1/chat/completions",
+        lambda: {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}] * 100_000}]},
+        400, param="messages[0].content"),
+    "100k embedding inputs": Hostile("POST", "/ai/v1/embeddings", lambda: {"input": ["a"] * 100_000}, 400, param="input"),
+    "JSON nested 100k deep": Hostile("POST", "/ai/v1/chat/completions", deeply_nested_chat, 400, code="invalid_json"),
+    "tool parameters nested 100 deep": Hostile(
+        "POST", "/ai/v1/chat/completions",
+        chat(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "x": nested(100)}}}]),
+        400, param="tools[0].function.parameters"),
+    "a 10 MB completions prompt": Hostile(
+        "POST", "/ai/v1/completions", lambda: {"prompt": "word " * TEN_MB_PROMPT_WORDS, "max_tokens": 4},
+        400, code="context_length_exceeded"),
+    "a 10 MB chat message": Hostile(
+        "POST", "/ai/v1/chat/completions",
+        lambda: {"messages": [{"role": "user", "content": "word " * TEN_MB_PROMPT_WORDS}], "max_tokens": 4},
+        400, code="context_length_exceeded"),
+    "a slow synchronous authorize": Hostile("GET", "/ai/v1/models", None, 200, headers={"x-slow-authorize": "1"}),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_request_delays_only_itself(url: str, name: str) -> None:
+    hostile = HOSTILE[name]
+    body = hostile.body() if hostile.body is not None else None
+    headers = {"content-type": "application/json", **(hostile.headers or {})}
+    content = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    with HostPoller(url).running() as host:
+        response = httpx.request(hostile.method, url + hostile.path, content=content, headers=headers,
+                                 timeout=ANSWER_WITHIN)
+    assert response.status_code == hostile.status, response.text[:500]
+    if hostile.status >= 400:
+        error = response.json()["error"]
+        if hostile.param is not None:
+            assert error["param"] == hostile.param, error
+        if hostile.code is not None:
+            assert error["code"] == hostile.code, error
+    assert not host.failures, host.failures
+    assert host.worst < HOST_LATENCY, f"the host route took {host.worst:.2f} s to answer"
+
+
+# ---- small answers that were wrong --------------------------------------------------------------
+
+
+def test_max_tokens_beyond_the_context_is_context_length_exceeded(url: str) -> None:
+    context = httpx.get(url + "/ai/v1/models").json()["data"][0]["max_model_len"]
+    for path, body, param in [
+        ("/ai/v1/chat/completions", {"messages": HELLO, "max_tokens": context}, "max_tokens"),
+        ("/ai/v1/chat/completions", {"messages": HELLO, "max_completion_tokens": context}, "max_completion_tokens"),
+        ("/ai/v1/completions", {"prompt": "Hello", "max_tokens": context}, "max_tokens"),
+    ]:
+        response = httpx.post(url + path, json=body, timeout=30)
+        error = response.json()["error"]
+        assert response.status_code == 400 and error["code"] == "context_length_exceeded", response.text
+        assert error["param"] == param and str(context) in error["message"]
+    # What fits is served: the prompt plus max_tokens within the context.
+    fits = httpx.post(url + "/ai/v1/completions", json={"prompt": [1, 2, 3], "max_tokens": context - 3}, timeout=60)
+    assert fits.status_code == 200, fits.text
+
+
+def test_model_path_without_an_id_is_model_not_found(url: str) -> None:
+    response = httpx.get(url + "/ai/v1/models/")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
