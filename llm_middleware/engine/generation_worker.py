@@ -294,10 +294,10 @@ class GenerationWorker:
                 f"{len(prompt_ids)} tokens; shorten the prompt or the conversation",
                 param="messages",
             )
-        if params.max_tokens is not None and len(prompt_ids) + params.max_tokens > self.max_model_len:
+        if params.max_tokens is not None and (asked := len(prompt_ids) + params.max_tokens) > self.max_model_len:
             raise ContextLengthExceededError(
-                f"this model's maximum context length is {self.max_model_len} tokens, but {len(prompt_ids) + params.max_tokens} "
-                f"were requested ({len(prompt_ids)} in the prompt, max_tokens {params.max_tokens} for the answer); "
+                f"this model's maximum context length is {self.max_model_len} tokens, but {asked} were requested "
+                f"({len(prompt_ids)} in the prompt, max_tokens {params.max_tokens} for the answer); "
                 "ask for fewer tokens or shorten the prompt",
                 param="max_tokens",
             )
