@@ -113,26 +113,17 @@ def _tool_calls_out(calls: list[ParsedToolCall]) -> list[ToolCallOut]:
     ]
 
 
-@dataclass(slots=True, frozen=True)
-class _ChatCall:
-    """A checked request, ready for the engine."""
-
-    body: ChatCompletionRequest
-    messages: list[dict[str, Any]]
-    tools: _ToolSettings | None
-    model: str
-    kwargs: dict[str, Any]
-
-
-def _chat_call(engine: Engine, request: Request, request_id: str) -> _ChatCall:
-    """Decode and check the body and build the engine call (schemas and grammars compiled): request-sized
-    CPU work, for the CPU pool."""
+def _chat_call(
+    engine: Engine, request: Request, request_id: str
+) -> tuple[ChatCompletionRequest, list[dict[str, Any]], _ToolSettings | None, str, dict[str, Any]]:
+    """Decode and check the body; its messages, tool settings, model and the engine call's keyword arguments
+    (schemas and grammars compiled): request-sized CPU work, for the CPU pool."""
     body = decode_body(request, chat_request_decoder)
     messages = template_messages(body.messages)
     check_tool_parameters(body.tools or [])
     tools = _tool_settings(body)
     model = engine.resolve_model(body.model, task="generate")
-    return _ChatCall(body, messages, tools, model, _engine_call(body, model, request_id))
+    return body, messages, tools, model, _engine_call(body, model, request_id)
 
 
 def _named_as_sent(exc: ContextLengthExceededError, body: ChatCompletionRequest) -> ContextLengthExceededError:
@@ -144,8 +135,7 @@ def _named_as_sent(exc: ContextLengthExceededError, body: ChatCompletionRequest)
 
 async def chat_completions(engine: Engine, request: Request, request_id: str) -> Response:
     """Answer a chat completion request, streamed as server-sent events when ``stream`` is set."""
-    prepared = await run_cpu(_chat_call, engine, request, request_id)
-    body, messages, tools, model, call = prepared.body, prepared.messages, prepared.tools, prepared.model, prepared.kwargs
+    body, messages, tools, model, call = await run_cpu(_chat_call, engine, request, request_id)
     if body.stream:
         stream = engine.stream_chat(messages, **call)
         try:
