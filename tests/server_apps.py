@@ -79,5 +79,6 @@ def slow_authorize(info: RequestInfo) -> bool:
     return True
 
 
-#: Every API request passes a synchronous ``authorize`` first.
+#: Every API request passes a synchronous ``authorize`` first: around a raw ASGI app, and around Flask (for WSGI servers).
 slow_authorize_app = raw_asgi_app(authorize=slow_authorize)
+slow_authorize_flask = LLMMiddleware(flask_app, base_path="/ai", model=MODEL, authorize=slow_authorize)
