@@ -4,15 +4,18 @@ seconds, while the host app's own route, polled all the while, keeps answering w
 The server is hypercorn serving a raw ASGI host app wrapped by the middleware (``server_apps``), whose
 every API request passes a synchronous ``authorize``: the host route and the API share one event loop.
 Under a WSGI server (werkzeug, around Flask) every API request runs on the middleware's one bridge loop:
-there the API itself is polled, and must keep answering too.
+there the API itself is polled, and must keep answering too.  Last, in process: the API's work needs
+nothing of asyncio's default executor, which belongs to the host's code as much as to ours.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,10 @@ from typing import Any
 import httpx
 import pytest
 from servers import Server, server_env, serving
+
+from llm_middleware.api.app import API
+from llm_middleware.api.http import Request
+from llm_middleware.engine import Engine
 
 # The host route must answer every poll within this many seconds ("about a second", on a loaded machine).
 HOST_LATENCY = 1.5
@@ -234,3 +241,38 @@ def test_max_tokens_beyond_the_context_is_context_length_exceeded(url: str) -> N
 def test_model_path_without_an_id_is_model_not_found(url: str) -> None:
     response = httpx.get(url + "/ai/v1/models/")
     assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
+
+
+# ---- the host's default executor ----------------------------------------------------------------
+
+
+def test_the_api_needs_nothing_of_the_default_executor(tiny_model_dir: Path) -> None:
+    engine = Engine(tiny_model_dir, seed=0)
+    engine.wait_ready_sync(120)
+    api = API(engine)
+
+    async def ask(path: str, body: dict[str, Any]) -> int:
+        request = Request("POST", path, "/ai", {"content-type": "application/json"}, body=json.dumps(body).encode())
+        return (await api.handle(request)).status
+
+    async def main() -> list[int]:
+        # The host's code holds every thread of the loop's default executor.
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(1))
+        release = threading.Event()
+        held = loop.run_in_executor(None, release.wait)
+        try:
+            return [await asyncio.wait_for(ask(path, body), ANSWER_WITHIN) for path, body in [
+                ("/tokenize", {"messages": HELLO}),
+                ("/detokenize", {"tokens": [1, 2, 3]}),
+                ("/v1/chat/completions", {"messages": HELLO, "max_tokens": 2}),
+                ("/v1/completions", {"prompt": [1, 2, 3], "max_tokens": 2, "echo": True}),
+            ]]
+        finally:
+            release.set()
+            await held
+
+    try:
+        assert asyncio.run(main()) == [200, 200, 200, 200]
+    finally:
+        engine.shutdown()
