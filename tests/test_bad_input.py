@@ -4,9 +4,12 @@ Structs, schemathesis against our own ``/openapi.json``), all with fixed seeds a
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import json
 import re
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
+from engine_state import default_worker
 from schemathesis.checks import not_a_server_error
 from test_dispatch import ShopASGI, asgi_request, shop_wsgi
 
@@ -24,11 +28,23 @@ from llm_middleware.api.app import API
 from llm_middleware.api.decoding import decode_body
 from llm_middleware.api.http import Request
 from llm_middleware.engine.engine import Engine
-from llm_middleware.errors import LLMError
+from llm_middleware.errors import InvalidRequestError, LLMError
 from llm_middleware.middleware import LLMMiddleware
 
 HELLO = [{"role": "user", "content": "Hello"}]
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+def nested(depth: int) -> Any:
+    """A JSON value whose arrays nest ``depth`` levels deep."""
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def call_of(arguments: Any) -> dict[str, Any]:
+    return {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}]}
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +98,38 @@ CHAT_CASES: list[tuple[str, Any, int, str | None]] = [
                                          "response_format": {"type": "json_object"}}, 400, "guided_regex"),
     ("tool_choice naming no tool", {"messages": HELLO, "tools": [TOOL],
                                     "tool_choice": {"type": "function", "function": {"name": "nope"}}}, 400, "tool_choice.function.name"),
+    # Caps on what a request carries (README: *Limits on what a request can ask for*).
+    ("a template of the client's own", {"messages": HELLO, "chat_template_kwargs": {"chat_template": "{{ 1 }}"}},
+     400, "chat_template_kwargs.chat_template"),
+    ("tokenize as a template variable", {"messages": HELLO, "chat_template_kwargs": {"tokenize": True}},
+     400, "chat_template_kwargs.tokenize"),
+    ("a special token replaced", {"messages": HELLO, "chat_template_kwargs": {"eos_token": "x"}},
+     400, "chat_template_kwargs.eos_token"),
+    ("the conversation replaced", {"messages": HELLO, "chat_template_kwargs": {"messages": []}},
+     400, "chat_template_kwargs.messages"),
+    ("a template variable too large", {"messages": HELLO, "chat_template_kwargs": {"note": "x" * 20_000}},
+     400, "chat_template_kwargs.note"),
+    ("a template variable nested too deep", {"messages": HELLO, "chat_template_kwargs": {"deep": nested(9)}},
+     400, "chat_template_kwargs.deep"),
+    ("301 logit_bias keys", {"messages": HELLO, "logit_bias": {str(i): 1 for i in range(301)}}, 400, "logit_bias"),
+    ("257 stop_token_ids", {"messages": HELLO, "stop_token_ids": list(range(257))}, 400, "stop_token_ids"),
+    ("a stop string of 257 characters", {"messages": HELLO, "stop": "x" * 257}, 400, "stop"),
+    ("129 tools", {"messages": HELLO, "tools": [TOOL] * 129}, 400, "tools"),
+    ("2049 messages", {"messages": [{"role": "user"}] * 2049}, 400, "messages"),
+    ("257 content parts", {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}] * 257}]},
+     400, "messages[0].content"),
+    ("129 tool calls in one message", {"messages": [
+        {**call_of("{}"), "tool_calls": call_of("{}")["tool_calls"] * 129}, *HELLO]}, 400, "messages[0].tool_calls"),
+    ("tool parameters nested 65 deep", {"messages": HELLO, "tools": [
+        {"type": "function", "function": {"name": "g", "parameters": {"type": "object", "x": nested(64)}}}]},
+     400, "tools[0].function.parameters"),
+    ("a response_format schema nested 65 deep", {"messages": HELLO, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object", "x": nested(64)}}}}, 400, "response_format.json_schema.schema"),
+    ("tool-call arguments nested 65 deep", {"messages": [call_of({"x": nested(64)}), *HELLO]},
+     400, "messages[0].tool_calls[0].function.arguments"),
+    ("max_tokens beyond the context", {"messages": HELLO, "max_tokens": 48}, 400, "max_tokens"),
+    ("max_completion_tokens beyond the context", {"messages": HELLO, "max_completion_tokens": 48},
+     400, "max_completion_tokens"),
 ]
 
 
@@ -101,9 +149,14 @@ async def test_bad_chat_requests_are_client_errors(mw: LLMMiddleware, engine: En
     ("/v1/completions", {"prompt": [[]]}, "prompt"),
     ("/v1/completions", {"prompt": [10**9]}, "prompt"),
     ("/v1/completions", {"prompt": "Hi", "guided_regex": "[z-a]"}, "guided_regex"),
+    ("/v1/completions", {"prompt": ["a"] * 129}, "prompt"),
+    ("/v1/completions", {"prompt": ["a"] * 20, "n": 16}, "prompt"),  # 320 sequences: more than the queue takes
+    ("/v1/completions", {"prompt": "Hi", "max_tokens": 48}, "max_tokens"),
     ("/v1/embeddings", {"input": ["a"] * 2049}, "input"),
     ("/v1/embeddings", {"input": []}, "input"),
     ("/tokenize", {"prompt": "Hi", "messages": HELLO}, "prompt"),
+    ("/tokenize", {"messages": HELLO, "chat_template_kwargs": {"chat_template": "{{ 1 }}"}},
+     "chat_template_kwargs.chat_template"),
     ("/tokenize", {"messages": HELLO, "tools": [{"type": "function", "function": {"name": "g", "parameters": {"type": 3}}}]},
      "tools[0].function.parameters"),
     ("/detokenize", {"tokens": [-1]}, "tokens"),
@@ -121,11 +174,73 @@ async def test_bad_requests_on_other_routes(mw: LLMMiddleware, path: str, body: 
     (b"", "application/json", 400, "invalid_json"),
     (b'{"temperature": NaN, "messages": []}', "application/json", 400, "invalid_json"),
     (b"[" * 100_000 + b"]" * 100_000, "application/json", 413, "request_too_large"),
+    (b'{"messages": [], "chat_template_kwargs": {"a": ' + b"[" * 5000 + b"]" * 5000 + b"}}", "application/json", 400,
+     "invalid_json"),
 ])
 async def test_malformed_bodies(mw: LLMMiddleware, body: bytes, content_type: str, status: int, code: str) -> None:
     got, _, raw = await asgi_request(mw, "/ai/v1/chat/completions", method="POST", body=body,
                                      headers=[("content-type", content_type)])
     assert (got, json.loads(raw)["error"]["code"]) == (status, code)
+
+
+async def test_model_path_without_an_id_is_model_not_found(mw: LLMMiddleware) -> None:
+    status, _, raw = await asgi_request(mw, "/ai/v1/models/")
+    assert status == 404 and json.loads(raw)["error"]["code"] == "model_not_found"
+
+
+def test_template_kwargs_are_template_variables_only(engine: Engine) -> None:
+    # Every parameter of transformers' own apply_chat_template, read from the installed version.
+    from transformers import PreTrainedTokenizerBase
+
+    parameters = [name for name, p in inspect.signature(PreTrainedTokenizerBase.apply_chat_template).parameters.items()
+                  if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    assert "chat_template" in parameters and "tokenize" in parameters
+    for name in parameters:
+        with pytest.raises(InvalidRequestError) as info:
+            engine.chat_sync(HELLO, max_tokens=1, chat_template_kwargs={name: None})
+        assert info.value.param == f"chat_template_kwargs.{name}"
+    with pytest.raises(InvalidRequestError) as info:
+        asyncio.run(engine.chat(HELLO, max_tokens=1, chat_template_kwargs={"chat_template": "{{ 1 }}"}))
+    assert info.value.param == "chat_template_kwargs.chat_template"
+    with pytest.raises(InvalidRequestError) as info:  # plain data only: nothing a template could call
+        engine.apply_chat_template(HELLO, chat_template_kwargs={"helper": print})
+    assert info.value.param == "chat_template_kwargs.helper"
+    # A variable of the template itself is used.
+    thinking = engine.apply_chat_template(HELLO, chat_template_kwargs={"enable_thinking": False})
+    assert thinking.endswith("<think>\n\n</think>\n\n") and "<think>" not in engine.apply_chat_template(HELLO)
+
+
+def test_a_request_of_several_prompts_counts_all_its_sequences(tiny_model_dir: Path) -> None:
+    # One sequence decodes, two may wait: three prompts fit an idle engine, four never do, and while
+    # one sequence holds the batch, three are too many for the queue (and none of them is submitted).
+    eng = Engine(tiny_model_dir, max_model_len=64, max_batch_size=1, max_waiting=2, seed=0)
+    eng.wait_ready_sync(120)
+    api = API(eng)
+    worker = default_worker(eng)
+    try:
+        def completions(prompts: int) -> tuple[int, Any]:
+            status, raw = asyncio.run(answer(api, "/v1/completions", {"prompt": ["Hi"] * prompts, "max_tokens": 2}))
+            return status, json.loads(raw)
+
+        assert completions(3)[0] == 200
+        status, body = completions(4)
+        assert (status, body["error"]["param"]) == (400, "prompt")
+        gate = threading.Event()
+        worker.before_step = lambda batch: gate.wait(30)
+        holder = threading.Thread(target=eng.complete_sync, args=("Hello",), kwargs={"max_tokens": 2})
+        holder.start()
+        for _ in range(1000):
+            if eng.stats()["running"] == 1:
+                break
+            time.sleep(0.01)
+        status, body = completions(3)
+        assert (status, body["error"]["type"]) == (429, "rate_limit_error")
+        assert eng.stats()["waiting"] == 0
+        gate.set()
+        holder.join(30)
+    finally:
+        worker.before_step = None
+        eng.shutdown()
 
 
 async def test_oversized_body_in_one_chunk_without_length_is_413_at_once(engine: Engine) -> None:

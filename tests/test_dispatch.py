@@ -22,6 +22,7 @@ from llm_middleware.engine.engine import Engine
 from llm_middleware.middleware import LLMMiddleware
 
 CHAT = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
+LONG_STREAM = {**CHAT, "stream": True, "max_tokens": 200, "min_tokens": 200}
 
 
 # ---- apps to wrap -------------------------------------------------------------------------------
@@ -400,7 +401,8 @@ async def test_chat_completion_asgi(mw: LLMMiddleware) -> None:
 
 async def test_streamed_chat_goes_out_chunk_by_chunk_asgi(mw: LLMMiddleware) -> None:
     scope = http_scope("/ai/v1/chat/completions", method="POST", headers=[("content-type", "application/json")])
-    messages = await asgi_messages(mw, scope, json.dumps({**CHAT, "stream": True}).encode())
+    # An answer long enough to outlast the first read: a short one may be generated whole before it.
+    messages = await asgi_messages(mw, scope, json.dumps(LONG_STREAM).encode())
     assert dict(messages[0]["headers"])[b"content-type"].startswith(b"text/event-stream")
     events = [m["body"] for m in messages[1:] if m["body"]]
     assert len(events) >= 3  # role chunk, content deltas, finish chunk, [DONE]: not one buffered body
@@ -428,7 +430,7 @@ def test_chat_and_stream_over_wsgi(wsgi_mw: LLMMiddleware) -> None:
                                   headers={"Content-Type": "application/json"})
     assert status == "200 OK" and json.loads(b"".join(chunks))["object"] == "chat.completion"
     status, headers, chunks = wsgi_call(wsgi_mw, "/ai/v1/chat/completions", method="POST",
-                                        body=json.dumps({**CHAT, "stream": True}).encode(), headers={"Content-Type": "application/json"})
+                                        body=json.dumps(LONG_STREAM).encode(), headers={"Content-Type": "application/json"})
     assert len(chunks) >= 3 and chunks[-1].strip().endswith(b"data: [DONE]")
 
 
@@ -471,7 +473,7 @@ def test_flask_wsgi_app_idiom_with_test_client(engine: Engine) -> None:
     assert client.get("/").text == "flask home"
     assert client.get("/countdown").text == "321"
     assert client.get("/ai/v1/models").json["object"] == "list"
-    response = client.post("/ai/v1/chat/completions", json={**CHAT, "stream": True}, buffered=False)
+    response = client.post("/ai/v1/chat/completions", json=LONG_STREAM, buffered=False)
     chunks = list(response.response)
     response.close()
     assert len(chunks) >= 3 and b"[DONE]" in chunks[-1]

@@ -251,7 +251,7 @@ async def test_cancellation_frees_slot_and_kv(tiny_model_dir: Path, overlap: boo
     try:
         total = eng.stats()["total_kv_blocks"]
         with StepLog(default_worker(eng)) as log:
-            stream = eng.stream_complete("Hello", max_tokens=10_000, ignore_eos=True, request_id="long")
+            stream = eng.stream_complete("Hello", ignore_eos=True, request_id="long")
             async for _ in stream:
                 break
             assert eng.stats()["running"] == 1
@@ -269,7 +269,7 @@ async def test_cancellation_frees_slot_and_kv(tiny_model_dir: Path, overlap: boo
 def test_sync_iterator_close_cancels(engine: Engine) -> None:
     total = engine.stats()["total_kv_blocks"]
     with StepLog(default_worker(engine)) as log:
-        it = engine.stream_complete_sync("Hello", max_tokens=10_000, ignore_eos=True, request_id="closed")
+        it = engine.stream_complete_sync("Hello", ignore_eos=True, request_id="closed")
         next(it)
         it.close()  # type: ignore[attr-defined]
         deadline = time.monotonic() + 60  # a hang guard: the step log tells whether it was cancelled
@@ -283,7 +283,7 @@ async def test_cancelled_task_cancels_request(engine: Engine) -> None:
     started = asyncio.Event()
 
     async def consume() -> None:
-        async for _ in engine.stream_complete("Hello", max_tokens=10_000, ignore_eos=True, request_id="cancelled"):
+        async for _ in engine.stream_complete("Hello", ignore_eos=True, request_id="cancelled"):
             started.set()
 
     with StepLog(default_worker(engine)) as log:

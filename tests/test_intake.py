@@ -123,7 +123,7 @@ def test_a_busy_engine_holds_a_few_prompts_while_a_burst_is_still_being_read(tin
 
     def long_stream() -> None:
         with contextlib.suppress(EngineNotReadyError):  # still decoding when the engine shuts down
-            eng.complete_sync(list(range(10, 20)), max_tokens=4000, ignore_eos=True)
+            eng.complete_sync(list(range(10, 20)), ignore_eos=True)
 
     running = threading.Thread(target=long_stream)
     try:

@@ -99,7 +99,7 @@ class API:
             return route
         methods = self._methods.get(path)
         for candidate in self._prefix_routes:
-            if path.startswith(candidate.path) and len(path) > len(candidate.path):
+            if path.startswith(candidate.path):  # with an empty parameter too: the handler says what is missing
                 if candidate.method == method:
                     return candidate
                 methods = self._methods[candidate.path]
@@ -117,7 +117,7 @@ class API:
         if path in self._methods:
             return path
         for candidate in self._prefix_routes:
-            if path.startswith(candidate.path) and len(path) > len(candidate.path):
+            if path.startswith(candidate.path):
                 return candidate.path + "{" + (candidate.param_name or "id") + "}"
         return None
 

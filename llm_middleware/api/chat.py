@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from msgspec import UNSET, UnsetType
 
+from ..cpu_pool import run_cpu
 from ..engine.outputs import Delta
-from ..errors import InvalidRequestError
+from ..errors import ContextLengthExceededError, InvalidRequestError
 from .decoding import decode_body
 from .guided import check_tool_parameters, regex_spec, response_format_spec, tool_call_spec
 from .http import Request, Response
@@ -112,22 +113,43 @@ def _tool_calls_out(calls: list[ParsedToolCall]) -> list[ToolCallOut]:
     ]
 
 
-async def chat_completions(engine: Engine, request: Request, request_id: str) -> Response:
-    """Answer a chat completion request, streamed as server-sent events when ``stream`` is set."""
+def _chat_call(
+    engine: Engine, request: Request, request_id: str
+) -> tuple[ChatCompletionRequest, list[dict[str, Any]], _ToolSettings | None, str, dict[str, Any]]:
+    """Decode and check the body; its messages, tool settings, model and the engine call's keyword arguments
+    (schemas and grammars compiled): request-sized CPU work, for the CPU pool."""
     body = decode_body(request, chat_request_decoder)
     messages = template_messages(body.messages)
     check_tool_parameters(body.tools or [])
     tools = _tool_settings(body)
     model = engine.resolve_model(body.model, task="generate")
-    call = _engine_call(body, model, request_id)
+    return body, messages, tools, model, _engine_call(body, model, request_id)
+
+
+def _named_as_sent(exc: ContextLengthExceededError, body: ChatCompletionRequest) -> ContextLengthExceededError:
+    """The engine names ``max_tokens``; a client that sent ``max_completion_tokens`` reads that name."""
+    if exc.param == "max_tokens" and body.max_completion_tokens is not None:
+        exc.param = "max_completion_tokens"
+    return exc
+
+
+async def chat_completions(engine: Engine, request: Request, request_id: str) -> Response:
+    """Answer a chat completion request, streamed as server-sent events when ``stream`` is set."""
+    body, messages, tools, model, call = await run_cpu(_chat_call, engine, request, request_id)
     if body.stream:
         stream = engine.stream_chat(messages, **call)
-        [first] = await first_items([stream])
+        try:
+            [first] = await first_items([stream])
+        except ContextLengthExceededError as exc:
+            raise _named_as_sent(exc, body) from None
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         chunks = _ChatChunks(request_id, int(time.time()), model, include_usage, bool(body.logprobs), tools)
         return streaming_response(_events(chunks, first, stream))
 
-    completion = await engine.chat(messages, **call)
+    try:
+        completion = await engine.chat(messages, **call)
+    except ContextLengthExceededError as exc:
+        raise _named_as_sent(exc, body) from None
     choices = []
     for choice in completion.choices:
         content: str | None = choice.text

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from msgspec import UNSET, UnsetType
 
+from ..cpu_pool import run_cpu
 from ..engine.outputs import Completion, Delta
 from ..engine.sampling import MAX_TOP_LOGPROBS
 from ..errors import InvalidRequestError
@@ -62,8 +63,9 @@ def _check_unsupported(request: CompletionRequest) -> None:
         )
 
 
-async def completions(engine: Engine, request: Request, request_id: str) -> Response:
-    """Answer a text completion request; several prompts give ``n`` choices each, in prompt order."""
+def _completion_call(engine: Engine, request: Request) -> tuple[CompletionRequest, list[Prompt], str, dict[str, Any]]:
+    """Decode and check the body; its prompts, the model, and the engine's options: request-sized CPU work,
+    for the CPU pool."""
     body = decode_body(request, completion_request_decoder)
     prompts = _prompts(body.prompt)
     _check_unsupported(body)
@@ -74,7 +76,15 @@ async def completions(engine: Engine, request: Request, request_id: str) -> Resp
         options["top_logprobs"] = body.logprobs
     if body.guided_regex is not None:
         options["guided"] = regex_spec(body.guided_regex)
+    return body, prompts, model, options
+
+
+async def completions(engine: Engine, request: Request, request_id: str) -> Response:
+    """Answer a text completion request; several prompts give ``n`` choices each, in prompt order."""
+    body, prompts, model, options = await run_cpu(_completion_call, engine, request)
     n = body.n or 1
+    if len(prompts) > 1:  # the queue takes all of them or none
+        await engine.check_room(n * len(prompts), model=model)
     echoes = [await _echo(engine, p, model) if body.echo else "" for p in prompts]
     ids = [request_id] if len(prompts) == 1 else [f"{request_id}-{k}" for k in range(len(prompts))]
 
@@ -120,8 +130,7 @@ async def _echo(engine: Engine, prompt: Prompt, model: str) -> str:
     """The prompt as text, to put in front of the answer (``echo``)."""
     if isinstance(prompt, str):
         return prompt
-    # detokenize waits for the model to load: keep that wait off the event loop.
-    return await asyncio.to_thread(engine.detokenize, prompt, model=model)
+    return await run_cpu(engine.detokenize, prompt, model=model)
 
 
 async def _single(first: Delta | None, stream: AsyncGenerator[Delta, None]) -> AsyncGenerator[tuple[int, Delta], None]:

@@ -45,6 +45,11 @@ def decode_body(request: Request, decoder: msgspec.json.Decoder[T]) -> T:
         raise InvalidRequestError("The request body is empty; send a JSON object.", code="invalid_json")
     try:
         return decoder.decode(request.body)
+    except RecursionError:
+        # msgspec stops at the interpreter's recursion limit (about a thousand levels).
+        raise InvalidRequestError(
+            "The JSON body is nested too deeply. Send values with fewer levels of nesting.", code="invalid_json"
+        ) from None
     except msgspec.ValidationError as exc:
         raise InvalidRequestError(validation_error_message(exc), param=validation_error_param(exc)) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:

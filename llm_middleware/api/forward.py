@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
+from ..cpu_pool import run_cpu
 from ..errors import InvalidRequestError
 from .decoding import decode_body
 from .http import Request, Response
@@ -79,7 +80,7 @@ def _with_id(message: dict[str, Any], request_id: str) -> dict[str, Any]:
 
 async def forward(engine: ForwardingEngine, route: str, request: Request, request_id: str) -> Response:
     """Answer ``request`` through ``engine``: a JSON answer, or the relayed event stream."""
-    body = decode_body(request, _object_decoder)
+    body = await run_cpu(decode_body, request, _object_decoder)
     _check_fields(body)
     if route in _STREAMING_ROUTES and body.get("stream"):
         stream = engine.forward_stream(route, body, request_id=request_id)

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..engine.sampling import SamplingParams
 from ..errors import InvalidRequestError
+from .limits import check_json_depth
 from .schemas import NamedToolChoice, ResponseFormat, ToolDefinition
 from .tool_calls import HERMES_END, HERMES_START
 
@@ -49,6 +50,7 @@ def _check_schema(schema: dict[str, Any], param: str, *, lenient: bool = False) 
     constrained decoding does not implement."""
     from llguidance import LLMatcher
 
+    check_json_depth(schema, param)
     try:
         grammar = LLMatcher.grammar_from_json_schema(schema, defaults={"lenient": True} if lenient else None)
     except (ValueError, TypeError) as exc:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from ..errors import InvalidRequestError
+from .limits import check_json_depth
 from .schemas import ChatMessage, ContentPart, ToolCallIn, ToolDefinition
 from .tool_calls import new_tool_call_id
 
@@ -31,15 +32,14 @@ def _text(content: str | list[ContentPart] | None, i: int) -> str | None:
 
 def _tool_call(call: ToolCallIn, i: int, j: int) -> dict[str, Any]:
     arguments = call.function.arguments
+    param = f"messages[{i}].tool_calls[{j}].function.arguments"
     if isinstance(arguments, str):
         # Templates render arguments as a JSON object, so they get the decoded dict.
         try:
             arguments = json.loads(arguments) if arguments.strip() else {}
-        except ValueError:
-            raise InvalidRequestError(
-                "Tool call arguments must be a JSON object string.",
-                param=f"messages[{i}].tool_calls[{j}].function.arguments",
-            ) from None
+        except (ValueError, RecursionError):
+            raise InvalidRequestError("Tool call arguments must be a JSON object string.", param=param) from None
+    check_json_depth(arguments, param)
     return {
         "id": call.id or new_tool_call_id(),
         "type": "function",

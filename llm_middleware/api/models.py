@@ -43,8 +43,10 @@ async def retrieve_model(engine: Engine, request: Request, request_id: str) -> R
     """One model by id (the path after ``/v1/models/``); 404 ``model_not_found`` listing the served ids."""
     model_id = request.path[len(MODEL_PREFIX) :]
     infos = engine.models()
+    available = ", ".join(info.name for info in infos) or "none"
+    if not model_id:
+        raise ModelNotFoundError(f"Give a model id after {MODEL_PREFIX}; available models: {available}", param="model")
     for info in infos:
         if info.name == model_id:
             return json_response(model_card(info))
-    available = ", ".join(info.name for info in infos) or "none"
     raise ModelNotFoundError(f"The model '{model_id}' does not exist; available models: {available}", param="model")

@@ -1,17 +1,19 @@
 """msgspec Structs for every request and response body of the OpenAI-compatible API.
 
-Request Structs accept unknown fields (clients send vendor extras) and validate types only;
-range checks belong to the engine's sampling parameters.  Response Structs encode in the
+Request Structs accept unknown fields (clients send vendor extras) and validate types and the
+lengths of lists (:mod:`.limits`) only; range checks belong to the engine's sampling parameters.  Response Structs encode in the
 field order OpenAI uses; fields typed ``... | UnsetType`` are left out of the JSON while unset,
 which is how optional keys such as ``tool_calls`` or ``usage`` disappear.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import UNSET, Struct, UnsetType
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from .limits import MAX_CONTENT_PARTS, MAX_EMBEDDING_INPUTS, MAX_MESSAGES, MAX_PROMPTS, MAX_TOOL_CALLS, MAX_TOOLS
 
 # --------------------------------------------------------------------------- requests
 
@@ -42,9 +44,9 @@ class ChatMessage(Struct, kw_only=True):
     """One message of the conversation."""
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
+    content: str | Annotated[list[ContentPart], Meta(max_length=MAX_CONTENT_PARTS)] | None = None
     name: str | None = None
-    tool_calls: list[ToolCallIn] | None = None
+    tool_calls: Annotated[list[ToolCallIn], Meta(max_length=MAX_TOOL_CALLS)] | None = None
     tool_call_id: str | None = None
 
 
@@ -127,11 +129,11 @@ class SamplingFields(Struct, kw_only=True):
 class ChatCompletionRequest(SamplingFields, kw_only=True):
     """Body of ``POST /v1/chat/completions``."""
 
-    messages: list[ChatMessage]
+    messages: Annotated[list[ChatMessage], Meta(max_length=MAX_MESSAGES)]
     max_completion_tokens: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
-    tools: list[ToolDefinition] | None = None
+    tools: Annotated[list[ToolDefinition], Meta(max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
@@ -142,7 +144,7 @@ class CompletionRequest(SamplingFields, kw_only=True):
     """Body of ``POST /v1/completions``: ``prompt`` is a string, a list of strings, token ids,
     or a list of token-id lists."""
 
-    prompt: str | list[Any]
+    prompt: str | Annotated[list[Any], Meta(max_length=MAX_PROMPTS)]
     echo: bool = False
     logprobs: int | None = None
     best_of: int | None = None
@@ -152,7 +154,7 @@ class CompletionRequest(SamplingFields, kw_only=True):
 class EmbeddingRequest(Struct, kw_only=True):
     """Body of ``POST /v1/embeddings``."""
 
-    input: str | list[Any]
+    input: str | Annotated[list[Any], Meta(max_length=MAX_EMBEDDING_INPUTS)]
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
@@ -165,8 +167,8 @@ class TokenizeRequest(Struct, kw_only=True):
 
     model: str | None = None
     prompt: str | None = None
-    messages: list[ChatMessage] | None = None
-    tools: list[ToolDefinition] | None = None
+    messages: Annotated[list[ChatMessage], Meta(max_length=MAX_MESSAGES)] | None = None
+    tools: Annotated[list[ToolDefinition], Meta(max_length=MAX_TOOLS)] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
 
 

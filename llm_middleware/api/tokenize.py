@@ -2,35 +2,38 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
+from ..cpu_pool import run_cpu
 from ..errors import InvalidRequestError
 from .decoding import decode_body
 from .guided import check_tool_parameters
 from .http import Request, Response
 from .messages import template_messages, template_tools
 from .responses import json_response
-from .schemas import DetokenizeResponse, TokenizeResponse, detokenize_request_decoder, tokenize_request_decoder
+from .schemas import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+    detokenize_request_decoder,
+    tokenize_request_decoder,
+)
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
 
-# The engine's text helpers block until the model has loaded: the handlers first wait for the
-# load without holding a thread, then run them in a worker thread.
+# Decoding, rendering and tokenizing are request-sized CPU work: it runs on the CPU pool, off the
+# event loop.  The engine's text helpers block until the model has loaded, so the handlers first
+# wait for the load without holding a thread.
 
 
-async def tokenize(engine: Engine, request: Request, request_id: str) -> Response:
-    """Token ids of ``prompt``, or of ``messages`` rendered by the chat template."""
-    body = decode_body(request, tokenize_request_decoder)
+def _tokens(engine: Engine, body: TokenizeRequest, model: str) -> TokenizeResponse:
     if (body.prompt is None) == (body.messages is None):
         raise InvalidRequestError("Give exactly one of 'prompt' and 'messages'.", param="prompt")
     check_tool_parameters(body.tools or [])
-    model = engine.resolve_model(body.model)
-    await engine.wait_ready(model=model)
     if body.messages is not None:
-        text = await asyncio.to_thread(
-            engine.apply_chat_template,
+        text = engine.apply_chat_template(
             template_messages(body.messages),
             model=model,
             tools=template_tools(body.tools) if body.tools else None,
@@ -38,15 +41,22 @@ async def tokenize(engine: Engine, request: Request, request_id: str) -> Respons
         )
     else:
         text = body.prompt or ""
-    tokens = await asyncio.to_thread(engine.tokenize, text, model=model)
+    tokens = engine.tokenize(text, model=model)
     max_model_len = next(info.max_model_len for info in engine.models() if info.name == model)
-    return json_response(TokenizeResponse(count=len(tokens), max_model_len=max_model_len, tokens=tokens))
+    return TokenizeResponse(count=len(tokens), max_model_len=max_model_len, tokens=tokens)
+
+
+async def tokenize(engine: Engine, request: Request, request_id: str) -> Response:
+    """Token ids of ``prompt``, or of ``messages`` rendered by the chat template."""
+    body: TokenizeRequest = await run_cpu(decode_body, request, tokenize_request_decoder)
+    model = engine.resolve_model(body.model)
+    await engine.wait_ready(model=model)
+    return json_response(await run_cpu(_tokens, engine, body, model))
 
 
 async def detokenize(engine: Engine, request: Request, request_id: str) -> Response:
     """The text of ``tokens``."""
-    body = decode_body(request, detokenize_request_decoder)
+    body: DetokenizeRequest = await run_cpu(decode_body, request, detokenize_request_decoder)
     model = engine.resolve_model(body.model)
     await engine.wait_ready(model=model)
-    text = await asyncio.to_thread(engine.detokenize, body.tokens, model=model)
-    return json_response(DetokenizeResponse(prompt=text))
+    return json_response(DetokenizeResponse(prompt=await run_cpu(engine.detokenize, body.tokens, model=model)))

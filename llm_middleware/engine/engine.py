@@ -14,8 +14,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
 
+from ..cpu_pool import run_cpu
 from ..errors import EngineNotReadyError, InvalidRequestError, ModelNotFoundError
 from . import attention
+from .chat_template import render_chat
 from .config import ModelConfig
 from .delivery import AsyncSink, ThreadSink
 from .embedding_worker import EmbeddingWorker
@@ -320,6 +322,13 @@ class Engine:
                     "kv_cache_bytes": 0}
         return worker.stats()
 
+    async def check_room(self, sequences: int, *, model: str | None = None) -> None:
+        """Raise unless ``sequences`` more sequences fit in the model's queue now, so that a request of several
+        prompts is refused whole before any of them is submitted: :class:`EngineOverloadedError`, or
+        :class:`InvalidRequestError` when they are more than the queue can ever take."""
+        worker = await self._worker(model, "generate")
+        worker.check_room(sequences, param="prompt")
+
     # ---- worker lookup ------------------------------------------------------------------------
 
     def _entry(self, model: str | None, task: Literal["generate", "embed"]) -> _Model:
@@ -362,8 +371,8 @@ class Engine:
                             chat_template_kwargs: dict[str, Any] | None = None,
                             add_generation_prompt: bool = True) -> str:
         """Render ``messages`` (and ``tools``) with the model's chat template (by default ready for generation)."""
-        return _render_chat(self._worker_sync(model, "generate").tokenizer, messages, tools, chat_template_kwargs,
-                            add_generation_prompt)
+        return render_chat(self._worker_sync(model, "generate").tokenizer, messages, tools, chat_template_kwargs,
+                           add_generation_prompt)
 
     def tokenize(self, text: str, *, model: str | None = None) -> list[int]:
         """Token ids of ``text`` (no special tokens added for generative models)."""
@@ -391,7 +400,7 @@ class Engine:
         """Stream the continuation of ``prompt`` (text or token ids) as :class:`Delta` objects."""
         params = SamplingParams.from_options(sampling)
         worker = await self._worker(model, "generate")
-        async for delta in self._stream(worker, _prompt_ids(worker, prompt), params, request_id):
+        async for delta in self._stream(worker, await run_cpu(_prompt_ids, worker, prompt), params, request_id):
             yield delta
 
     async def stream_chat(self, messages: list[dict[str, Any]], *, model: str | None = None,
@@ -401,14 +410,16 @@ class Engine:
         """Stream the assistant's reply to ``messages`` (OpenAI-style dicts) as :class:`Delta` objects."""
         params = SamplingParams.from_options(sampling)
         worker = await self._worker(model, "generate")
-        prompt = _render_chat(worker.tokenizer, messages, tools, chat_template_kwargs)
-        async for delta in self._stream(worker, worker.encode(prompt), params, request_id):
+        ids = await run_cpu(_chat_ids, worker, messages, tools, chat_template_kwargs)
+        async for delta in self._stream(worker, ids, params, request_id):
             yield delta
 
     async def _stream(self, worker: GenerationWorker, prompt_ids: list[int], params: SamplingParams,
                       request_id: str | None) -> AsyncIterator[Delta]:
         sink = AsyncSink(asyncio.get_running_loop())
-        request = worker.submit(prompt_ids, params, sink, request_id or _new_id())
+        # Checks and grammar compilation on the CPU pool; queued from here, so a caller cancelled
+        # meanwhile leaves nothing queued behind.
+        request = worker.enqueue(await run_cpu(worker.prepare, prompt_ids, params, sink, request_id or _new_id()))
         done = False
         try:
             while not done:
@@ -427,7 +438,7 @@ class Engine:
         """The whole continuation of ``prompt``."""
         rid = request_id or _new_id()
         worker = await self._worker(model, "generate")
-        ids = _prompt_ids(worker, prompt)
+        ids = await run_cpu(_prompt_ids, worker, prompt)
         stream = self._stream(worker, ids, SamplingParams.from_options(sampling), rid)
         return _collect([d async for d in stream], rid, worker.name, ids)
 
@@ -438,7 +449,7 @@ class Engine:
         rid = request_id or _new_id()
         params = SamplingParams.from_options(sampling)
         worker = await self._worker(model, "generate")
-        ids = worker.encode(_render_chat(worker.tokenizer, messages, tools, chat_template_kwargs))
+        ids = await run_cpu(_chat_ids, worker, messages, tools, chat_template_kwargs)
         return _collect([d async for d in self._stream(worker, ids, params, rid)], rid, worker.name, ids)
 
     async def embed(self, inputs: str | list[str], *, model: str | None = None,
@@ -465,8 +476,7 @@ class Engine:
         """Blocking twin of :meth:`stream_chat`; closing the iterator cancels the request."""
         params = SamplingParams.from_options(sampling)
         worker = self._worker_sync(model, "generate")
-        prompt = _render_chat(worker.tokenizer, messages, tools, chat_template_kwargs)
-        return self._stream_sync(worker, worker.encode(prompt), params, request_id)
+        return self._stream_sync(worker, _chat_ids(worker, messages, tools, chat_template_kwargs), params, request_id)
 
     def _stream_sync(self, worker: GenerationWorker, prompt_ids: list[int], params: SamplingParams,
                      request_id: str | None) -> Iterator[Delta]:
@@ -505,7 +515,7 @@ class Engine:
         rid = request_id or _new_id()
         params = SamplingParams.from_options(sampling)
         worker = self._worker_sync(model, "generate")
-        ids = worker.encode(_render_chat(worker.tokenizer, messages, tools, chat_template_kwargs))
+        ids = _chat_ids(worker, messages, tools, chat_template_kwargs)
         return _collect(list(self._stream_sync(worker, ids, params, rid)), rid, worker.name, ids)
 
     def embed_sync(self, inputs: str | list[str], *, model: str | None = None,
@@ -536,7 +546,7 @@ def _task_hint(entry: _Model) -> Literal["generate", "embed"]:
 
 def _prompt_ids(worker: GenerationWorker, prompt: str | list[int]) -> list[int]:
     if isinstance(prompt, str):
-        return worker.encode(prompt)
+        return worker.encode_prompt(prompt)
     vocab = worker.vocab_size
     if not all(isinstance(t, int) and 0 <= t < vocab for t in prompt):
         raise InvalidRequestError(f"prompt token ids must be integers in 0..{vocab - 1}", param="prompt")
@@ -550,46 +560,9 @@ def _texts(inputs: str | list[str]) -> list[str]:
     return texts
 
 
-def _render_chat(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                 template_kwargs: dict[str, Any] | None, add_generation_prompt: bool = True) -> str:
-    if not messages:
-        raise InvalidRequestError("'messages' must contain at least one message", param="messages")
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise InvalidRequestError("this model has no chat template: use the completions API instead", param="messages")
-    try:
-        return tokenizer.apply_chat_template(
-            [_template_message(m) for m in messages], tools=tools or None, add_generation_prompt=add_generation_prompt,
-            tokenize=False, **(template_kwargs or {}),
-        )
-    except InvalidRequestError:
-        raise
-    except Exception as exc:  # the template's own checks (role order, missing fields) raise jinja errors
-        raise InvalidRequestError(f"the chat template rejected the messages: {exc}", param="messages") from exc
-
-
-def _template_message(message: dict[str, Any]) -> dict[str, Any]:
-    """Flatten text-part lists and parse tool-call arguments, as chat templates expect."""
-    import json
-
-    out = dict(message)
-    content = out.get("content")
-    if isinstance(content, list):
-        out["content"] = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    calls = out.get("tool_calls")
-    if calls:
-        parsed = []
-        for call in calls:
-            call = dict(call)
-            fn = dict(call.get("function") or {})
-            if isinstance(fn.get("arguments"), str):
-                try:
-                    fn["arguments"] = json.loads(fn["arguments"])
-                except ValueError:
-                    pass  # keep the string: the template prints it as given
-            call["function"] = fn
-            parsed.append(call)
-        out["tool_calls"] = parsed
-    return out
+def _chat_ids(worker: GenerationWorker, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+              template_kwargs: dict[str, Any] | None) -> list[int]:
+    return worker.encode_prompt(render_chat(worker.tokenizer, messages, tools, template_kwargs))
 
 
 def _collect(deltas: list[Delta], request_id: str, model: str, prompt_ids: list[int]) -> Completion:

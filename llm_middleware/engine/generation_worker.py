@@ -35,7 +35,7 @@ from .model_runner import ModelRunner
 from .row_linear import use_row_kernel
 from .outputs import Delta, TokenLogprob, TopLogprob, Usage
 from .request import GenerationRequest
-from .sampler import Draws, SampleResult, Sampler
+from .sampler import Draws, SampleResult, Sampler, logit_bias_tensors, token_tensor
 from .sampling import SamplingParams
 from .scheduler import ScheduledBatch, Scheduler
 from .step_thread import IDLE_EXIT_S, StepThread
@@ -82,6 +82,8 @@ class GenerationWorker:
         self.config = config
         # len() of a large tokenizer rebuilds its vocabulary (milliseconds): once, not per request.
         self.vocab_size = len(self.tokenizer)
+        # No token covers more characters of a text than its longest vocabulary entry has.
+        self.max_token_chars = max(map(len, self.tokenizer.get_vocab()), default=1) or 1
         hf_config = self.model.config
         text_config = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
         context = getattr(text_config, "max_position_embeddings", None) or 4096
@@ -134,10 +136,11 @@ class GenerationWorker:
             self.generator.manual_seed(seed)
         else:
             self.generator.seed()
-        self.sampler = Sampler(self.eos_ids, self.generator)
+        self.sampler = Sampler(self.generator)
         self.token_bytes = TokenBytes(self.tokenizer)
         self.token_decoder = TokenDecoder(self.tokenizer)
-        self.grammars = GrammarCompiler(self.tokenizer, self.model.get_output_embeddings().weight.shape[0], self.eos_ids)
+        self.logits_width = self.model.get_output_embeddings().weight.shape[0]
+        self.grammars = GrammarCompiler(self.tokenizer, self.logits_width, self.eos_ids)
 
         self._inbox: deque[GenerationRequest] = deque()
         self._aborts: deque[GenerationRequest] = deque()
@@ -247,8 +250,45 @@ class GenerationWorker:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a prompt; one too long for the context is refused, the longest ones before tokenizing
+        (tokenizing megabytes takes seconds)."""
+        if len(text) > self.max_model_len * self.max_token_chars:
+            raise ContextLengthExceededError(
+                f"this model's maximum context length is {self.max_model_len} tokens, but the prompt has "
+                f"{len(text)} characters, more than that many tokens can hold; shorten the prompt or the conversation",
+                param="messages",
+            )
+        return self.encode(text)
+
+    def check_room(self, sequences: int, *, param: str = "n") -> None:
+        """Raise unless ``sequences`` more sequences may wait now: :class:`EngineOverloadedError`, or
+        :class:`InvalidRequestError` naming ``param`` when they are more than the queue can ever take."""
+        limit = self.config.max_waiting + self.config.max_batch_size
+        if sequences > limit:
+            raise InvalidRequestError(
+                f"this request adds {sequences} sequences (n per prompt), more than model {self.name!r} queues "
+                f"at once ({limit}); send fewer prompts or a smaller n",
+                param=param,
+            )
+        waiting = sum(len(r.seqs) for r in list(self._inbox)) + len(self.scheduler.waiting)
+        # Sequences that will find a free batch slot do not wait: only the rest count.
+        free_slots = max(0, self.config.max_batch_size - len(self.scheduler.running))
+        if waiting + sequences - free_slots > self.config.max_waiting:
+            raise EngineOverloadedError(
+                f"model {self.name!r} has {waiting} sequences waiting (max_waiting={self.config.max_waiting}); "
+                "retry later",
+                retry_after=1,
+            )
+
     def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Sink, request_id: str) -> GenerationRequest:
         """Queue a request, or raise at once: context too long, queue full, engine stopping."""
+        return self.enqueue(self.prepare(prompt_ids, params, sink, request_id))
+
+    def prepare(self, prompt_ids: list[int], params: SamplingParams, sink: Sink, request_id: str) -> GenerationRequest:
+        """Check a request and build what its steps use (grammar matchers, bias tensors, stop sets), without
+        queueing it; raises at once for a context too long or a queue full.  Request-sized CPU work: callers on
+        an event loop run it on the CPU pool."""
         if not prompt_ids:
             raise InvalidRequestError("the prompt is empty: it must contain at least one token", param="prompt")
         if len(prompt_ids) >= self.max_model_len:
@@ -257,18 +297,22 @@ class GenerationWorker:
                 f"{len(prompt_ids)} tokens; shorten the prompt or the conversation",
                 param="messages",
             )
-        waiting = len(self._inbox) + len(self.scheduler.waiting)
-        # Requests that will find a free batch slot do not wait: only the rest count.
-        free_slots = max(0, self.config.max_batch_size - len(self.scheduler.running))
-        if waiting + 1 - free_slots > self.config.max_waiting:
-            raise EngineOverloadedError(
-                f"model {self.name!r} has {waiting} requests waiting (max_waiting={self.config.max_waiting}); retry later",
-                retry_after=1,
+        if params.max_tokens is not None and (asked := len(prompt_ids) + params.max_tokens) > self.max_model_len:
+            raise ContextLengthExceededError(
+                f"this model's maximum context length is {self.max_model_len} tokens, but {asked} were requested "
+                f"({len(prompt_ids)} in the prompt, max_tokens {params.max_tokens} for the answer); "
+                "ask for fewer tokens or shorten the prompt",
+                param="max_tokens",
             )
+        self.check_room(params.n)
         params = params.with_defaults(self.defaults)
         matcher = self.grammars.compile(params.guided) if params.guided is not None else None
         room = self.max_model_len - len(prompt_ids)
         request = GenerationRequest(request_id, prompt_ids, params, sink)
+        request.stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else frozenset(self.eos_ids))
+        request.bias = logit_bias_tensors(params.logit_bias, self.logits_width)
+        if params.min_tokens:
+            request.min_tokens_ban = token_tensor([*self.eos_ids, *params.stop_token_ids], self.logits_width)
         for index in range(params.n):
             generator = None
             if params.seed is not None:
@@ -280,6 +324,11 @@ class GenerationWorker:
             request.seqs.append(Sequence(request, index, prompt_ids, params, generator, detok, max_total, seq_matcher))
             request.pending_ids.append([])
             request.pending_logprobs.append([])
+        return request
+
+    def enqueue(self, request: GenerationRequest) -> GenerationRequest:
+        """Queue a request made by :meth:`prepare`; raises at once: queue full, engine stopping."""
+        self.check_room(len(request.seqs))
         with self._wake:
             # Checked where stop() sets it: a request queued after the loop's last look at the
             # inbox would wait there forever.
@@ -475,7 +524,6 @@ class GenerationWorker:
             self._drop(request)
 
     def _process(self, launched: _Launched, result: SampleResult, outbox: Outbox) -> None:
-        stop_ids = self.eos_ids
         for row, (seq, pos) in enumerate(zip(launched.seqs, launched.positions)):
             if seq.status is SequenceStatus.FINISHED:
                 continue  # finished at an earlier step while this one ran, or cancelled
@@ -487,7 +535,7 @@ class GenerationWorker:
             request.pending_ids[seq.index].append(token)
             if params.logprobs and result.logprobs is not None:
                 request.pending_logprobs[seq.index].append(self._logprob_entry(token, row, result, params.top_logprobs))
-            is_stop_token = token in params.stop_token_ids or (not params.ignore_eos and token in stop_ids)
+            is_stop_token = token in request.stop_ids
             if seq.matcher is not None:
                 seq.matcher.consume_token(token)
             if is_stop_token and num_tokens - seq.num_prompt_tokens > params.min_tokens - 1:

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .delivery import Sink
 from .outputs import TokenLogprob
 from .sampling import SamplingParams
 from .sequence import Sequence
 
+if TYPE_CHECKING:
+    import torch
+
 
 @dataclass(eq=False)
 class GenerationRequest:
-    """All choices (``n`` sequences) of one request; results go to ``sink``."""
+    """All choices (``n`` sequences) of one request; results go to ``sink``.
+
+    What its steps read of its parameters is made once, when it is prepared: the tokens that end
+    it (``stop_ids``), its ``logit_bias`` as token ids and values on the device (``bias``), and the
+    tokens banned until ``min_tokens`` (``min_tokens_ban``).
+    """
 
     request_id: str
     prompt_ids: list[int]
@@ -22,6 +31,9 @@ class GenerationRequest:
     pending_ids: list[list[int]] = field(default_factory=list)
     pending_logprobs: list[list[TokenLogprob]] = field(default_factory=list)
     num_finished: int = 0
+    stop_ids: frozenset[int] = frozenset()
+    bias: tuple[torch.Tensor, torch.Tensor] | None = None
+    min_tokens_ban: torch.Tensor | None = None
 
     @property
     def finished(self) -> bool:

@@ -53,6 +53,21 @@ class Draws:
         return SampleResult(tokens, chosen, top_ids, top_lp)
 
 
+def logit_bias_tensors(logit_bias: dict[int, float] | None, width: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A request's ``logit_bias`` as token ids ``[K]`` and values ``[K]``, made once when it is prepared (on
+    the CPU: the sampler moves them to the logits' device at their first step).  Ids outside the logits'
+    ``width`` are dropped."""
+    pairs = [(token, value) for token, value in (logit_bias or {}).items() if 0 <= token < width]
+    if not pairs:
+        return None
+    return torch.tensor([t for t, _ in pairs], dtype=torch.long), torch.tensor([v for _, v in pairs], dtype=torch.float32)
+
+
+def token_tensor(ids: list[int], width: int) -> torch.Tensor:
+    """Token ids ``[K]`` (those within the logits' ``width``), made once when a request is prepared."""
+    return torch.tensor(sorted({t for t in ids if 0 <= t < width}), dtype=torch.long)
+
+
 def feed_draws(ids: torch.Tensor, sources: torch.Tensor, tokens: torch.Tensor) -> None:
     """Fill in place the ``ids`` whose value is still on the device: ``tokens[sources[i]]`` where
     ``sources[i] >= 0`` (the previous step's draws, read on the device without a host round trip)."""
@@ -77,8 +92,7 @@ class Sampler:
     depend on which other requests share the batch.
     """
 
-    def __init__(self, eos_ids: list[int], generator: torch.Generator) -> None:
-        self.eos_ids = eos_ids
+    def __init__(self, generator: torch.Generator) -> None:
         self.generator = generator
 
     @torch.inference_mode()
@@ -92,7 +106,7 @@ class Sampler:
         raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
 
         self._apply_penalties(logits, seqs)
-        self._apply_bans_and_biases(logits, seqs, vocab)
+        self._apply_bans_and_biases(logits, seqs)
         if any(s.matcher is not None for s in seqs):
             apply_grammar_masks(logits, [s.matcher for s in seqs])
 
@@ -139,16 +153,18 @@ class Sampler:
                 counts = torch.bincount(out, minlength=vocab).to(row.dtype)
                 row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)
 
-    def _apply_bans_and_biases(self, logits: torch.Tensor, seqs: list[Sequence], vocab: int) -> None:
+    @staticmethod
+    def _apply_bans_and_biases(logits: torch.Tensor, seqs: list[Sequence]) -> None:
+        # The tensors were made when each request was prepared; the first step moves them to the device
+        # (without waiting for it), later steps find them there.
+        device = logits.device
         for i, s in enumerate(seqs):
-            p = s.params
-            if p.logit_bias:
-                ids = _tensor([t for t in p.logit_bias if 0 <= t < vocab], dtype=torch.long, device=logits.device)
-                vals = _tensor([p.logit_bias[t] for t in p.logit_bias if 0 <= t < vocab], device=logits.device)
-                logits[i].index_add_(0, ids, vals)
-            if s.num_output_tokens < p.min_tokens:
-                banned = _tensor([t for t in (*self.eos_ids, *p.stop_token_ids) if 0 <= t < vocab], dtype=torch.long,
-                                 device=logits.device)
+            request = s.request
+            if request.bias is not None:
+                ids, values = request.bias = tuple(t.to(device, non_blocking=True) for t in request.bias)
+                logits[i].index_add_(0, ids, values)
+            if request.min_tokens_ban is not None and s.num_output_tokens < s.params.min_tokens:
+                request.min_tokens_ban = banned = request.min_tokens_ban.to(device, non_blocking=True)
                 logits[i].index_fill_(0, banned, float("-inf"))  # a list index would wait for the device
 
     @staticmethod

@@ -12,6 +12,9 @@ from ..errors import InvalidRequestError
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
 MAX_STOP_STRINGS = 16
+MAX_STOP_LENGTH = 256  # characters of one stop string
+MAX_STOP_TOKEN_IDS = 256
+MAX_LOGIT_BIAS = 300  # OpenAI's
 
 
 @dataclass
@@ -56,6 +59,8 @@ class SamplingParams:
             options = {**options, "stop": [stop]}
         elif stop is None and "stop" in options:
             options = {**options, "stop": []}
+        if "stop_token_ids" in options and options["stop_token_ids"] is None:
+            options = {**options, "stop_token_ids": []}
         params = cls(**options)
         params.validate()
         return params
@@ -94,9 +99,19 @@ class SamplingParams:
             bad("stop", f"accepts at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             bad("stop", "must be non-empty strings")
+        if any(len(s) > MAX_STOP_LENGTH for s in self.stop):
+            bad("stop", f"strings must be at most {MAX_STOP_LENGTH} characters long")
+        if len(self.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+            bad("stop_token_ids", f"accepts at most {MAX_STOP_TOKEN_IDS} token ids, got {len(self.stop_token_ids)}")
+        if any(type(t) is not int for t in self.stop_token_ids):
+            bad("stop_token_ids", "must be integers")
+        if self.logit_bias and len(self.logit_bias) > MAX_LOGIT_BIAS:
+            bad("logit_bias", f"accepts at most {MAX_LOGIT_BIAS} tokens, got {len(self.logit_bias)}")
         if self.seed is not None and not (-(2**63) <= self.seed < 2**64):
             bad("seed", f"must fit in 64 bits, got {self.seed}")
         for token, bias in (self.logit_bias or {}).items():
+            if type(token) is not int:
+                bad("logit_bias", f"keys must be token ids (integers), got {token!r}")
             if not (-100.0 <= bias <= 100.0):
                 bad("logit_bias", f"values must be between -100 and 100, got {bias} for token {token}")
 

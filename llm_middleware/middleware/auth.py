@@ -17,6 +17,7 @@ from types import MappingProxyType
 
 from ..api.errors import error_response
 from ..api.http import Response
+from ..cpu_pool import run_cpu
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,10 @@ class Authenticator:
             raise ValueError("api_keys must not contain empty keys")
         self._keys = [key.encode() for key in keys]
         self._authorize = authorize
+        # A synchronous authorize (a database lookup, say) runs on the CPU pool, off the event loop.
+        self._authorize_is_async = inspect.iscoroutinefunction(authorize) or inspect.iscoroutinefunction(
+            getattr(authorize, "__call__", None)
+        )
         self.public_paths = frozenset("/" + path.strip("/") for path in public_paths)
 
     @property
@@ -105,7 +110,7 @@ class Authenticator:
             return True
         if self._authorize is None:
             return False
-        verdict = self._authorize(info)
+        verdict = self._authorize(info) if self._authorize_is_async else await run_cpu(self._authorize, info)
         if inspect.isawaitable(verdict):
             verdict = await verdict
         return verdict is True
