@@ -33,7 +33,7 @@ class Stats:
     def __call__(self) -> dict[str, int]:
         engine = self.middleware.engine
         worker = engine._models[engine.resolve_model(None)].worker  # noqa: SLF001
-        if worker is not None and worker.before_step is None:
+        if worker is not None and getattr(worker, "before_step", False) is None:  # embedding workers take no steps
             worker.before_step = self._count
         return {**engine.stats(), "steps": self.steps}
 
