@@ -17,6 +17,7 @@ special tokens skipped drops.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -209,16 +210,17 @@ def build_demo_model(
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
         pad_token_id=ids["<|endoftext|>"],
     )
+    # Saved from the CPU: saving straight from the GPU left a copy of the layers' weights cached there.
+    model = model.to("cpu")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / DEMO_MARKER).write_text(json.dumps({"arch": arch, "size": size, "seed": seed, "random_weights": True}))
     if torch.device(device).type == "cuda":
-        # The float32 weights made on the GPU stay in PyTorch's allocator cache otherwise, and an
-        # engine sizing its KV cache from the GPU's free memory (in this process or another)
-        # would lose that much.
-        del model
+        # The weights made on the GPU stay in PyTorch's allocator cache otherwise, and an engine
+        # sizing its KV cache from the GPU's free memory (in this process or another) would lose that much.
+        gc.collect()
         torch.cuda.empty_cache()
     return out
 

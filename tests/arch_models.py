@@ -104,13 +104,15 @@ def build_unsupported_model(path: Path, kind: str) -> Path:
 
 
 def load_reference(path: Path, **overrides: Any) -> Any:
-    """``path``'s model as transformers runs it (float32, CPU), its config changed by ``overrides``."""
+    """``path``'s model as transformers runs it (float32, CPU, eager attention: the reference kernels that
+    compute soft-capping and sinks on every device), its config changed by ``overrides``."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(path)
     for name, value in overrides.items():
         setattr(config, name, value)
-    return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32,
+                                                attn_implementation="eager").eval()
 
 
 def greedy(model: Any, prompt_ids: list[int], n: int) -> list[int]:

@@ -265,7 +265,8 @@ def test_paged_decode_kernel_computes_windows_softcap_and_sinks(dtype: torch.dty
                          ids=["graphs-chunked", "eager-chunked", "graphs-whole"])
 @pytest.mark.parametrize("arch", ARCHS)
 async def test_window_softcap_and_sink_models_equal_generate_on_cuda(arch: str, cuda_graphs: bool, chunk: int | None,
-                                                                   arch_model_dir: Any) -> None:
+                                                                   arch_model_dir: Any,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
     # Sliding windows (Mistral; Gemma's and gpt-oss's local layers), soft-capping (Gemma 2) and sinks
     # (gpt-oss) through prompt chunks and the Triton decode kernel, captured in graphs or not; the
     # longest prompt first, so that without a chunk budget it is prefilled alone, past its window.
@@ -280,7 +281,13 @@ async def test_window_softcap_and_sink_models_equal_generate_on_cuda(arch: str, 
     try:
         await eng.wait_ready()
         decoder = default_worker(eng).runner.decoder
-        assert decoder is not None and bool(decoder.graphs) == cuda_graphs
+        assert decoder is not None
+        if cuda_graphs:
+            # Captured, or cleanly eager where the forward cannot be captured (gpt-oss's experts copy a
+            # host tensor mid-step on some transformers versions).
+            assert decoder.graphs or "cannot be captured" in caplog.text
+        else:
+            assert not decoder.graphs
 
         async def run(i: int, prompt: list[int]) -> list[int]:
             await asyncio.sleep(0.02 * i)

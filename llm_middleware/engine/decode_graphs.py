@@ -61,7 +61,16 @@ class CudaDecoder:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         if use_graphs:
-            self._capture()
+            try:
+                self._capture()
+            except RuntimeError as exc:
+                # A forward that cannot be captured (a host tensor copied mid-step, as some
+                # mixture-of-experts layers do) runs eagerly instead: same code, no graphs.
+                self.graphs.clear()
+                self.outputs.clear()
+                torch.cuda.synchronize()
+                logger.warning("decode steps run without CUDA graphs: this model's forward cannot be captured (%s)",
+                               exc)
 
     def fields(self, flat: Any, rows: int) -> tuple[Any, Any, Any, Any, Any, Any]:
         """Token ids, positions, slots, context lengths and source rows ``[rows]`` each, then block
