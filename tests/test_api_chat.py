@@ -8,9 +8,9 @@ import json
 import pytest
 from engine_state import StepLog, default_worker
 
-from llm_middleware.api import guided
-from llm_middleware.api.chat import _ChatChunks, _ToolSettings
-from llm_middleware.api.http import Request
+from llm_middleware.api.core import guided
+from llm_middleware.api.openai.chat import _ChatChunks, _ToolSettings
+from llm_middleware.api.core.http import Request
 from llm_middleware.engine.outputs import Delta, Usage
 
 HELLO = [{"role": "user", "content": "Hello there"}]

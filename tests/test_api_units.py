@@ -10,13 +10,13 @@ import msgspec
 import pytest
 
 from llm_middleware import errors
-from llm_middleware.api import guided
-from llm_middleware.api.decoding import decode_body
-from llm_middleware.api.embeddings import base64_float32
-from llm_middleware.api.errors import error_response, exception_response, validation_error_param
-from llm_middleware.api.http import Request
-from llm_middleware.api.options import sampling_options
-from llm_middleware.api.schemas import (
+from llm_middleware.api.core import guided
+from llm_middleware.api.core.decoding import decode_body
+from llm_middleware.api.openai.embeddings import base64_float32
+from llm_middleware.api.core.errors import error_response, exception_response, validation_error_param
+from llm_middleware.api.core.http import Request
+from llm_middleware.api.core.options import sampling_options
+from llm_middleware.api.openai.schemas import (
     ChatCompletionRequest,
     ChatDelta,
     ChatChunkChoice,
@@ -26,8 +26,8 @@ from llm_middleware.api.schemas import (
     ResponseFormat,
     chat_request_decoder,
 )
-from llm_middleware.api.sse import DONE, event
-from llm_middleware.api.tool_calls import ParsedToolCall, ToolCallParser, new_tool_call_id, parse_tool_calls
+from llm_middleware.api.core.sse import DONE, event
+from llm_middleware.api.core.tool_calls import ParsedToolCall, ToolCallParser, new_tool_call_id, parse_tool_calls
 
 
 def _request(body: bytes, content_type: str | None = "application/json") -> Request:
@@ -321,7 +321,7 @@ def test_forced_tool_call_grammar_accepts_exactly_hermes_calls(monkeypatch: pyte
 
 
 async def test_failure_mid_stream_becomes_an_error_event_then_done() -> None:
-    from llm_middleware.api.chat import _ChatChunks, _events
+    from llm_middleware.api.openai.chat import _ChatChunks, _events
     from llm_middleware.engine.outputs import Delta
 
     closed = []
@@ -347,7 +347,7 @@ async def test_failure_mid_stream_becomes_an_error_event_then_done() -> None:
 async def test_merge_interleaves_and_closing_it_closes_every_stream() -> None:
     import asyncio
 
-    from llm_middleware.api.streams import merge
+    from llm_middleware.api.core.streams import merge
 
     second_seen = asyncio.Event()
     closed: list[int] = []

@@ -23,10 +23,10 @@ from engine_state import default_worker
 from schemathesis.checks import not_a_server_error
 from test_dispatch import ShopASGI, asgi_request, shop_wsgi
 
-from llm_middleware.api import schemas
+from llm_middleware.api.openai import schemas
 from llm_middleware.api.app import API
-from llm_middleware.api.decoding import decode_body
-from llm_middleware.api.http import Request
+from llm_middleware.api.core.decoding import decode_body
+from llm_middleware.api.core.http import Request
 from llm_middleware.engine.engine import Engine
 from llm_middleware.errors import InvalidRequestError, LLMError
 from llm_middleware.middleware import LLMMiddleware

@@ -8,17 +8,17 @@ from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
-from .chat import chat_completions
-from .completions import completions
+from .openai.chat import chat_completions
+from .openai.completions import completions
 from .docs import openapi_document, openapi_handler, swagger_ui
-from .embeddings import embeddings
-from .errors import error_response, exception_response
-from .forward import ForwardingEngine, forwarding_routes
-from .health import health
-from .http import Request, Response
-from .models import MODEL_PREFIX, list_models, retrieve_model
-from .routing import Route
-from .schemas import (
+from .openai.embeddings import embeddings
+from .core.errors import error_response, exception_response
+from .openai.forward import ForwardingEngine, forwarding_routes
+from .openai.health import health
+from .core.http import Request, Response
+from .openai.models import MODEL_PREFIX, list_models, retrieve_model
+from .core.routing import Route
+from .openai.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -34,7 +34,7 @@ from .schemas import (
     TokenizeRequest,
     TokenizeResponse,
 )
-from .tokenize import detokenize, tokenize
+from .openai.tokenize import detokenize, tokenize
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine

@@ -7,10 +7,10 @@ from typing import Any
 
 import msgspec
 
-from .http import Request, Response
-from .responses import json_response
-from .routing import Handler, Route
-from .schemas import ErrorBody
+from .core.http import Request, Response
+from .core.responses import json_response
+from .core.routing import Handler, Route
+from .openai.schemas import ErrorBody
 
 SWAGGER_UI = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5"
 

@@ -19,7 +19,7 @@ from litestar.exceptions import NotFoundException
 from litestar.plugins import InitPlugin
 from litestar.types import Receive, Scope, Send
 
-from ..middleware.auth import Authorize
+from ..middleware.policy.auth import Authorize
 from ..middleware.endpoint import APIEndpoint, resolve_engine
 from ..middleware.paths import normalize_base_path
 

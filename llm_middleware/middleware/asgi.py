@@ -9,8 +9,8 @@ from typing import Any
 
 from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope
 
-from ..api.http import Request, Response
-from .body import BodyTooLargeError, check_declared_length
+from ..api.core.http import Request, Response
+from .policy.body_limit import BodyTooLargeError, check_declared_length
 
 
 def scope_headers(scope: HTTPScope) -> dict[str, str]:

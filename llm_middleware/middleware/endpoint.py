@@ -17,19 +17,19 @@ from typing import TYPE_CHECKING, Any
 from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope
 
 from ..api.app import API
-from ..api.deadline import Deadline, RequestTimeoutError, respond_within
-from ..api.errors import error_response, exception_response
-from ..api.http import Request, Response
+from .policy.deadline import Deadline, RequestTimeoutError, respond_within
+from ..api.core.errors import error_response, exception_response
+from ..api.core.http import Request, Response
 from . import asgi, wsgi
-from .access_log import log_access
-from .auth import Authenticator, Authorize, request_info, unauthorized_response
-from .body import BodyTooLargeError, body_too_large_response
-from .cors import CORSPolicy
-from .drain import Drain
-from .exchange import Exchange, ObservedStream, current_exchange
+from .observe.access_log import log_access
+from .policy.auth import Authenticator, Authorize, request_info, unauthorized_response
+from .policy.body_limit import BodyTooLargeError, body_too_large_response
+from .policy.cors import CORSPolicy
+from .policy.drain import Drain
+from .observe.exchange import Exchange, ObservedStream, current_exchange
 from .loop_thread import LoopThread
-from .metrics import Metrics
-from .observed_engine import ObservedEngine
+from .observe.metrics import Metrics
+from .observe.observed_engine import ObservedEngine
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-from ..api.http import Request, Response
-from .body import BodyTooLargeError, check_declared_length
+from ..api.core.http import Request, Response
+from .policy.body_limit import BodyTooLargeError, check_declared_length
 from .loop_thread import LoopThread
 
 if TYPE_CHECKING:

@@ -16,14 +16,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from ..cpu_pool import run_cpu
-from ..errors import InvalidRequestError
-from .decoding import decode_body
-from .http import Request, Response
-from .responses import json_response
-from .routing import Route
-from .sse import DONE, error_event, event, streaming_response
-from .streams import first_items
+from ...cpu_pool import run_cpu
+from ...errors import InvalidRequestError
+from ..core.decoding import decode_body
+from ..core.http import Request, Response
+from ..core.responses import json_response
+from ..core.routing import Route
+from ..core.sse import DONE, error_event, event, streaming_response
+from ..core.streams import first_items
 
 #: Request path -> the route the engine forwards it to (relative to an upstream's ``/v1``, or its root).
 FORWARDED_ROUTES = {

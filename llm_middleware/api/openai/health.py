@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .errors import error_response, retry_after_header
-from .http import Request, Response
-from .responses import json_response
+from ..core.errors import error_response, retry_after_header
+from ..core.http import Request, Response
+from ..core.responses import json_response
 from .schemas import HealthStatus
 
 if TYPE_CHECKING:
-    from ..engine.engine import Engine
+    from ...engine.engine import Engine
 
 # How long a client should wait before asking again while models load.
 LOADING_RETRY_AFTER = 5

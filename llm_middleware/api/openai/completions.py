@@ -9,22 +9,22 @@ from typing import TYPE_CHECKING, Any
 
 from msgspec import UNSET, UnsetType
 
-from ..cpu_pool import run_cpu
-from ..engine.outputs import Completion, Delta
-from ..engine.sampling import MAX_TOP_LOGPROBS
-from ..errors import InvalidRequestError
-from .decoding import decode_body
-from .guided import regex_spec
-from .http import Request, Response
+from ...cpu_pool import run_cpu
+from ...engine.outputs import Completion, Delta
+from ...engine.sampling import MAX_TOP_LOGPROBS
+from ...errors import InvalidRequestError
+from ..core.decoding import decode_body
+from ..core.guided import regex_spec
+from ..core.http import Request, Response
 from .logprobs import completion_logprobs
-from .options import sampling_options
-from .responses import json_response
+from ..core.options import sampling_options
+from ..core.responses import json_response
 from .schemas import CompletionChoice, CompletionRequest, TextCompletion, Usage, completion_request_decoder
-from .sse import DONE, error_event, event, streaming_response
-from .streams import first_items, merge, resume
+from ..core.sse import DONE, error_event, event, streaming_response
+from ..core.streams import first_items, merge, resume
 
 if TYPE_CHECKING:
-    from ..engine.engine import Engine
+    from ...engine.engine import Engine
 
 Prompt = str | list[int]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from ..api.errors import error_response
-from ..api.http import Response
+from ...api.core.errors import error_response
+from ...api.core.http import Response
 
 _ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 # Headers an OpenAI client sends; used when a preflight does not list the ones it wants.

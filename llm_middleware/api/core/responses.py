@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..engine import outputs
+from ...engine import outputs
 from .http import Response
-from .schemas import Usage, encoder
+from ..openai.schemas import Usage, encoder
 
 JSON_HEADERS: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
 

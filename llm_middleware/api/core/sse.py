@@ -7,7 +7,7 @@ from typing import Any
 
 from .errors import exception_body
 from .http import Response
-from .schemas import encoder
+from ..openai.schemas import encoder
 
 DONE = b"data: [DONE]\n\n"
 

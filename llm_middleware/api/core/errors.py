@@ -14,10 +14,10 @@ from collections.abc import Iterable
 
 import msgspec
 
-from ..errors import LLMError
+from ...errors import LLMError
 from .http import Response
 from .responses import json_response
-from .schemas import ErrorBody, ErrorDetail
+from ..openai.schemas import ErrorBody, ErrorDetail
 
 logger = logging.getLogger("llm_middleware")
 

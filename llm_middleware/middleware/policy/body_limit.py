@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..api.errors import error_response
-from ..api.http import Response
+from ...api.core.errors import error_response
+from ...api.core.http import Response
 
 
 class BodyTooLargeError(Exception):

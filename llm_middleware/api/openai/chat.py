@@ -9,16 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 from msgspec import UNSET, UnsetType
 
-from ..cpu_pool import run_cpu
-from ..engine.outputs import Delta
-from ..errors import ContextLengthExceededError, InvalidRequestError
-from .decoding import decode_body
-from .guided import check_tool_parameters, regex_spec, response_format_spec, tool_call_spec
-from .http import Request, Response
+from ...cpu_pool import run_cpu
+from ...engine.outputs import Delta
+from ...errors import ContextLengthExceededError, InvalidRequestError
+from ..core.decoding import decode_body
+from ..core.guided import check_tool_parameters, regex_spec, response_format_spec, tool_call_spec
+from ..core.http import Request, Response
 from .logprobs import chat_logprobs
 from .messages import template_messages, template_tools
-from .options import sampling_options
-from .responses import json_response, usage_out
+from ..core.options import sampling_options
+from ..core.responses import json_response, usage_out
 from .schemas import (
     AssistantMessage,
     ChatChoice,
@@ -36,12 +36,12 @@ from .schemas import (
     Usage,
     chat_request_decoder,
 )
-from .sse import DONE, error_event, event, streaming_response
-from .streams import first_items
-from .tool_calls import ParsedToolCall, ToolCallParser, new_tool_call_id, parse_tool_calls
+from ..core.sse import DONE, error_event, event, streaming_response
+from ..core.streams import first_items
+from ..core.tool_calls import ParsedToolCall, ToolCallParser, new_tool_call_id, parse_tool_calls
 
 if TYPE_CHECKING:
-    from ..engine.engine import Engine
+    from ...engine.engine import Engine
 
 
 @dataclass(slots=True, frozen=True)

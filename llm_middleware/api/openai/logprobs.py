@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..engine.outputs import TokenLogprob
+from ...engine.outputs import TokenLogprob
 from .schemas import ChatLogprobs, CompletionLogprobs, TokenLogprobOut, TopLogprobOut
 
 

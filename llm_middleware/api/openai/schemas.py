@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from .limits import MAX_CONTENT_PARTS, MAX_EMBEDDING_INPUTS, MAX_MESSAGES, MAX_PROMPTS, MAX_TOOL_CALLS, MAX_TOOLS
+from ..core.limits import MAX_CONTENT_PARTS, MAX_EMBEDDING_INPUTS, MAX_MESSAGES, MAX_PROMPTS, MAX_TOOL_CALLS, MAX_TOOLS
 
 # --------------------------------------------------------------------------- requests
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..cpu_pool import run_cpu
-from ..errors import InvalidRequestError
-from .decoding import decode_body
-from .guided import check_tool_parameters
-from .http import Request, Response
+from ...cpu_pool import run_cpu
+from ...errors import InvalidRequestError
+from ..core.decoding import decode_body
+from ..core.guided import check_tool_parameters
+from ..core.http import Request, Response
 from .messages import template_messages, template_tools
-from .responses import json_response
+from ..core.responses import json_response
 from .schemas import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -21,7 +21,7 @@ from .schemas import (
 )
 
 if TYPE_CHECKING:
-    from ..engine.engine import Engine
+    from ...engine.engine import Engine
 
 # Decoding, rendering and tokenizing are request-sized CPU work: it runs on the CPU pool, off the
 # event loop.  The engine's text helpers block until the model has loaded, so the handlers first

@@ -14,10 +14,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable
 
-from ..errors import LLMError
-from .errors import llm_error_response
-from .http import Response
-from .sse import DONE, error_event
+from ...errors import LLMError
+from ...api.core.errors import llm_error_response
+from ...api.core.http import Response
+from ...api.core.sse import DONE, error_event
 
 
 class RequestTimeoutError(LLMError):

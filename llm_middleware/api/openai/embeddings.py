@@ -6,15 +6,15 @@ import base64
 import struct
 from typing import TYPE_CHECKING
 
-from ..cpu_pool import run_cpu
-from ..errors import InvalidRequestError
-from .decoding import decode_body
-from .http import Request, Response
-from .responses import json_response
+from ...cpu_pool import run_cpu
+from ...errors import InvalidRequestError
+from ..core.decoding import decode_body
+from ..core.http import Request, Response
+from ..core.responses import json_response
 from .schemas import EmbeddingData, EmbeddingList, EmbeddingUsage, embedding_request_decoder
 
 if TYPE_CHECKING:
-    from ..engine.engine import Engine
+    from ...engine.engine import Engine
 
 
 def _inputs(value: str | list[object]) -> list[str]:

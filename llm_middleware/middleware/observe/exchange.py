@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from ..api.deadline import Deadline
+from ..policy.deadline import Deadline
 
 _ERROR_EVENT = b'data: {"error"'
 

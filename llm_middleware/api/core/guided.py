@@ -12,10 +12,10 @@ import json
 from dataclasses import fields
 from typing import Any
 
-from ..engine.sampling import SamplingParams
-from ..errors import InvalidRequestError
+from ...engine.sampling import SamplingParams
+from ...errors import InvalidRequestError
 from .limits import check_json_depth
-from .schemas import NamedToolChoice, ResponseFormat, ToolDefinition
+from ..openai.schemas import NamedToolChoice, ResponseFormat, ToolDefinition
 from .tool_calls import HERMES_END, HERMES_START
 
 #: Whether the engine's sampler takes a grammar (``SamplingParams.guided``).

@@ -6,7 +6,7 @@ from typing import TypeVar
 
 import msgspec
 
-from ..errors import InvalidRequestError, LLMError
+from ...errors import InvalidRequestError, LLMError
 from .errors import validation_error_message, validation_error_param
 from .http import Request
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from types import MappingProxyType
 
-from ..api.errors import error_response
-from ..api.http import Response
-from ..cpu_pool import run_cpu
+from ...api.core.errors import error_response
+from ...api.core.http import Response
+from ...cpu_pool import run_cpu
 
 
 @dataclass(frozen=True, slots=True)

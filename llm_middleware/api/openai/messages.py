@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..errors import InvalidRequestError
-from .limits import check_json_depth
+from ...errors import InvalidRequestError
+from ..core.limits import check_json_depth
 from .schemas import ChatMessage, ContentPart, ToolCallIn, ToolDefinition
-from .tool_calls import new_tool_call_id
+from ..core.tool_calls import new_tool_call_id
 
 # Text parts are joined by a newline: separate parts read as separate paragraphs.
 _PART_SEPARATOR = "\n"

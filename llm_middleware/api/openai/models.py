@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..engine.outputs import ModelInfo
-from ..errors import ModelNotFoundError
-from .http import Request, Response
-from .responses import json_response
+from ...engine.outputs import ModelInfo
+from ...errors import ModelNotFoundError
+from ..core.http import Request, Response
+from ..core.responses import json_response
 from .schemas import ModelCard, ModelList
 
 if TYPE_CHECKING:
-    from ..engine.engine import Engine
+    from ...engine.engine import Engine
 
 #: The path prefix of the single-model route; what follows it is the model id (ids may hold slashes).
 MODEL_PREFIX = "/v1/models/"

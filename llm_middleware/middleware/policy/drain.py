@@ -6,10 +6,10 @@ import asyncio
 import threading
 import time
 
-from ..api.deadline import Deadline
-from ..api.errors import error_response, retry_after_header
-from ..api.http import Response
-from ..errors import EngineNotReadyError
+from .deadline import Deadline
+from ...api.core.errors import error_response, retry_after_header
+from ...api.core.http import Response
+from ...errors import EngineNotReadyError
 
 # How often a drain looks whether the requests in flight are done.
 _POLL_SECONDS = 0.05

@@ -15,8 +15,8 @@ from .exchange import Exchange, current_exchange
 from .metrics import Metrics
 
 if TYPE_CHECKING:
-    from ..engine.engine import Engine
-    from ..engine.outputs import Completion, Delta, Embeddings, Usage
+    from ...engine.engine import Engine
+    from ...engine.outputs import Completion, Delta, Embeddings, Usage
 
 
 class ObservedEngine:
@@ -39,7 +39,7 @@ class ObservedEngine:
         """Token counts of a forwarded (OpenAI-shaped) answer or usage chunk."""
         usage = message.get("usage")
         if isinstance(usage, dict) and isinstance(message.get("model"), str):
-            from ..engine.outputs import Usage
+            from ...engine.outputs import Usage
 
             self._count(message["model"], Usage(int(usage.get("prompt_tokens") or 0),
                                                 int(usage.get("completion_tokens") or 0)))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import InvalidRequestError
-from .schemas import SamplingFields
+from ...errors import InvalidRequestError
+from ..openai.schemas import SamplingFields
 
 # Seeds become 64-bit generator seeds (one per choice: seed, seed + 1, ...).
 _SEED_RANGE = (-(2**63), 2**63 - 1)

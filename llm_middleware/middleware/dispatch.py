@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.typing import ASGIApplication, ASGIReceiveCallable, ASGISendCallable, Scope
 
-from .auth import Authorize
+from .policy.auth import Authorize
 from .dual_call import mark_coroutine_function
 from .endpoint import APIEndpoint, resolve_engine
 from .lifespan import run_lifespan
