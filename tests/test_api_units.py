@@ -11,11 +11,13 @@ import pytest
 
 from llm_middleware import errors
 from llm_middleware.api.core import guided
-from llm_middleware.api.core.decoding import decode_body
-from llm_middleware.api.openai.embeddings import base64_float32
-from llm_middleware.api.core.errors import error_response, exception_response, validation_error_param
+from llm_middleware.api.core.decoding import decode_body, validation_error_param
 from llm_middleware.api.core.http import Request
 from llm_middleware.api.core.options import sampling_options
+from llm_middleware.api.core.sse import EventStream, event
+from llm_middleware.api.core.tool_calls import ParsedToolCall, ToolCallParser, new_tool_call_id, parse_tool_calls
+from llm_middleware.api.openai.embeddings import base64_float32
+from llm_middleware.api.openai.errors import error_response, exception_response
 from llm_middleware.api.openai.schemas import (
     ChatCompletionRequest,
     ChatDelta,
@@ -26,8 +28,7 @@ from llm_middleware.api.openai.schemas import (
     ResponseFormat,
     chat_request_decoder,
 )
-from llm_middleware.api.core.sse import DONE, event
-from llm_middleware.api.core.tool_calls import ParsedToolCall, ToolCallParser, new_tool_call_id, parse_tool_calls
+from llm_middleware.api.openai.streaming import DONE, FRAMING
 
 
 def _request(body: bytes, content_type: str | None = "application/json") -> Request:
@@ -321,7 +322,7 @@ def test_forced_tool_call_grammar_accepts_exactly_hermes_calls(monkeypatch: pyte
 
 
 async def test_failure_mid_stream_becomes_an_error_event_then_done() -> None:
-    from llm_middleware.api.openai.chat import _ChatChunks, _events
+    from llm_middleware.api.openai.chat import _ChatChunks
     from llm_middleware.engine.outputs import Delta
 
     closed = []
@@ -336,7 +337,8 @@ async def test_failure_mid_stream_becomes_an_error_event_then_done() -> None:
     stream = deltas()
     first = await anext(stream)
     chunks = _ChatChunks("chatcmpl-1", 1, "m", include_usage=False, logprobs=False, tools=None)
-    raw = b"".join([part async for part in _events(chunks, first, stream)])
+    events = EventStream(stream, chunks.on_delta, FRAMING, first=first, closing=chunks.closing)
+    raw = b"".join([part async for part in events])
     blocks = [b for b in raw.split(b"\n\n") if b]
     assert json.loads(blocks[-2][6:]) == {
         "error": {"message": "the model step failed", "type": "server_error", "param": None, "code": "engine_error"}

@@ -17,19 +17,19 @@ from typing import TYPE_CHECKING, Any
 from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope
 
 from ..api.app import API
-from .policy.deadline import Deadline, RequestTimeoutError, respond_within
-from ..api.core.errors import error_response, exception_response
 from ..api.core.http import Request, Response
+from ..api.core.routing import MethodNotAllowedError
 from . import asgi, wsgi
-from .observe.access_log import log_access
-from .policy.auth import Authenticator, Authorize, request_info, unauthorized_response
-from .policy.body_limit import BodyTooLargeError, body_too_large_response
-from .policy.cors import CORSPolicy
-from .policy.drain import Drain
-from .observe.exchange import Exchange, ObservedStream, current_exchange
 from .loop_thread import LoopThread
+from .observe.access_log import log_access
+from .observe.exchange import Exchange, ObservedStream, current_exchange
 from .observe.metrics import Metrics
 from .observe.observed_engine import ObservedEngine
+from .policy.auth import Authenticator, Authorize, request_info
+from .policy.body_limit import BodyTooLargeError
+from .policy.cors import CORSPolicy
+from .policy.deadline import Deadline, RequestTimeoutError, respond_within
+from .policy.drain import Drain
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -94,8 +94,9 @@ class APIEndpoint:
         self.max_body_size = max_body_size
         self.request_timeout = request_timeout
         self.metrics = Metrics(engine)
-        observed = ObservedEngine(engine, self.metrics)
+        observed = ObservedEngine(engine, self.metrics, API.read_forwarded)
         self._api = API(observed, base_path=base_path, include_docs=include_docs)  # type: ignore[arg-type]
+        self._render_error = self._api.render_error
         self._cors = CORSPolicy(allowed_origins) if allowed_origins is not None else None
         self._auth = Authenticator(api_keys, authorize, public_paths)
         self._drain = Drain(drain_timeout)
@@ -153,23 +154,17 @@ class APIEndpoint:
         self, method: str, path: str, headers: dict[str, str], client: tuple[str, int] | None
     ) -> Response | None:
         """The answer to give without reading the body, or None to go on to the API."""
-        if self._cors is not None and self._cors.is_preflight(method, headers):
-            return self._cors.preflight(headers)
         try:
-            allowed = await self._auth.allows(request_info(method, path, headers, client))
-        except Exception as exc:  # the host app's authorize failed: a logged 500, not a crash
-            return exception_response(exc)
-        if not allowed:
-            return unauthorized_response()
-        if self._drain.draining:
-            return self._drain.refusal()
-        if path == METRICS_PATH:
-            if method != "GET":
-                return error_response(
-                    405, f"Method {method} is not allowed for {METRICS_PATH}; use GET.", code="method_not_allowed",
-                    headers=[("allow", "GET")],
-                )
-            return self.metrics.response()
+            if self._cors is not None and self._cors.is_preflight(method, headers):
+                return self._cors.preflight(headers)
+            await self._auth.check(request_info(method, path, headers, client))
+            self._drain.check()
+            if path == METRICS_PATH:
+                if method != "GET":
+                    raise MethodNotAllowedError(method, METRICS_PATH, ["GET"])
+                return self.metrics.response()
+        except Exception as exc:  # a refusal, or the host app's authorize failed (a logged 500)
+            return self._render_error(exc)
         return None
 
     async def _respond(self, exchange: Exchange, request: Request) -> Response:
@@ -177,7 +172,7 @@ class APIEndpoint:
         deadline = Deadline(self.request_timeout)
         exchange.deadline = deadline
         self._drain.enter(deadline)
-        return await respond_within(deadline, self._api.handle(request))
+        return await respond_within(deadline, self._api.handle(request), self._render_error)
 
     def _finish(self, exchange: Exchange, headers: dict[str, str], response: Response) -> Response:
         """Note what is being sent, add CORS headers, and watch a stream for its end."""
@@ -229,8 +224,8 @@ class APIEndpoint:
                     body = await asgi.read_body(receive, headers, self.max_body_size)
                 except asgi.ClientDisconnectedError:
                     return
-                except BodyTooLargeError:
-                    response = body_too_large_response(self.max_body_size)
+                except BodyTooLargeError as exc:
+                    response = self._render_error(exc)
             if response is not None:
                 await asgi.send_response(send, self._finish(exchange, headers, response))
                 return
@@ -259,8 +254,8 @@ class APIEndpoint:
             if response is None:
                 try:
                     body = wsgi.read_body(environ, headers, self.max_body_size)
-                except BodyTooLargeError:
-                    response = body_too_large_response(self.max_body_size)
+                except BodyTooLargeError as exc:
+                    response = self._render_error(exc)
                 else:
                     request = wsgi.build_request(environ, path, root_path, headers, body)
                     response = self._loop.run(self._respond(exchange, request))

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from typing import TypeVar
 
 import msgspec
 
 from ...errors import InvalidRequestError, LLMError
-from .errors import validation_error_message, validation_error_param
 from .http import Request
 
 T = TypeVar("T")
+
+# msgspec ends a validation message with " - at `$.messages[0].role`".
+_PATH_SUFFIX = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+# ... or names a missing field of the top-level object: "Object missing required field `messages`".
+_MISSING_FIELD = re.compile(r"missing required field `(?P<field>[^`]+)`")
 
 
 class UnsupportedMediaTypeError(LLMError):
@@ -36,6 +41,25 @@ def _check_content_type(request: Request) -> None:
         name, _, charset = param.partition("=")
         if name.strip().lower() == "charset" and charset.strip().strip('"').lower() not in ("utf-8", "utf8"):
             raise UnsupportedMediaTypeError(f"JSON bodies must be UTF-8 encoded, got charset '{charset.strip()}'.")
+
+
+def validation_error_param(exc: msgspec.ValidationError) -> str | None:
+    """The request field a msgspec validation error is about, as clients name it (``messages[0].role``)."""
+    text = str(exc)
+    match = _PATH_SUFFIX.search(text)
+    path = match.group("path") if match else ""
+    missing = _MISSING_FIELD.search(text)
+    if missing:
+        field = missing.group("field")
+        return f"{path}.{field}" if path else field
+    return path or None
+
+
+def validation_error_message(exc: msgspec.ValidationError) -> str:
+    """msgspec's message with the path rewritten to the field name clients know."""
+    text = _PATH_SUFFIX.sub("", str(exc))
+    param = validation_error_param(exc)
+    return f"Invalid value for '{param}': {text}" if param else f"Invalid request body: {text}"
 
 
 def decode_body(request: Request, decoder: msgspec.json.Decoder[T]) -> T:

@@ -2,13 +2,15 @@
 
 The middleware builds a :class:`Request` from an ASGI scope or a WSGI environ (body already
 read, within the size limit) and sends the :class:`Response` back through whichever
-protocol the request came in on.  Handlers therefore know nothing about ASGI or WSGI.
+protocol the request came in on.  Handlers therefore know nothing about ASGI or WSGI, and the
+middleware knows nothing about a protocol's bodies: a streamed body says itself how it ends
+with an error (:class:`BodyStream`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass(slots=True)
@@ -29,15 +31,32 @@ class Request:
     client: tuple[str, int] | None = None
 
 
+class BodyStream(Protocol):
+    """A response body sent chunk by chunk.
+
+    ``aclose()`` releases everything the stream holds (its engine requests): the middleware calls
+    it when the stream is done or the client went away, iterated or not.  ``fail(error)`` is what
+    ends the stream early with ``error``, in its protocol's words (an error event, then whatever
+    the protocol sends last); ``failed`` is true once the stream ended that way.
+    """
+
+    def __aiter__(self) -> BodyStream: ...
+
+    async def __anext__(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+    def fail(self, error: BaseException) -> bytes: ...
+
+    @property
+    def failed(self) -> bool: ...
+
+
 @dataclass(slots=True)
 class Response:
-    """A whole response (``body``) or a streamed one (``stream`` yields body chunks).
-
-    Closing ``stream`` (``aclose()``) must release everything the response holds: the
-    middleware closes it when the client goes away.
-    """
+    """A whole response (``body``) or a streamed one (``stream``)."""
 
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
-    stream: AsyncIterator[bytes] | None = None
+    stream: BodyStream | None = None

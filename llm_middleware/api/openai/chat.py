@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from msgspec import UNSET, UnsetType
 
 from ...cpu_pool import run_cpu
+from ...engine import outputs
 from ...engine.outputs import Delta
 from ...errors import ContextLengthExceededError, InvalidRequestError
 from ..core.decoding import decode_body
@@ -18,7 +18,7 @@ from ..core.http import Request, Response
 from .logprobs import chat_logprobs
 from .messages import template_messages, template_tools
 from ..core.options import sampling_options
-from ..core.responses import json_response, usage_out
+from ..core.responses import json_response
 from .schemas import (
     AssistantMessage,
     ChatChoice,
@@ -36,7 +36,8 @@ from .schemas import (
     Usage,
     chat_request_decoder,
 )
-from ..core.sse import DONE, error_event, event, streaming_response
+from .streaming import FRAMING
+from ..core.sse import EventStream, event, streaming_response
 from ..core.streams import first_items
 from ..core.tool_calls import ParsedToolCall, ToolCallParser, new_tool_call_id, parse_tool_calls
 
@@ -107,6 +108,13 @@ def _engine_call(request: ChatCompletionRequest, model: str, request_id: str) ->
     )
 
 
+def _usage(usage: outputs.Usage) -> Usage:
+    """The engine's token counts as the response's ``usage`` object."""
+    return Usage(
+        prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, total_tokens=usage.total_tokens
+    )
+
+
 def _tool_calls_out(calls: list[ParsedToolCall]) -> list[ToolCallOut]:
     return [
         ToolCallOut(id=new_tool_call_id(), function=FunctionCallOut(name=c.name, arguments=c.arguments)) for c in calls
@@ -144,7 +152,7 @@ async def chat_completions(engine: Engine, request: Request, request_id: str) ->
             raise _named_as_sent(exc, body) from None
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         chunks = _ChatChunks(request_id, int(time.time()), model, include_usage, bool(body.logprobs), tools)
-        return streaming_response(_events(chunks, first, stream))
+        return streaming_response(EventStream(stream, chunks.on_delta, FRAMING, first=first, closing=chunks.closing))
 
     try:
         completion = await engine.chat(messages, **call)
@@ -168,7 +176,7 @@ async def chat_completions(engine: Engine, request: Request, request_id: str) ->
         )
     return json_response(
         ChatCompletion(
-            id=request_id, created=int(time.time()), model=model, choices=choices, usage=usage_out(completion.usage)
+            id=request_id, created=int(time.time()), model=model, choices=choices, usage=_usage(completion.usage)
         )
     )
 
@@ -222,7 +230,7 @@ class _ChatChunks:
             reason = "tool_calls" if calls_made and delta.finish_reason == "stop" else delta.finish_reason
             parts.append(self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=reason)))
         if delta.usage is not None:
-            self.usage = usage_out(delta.usage)
+            self.usage = _usage(delta.usage)
         return b"".join(parts)
 
     def _tool_events(
@@ -258,27 +266,10 @@ class _ChatChunks:
             parts.append(self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(), logprobs=logprobs)))
         return parts
 
-    def usage_event(self) -> bytes:
+    def closing(self) -> bytes:
         """The closing chunk with no choices and the request's usage (``stream_options.include_usage``)."""
+        if not self.include_usage or self.usage is None:
+            return b""
         return event(
             ChatCompletionChunk(id=self.request_id, created=self.created, model=self.model, choices=[], usage=self.usage)
         )
-
-
-async def _events(chunks: _ChatChunks, first: Delta | None, stream: AsyncGenerator[Delta, None]) -> AsyncGenerator[bytes, None]:
-    """The SSE body.  Closing it (client gone) closes the engine stream, which cancels the request."""
-    try:
-        if first is not None:
-            if data := chunks.on_delta(first):
-                yield data
-        async for delta in stream:
-            # Text held back (a possible stop string or tool-call marker) produces no event yet.
-            if data := chunks.on_delta(delta):
-                yield data
-        if chunks.include_usage and chunks.usage is not None:
-            yield chunks.usage_event()
-    except Exception as exc:
-        yield error_event(exc)
-    finally:
-        await stream.aclose()
-    yield DONE

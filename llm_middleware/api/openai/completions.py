@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from msgspec import UNSET, UnsetType
@@ -20,8 +20,9 @@ from .logprobs import completion_logprobs
 from ..core.options import sampling_options
 from ..core.responses import json_response
 from .schemas import CompletionChoice, CompletionRequest, TextCompletion, Usage, completion_request_decoder
-from ..core.sse import DONE, error_event, event, streaming_response
+from ..core.sse import EventStream, event, streaming_response
 from ..core.streams import first_items, merge, resume
+from .streaming import FRAMING
 
 if TYPE_CHECKING:
     from ...engine.engine import Engine
@@ -94,10 +95,11 @@ async def completions(engine: Engine, request: Request, request_id: str) -> Resp
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         chunks = _CompletionChunks(request_id, int(time.time()), model, n, echoes, include_usage, body.logprobs is not None)
         if len(streams) == 1:
-            tagged: AsyncGenerator[tuple[int, Delta], None] = _single(firsts[0], streams[0])
+            events = EventStream(streams[0], partial(chunks.on_delta, 0), FRAMING, first=firsts[0], closing=chunks.closing)
         else:
-            tagged = merge([resume(first, stream) for first, stream in zip(firsts, streams)])
-        return streaming_response(_events(chunks, tagged))
+            merged = merge([resume(first, stream) for first, stream in zip(firsts, streams)])
+            events = EventStream(merged, chunks.on_item, FRAMING, closing=chunks.closing, sources=streams)
+        return streaming_response(events)
 
     tasks = [
         asyncio.ensure_future(engine.complete(p, model=model, request_id=i, **options)) for p, i in zip(prompts, ids)
@@ -131,17 +133,6 @@ async def _echo(engine: Engine, prompt: Prompt, model: str) -> str:
     if isinstance(prompt, str):
         return prompt
     return await run_cpu(engine.detokenize, prompt, model=model)
-
-
-async def _single(first: Delta | None, stream: AsyncGenerator[Delta, None]) -> AsyncGenerator[tuple[int, Delta], None]:
-    """A single prompt's deltas in the shape :func:`merge` gives (without its per-item tasks)."""
-    try:
-        if first is not None:
-            yield 0, first
-        async for delta in stream:
-            yield 0, delta
-    finally:
-        await stream.aclose()
 
 
 class _CompletionChunks:
@@ -194,23 +185,14 @@ class _CompletionChunks:
             self._usage.total_tokens += delta.usage.total_tokens
         return b"".join(parts)
 
-    def usage_event(self) -> bytes:
-        """The closing chunk with no choices and the usage of all prompts together."""
+    def on_item(self, item: tuple[int, Delta]) -> bytes:
+        """Every event a delta of the prompt at ``item[0]`` produces."""
+        return self.on_delta(*item)
+
+    def closing(self) -> bytes:
+        """The closing chunk with no choices and the usage of all prompts together (``stream_options.include_usage``)."""
+        if not self.include_usage:
+            return b""
         return event(
             TextCompletion(id=self.request_id, created=self.created, model=self.model, choices=[], usage=self._usage)
         )
-
-
-async def _events(chunks: _CompletionChunks, deltas: AsyncGenerator[tuple[int, Delta], None]) -> AsyncGenerator[bytes, None]:
-    """The SSE body.  Closing it (client gone) closes the engine streams, cancelling the requests."""
-    try:
-        async for prompt_index, delta in deltas:
-            if data := chunks.on_delta(prompt_index, delta):
-                yield data
-        if chunks.include_usage:
-            yield chunks.usage_event()
-    except Exception as exc:
-        yield error_event(exc)
-    finally:
-        await deltas.aclose()
-    yield DONE

@@ -17,13 +17,16 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 
 from ...cpu_pool import run_cpu
+from ...engine.outputs import Usage
 from ...errors import InvalidRequestError
 from ..core.decoding import decode_body
+from ..core.forwarding import ForwardedAnswer
 from ..core.http import Request, Response
 from ..core.responses import json_response
 from ..core.routing import Route
-from ..core.sse import DONE, error_event, event, streaming_response
+from ..core.sse import EventStream, event, streaming_response
 from ..core.streams import first_items
+from .streaming import FRAMING
 
 #: Request path -> the route the engine forwards it to (relative to an upstream's ``/v1``, or its root).
 FORWARDED_ROUTES = {
@@ -85,21 +88,19 @@ async def forward(engine: ForwardingEngine, route: str, request: Request, reques
     if route in _STREAMING_ROUTES and body.get("stream"):
         stream = engine.forward_stream(route, body, request_id=request_id)
         [first] = await first_items([stream])  # errors before the first chunk are HTTP errors
-        return streaming_response(_events(first, stream, request_id))
+        relayed = EventStream(stream, lambda chunk: event(_with_id(chunk, request_id)), FRAMING, first=first)
+        return streaming_response(relayed)
     return json_response(_with_id(await engine.forward(route, body, request_id=request_id), request_id))
 
 
-async def _events(
-    first: dict[str, Any] | None, stream: AsyncGenerator[dict[str, Any], None], request_id: str
-) -> AsyncGenerator[bytes, None]:
-    """The SSE body.  Closing it (client gone) closes the engine stream, which cancels the request upstream."""
-    try:
-        if first is not None:
-            yield event(_with_id(first, request_id))
-        async for chunk in stream:
-            yield event(_with_id(chunk, request_id))
-    except Exception as exc:
-        yield error_event(exc)
-    finally:
-        await stream.aclose()
-    yield DONE
+def read_answer(message: dict[str, Any]) -> ForwardedAnswer:
+    """What an OpenAI answer or stream chunk says about its model, output and token counts."""
+    model = message.get("model")
+    usage = message.get("usage")
+    return ForwardedAnswer(
+        model=model if isinstance(model, str) else None,
+        has_output=bool(message.get("choices")),
+        usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        if isinstance(usage, dict)
+        else None,
+    )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..core.errors import error_response, retry_after_header
+from ..core.errors import retry_after_header
 from ..core.http import Request, Response
 from ..core.responses import json_response
+from .errors import error_response
 from .schemas import HealthStatus
 
 if TYPE_CHECKING:

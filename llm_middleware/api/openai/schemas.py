@@ -397,25 +397,7 @@ class HealthStatus(Struct, kw_only=True):
     status: Literal["ok"] = "ok"
 
 
-class ErrorDetail(Struct, kw_only=True):
-    """What went wrong, in OpenAI's words."""
-
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class ErrorBody(Struct, kw_only=True):
-    """Every error response, and the ``data:`` event of a failure mid-stream."""
-
-    error: ErrorDetail
-
-
 # --------------------------------------------------------------------------- codecs
-
-#: One encoder for every response body: msgspec encoders are reusable and thread-safe.
-encoder = msgspec.json.Encoder()
 
 chat_request_decoder = msgspec.json.Decoder(ChatCompletionRequest)
 completion_request_decoder = msgspec.json.Decoder(CompletionRequest)

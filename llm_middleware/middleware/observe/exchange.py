@@ -9,13 +9,12 @@ or when the client goes away.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from ...api.core.http import BodyStream
 from ..policy.deadline import Deadline
-
-_ERROR_EVENT = b'data: {"error"'
 
 
 @dataclass(slots=True, eq=False)
@@ -50,38 +49,44 @@ current_exchange: ContextVar[Exchange | None] = ContextVar("llm_middleware_excha
 
 
 class ObservedStream:
-    """An async iterator over a response stream that reports how it ended, exactly once.
+    """A response stream that reports how it ended, exactly once.
 
     ``on_end`` runs when the stream is exhausted or closed, even if it was never iterated
     (closing an unstarted async generator would skip its ``finally``).
     """
 
-    def __init__(self, stream: AsyncIterator[bytes], exchange: Exchange, on_end: Callable[[Exchange], None]) -> None:
+    def __init__(self, stream: BodyStream, exchange: Exchange, on_end: Callable[[Exchange], None]) -> None:
         self._stream = stream
         self._exchange = exchange
         self._on_end = on_end
         self._exhausted = False
+
+    @property
+    def failed(self) -> bool:
+        """True once the stream ended with an error."""
+        return self._stream.failed
+
+    def fail(self, error: BaseException) -> bytes:
+        """The wrapped stream's ending for ``error``."""
+        return self._stream.fail(error)
 
     def __aiter__(self) -> ObservedStream:
         return self
 
     async def __anext__(self) -> bytes:
         try:
-            chunk = await self._stream.__anext__()
+            return await anext(self._stream)
         except StopAsyncIteration:
             self._exhausted = True
             raise
-        if chunk.startswith(_ERROR_EVENT):
-            self._exchange.outcome = "error"
-        return chunk
 
     async def aclose(self) -> None:
         """Close the underlying stream (cancelling its engine requests) and end the exchange."""
         try:
-            aclose = getattr(self._stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await self._stream.aclose()
         finally:
-            if not self._exhausted and self._exchange.outcome == "completed":
+            if self._stream.failed:
+                self._exchange.outcome = "error"
+            elif not self._exhausted and self._exchange.outcome == "completed":
                 self._exchange.outcome = "cancelled"
             self._on_end(self._exchange)

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from ...api.core.forwarding import AnswerReader, ForwardedAnswer
 from .exchange import Exchange, current_exchange
 from .metrics import Metrics
 
@@ -21,11 +22,13 @@ if TYPE_CHECKING:
 
 class ObservedEngine:
     """Delegates everything to ``engine``; measures ``stream_chat``, ``stream_complete``, ``chat``,
-    ``complete`` and ``embed``."""
+    ``complete`` and ``embed``, and an engine's ``forward`` and ``forward_stream`` (whole requests it
+    relays), whose answers ``read_forwarded`` reads."""
 
-    def __init__(self, engine: Engine, metrics: Metrics) -> None:
+    def __init__(self, engine: Engine, metrics: Metrics, read_forwarded: AnswerReader) -> None:
         self._engine = engine
         self._metrics = metrics
+        self._read = read_forwarded
 
     def __getattr__(self, name: str) -> Any:
         target = getattr(self._engine, name)  # AttributeError keeps optional capabilities optional
@@ -35,19 +38,15 @@ class ObservedEngine:
             return self._measured_forward_stream(target)
         return target
 
-    def _count_answer(self, message: dict[str, Any]) -> None:
-        """Token counts of a forwarded (OpenAI-shaped) answer or usage chunk."""
-        usage = message.get("usage")
-        if isinstance(usage, dict) and isinstance(message.get("model"), str):
-            from ...engine.outputs import Usage
-
-            self._count(message["model"], Usage(int(usage.get("prompt_tokens") or 0),
-                                                int(usage.get("completion_tokens") or 0)))
+    def _count_answer(self, answer: ForwardedAnswer) -> None:
+        """Token counts of a relayed answer or usage chunk."""
+        if answer.usage is not None and answer.model is not None:
+            self._count(answer.model, answer.usage)
 
     def _measured_forward(self, forward: Any) -> Any:
         async def measured(route: str, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
             answer = await forward(route, body, **kwargs)
-            self._count_answer(answer)
+            self._count_answer(self._read(answer))
             return answer
 
         return measured
@@ -60,13 +59,13 @@ class ObservedEngine:
             seen_token = False
             try:
                 async for chunk in chunks:
-                    model = chunk.get("model")
-                    if not seen_token and chunk.get("choices") and isinstance(model, str):
+                    answer = self._read(chunk)
+                    if not seen_token and answer.has_output and answer.model is not None:
                         seen_token = True
                         if exchange is not None:
-                            exchange.model = model
-                        self._first_token(model, exchange, time.perf_counter() - start)
-                    self._count_answer(chunk)
+                            exchange.model = answer.model
+                        self._first_token(answer.model, exchange, time.perf_counter() - start)
+                    self._count_answer(answer)
                     yield chunk
             finally:
                 await chunks.aclose()

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from types import MappingProxyType
 
-from ...api.core.errors import error_response
-from ...api.core.http import Response
+from ...api.core.errors import HTTPError
 from ...cpu_pool import run_cpu
 
 
@@ -43,6 +42,20 @@ class RequestInfo:
 
 #: ``authorize(info)`` returns (or, when async, resolves to) True to let the request in.
 Authorize = Callable[[RequestInfo], bool | Awaitable[bool]]
+
+
+class AuthenticationError(HTTPError):
+    """The request carries no valid credentials (HTTP 401, with ``WWW-Authenticate``)."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Missing or invalid API key. Send it as 'Authorization: Bearer <key>' or in an 'x-api-key' header.",
+            headers=[("www-authenticate", "Bearer")],
+        )
 
 
 def request_info(method: str, path: str, headers: Mapping[str, str], client: tuple[str, int] | None) -> RequestInfo:
@@ -115,12 +128,7 @@ class Authenticator:
             verdict = await verdict
         return verdict is True
 
-
-def unauthorized_response() -> Response:
-    """The 401 for a request without valid credentials, as OpenAI answers it."""
-    return error_response(
-        401,
-        "Missing or invalid API key. Send it as 'Authorization: Bearer <key>' or in an 'x-api-key' header.",
-        code="invalid_api_key",
-        headers=[("www-authenticate", "Bearer")],
-    )
+    async def check(self, info: RequestInfo) -> None:
+        """Raise :class:`AuthenticationError` unless ``info`` may reach the API."""
+        if not await self.allows(info):
+            raise AuthenticationError

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from ...api.core.errors import error_response
-from ...api.core.http import Response
+from ...errors import LLMError
 
 
-class BodyTooLargeError(Exception):
-    """The request body is longer than the middleware's ``max_body_size``."""
+class BodyTooLargeError(LLMError):
+    """The request body is longer than the middleware's ``max_body_size`` (HTTP 413)."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Request body is larger than the limit of {limit} bytes.")
 
 
 def check_declared_length(content_length: str | None, limit: int) -> int | None:
@@ -19,12 +25,5 @@ def check_declared_length(content_length: str | None, limit: int) -> int | None:
         return None
     length = int(content_length)
     if length > limit:
-        raise BodyTooLargeError
+        raise BodyTooLargeError(limit)
     return length
-
-
-def body_too_large_response(limit: int) -> Response:
-    """The OpenAI-shaped 413 answer for a body over ``limit`` bytes."""
-    return error_response(
-        413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large"
-    )

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from ...api.core.errors import error_response
 from ...api.core.http import Response
+from ...errors import LLMError
 
 _ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 # Headers an OpenAI client sends; used when a preflight does not list the ones it wants.
 _DEFAULT_ALLOW_HEADERS = "Authorization, Content-Type, OpenAI-Organization, OpenAI-Project"
 _MAX_AGE = "600"
+
+
+class OriginNotAllowedError(LLMError):
+    """A preflight from an origin that may not call the API (HTTP 403)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "origin_not_allowed"
 
 
 class CORSPolicy:
@@ -34,10 +42,11 @@ class CORSPolicy:
         return method == "OPTIONS" and "origin" in headers and "access-control-request-method" in headers
 
     def preflight(self, headers: Mapping[str, str]) -> Response:
-        """The answer to a preflight: 204 with the allowed methods and headers, or 403."""
+        """The answer to a preflight: 204 with the allowed methods and headers; raises
+        :class:`OriginNotAllowedError` for an origin not allowed."""
         origin = headers["origin"]
         if not self.allows(origin):
-            return error_response(403, f"Origin {origin!r} is not allowed to call this API.", code="origin_not_allowed")
+            raise OriginNotAllowedError(f"Origin {origin!r} is not allowed to call this API.")
         return Response(
             204,
             [

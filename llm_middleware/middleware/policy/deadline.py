@@ -3,21 +3,20 @@
 A :class:`Deadline` expires when its timeout passes or when :meth:`Deadline.expire` is called
 (the middleware does that to the requests still running at the end of a shutdown drain).
 :func:`respond_within` then ends the request the way its client can understand: before the
-response started, an error response (504 for a timeout, 503 for a shutdown); mid-stream, an
-error event followed by ``data: [DONE]``.  Either way the handler is cancelled, which cancels
-its engine requests.
+response started, an error response (504 for a timeout, 503 for a shutdown) rendered by the API;
+mid-stream, the stream's own ending for an error (its protocol's error event).  Either way the
+handler is cancelled, which cancels its engine requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 
+from ...api.core.errors import ErrorRenderer
+from ...api.core.http import BodyStream, Response
 from ...errors import LLMError
-from ...api.core.errors import llm_error_response
-from ...api.core.http import Response
-from ...api.core.sse import DONE, error_event
 
 
 class RequestTimeoutError(LLMError):
@@ -83,15 +82,15 @@ class Deadline:
         return task if not task.cancelled() else None
 
 
-async def respond_within(deadline: Deadline, answer: Awaitable[Response]) -> Response:
-    """The response of ``answer``, or an error response if ``deadline`` expires first.
+async def respond_within(deadline: Deadline, answer: Awaitable[Response], render_error: ErrorRenderer) -> Response:
+    """The response of ``answer``, or the error response ``render_error`` gives if ``deadline`` expires first.
 
-    A streamed response is wrapped so that it ends with an error event and ``[DONE]`` when the
-    deadline expires mid-stream.
+    A streamed response is wrapped so that it ends with its error ending when the deadline
+    expires mid-stream.
     """
     done = await deadline.race(answer)
     if done is None:
-        return llm_error_response(deadline.error)  # type: ignore[arg-type]
+        return render_error(deadline.error)  # type: ignore[arg-type]
     response: Response = done.result()  # type: ignore[assignment]
     if response.stream is not None:
         response.stream = _StreamWithin(deadline, response.stream)
@@ -99,30 +98,36 @@ async def respond_within(deadline: Deadline, answer: Awaitable[Response]) -> Res
 
 
 class _StreamWithin:
-    """A response stream that ends with an error event and ``[DONE]`` when the deadline expires.
+    """A response stream that ends with its error ending when the deadline expires.
 
     A class rather than an async generator: closing it must close the wrapped stream (and so
     cancel its engine requests) even when it was never iterated.
     """
 
-    def __init__(self, deadline: Deadline, stream: AsyncIterator[bytes]) -> None:
+    def __init__(self, deadline: Deadline, stream: BodyStream) -> None:
         self._deadline = deadline
         self._stream = stream
-        self._ending: list[bytes] = []
         self._expired = False
+
+    @property
+    def failed(self) -> bool:
+        """True once the stream ended with an error (its own, or the deadline's)."""
+        return self._stream.failed
+
+    def fail(self, error: BaseException) -> bytes:
+        """The wrapped stream's ending for ``error``."""
+        return self._stream.fail(error)
 
     def __aiter__(self) -> _StreamWithin:
         return self
 
     async def __anext__(self) -> bytes:
         if self._expired:
-            if not self._ending:
-                raise StopAsyncIteration
-            return self._ending.pop(0)
+            raise StopAsyncIteration
         if self._deadline.error is not None:  # expired between two chunks
             return await self._end()
         # The read runs in the caller's task (no task per chunk); the deadline cancels that task
-        # while it waits here, and the cancellation becomes the error event.
+        # while it waits here, and the cancellation becomes the error ending.
         task = asyncio.current_task()
         assert task is not None
         readers = self._deadline._readers
@@ -140,11 +145,8 @@ class _StreamWithin:
     async def _end(self) -> bytes:
         self._expired = True
         await self.aclose()
-        self._ending = [DONE]
-        return error_event(self._deadline.error)  # type: ignore[arg-type]
+        return self._stream.fail(self._deadline.error)  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
         """Close the wrapped stream."""
-        aclose = getattr(self._stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await self._stream.aclose()

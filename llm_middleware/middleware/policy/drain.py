@@ -6,10 +6,8 @@ import asyncio
 import threading
 import time
 
-from .deadline import Deadline
-from ...api.core.errors import error_response, retry_after_header
-from ...api.core.http import Response
 from ...errors import EngineNotReadyError
+from .deadline import Deadline
 
 # How often a drain looks whether the requests in flight are done.
 _POLL_SECONDS = 0.05
@@ -54,15 +52,14 @@ class Drain:
         """Take requests again (the engine was started anew after a shutdown)."""
         self.draining = False
 
-    def refusal(self) -> Response:
-        """The 503 for a request that arrives while the server drains."""
-        return error_response(
-            503,
-            "The server is shutting down and takes no new requests; retry on another instance or later.",
-            type="server_error",
-            code="shutting_down",
-            headers=retry_after_header(_RETRY_AFTER_SECONDS),
-        )
+    def check(self) -> None:
+        """Refuse a request that arrives while the server drains (503 ``shutting_down``)."""
+        if self.draining:
+            raise EngineNotReadyError(
+                "The server is shutting down and takes no new requests; retry on another instance or later.",
+                code="shutting_down",
+                retry_after=_RETRY_AFTER_SECONDS,
+            )
 
     async def drain(self) -> None:
         """Refuse new requests, wait up to ``timeout`` for those in flight, then end the rest with an error.
