@@ -52,6 +52,32 @@ class BodyStream(Protocol):
     def failed(self) -> bool: ...
 
 
+class WrappedStream:
+    """A :class:`BodyStream` that passes everything to the one it wraps; subclasses change what they add."""
+
+    def __init__(self, stream: BodyStream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> WrappedStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await anext(self._stream)
+
+    async def aclose(self) -> None:
+        """Close the wrapped stream."""
+        await self._stream.aclose()
+
+    def fail(self, error: BaseException) -> bytes:
+        """The wrapped stream's ending for ``error``."""
+        return self._stream.fail(error)
+
+    @property
+    def failed(self) -> bool:
+        """True once the stream ended with an error."""
+        return self._stream.failed
+
+
 @dataclass(slots=True)
 class Response:
     """A whole response (``body``) or a streamed one (``stream``)."""

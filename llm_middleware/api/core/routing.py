@@ -33,14 +33,6 @@ class Route:
     param_name: str | None = None
 
 
-class NotFoundError(LLMError):
-    """No route serves the path (HTTP 404)."""
-
-    status = 404
-    type = "invalid_request_error"
-    code = "not_found"
-
-
 class MethodNotAllowedError(HTTPError):
     """The path is served, but not for this method (HTTP 405, with ``Allow``)."""
 
@@ -51,6 +43,14 @@ class MethodNotAllowedError(HTTPError):
     def __init__(self, method: str, path: str, allowed: Sequence[str]) -> None:
         methods = ", ".join(allowed)
         super().__init__(f"Method {method} is not allowed for {path}; use {methods}.", headers=[("allow", methods)])
+
+
+class NotFoundError(LLMError):
+    """No route serves the path (HTTP 404)."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
 
 
 class Router:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from ...api.core.http import BodyStream
+from ...api.core.http import BodyStream, WrappedStream
 from ..policy.deadline import Deadline
 
 
@@ -48,7 +48,7 @@ class Exchange:
 current_exchange: ContextVar[Exchange | None] = ContextVar("llm_middleware_exchange", default=None)
 
 
-class ObservedStream:
+class ObservedStream(WrappedStream):
     """A response stream that reports how it ended, exactly once.
 
     ``on_end`` runs when the stream is exhausted or closed, even if it was never iterated
@@ -56,22 +56,10 @@ class ObservedStream:
     """
 
     def __init__(self, stream: BodyStream, exchange: Exchange, on_end: Callable[[Exchange], None]) -> None:
-        self._stream = stream
+        super().__init__(stream)
         self._exchange = exchange
         self._on_end = on_end
         self._exhausted = False
-
-    @property
-    def failed(self) -> bool:
-        """True once the stream ended with an error."""
-        return self._stream.failed
-
-    def fail(self, error: BaseException) -> bytes:
-        """The wrapped stream's ending for ``error``."""
-        return self._stream.fail(error)
-
-    def __aiter__(self) -> ObservedStream:
-        return self
 
     async def __anext__(self) -> bytes:
         try:

@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import Awaitable
 
 from ...api.core.errors import ErrorRenderer
-from ...api.core.http import BodyStream, Response
+from ...api.core.http import BodyStream, Response, WrappedStream
 from ...errors import LLMError
 
 
@@ -97,7 +97,7 @@ async def respond_within(deadline: Deadline, answer: Awaitable[Response], render
     return response
 
 
-class _StreamWithin:
+class _StreamWithin(WrappedStream):
     """A response stream that ends with its error ending when the deadline expires.
 
     A class rather than an async generator: closing it must close the wrapped stream (and so
@@ -105,21 +105,9 @@ class _StreamWithin:
     """
 
     def __init__(self, deadline: Deadline, stream: BodyStream) -> None:
+        super().__init__(stream)
         self._deadline = deadline
-        self._stream = stream
         self._expired = False
-
-    @property
-    def failed(self) -> bool:
-        """True once the stream ended with an error (its own, or the deadline's)."""
-        return self._stream.failed
-
-    def fail(self, error: BaseException) -> bytes:
-        """The wrapped stream's ending for ``error``."""
-        return self._stream.fail(error)
-
-    def __aiter__(self) -> _StreamWithin:
-        return self
 
     async def __anext__(self) -> bytes:
         if self._expired:
@@ -145,8 +133,4 @@ class _StreamWithin:
     async def _end(self) -> bytes:
         self._expired = True
         await self.aclose()
-        return self._stream.fail(self._deadline.error)  # type: ignore[arg-type]
-
-    async def aclose(self) -> None:
-        """Close the wrapped stream."""
-        await self._stream.aclose()
+        return self.fail(self._deadline.error)  # type: ignore[arg-type]
