@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.typing import ASGIApplication, ASGIReceiveCallable, ASGISendCallable, Scope
 
-from .policy.auth import Authorize
 from .dual_call import mark_coroutine_function
-from .endpoint import APIEndpoint, resolve_engine
+from .endpoint import APIEndpoint
 from .lifespan import run_lifespan
-from .paths import match_prefix, normalize_base_path, relative_path
+from .options import APIOptions, resolve_engine
+from .paths import match_prefix, relative_path
+from .policy.auth import Authorize
 from .wsgi import decode_wsgi_str
 
 if TYPE_CHECKING:
@@ -78,21 +79,14 @@ class LLMMiddleware:
     ) -> None:
         self.app = app
         self.app_is_asgi = is_asgi_app(app)
-        self.base_path = normalize_base_path(base_path)
-        engine, owns_engine = resolve_engine(engine, model, engine_options)
-        self.endpoint = APIEndpoint(
-            engine,
-            owns_engine=owns_engine,
-            base_path=self.base_path,
-            allowed_origins=list(allowed_origins) if allowed_origins is not None else None,
-            max_body_size=max_body_size,
-            include_docs=include_docs,
-            api_keys=api_keys,
-            authorize=authorize,
-            public_paths=public_paths,
-            request_timeout=request_timeout,
-            drain_timeout=drain_timeout,
+        options = APIOptions(
+            base_path=base_path, allowed_origins=allowed_origins, max_body_size=max_body_size,
+            include_docs=include_docs, api_keys=api_keys, authorize=authorize, public_paths=public_paths,
+            request_timeout=request_timeout, drain_timeout=drain_timeout,
         )
+        engine, owns_engine = resolve_engine(engine, model, engine_options)
+        self.endpoint = APIEndpoint(engine, owns_engine=owns_engine, options=options)
+        self.base_path = options.base_path
         # Built on the first ASGI pass-through: its thread pool is per process.
         self._wsgi_as_asgi: ASGIApplication | None = None
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +24,8 @@ from .observe.access_log import log_access
 from .observe.exchange import Exchange, ObservedStream, current_exchange
 from .observe.metrics import Metrics
 from .observe.observed_engine import ObservedEngine
-from .policy.auth import Authenticator, Authorize, request_info
+from .options import APIOptions
+from .policy.auth import Authenticator, request_info
 from .policy.body_limit import BodyTooLargeError
 from .policy.cors import CORSPolicy
 from .policy.deadline import Deadline, RequestTimeoutError, respond_within
@@ -42,64 +42,25 @@ METRICS_PATH = "/metrics"
 _CLIENT_GONE = 499
 
 
-def resolve_engine(
-    engine: Engine | None, model: str | os.PathLike[str] | None, options: dict[str, Any]
-) -> tuple[Engine, bool]:
-    """The engine to serve and whether we created it (and so must shut it down).
-
-    Exactly one of ``engine`` and ``model`` is required; engine options only apply to a
-    model we load ourselves.
-    """
-    if engine is not None:
-        if model is not None:
-            raise TypeError("pass either engine= or model=, not both (the engine already has its models)")
-        if options:
-            raise TypeError(
-                f"engine options {sorted(options)} only apply with model=; configure the engine you pass instead"
-            )
-        return engine, False
-    if model is None:
-        raise TypeError("pass model= (a hub id or a local directory) or engine= (an Engine you built)")
-    from ..engine.engine import Engine  # torch is imported only when a model is served
-
-    return Engine(model, **options), True
-
-
 class APIEndpoint:
     """Serves the API for requests already known to be under ``base_path``, over ASGI or WSGI.
 
     It starts the engine on first use (once per process) and shuts it down only if it owns it.
     """
 
-    def __init__(
-        self,
-        engine: Engine,
-        *,
-        owns_engine: bool,
-        base_path: str,
-        allowed_origins: list[str] | None,
-        max_body_size: int,
-        include_docs: bool,
-        api_keys: Iterable[str] | None = None,
-        authorize: Authorize | None = None,
-        public_paths: Iterable[str] = ("/health",),
-        request_timeout: float | None = 600.0,
-        drain_timeout: float = 30.0,
-    ) -> None:
-        if request_timeout is not None and request_timeout <= 0:
-            raise ValueError(f"request_timeout must be > 0 seconds or None, got {request_timeout}")
+    def __init__(self, engine: Engine, *, owns_engine: bool, options: APIOptions) -> None:
         self.engine = engine
         self.owns_engine = owns_engine
-        self.base_path = base_path
-        self.max_body_size = max_body_size
-        self.request_timeout = request_timeout
+        self.base_path = options.base_path
+        self.max_body_size = options.max_body_size
+        self.request_timeout = options.request_timeout
         self.metrics = Metrics(engine)
         observed = ObservedEngine(engine, self.metrics, API.read_forwarded)
-        self._api = API(observed, base_path=base_path, include_docs=include_docs)  # type: ignore[arg-type]
+        self._api = API(observed, base_path=self.base_path, include_docs=options.include_docs)  # type: ignore[arg-type]
         self._render_error = self._api.render_error
-        self._cors = CORSPolicy(allowed_origins) if allowed_origins is not None else None
-        self._auth = Authenticator(api_keys, authorize, public_paths)
-        self._drain = Drain(drain_timeout)
+        self._cors = CORSPolicy(options.allowed_origins) if options.allowed_origins is not None else None
+        self._auth = Authenticator(options.api_keys, options.authorize, options.public_paths)
+        self._drain = Drain(options.drain_timeout)
         self._loop = LoopThread()
         self._start_lock = threading.Lock()
         self._started_in: int | None = None
