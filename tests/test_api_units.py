@@ -16,6 +16,7 @@ from llm_middleware.api.core.http import Request
 from llm_middleware.api.core.options import sampling_options
 from llm_middleware.api.core.sse import EventStream, event
 from llm_middleware.api.core.tool_calls import ParsedToolCall, ToolCallParser, new_tool_call_id, parse_tool_calls
+from llm_middleware.api.openai import guided as openai_guided
 from llm_middleware.api.openai.embeddings import base64_float32
 from llm_middleware.api.openai.errors import error_response, exception_response
 from llm_middleware.api.openai.schemas import (
@@ -267,26 +268,26 @@ def _tools() -> list:
 def test_constrained_requests_are_refused_without_engine_support(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(guided, "GUIDED_SUPPORTED", False)
     with pytest.raises(errors.InvalidRequestError) as info:
-        guided.response_format_spec(ResponseFormat(type="json_object"))
+        openai_guided.response_format_spec(ResponseFormat(type="json_object"))
     assert (info.value.param, info.value.code) == ("response_format", "unsupported_parameter")
     with pytest.raises(errors.InvalidRequestError) as info:
-        guided.tool_call_spec(_tools(), "required", True)
+        openai_guided.tool_call_spec(_tools(), "required", True)
     assert info.value.param == "tool_choice"
-    assert guided.response_format_spec(ResponseFormat(type="text")) is None
-    assert guided.tool_call_spec(_tools(), "auto", True) is None
+    assert openai_guided.response_format_spec(ResponseFormat(type="text")) is None
+    assert openai_guided.tool_call_spec(_tools(), "auto", True) is None
 
 
 def test_guided_specs_when_supported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(guided, "GUIDED_SUPPORTED", True)
-    assert guided.response_format_spec(ResponseFormat(type="json_object")) == {"json_schema": {"type": "object"}}
+    assert openai_guided.response_format_spec(ResponseFormat(type="json_object")) == {"json_schema": {"type": "object"}}
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     fmt = msgspec.convert({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}, ResponseFormat)
-    assert guided.response_format_spec(fmt) == {"json_schema": schema}
+    assert openai_guided.response_format_spec(fmt) == {"json_schema": schema}
     broken = msgspec.convert(
         {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/missing"}}}, ResponseFormat
     )
     with pytest.raises(errors.InvalidRequestError) as info:
-        guided.response_format_spec(broken)
+        openai_guided.response_format_spec(broken)
     assert info.value.param == "response_format.json_schema.schema"
 
 
@@ -305,16 +306,16 @@ def test_forced_tool_call_grammar_accepts_exactly_hermes_calls(monkeypatch: pyte
 
     monkeypatch.setattr(guided, "GUIDED_SUPPORTED", True)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    named = guided.tool_call_spec(_tools(), NamedToolChoice(function=NamedFunction(name="get_weather")), True)
+    named = openai_guided.tool_call_spec(_tools(), NamedToolChoice(function=NamedFunction(name="get_weather")), True)
     grammar = LLMatcher.grammar_from_lark(named["lark"])
     good = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
     assert _accepts(tokenizer, grammar, good)
     assert not _accepts(tokenizer, grammar, good.replace("get_weather", "noop"))
     assert not _accepts(tokenizer, grammar, good + '\n' + good)  # named: exactly one call
-    required = LLMatcher.grammar_from_lark(guided.tool_call_spec(_tools(), "required", True)["lark"])
+    required = LLMatcher.grammar_from_lark(openai_guided.tool_call_spec(_tools(), "required", True)["lark"])
     other = '<tool_call>\n{"name": "noop", "arguments": {}}\n</tool_call>'
     assert _accepts(tokenizer, required, good + "\n" + other)
-    single = LLMatcher.grammar_from_lark(guided.tool_call_spec(_tools(), "required", False)["lark"])
+    single = LLMatcher.grammar_from_lark(openai_guided.tool_call_spec(_tools(), "required", False)["lark"])
     assert _accepts(tokenizer, single, other) and not _accepts(tokenizer, single, good + "\n" + other)
 
 

@@ -1,11 +1,10 @@
-"""Request fields -> the engine's sampling keyword options."""
+"""Request fields -> the engine's sampling keyword options (for any protocol whose fields carry the engine's names)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ...errors import InvalidRequestError
-from ..openai.schemas import SamplingFields
 
 # Seeds become 64-bit generator seeds (one per choice: seed, seed + 1, ...).
 _SEED_RANGE = (-(2**63), 2**63 - 1)
@@ -28,16 +27,20 @@ def _logit_bias(bias: dict[str, float]) -> dict[int, float]:
         ) from None
 
 
-def sampling_options(request: SamplingFields, *, max_tokens: int | None) -> dict[str, Any]:
-    """The engine's sampling options for ``request``; fields left out keep the model's defaults."""
-    options: dict[str, Any] = {name: value for name in _PASSED_AS_IS if (value := getattr(request, name)) is not None}
-    if request.seed is not None and not (_SEED_RANGE[0] <= request.seed <= _SEED_RANGE[1]):
+def sampling_options(request: object, *, max_tokens: int | None) -> dict[str, Any]:
+    """The engine's sampling options from the fields of ``request`` named as the engine names them
+    (``temperature``, ``top_p``, ``seed``, ``logit_bias``, ...); fields it lacks or leaves None keep
+    the model's defaults."""
+    options: dict[str, Any] = {
+        name: value for name in _PASSED_AS_IS if (value := getattr(request, name, None)) is not None
+    }
+    seed = options.get("seed")
+    if seed is not None and not (_SEED_RANGE[0] <= seed <= _SEED_RANGE[1]):
         raise InvalidRequestError(
-            f"'seed' must be a 64-bit signed integer ({_SEED_RANGE[0]}..{_SEED_RANGE[1]}), got {request.seed}.",
-            param="seed",
+            f"'seed' must be a 64-bit signed integer ({_SEED_RANGE[0]}..{_SEED_RANGE[1]}), got {seed}.", param="seed"
         )
     if max_tokens is not None:
         options["max_tokens"] = max_tokens
-    if request.logit_bias:
-        options["logit_bias"] = _logit_bias(request.logit_bias)
+    if logit_bias := getattr(request, "logit_bias", None):
+        options["logit_bias"] = _logit_bias(logit_bias)
     return options

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from msgspec import UNSET, UnsetType
@@ -12,13 +11,16 @@ from ...cpu_pool import run_cpu
 from ...engine import outputs
 from ...engine.outputs import Delta
 from ...errors import ContextLengthExceededError, InvalidRequestError
+from ..core.choices import ChoiceSplitter, ToolCall, ToolSettings, finish_reason, split_choice
 from ..core.decoding import decode_body
-from ..core.guided import check_tool_parameters, regex_spec, response_format_spec, tool_call_spec
 from ..core.http import Request, Response
-from .logprobs import chat_logprobs
-from .messages import template_messages, template_tools
 from ..core.options import sampling_options
 from ..core.responses import json_response
+from ..core.sse import EventStream, event, streaming_response
+from ..core.streams import first_items
+from .guided import check_tool_parameters, guided_regex_spec, response_format_spec, tool_call_spec
+from .logprobs import chat_logprobs
+from .messages import template_messages, template_tools
 from .schemas import (
     AssistantMessage,
     ChatChoice,
@@ -37,23 +39,13 @@ from .schemas import (
     chat_request_decoder,
 )
 from .streaming import FRAMING
-from ..core.sse import EventStream, event, streaming_response
-from ..core.streams import first_items
-from ..core.tool_calls import ParsedToolCall, ToolCallParser, new_tool_call_id, parse_tool_calls
 
 if TYPE_CHECKING:
     from ...engine.engine import Engine
 
 
-@dataclass(slots=True, frozen=True)
-class _ToolSettings:
-    """How tool calls in the output are treated (absent when the request offers no tools)."""
-
-    names: frozenset[str]
-    parallel: bool
-
-
-def _tool_settings(request: ChatCompletionRequest) -> _ToolSettings | None:
+def _tool_settings(request: ChatCompletionRequest) -> ToolSettings | None:
+    """How tool calls in the output are treated; None when the request offers no tools."""
     forced = request.tool_choice == "required" or isinstance(request.tool_choice, NamedToolChoice)
     if forced and not request.tools:
         # Answering with text would leave a client that forces a call without the call it waits for.
@@ -72,7 +64,7 @@ def _tool_settings(request: ChatCompletionRequest) -> _ToolSettings | None:
         )
     # A named choice means exactly one call.
     parallel = request.parallel_tool_calls is not False and not isinstance(choice, NamedToolChoice)
-    return _ToolSettings(names, parallel)
+    return ToolSettings(names, parallel)
 
 
 def _engine_call(request: ChatCompletionRequest, model: str, request_id: str) -> dict[str, Any]:
@@ -96,7 +88,7 @@ def _engine_call(request: ChatCompletionRequest, model: str, request_id: str) ->
                 "'guided_regex' cannot be combined with a JSON response_format or a forced tool call.",
                 param="guided_regex",
             )
-        guided = regex_spec(request.guided_regex)
+        guided = guided_regex_spec(request.guided_regex)
     if guided is not None:
         options["guided"] = guided
     return dict(
@@ -115,15 +107,13 @@ def _usage(usage: outputs.Usage) -> Usage:
     )
 
 
-def _tool_calls_out(calls: list[ParsedToolCall]) -> list[ToolCallOut]:
-    return [
-        ToolCallOut(id=new_tool_call_id(), function=FunctionCallOut(name=c.name, arguments=c.arguments)) for c in calls
-    ]
+def _tool_calls_out(calls: list[ToolCall]) -> list[ToolCallOut]:
+    return [ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments)) for c in calls]
 
 
 def _chat_call(
     engine: Engine, request: Request, request_id: str
-) -> tuple[ChatCompletionRequest, list[dict[str, Any]], _ToolSettings | None, str, dict[str, Any]]:
+) -> tuple[ChatCompletionRequest, list[dict[str, Any]], ToolSettings | None, str, dict[str, Any]]:
     """Decode and check the body; its messages, tool settings, model and the engine call's keyword arguments
     (schemas and grammars compiled): request-sized CPU work, for the CPU pool."""
     body = decode_body(request, chat_request_decoder)
@@ -160,18 +150,14 @@ async def chat_completions(engine: Engine, request: Request, request_id: str) ->
         raise _named_as_sent(exc, body) from None
     choices = []
     for choice in completion.choices:
-        content: str | None = choice.text
-        calls: list[ParsedToolCall] = []
-        if tools is not None:
-            content, calls = parse_tool_calls(choice.text, tools.names)
-            calls = calls if tools.parallel else calls[:1]
+        content, calls = split_choice(choice.text, tools) if tools is not None else (choice.text, [])
         message = AssistantMessage(content=content, tool_calls=_tool_calls_out(calls) if calls else UNSET)
         choices.append(
             ChatChoice(
                 index=choice.index,
                 message=message,
                 logprobs=chat_logprobs(choice.logprobs or []) if body.logprobs else None,
-                finish_reason="tool_calls" if calls and choice.finish_reason == "stop" else choice.finish_reason,
+                finish_reason=finish_reason(choice.finish_reason, bool(calls)),
             )
         )
     return json_response(
@@ -185,7 +171,7 @@ class _ChatChunks:
     """Turns engine deltas into chat chunk events; holds the per-choice streaming state."""
 
     def __init__(
-        self, request_id: str, created: int, model: str, include_usage: bool, logprobs: bool, tools: _ToolSettings | None
+        self, request_id: str, created: int, model: str, include_usage: bool, logprobs: bool, tools: ToolSettings | None
     ) -> None:
         self.request_id = request_id
         self.created = created
@@ -197,7 +183,7 @@ class _ChatChunks:
         self.tools = tools
         self.usage: Usage | None = None
         self._started: set[int] = set()
-        self._parsers: dict[int, ToolCallParser] = {}
+        self._splitters: dict[int, ChoiceSplitter] = {}
 
     def _chunk(self, choice: ChatChunkChoice) -> bytes:
         return event(
@@ -214,54 +200,40 @@ class _ChatChunks:
             self._started.add(index)
             parts.append(self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""))))
         logprobs = chat_logprobs(delta.logprobs) if self.logprobs and delta.logprobs else None
-        calls_made = 0
+        made_calls = False
         if self.tools is None:
             if delta.text or logprobs:
                 parts.append(self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(content=delta.text), logprobs=logprobs)))
         else:
-            parser = self._parsers.get(index) or self._parsers.setdefault(index, ToolCallParser(self.tools.names))
-            before = parser.calls
-            items = parser.feed(delta.text)
-            if delta.finish_reason is not None:
-                items += parser.finish()
-            parts += self._tool_events(index, items, before, logprobs, self.tools.parallel)
-            calls_made = parser.calls
+            splitter = self._splitters.get(index) or self._splitters.setdefault(index, ChoiceSplitter(self.tools))
+            pieces = splitter.feed(delta.text, last=delta.finish_reason is not None)
+            parts += self._split_events(index, pieces, logprobs)
+            made_calls = splitter.made_calls
         if delta.finish_reason is not None:
-            reason = "tool_calls" if calls_made and delta.finish_reason == "stop" else delta.finish_reason
+            reason = finish_reason(delta.finish_reason, made_calls)
             parts.append(self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=reason)))
         if delta.usage is not None:
             self.usage = _usage(delta.usage)
         return b"".join(parts)
 
-    def _tool_events(
-        self,
-        index: int,
-        items: list[str | ParsedToolCall],
-        calls_before: int,
-        logprobs: ChatLogprobs | None,
-        parallel: bool,
-    ) -> list[bytes]:
+    def _split_events(self, index: int, pieces: list[str | ToolCall], logprobs: ChatLogprobs | None) -> list[bytes]:
+        """Content chunks, and a tool call as two chunks: its id and name, then its arguments.  The
+        delta's log-probabilities go with the first chunk."""
         parts = []
-        call_index = calls_before
-        for item in items:
-            if isinstance(item, str):
-                if item:
-                    parts.append(self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(content=item), logprobs=logprobs)))
-                    logprobs = None
-                continue
-            if call_index > 0 and not parallel:
-                continue  # parallel_tool_calls=false: only the first call counts
-            header = ToolCallDelta(
-                index=call_index,
-                id=new_tool_call_id(),
-                type="function",
-                function=FunctionCallDelta(name=item.name, arguments=""),
-            )
-            arguments = ToolCallDelta(index=call_index, function=FunctionCallDelta(arguments=item.arguments))
-            parts.append(self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(tool_calls=[header]), logprobs=logprobs)))
-            parts.append(self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(tool_calls=[arguments]))))
+        for piece in pieces:
+            if isinstance(piece, str):
+                parts.append(self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(content=piece), logprobs=logprobs)))
+            else:
+                header = ToolCallDelta(
+                    index=piece.index,
+                    id=piece.id,
+                    type="function",
+                    function=FunctionCallDelta(name=piece.name, arguments=""),
+                )
+                arguments = ToolCallDelta(index=piece.index, function=FunctionCallDelta(arguments=piece.arguments))
+                parts.append(self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(tool_calls=[header]), logprobs=logprobs)))
+                parts.append(self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(tool_calls=[arguments]))))
             logprobs = None
-            call_index += 1
         if logprobs is not None:  # the text is held back, but its logprobs are known now
             parts.append(self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(), logprobs=logprobs)))
         return parts

@@ -14,14 +14,14 @@ from ...engine.outputs import Completion, Delta
 from ...engine.sampling import MAX_TOP_LOGPROBS
 from ...errors import InvalidRequestError
 from ..core.decoding import decode_body
-from ..core.guided import regex_spec
 from ..core.http import Request, Response
-from .logprobs import completion_logprobs
 from ..core.options import sampling_options
 from ..core.responses import json_response
-from .schemas import CompletionChoice, CompletionRequest, TextCompletion, Usage, completion_request_decoder
 from ..core.sse import EventStream, event, streaming_response
 from ..core.streams import first_items, merge, resume
+from .guided import guided_regex_spec
+from .logprobs import completion_logprobs
+from .schemas import CompletionChoice, CompletionRequest, TextCompletion, Usage, completion_request_decoder
 from .streaming import FRAMING
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def _completion_call(engine: Engine, request: Request) -> tuple[CompletionReques
         options["logprobs"] = True
         options["top_logprobs"] = body.logprobs
     if body.guided_regex is not None:
-        options["guided"] = regex_spec(body.guided_regex)
+        options["guided"] = guided_regex_spec(body.guided_regex)
     return body, prompts, model, options
 
 

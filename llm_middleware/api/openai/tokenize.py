@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 from ...cpu_pool import run_cpu
 from ...errors import InvalidRequestError
 from ..core.decoding import decode_body
-from ..core.guided import check_tool_parameters
 from ..core.http import Request, Response
-from .messages import template_messages, template_tools
 from ..core.responses import json_response
+from .guided import check_tool_parameters
+from .messages import template_messages, template_tools
 from .schemas import (
     DetokenizeRequest,
     DetokenizeResponse,
