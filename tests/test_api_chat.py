@@ -10,8 +10,8 @@ from engine_state import StepLog, default_worker
 
 from llm_middleware.api.core import guided
 from llm_middleware.api.core.choices import ToolSettings
-from llm_middleware.api.openai.chat import _ChatChunks
 from llm_middleware.api.core.http import Request
+from llm_middleware.api.openai.chat import _ChatChunks
 from llm_middleware.engine.outputs import Delta, Usage
 
 HELLO = [{"role": "user", "content": "Hello there"}]

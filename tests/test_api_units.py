@@ -19,17 +19,17 @@ from llm_middleware.api.core.tool_calls import ParsedToolCall, ToolCallParser, n
 from llm_middleware.api.openai import guided as openai_guided
 from llm_middleware.api.openai.embeddings import base64_float32
 from llm_middleware.api.openai.errors import error_response, exception_response
-from llm_middleware.api.openai.schemas import (
-    ChatCompletionRequest,
-    ChatDelta,
+from llm_middleware.api.openai.streaming import DONE, FRAMING
+from llm_middleware.api.openai.types.chat import (
     ChatChunkChoice,
     ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
     NamedFunction,
     NamedToolChoice,
     ResponseFormat,
     chat_request_decoder,
 )
-from llm_middleware.api.openai.streaming import DONE, FRAMING
 
 
 def _request(body: bytes, content_type: str | None = "application/json") -> Request:

@@ -21,23 +21,12 @@ from .openai.errors import ErrorBody, exception_response
 from .openai.forward import ForwardingEngine, forwarding_routes, read_answer
 from .openai.health import health
 from .openai.models import MODEL_PREFIX, list_models, retrieve_model
-from .openai.schemas import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    CompletionRequest,
-    DetokenizeRequest,
-    DetokenizeResponse,
-    EmbeddingList,
-    EmbeddingRequest,
-    HealthStatus,
-    ModelCard,
-    ModelList,
-    TextCompletion,
-    TokenizeRequest,
-    TokenizeResponse,
-)
 from .openai.tokenize import detokenize, tokenize
+from .openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from .openai.types.completions import CompletionRequest, TextCompletion
+from .openai.types.embeddings import EmbeddingList, EmbeddingRequest
+from .openai.types.server import HealthStatus, ModelCard, ModelList
+from .openai.types.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine

@@ -21,7 +21,8 @@ from ..core.streams import first_items
 from .guided import check_tool_parameters, guided_regex_spec, response_format_spec, tool_call_spec
 from .logprobs import chat_logprobs
 from .messages import template_messages, template_tools
-from .schemas import (
+from .streaming import FRAMING
+from .types.chat import (
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
@@ -35,10 +36,9 @@ from .schemas import (
     NamedToolChoice,
     ToolCallDelta,
     ToolCallOut,
-    Usage,
     chat_request_decoder,
 )
-from .streaming import FRAMING
+from .types.common import Usage
 
 if TYPE_CHECKING:
     from ...engine.engine import Engine

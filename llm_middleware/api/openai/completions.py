@@ -21,8 +21,9 @@ from ..core.sse import EventStream, event, streaming_response
 from ..core.streams import first_items, merge, resume
 from .guided import guided_regex_spec
 from .logprobs import completion_logprobs
-from .schemas import CompletionChoice, CompletionRequest, TextCompletion, Usage, completion_request_decoder
 from .streaming import FRAMING
+from .types.common import Usage
+from .types.completions import CompletionChoice, CompletionRequest, TextCompletion, completion_request_decoder
 
 if TYPE_CHECKING:
     from ...engine.engine import Engine

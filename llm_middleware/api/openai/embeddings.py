@@ -11,7 +11,7 @@ from ...errors import InvalidRequestError
 from ..core.decoding import decode_body
 from ..core.http import Request, Response
 from ..core.responses import json_response
-from .schemas import EmbeddingData, EmbeddingList, EmbeddingUsage, embedding_request_decoder
+from .types.embeddings import EmbeddingData, EmbeddingList, EmbeddingUsage, embedding_request_decoder
 
 if TYPE_CHECKING:
     from ...engine.engine import Engine

@@ -8,7 +8,7 @@ from typing import Any
 from ...errors import InvalidRequestError
 from ..core.guided import ANY_OBJECT, check_schema, check_supported, json_schema_spec, regex_spec
 from ..core.guided import tool_call_spec as forced_calls_spec
-from .schemas import NamedToolChoice, ResponseFormat, ToolDefinition
+from .types.chat import NamedToolChoice, ResponseFormat, ToolDefinition
 
 
 def check_tool_parameters(tools: list[ToolDefinition]) -> None:

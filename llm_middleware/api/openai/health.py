@@ -8,7 +8,7 @@ from ..core.errors import retry_after_header
 from ..core.http import Request, Response
 from ..core.responses import json_response
 from .errors import error_response
-from .schemas import HealthStatus
+from .types.server import HealthStatus
 
 if TYPE_CHECKING:
     from ...engine.engine import Engine

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ...engine.outputs import TokenLogprob
-from .schemas import ChatLogprobs, CompletionLogprobs, TokenLogprobOut, TopLogprobOut
+from .types.chat import ChatLogprobs, TokenLogprobOut, TopLogprobOut
+from .types.completions import CompletionLogprobs
 
 
 def chat_logprobs(logprobs: list[TokenLogprob]) -> ChatLogprobs:

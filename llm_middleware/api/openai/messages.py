@@ -8,7 +8,7 @@ from typing import Any
 from ...errors import InvalidRequestError
 from ..core.limits import check_json_depth
 from ..core.tool_calls import new_tool_call_id
-from .schemas import ChatMessage, ContentPart, ToolCallIn, ToolDefinition
+from .types.chat import ChatMessage, ContentPart, ToolCallIn, ToolDefinition
 
 # Text parts are joined by a newline: separate parts read as separate paragraphs.
 _PART_SEPARATOR = "\n"

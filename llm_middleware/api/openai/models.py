@@ -8,7 +8,7 @@ from ...engine.outputs import ModelInfo
 from ...errors import ModelNotFoundError
 from ..core.http import Request, Response
 from ..core.responses import json_response
-from .schemas import ModelCard, ModelList
+from .types.server import ModelCard, ModelList
 
 if TYPE_CHECKING:
     from ...engine.engine import Engine

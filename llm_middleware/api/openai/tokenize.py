@@ -11,7 +11,7 @@ from ..core.http import Request, Response
 from ..core.responses import json_response
 from .guided import check_tool_parameters
 from .messages import template_messages, template_tools
-from .schemas import (
+from .types.tokenize import (
     DetokenizeRequest,
     DetokenizeResponse,
     TokenizeRequest,

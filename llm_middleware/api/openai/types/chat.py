@@ -1,10 +1,4 @@
-"""msgspec Structs for every request and response body of the OpenAI-compatible API.
-
-Request Structs accept unknown fields (clients send vendor extras) and validate types and the
-lengths of lists (:mod:`.limits`) only; range checks belong to the engine's sampling parameters.  Response Structs encode in the
-field order OpenAI uses; fields typed ``... | UnsetType`` are left out of the JSON while unset,
-which is how optional keys such as ``tool_calls`` or ``usage`` disappear.
-"""
+"""Bodies of ``POST /v1/chat/completions``: the request, the whole answer and the streamed chunks."""
 
 from __future__ import annotations
 
@@ -13,9 +7,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from ..core.limits import MAX_CONTENT_PARTS, MAX_EMBEDDING_INPUTS, MAX_MESSAGES, MAX_PROMPTS, MAX_TOOL_CALLS, MAX_TOOLS
-
-# --------------------------------------------------------------------------- requests
+from ...core.limits import MAX_CONTENT_PARTS, MAX_MESSAGES, MAX_TOOL_CALLS, MAX_TOOLS
+from .common import SamplingFields, Usage
 
 
 class ContentPart(Struct, kw_only=True):
@@ -79,12 +72,6 @@ class NamedToolChoice(Struct, kw_only=True):
     type: Literal["function"] = "function"
 
 
-class StreamOptions(Struct, kw_only=True):
-    """Options of a streamed response."""
-
-    include_usage: bool = False
-
-
 class JsonSchemaFormat(Struct, kw_only=True):
     """The schema a ``json_schema`` response format must follow."""
 
@@ -101,31 +88,6 @@ class ResponseFormat(Struct, kw_only=True):
     json_schema: JsonSchemaFormat | None = None
 
 
-class SamplingFields(Struct, kw_only=True):
-    """Sampling fields shared by chat and text completions (OpenAI's plus common extensions)."""
-
-    model: str | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    n: int | None = None
-    stop: str | list[str] | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
-    seed: int | None = None
-    user: str | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    min_tokens: int | None = None
-    ignore_eos: bool | None = None
-    stop_token_ids: list[int] | None = None
-    guided_regex: str | None = None
-
-
 class ChatCompletionRequest(SamplingFields, kw_only=True):
     """Body of ``POST /v1/chat/completions``."""
 
@@ -138,56 +100,6 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     chat_template_kwargs: dict[str, Any] | None = None
-
-
-class CompletionRequest(SamplingFields, kw_only=True):
-    """Body of ``POST /v1/completions``: ``prompt`` is a string, a list of strings, token ids,
-    or a list of token-id lists."""
-
-    prompt: str | Annotated[list[Any], Meta(max_length=MAX_PROMPTS)]
-    echo: bool = False
-    logprobs: int | None = None
-    best_of: int | None = None
-    suffix: str | None = None
-
-
-class EmbeddingRequest(Struct, kw_only=True):
-    """Body of ``POST /v1/embeddings``."""
-
-    input: str | Annotated[list[Any], Meta(max_length=MAX_EMBEDDING_INPUTS)]
-    model: str | None = None
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
-    user: str | None = None
-
-
-class TokenizeRequest(Struct, kw_only=True):
-    """Body of ``POST /tokenize``: either ``prompt`` or chat ``messages`` (rendered by the template,
-    with the assistant's turn opened)."""
-
-    model: str | None = None
-    prompt: str | None = None
-    messages: Annotated[list[ChatMessage], Meta(max_length=MAX_MESSAGES)] | None = None
-    tools: Annotated[list[ToolDefinition], Meta(max_length=MAX_TOOLS)] | None = None
-    chat_template_kwargs: dict[str, Any] | None = None
-
-
-class DetokenizeRequest(Struct, kw_only=True):
-    """Body of ``POST /detokenize``."""
-
-    tokens: list[int]
-    model: str | None = None
-
-
-# --------------------------------------------------------------------------- responses
-
-
-class Usage(Struct, kw_only=True):
-    """Token counts of a request (all choices together)."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
 
 
 class TopLogprobOut(Struct, kw_only=True):
@@ -304,103 +216,4 @@ class ChatCompletionChunk(Struct, kw_only=True):
     usage: Usage | None | UnsetType = UNSET
 
 
-class CompletionLogprobs(Struct, kw_only=True):
-    """``choices[i].logprobs`` of a text completion (the legacy layout)."""
-
-    tokens: list[str]
-    token_logprobs: list[float | None]
-    top_logprobs: list[dict[str, float] | None]
-    text_offset: list[int]
-
-
-class CompletionChoice(Struct, kw_only=True):
-    """One answer of a text completion (or its piece, when streamed)."""
-
-    index: int
-    text: str
-    logprobs: CompletionLogprobs | None = None
-    finish_reason: str | None = None
-
-
-class TextCompletion(Struct, kw_only=True):
-    """Response of ``POST /v1/completions``, and each streamed chunk of it."""
-
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage | None | UnsetType = UNSET
-
-
-class ModelCard(Struct, kw_only=True):
-    """A served model.  ``random_weights`` marks demo models whose output is gibberish."""
-
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str
-    task: str
-    max_model_len: int
-    state: str
-    random_weights: bool
-
-
-class ModelList(Struct, kw_only=True):
-    """Response of ``GET /v1/models``."""
-
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class EmbeddingData(Struct, kw_only=True):
-    """One embedding vector; a base64 string of little-endian float32 with ``encoding_format=base64``."""
-
-    object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float] | str
-
-
-class EmbeddingUsage(Struct, kw_only=True):
-    """Token counts of an embeddings request."""
-
-    prompt_tokens: int
-    total_tokens: int
-
-
-class EmbeddingList(Struct, kw_only=True):
-    """Response of ``POST /v1/embeddings``."""
-
-    object: Literal["list"] = "list"
-    data: list[EmbeddingData]
-    model: str
-    usage: EmbeddingUsage
-
-
-class TokenizeResponse(Struct, kw_only=True):
-    """Response of ``POST /tokenize``."""
-
-    count: int
-    max_model_len: int
-    tokens: list[int]
-
-
-class DetokenizeResponse(Struct, kw_only=True):
-    """Response of ``POST /detokenize``."""
-
-    prompt: str
-
-
-class HealthStatus(Struct, kw_only=True):
-    """Response of ``GET /health`` when the engine is ready."""
-
-    status: Literal["ok"] = "ok"
-
-
-# --------------------------------------------------------------------------- codecs
-
 chat_request_decoder = msgspec.json.Decoder(ChatCompletionRequest)
-completion_request_decoder = msgspec.json.Decoder(CompletionRequest)
-embedding_request_decoder = msgspec.json.Decoder(EmbeddingRequest)
-tokenize_request_decoder = msgspec.json.Decoder(TokenizeRequest)
-detokenize_request_decoder = msgspec.json.Decoder(DetokenizeRequest)
