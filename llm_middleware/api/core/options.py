@@ -17,7 +17,7 @@ _PASSED_AS_IS = (
 
 
 def _logit_bias(bias: dict[str, float]) -> dict[int, float]:
-    """OpenAI sends token ids as JSON object keys, so strings; the engine wants ints."""
+    """Token ids arrive as JSON object keys, so strings; the engine wants ints."""
     try:
         return {int(token): value for token, value in bias.items()}
     except ValueError:

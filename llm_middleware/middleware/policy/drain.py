@@ -65,7 +65,7 @@ class Drain:
         """Refuse new requests, wait up to ``timeout`` for those in flight, then end the rest with an error.
 
         Requests ended here answer 503 if they had not started responding, or end their stream
-        with an error event and ``[DONE]``; their engine requests are cancelled.
+        with their protocol's error ending; their engine requests are cancelled.
         """
         self.draining = True
         if await self._wait_idle(self.timeout):
