@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from msgspec import UNSET, UnsetType
+from msgspec import UNSET
 
 from ...cpu_pool import run_cpu
 from ...engine import outputs
@@ -21,7 +22,7 @@ from ..core.streams import first_items
 from .guided import check_tool_parameters, guided_regex_spec, response_format_spec, tool_call_spec
 from .logprobs import chat_logprobs
 from .messages import template_messages, template_tools
-from .streaming import FRAMING
+from .streaming import FRAMING, StreamedAnswer
 from .types.chat import (
     AssistantMessage,
     ChatChoice,
@@ -167,28 +168,20 @@ async def chat_completions(engine: Engine, request: Request, request_id: str) ->
     )
 
 
-class _ChatChunks:
+@dataclass(eq=False)
+class _ChatChunks(StreamedAnswer):
     """Turns engine deltas into chat chunk events; holds the per-choice streaming state."""
 
-    def __init__(
-        self, request_id: str, created: int, model: str, include_usage: bool, logprobs: bool, tools: ToolSettings | None
-    ) -> None:
-        self.request_id = request_id
-        self.created = created
-        self.model = model
-        self.include_usage = include_usage
-        # With include_usage every chunk carries "usage": null; without it the key is absent.
-        self._usage_field: None | UnsetType = None if include_usage else UNSET
-        self.logprobs = logprobs
-        self.tools = tools
-        self.usage: Usage | None = None
-        self._started: set[int] = set()
-        self._splitters: dict[int, ChoiceSplitter] = {}
+    logprobs: bool
+    tools: ToolSettings | None
+    usage: Usage | None = None
+    _started: set[int] = field(default_factory=set)
+    _splitters: dict[int, ChoiceSplitter] = field(default_factory=dict)
 
     def _chunk(self, choice: ChatChunkChoice) -> bytes:
         return event(
             ChatCompletionChunk(
-                id=self.request_id, created=self.created, model=self.model, choices=[choice], usage=self._usage_field
+                id=self.request_id, created=self.created, model=self.model, choices=[choice], usage=self.usage_field
             )
         )
 

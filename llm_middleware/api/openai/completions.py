@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
-
-from msgspec import UNSET, UnsetType
 
 from ...cpu_pool import run_cpu
 from ...engine.outputs import Completion, Delta
@@ -21,7 +20,7 @@ from ..core.sse import EventStream, event, streaming_response
 from ..core.streams import first_items, merge, resume
 from .guided import guided_regex_spec
 from .logprobs import completion_logprobs
-from .streaming import FRAMING
+from .streaming import FRAMING, StreamedAnswer
 from .types.common import Usage
 from .types.completions import CompletionChoice, CompletionRequest, TextCompletion, completion_request_decoder
 
@@ -94,7 +93,9 @@ async def completions(engine: Engine, request: Request, request_id: str) -> Resp
         streams = [engine.stream_complete(p, model=model, request_id=i, **options) for p, i in zip(prompts, ids)]
         firsts = await first_items(streams)
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        chunks = _CompletionChunks(request_id, int(time.time()), model, n, echoes, include_usage, body.logprobs is not None)
+        chunks = _CompletionChunks(
+            request_id, int(time.time()), model, include_usage, n=n, echoes=echoes, logprobs=body.logprobs is not None
+        )
         if len(streams) == 1:
             events = EventStream(streams[0], partial(chunks.on_delta, 0), FRAMING, first=firsts[0], closing=chunks.closing)
         else:
@@ -136,23 +137,15 @@ async def _echo(engine: Engine, prompt: Prompt, model: str) -> str:
     return await run_cpu(engine.detokenize, prompt, model=model)
 
 
-class _CompletionChunks:
+@dataclass(eq=False)
+class _CompletionChunks(StreamedAnswer):
     """Turns engine deltas into text completion chunk events; holds per-choice state."""
 
-    def __init__(
-        self, request_id: str, created: int, model: str, n: int, echoes: list[str], include_usage: bool, logprobs: bool
-    ) -> None:
-        self.request_id = request_id
-        self.created = created
-        self.model = model
-        self.n = n
-        self.echoes = echoes
-        self.include_usage = include_usage
-        self.logprobs = logprobs
-        # With include_usage every chunk carries "usage": null; without it the key is absent.
-        self._usage_field: None | UnsetType = None if include_usage else UNSET
-        self._offsets: dict[int, int] = {}  # choice index -> characters sent so far
-        self._usage = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+    n: int
+    echoes: list[str]
+    logprobs: bool
+    _offsets: dict[int, int] = field(default_factory=dict)  # choice index -> characters sent so far
+    _usage: Usage = field(default_factory=lambda: Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0))
 
     def _chunk(self, choice: CompletionChoice) -> bytes:
         return event(
@@ -161,7 +154,7 @@ class _CompletionChunks:
                 created=self.created,
                 model=self.model,
                 choices=[choice],
-                usage=self._usage_field,
+                usage=self.usage_field,
             )
         )
 
