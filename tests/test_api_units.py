@@ -347,6 +347,33 @@ async def test_failure_mid_stream_becomes_an_error_event_then_done() -> None:
     assert blocks[-1] == b"data: [DONE]" and closed == [True]
 
 
+async def test_closing_an_event_stream_never_read_closes_its_sources() -> None:
+    from llm_middleware.api.core.streams import merge, resume
+
+    closed: list[str] = []
+
+    async def source(name: str):
+        try:
+            while True:
+                yield name
+        finally:
+            closed.append(name)
+
+    one = source("one")
+    first = await anext(one)
+    events = EventStream(one, lambda item: event({"item": item}), FRAMING, first=first)
+    await events.aclose()  # the client went away before the first event was sent
+    assert closed == ["one"] and not events.failed
+    assert [part async for part in events] == []
+
+    a, b = source("a"), source("b")
+    firsts = [await anext(a), await anext(b)]
+    merged = merge([resume(first, stream) for first, stream in zip(firsts, [a, b])])
+    events = EventStream(merged, lambda item: event({"item": item[1]}), FRAMING, sources=[a, b])
+    await events.aclose()  # a merge never started has no reads to cancel: its sources are closed all the same
+    assert sorted(closed) == ["a", "b", "one"]
+
+
 async def test_merge_interleaves_and_closing_it_closes_every_stream() -> None:
     import asyncio
 
