@@ -90,7 +90,7 @@ def call_api(api):
     """``await call_api(method, path, json_body=None, *, body=None, headers=None)`` -> :class:`APIResult`."""
     import json
 
-    from llm_middleware.api.http import Request
+    from llm_middleware.api.core.http import Request
 
     async def call(method: str, path: str, json_body=None, *, body: bytes | None = None, headers=None) -> APIResult:
         if body is None:

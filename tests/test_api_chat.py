@@ -8,9 +8,10 @@ import json
 import pytest
 from engine_state import StepLog, default_worker
 
-from llm_middleware.api import guided
-from llm_middleware.api.chat import _ChatChunks, _ToolSettings
-from llm_middleware.api.http import Request
+from llm_middleware.api.core import guided
+from llm_middleware.api.core.choices import ToolSettings
+from llm_middleware.api.core.http import Request
+from llm_middleware.api.openai.chat import _ChatChunks
 from llm_middleware.engine.outputs import Delta, Usage
 
 HELLO = [{"role": "user", "content": "Hello there"}]
@@ -240,7 +241,7 @@ async def test_required_tool_choice_streams_a_call(call_api) -> None:
 
 def test_streamed_tool_call_deltas() -> None:
     chunks = _ChatChunks("chatcmpl-x", 1, "tiny", include_usage=False, logprobs=False,
-                         tools=_ToolSettings(frozenset({"get_weather", "get_time"}), parallel=True))
+                         tools=ToolSettings(frozenset({"get_weather", "get_time"}), parallel=True))
     pieces = ["Checking", " now.<tool", '_call>\n{"name": "get_weather", ', '"arguments": {"city": "Paris"}}\n</tool_call>',
               '\n<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>']
     raw = b""

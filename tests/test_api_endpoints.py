@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llm_middleware.api.app import API
-from llm_middleware.api.http import Request
+from llm_middleware.api.core.http import Request
 from llm_middleware.engine import Engine
 from llm_middleware.errors import EngineNotReadyError
 

@@ -7,8 +7,8 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from llm_middleware.api.app import API
-from llm_middleware.api.forward import ForwardingEngine
-from llm_middleware.api.http import Request
+from llm_middleware.api.core.http import Request
+from llm_middleware.api.openai.forward import ForwardingEngine
 from llm_middleware.engine.engine import Engine
 from llm_middleware.engine.outputs import ModelInfo
 from llm_middleware.errors import EngineStepError, ModelNotFoundError

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from llm_middleware.api.http import Request
+from llm_middleware.api.core.http import Request
 
 BASE = "/ai"
 

@@ -10,24 +10,26 @@ import msgspec
 import pytest
 
 from llm_middleware import errors
-from llm_middleware.api import guided
-from llm_middleware.api.decoding import decode_body
-from llm_middleware.api.embeddings import base64_float32
-from llm_middleware.api.errors import error_response, exception_response, validation_error_param
-from llm_middleware.api.http import Request
-from llm_middleware.api.options import sampling_options
-from llm_middleware.api.schemas import (
-    ChatCompletionRequest,
-    ChatDelta,
+from llm_middleware.api.core import guided
+from llm_middleware.api.core.decoding import decode_body, validation_error_param
+from llm_middleware.api.core.http import Request
+from llm_middleware.api.core.options import sampling_options
+from llm_middleware.api.core.sse import EventStream, event
+from llm_middleware.api.core.tool_calls import ParsedToolCall, ToolCallParser, new_tool_call_id, parse_tool_calls
+from llm_middleware.api.openai import guided as openai_guided
+from llm_middleware.api.openai.embeddings import base64_float32
+from llm_middleware.api.openai.errors import error_response, exception_response
+from llm_middleware.api.openai.streaming import DONE, FRAMING
+from llm_middleware.api.openai.types.chat import (
     ChatChunkChoice,
     ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
     NamedFunction,
     NamedToolChoice,
     ResponseFormat,
     chat_request_decoder,
 )
-from llm_middleware.api.sse import DONE, event
-from llm_middleware.api.tool_calls import ParsedToolCall, ToolCallParser, new_tool_call_id, parse_tool_calls
 
 
 def _request(body: bytes, content_type: str | None = "application/json") -> Request:
@@ -266,26 +268,26 @@ def _tools() -> list:
 def test_constrained_requests_are_refused_without_engine_support(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(guided, "GUIDED_SUPPORTED", False)
     with pytest.raises(errors.InvalidRequestError) as info:
-        guided.response_format_spec(ResponseFormat(type="json_object"))
+        openai_guided.response_format_spec(ResponseFormat(type="json_object"))
     assert (info.value.param, info.value.code) == ("response_format", "unsupported_parameter")
     with pytest.raises(errors.InvalidRequestError) as info:
-        guided.tool_call_spec(_tools(), "required", True)
+        openai_guided.tool_call_spec(_tools(), "required", True)
     assert info.value.param == "tool_choice"
-    assert guided.response_format_spec(ResponseFormat(type="text")) is None
-    assert guided.tool_call_spec(_tools(), "auto", True) is None
+    assert openai_guided.response_format_spec(ResponseFormat(type="text")) is None
+    assert openai_guided.tool_call_spec(_tools(), "auto", True) is None
 
 
 def test_guided_specs_when_supported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(guided, "GUIDED_SUPPORTED", True)
-    assert guided.response_format_spec(ResponseFormat(type="json_object")) == {"json_schema": {"type": "object"}}
+    assert openai_guided.response_format_spec(ResponseFormat(type="json_object")) == {"json_schema": {"type": "object"}}
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     fmt = msgspec.convert({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}, ResponseFormat)
-    assert guided.response_format_spec(fmt) == {"json_schema": schema}
+    assert openai_guided.response_format_spec(fmt) == {"json_schema": schema}
     broken = msgspec.convert(
         {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/missing"}}}, ResponseFormat
     )
     with pytest.raises(errors.InvalidRequestError) as info:
-        guided.response_format_spec(broken)
+        openai_guided.response_format_spec(broken)
     assert info.value.param == "response_format.json_schema.schema"
 
 
@@ -304,16 +306,16 @@ def test_forced_tool_call_grammar_accepts_exactly_hermes_calls(monkeypatch: pyte
 
     monkeypatch.setattr(guided, "GUIDED_SUPPORTED", True)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    named = guided.tool_call_spec(_tools(), NamedToolChoice(function=NamedFunction(name="get_weather")), True)
+    named = openai_guided.tool_call_spec(_tools(), NamedToolChoice(function=NamedFunction(name="get_weather")), True)
     grammar = LLMatcher.grammar_from_lark(named["lark"])
     good = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
     assert _accepts(tokenizer, grammar, good)
     assert not _accepts(tokenizer, grammar, good.replace("get_weather", "noop"))
     assert not _accepts(tokenizer, grammar, good + '\n' + good)  # named: exactly one call
-    required = LLMatcher.grammar_from_lark(guided.tool_call_spec(_tools(), "required", True)["lark"])
+    required = LLMatcher.grammar_from_lark(openai_guided.tool_call_spec(_tools(), "required", True)["lark"])
     other = '<tool_call>\n{"name": "noop", "arguments": {}}\n</tool_call>'
     assert _accepts(tokenizer, required, good + "\n" + other)
-    single = LLMatcher.grammar_from_lark(guided.tool_call_spec(_tools(), "required", False)["lark"])
+    single = LLMatcher.grammar_from_lark(openai_guided.tool_call_spec(_tools(), "required", False)["lark"])
     assert _accepts(tokenizer, single, other) and not _accepts(tokenizer, single, good + "\n" + other)
 
 
@@ -321,7 +323,7 @@ def test_forced_tool_call_grammar_accepts_exactly_hermes_calls(monkeypatch: pyte
 
 
 async def test_failure_mid_stream_becomes_an_error_event_then_done() -> None:
-    from llm_middleware.api.chat import _ChatChunks, _events
+    from llm_middleware.api.openai.chat import _ChatChunks
     from llm_middleware.engine.outputs import Delta
 
     closed = []
@@ -336,7 +338,8 @@ async def test_failure_mid_stream_becomes_an_error_event_then_done() -> None:
     stream = deltas()
     first = await anext(stream)
     chunks = _ChatChunks("chatcmpl-1", 1, "m", include_usage=False, logprobs=False, tools=None)
-    raw = b"".join([part async for part in _events(chunks, first, stream)])
+    events = EventStream(stream, chunks.on_delta, FRAMING, first=first, closing=chunks.closing)
+    raw = b"".join([part async for part in events])
     blocks = [b for b in raw.split(b"\n\n") if b]
     assert json.loads(blocks[-2][6:]) == {
         "error": {"message": "the model step failed", "type": "server_error", "param": None, "code": "engine_error"}
@@ -344,10 +347,37 @@ async def test_failure_mid_stream_becomes_an_error_event_then_done() -> None:
     assert blocks[-1] == b"data: [DONE]" and closed == [True]
 
 
+async def test_closing_an_event_stream_never_read_closes_its_sources() -> None:
+    from llm_middleware.api.core.streams import merge, resume
+
+    closed: list[str] = []
+
+    async def source(name: str):
+        try:
+            while True:
+                yield name
+        finally:
+            closed.append(name)
+
+    one = source("one")
+    first = await anext(one)
+    events = EventStream(one, lambda item: event({"item": item}), FRAMING, first=first)
+    await events.aclose()  # the client went away before the first event was sent
+    assert closed == ["one"] and not events.failed
+    assert [part async for part in events] == []
+
+    a, b = source("a"), source("b")
+    firsts = [await anext(a), await anext(b)]
+    merged = merge([resume(first, stream) for first, stream in zip(firsts, [a, b])])
+    events = EventStream(merged, lambda item: event({"item": item[1]}), FRAMING, sources=[a, b])
+    await events.aclose()  # a merge never started has no reads to cancel: its sources are closed all the same
+    assert sorted(closed) == ["a", "b", "one"]
+
+
 async def test_merge_interleaves_and_closing_it_closes_every_stream() -> None:
     import asyncio
 
-    from llm_middleware.api.streams import merge
+    from llm_middleware.api.core.streams import merge
 
     second_seen = asyncio.Event()
     closed: list[int] = []

@@ -23,10 +23,13 @@ from engine_state import default_worker
 from schemathesis.checks import not_a_server_error
 from test_dispatch import ShopASGI, asgi_request, shop_wsgi
 
-from llm_middleware.api import schemas
 from llm_middleware.api.app import API
-from llm_middleware.api.decoding import decode_body
-from llm_middleware.api.http import Request
+from llm_middleware.api.core.decoding import decode_body
+from llm_middleware.api.core.http import Request
+from llm_middleware.api.openai.types.chat import ChatCompletionRequest
+from llm_middleware.api.openai.types.completions import CompletionRequest
+from llm_middleware.api.openai.types.embeddings import EmbeddingRequest
+from llm_middleware.api.openai.types.tokenize import DetokenizeRequest, TokenizeRequest
 from llm_middleware.engine.engine import Engine
 from llm_middleware.errors import InvalidRequestError, LLMError
 from llm_middleware.middleware import LLMMiddleware
@@ -344,11 +347,11 @@ def values_of(t: msgspec.inspect.Type, garbage: bool, name: str = "") -> st.Sear
 
 
 REQUEST_TYPES = {
-    "/v1/chat/completions": schemas.ChatCompletionRequest,
-    "/v1/completions": schemas.CompletionRequest,
-    "/v1/embeddings": schemas.EmbeddingRequest,
-    "/tokenize": schemas.TokenizeRequest,
-    "/detokenize": schemas.DetokenizeRequest,
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/completions": CompletionRequest,
+    "/v1/embeddings": EmbeddingRequest,
+    "/tokenize": TokenizeRequest,
+    "/detokenize": DetokenizeRequest,
 }
 DECODERS = {path: msgspec.json.Decoder(struct) for path, struct in REQUEST_TYPES.items()}
 

@@ -26,7 +26,7 @@ import pytest
 from servers import Server, server_env, serving
 
 from llm_middleware.api.app import API
-from llm_middleware.api.http import Request
+from llm_middleware.api.core.http import Request
 from llm_middleware.engine import Engine
 
 # The host route must answer every poll within this many seconds ("about a second", on a loaded machine).

@@ -16,8 +16,8 @@ from test_dispatch import ShopASGI, asgi_request, shop_wsgi, wsgi_call
 
 from llm_middleware.engine.engine import Engine
 from llm_middleware.middleware import LLMMiddleware
-from llm_middleware.middleware.access_log import log_access
-from llm_middleware.middleware.exchange import Exchange
+from llm_middleware.middleware.observe.access_log import log_access
+from llm_middleware.middleware.observe.exchange import Exchange
 
 CHAT = {"messages": [{"role": "user", "content": "Hello"}]}
 

@@ -1,4 +1,4 @@
-"""The API: a handler table, built once, and a dispatcher that turns every failure into an OpenAI error."""
+"""The API: the route table, built once, and a dispatcher that turns every failure into an error response."""
 
 from __future__ import annotations
 
@@ -8,33 +8,25 @@ from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
-from .chat import chat_completions
-from .completions import completions
+from ..errors import LLMError
+from .core.errors import ErrorRenderer
+from .core.forwarding import AnswerReader
+from .core.http import Request, Response
+from .core.routing import Route, Router
 from .docs import openapi_document, openapi_handler, swagger_ui
-from .embeddings import embeddings
-from .errors import error_response, exception_response
-from .forward import ForwardingEngine, forwarding_routes
-from .health import health
-from .http import Request, Response
-from .models import MODEL_PREFIX, list_models, retrieve_model
-from .routing import Route
-from .schemas import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    CompletionRequest,
-    DetokenizeRequest,
-    DetokenizeResponse,
-    EmbeddingList,
-    EmbeddingRequest,
-    HealthStatus,
-    ModelCard,
-    ModelList,
-    TextCompletion,
-    TokenizeRequest,
-    TokenizeResponse,
-)
-from .tokenize import detokenize, tokenize
+from .openai.chat import chat_completions
+from .openai.completions import completions
+from .openai.embeddings import embeddings
+from .openai.errors import ErrorBody, exception_response
+from .openai.forward import ForwardingEngine, forwarding_routes, read_answer
+from .openai.health import health
+from .openai.models import MODEL_PREFIX, list_models, retrieve_model
+from .openai.tokenize import detokenize, tokenize
+from .openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from .openai.types.completions import CompletionRequest, TextCompletion
+from .openai.types.embeddings import EmbeddingList, EmbeddingRequest
+from .openai.types.server import HealthStatus, ModelCard, ModelList
+from .openai.types.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
@@ -50,92 +42,77 @@ def _package_version() -> str:
         return "0"
 
 
+def openai_routes(engine: Engine) -> list[Route]:
+    """OpenAI's routes (and the server's own: tokenize, health) over ``engine``."""
+    return [
+        Route("POST", "/v1/chat/completions", partial(chat_completions, engine), "Create a chat completion",
+              id_prefix="chatcmpl-", request_type=ChatCompletionRequest, response_type=ChatCompletion,
+              stream_type=ChatCompletionChunk),
+        Route("POST", "/v1/completions", partial(completions, engine), "Create a text completion",
+              id_prefix="cmpl-", request_type=CompletionRequest, response_type=TextCompletion,
+              stream_type=TextCompletion),
+        Route("POST", "/v1/embeddings", partial(embeddings, engine), "Create embeddings",
+              request_type=EmbeddingRequest, response_type=EmbeddingList),
+        Route("GET", "/v1/models", partial(list_models, engine), "List models", response_type=ModelList),
+        Route("GET", MODEL_PREFIX, partial(retrieve_model, engine), "Retrieve a model", prefix=True,
+              response_type=ModelCard, param_name="model"),
+        Route("POST", "/tokenize", partial(tokenize, engine), "Tokenize a prompt or chat messages",
+              request_type=TokenizeRequest, response_type=TokenizeResponse),
+        Route("POST", "/detokenize", partial(detokenize, engine), "Turn token ids back into text",
+              request_type=DetokenizeRequest, response_type=DetokenizeResponse),
+        Route("GET", "/health", partial(health, engine), "Readiness of the engine", response_type=HealthStatus),
+    ]
+
+
 class API:
-    """OpenAI-compatible endpoints over one :class:`~llm_middleware.engine.Engine`.
+    """The API's endpoints over one :class:`~llm_middleware.engine.Engine`.
 
     ``base_path`` is where the API is mounted; the docs fall back to it for their server URL
     when a request carries no root path.  ``include_docs`` serves ``/openapi.json`` and ``/docs``.
     """
 
+    #: How the middleware answers the failures it finds itself (a refused key, a body too large).
+    render_error: ErrorRenderer = staticmethod(exception_response)
+    #: How the middleware's metrics read the answers of an engine that relays whole requests.
+    read_forwarded: AnswerReader = staticmethod(read_answer)
+
     def __init__(self, engine: Engine, *, base_path: str = "/ai", include_docs: bool = True) -> None:
         self.engine = engine
         self.base_path = base_path
-        routes = [
-            Route("POST", "/v1/chat/completions", partial(chat_completions, engine), "Create a chat completion",
-                  id_prefix="chatcmpl-", request_type=ChatCompletionRequest, response_type=ChatCompletion,
-                  stream_type=ChatCompletionChunk),
-            Route("POST", "/v1/completions", partial(completions, engine), "Create a text completion",
-                  id_prefix="cmpl-", request_type=CompletionRequest, response_type=TextCompletion,
-                  stream_type=TextCompletion),
-            Route("POST", "/v1/embeddings", partial(embeddings, engine), "Create embeddings",
-                  request_type=EmbeddingRequest, response_type=EmbeddingList),
-            Route("GET", "/v1/models", partial(list_models, engine), "List models", response_type=ModelList),
-            Route("GET", MODEL_PREFIX, partial(retrieve_model, engine), "Retrieve a model", prefix=True,
-                  response_type=ModelCard, param_name="model"),
-            Route("POST", "/tokenize", partial(tokenize, engine), "Tokenize a prompt or chat messages",
-                  request_type=TokenizeRequest, response_type=TokenizeResponse),
-            Route("POST", "/detokenize", partial(detokenize, engine), "Turn token ids back into text",
-                  request_type=DetokenizeRequest, response_type=DetokenizeResponse),
-            Route("GET", "/health", partial(health, engine), "Readiness of the engine", response_type=HealthStatus),
-        ]
+        routes = openai_routes(engine)
         if isinstance(engine, ForwardingEngine):  # e.g. RemoteEngine: upstream servers answer OpenAI requests
             routes = forwarding_routes(routes, engine)
         if include_docs:
-            document = openapi_document(routes, title="llm_middleware OpenAI-compatible API", version=_package_version())
+            document = openapi_document(
+                routes, title="llm_middleware OpenAI-compatible API", version=_package_version(), error_type=ErrorBody
+            )
             routes += [
                 Route("GET", "/openapi.json", openapi_handler(document, base_path), "The OpenAPI document"),
                 Route("GET", "/docs", swagger_ui, "Interactive API docs"),
             ]
-        self._routes: dict[tuple[str, str], Route] = {(r.method, r.path): r for r in routes if not r.prefix}
-        self._prefix_routes = [r for r in routes if r.prefix]
-        self._methods: dict[str, list[str]] = {}
-        for r in routes:
-            self._methods.setdefault(r.path, []).append(r.method)
-
-    def _route(self, method: str, path: str) -> Route | Response:
-        """The route for ``method path``, or the 404/405 response."""
-        route = self._routes.get((method, path))
-        if route is not None:
-            return route
-        methods = self._methods.get(path)
-        for candidate in self._prefix_routes:
-            if path.startswith(candidate.path):  # with an empty parameter too: the handler says what is missing
-                if candidate.method == method:
-                    return candidate
-                methods = self._methods[candidate.path]
-        if methods:
-            allowed = ", ".join(methods)
-            return error_response(
-                405, f"Method {method} is not allowed for {path}; use {allowed}.", code="method_not_allowed",
-                headers=[("allow", allowed)],
-            )
-        return error_response(404, f"Unknown path {path}.", code="not_found")
+        self._router = Router(routes)
 
     def route_path(self, path: str) -> str | None:
         """The path of the route serving ``path``, with parameters as placeholders
         (``/v1/models/{model}``); None for an unknown path.  A label of low cardinality for metrics."""
-        if path in self._methods:
-            return path
-        for candidate in self._prefix_routes:
-            if path.startswith(candidate.path):
-                return candidate.path + "{" + (candidate.param_name or "id") + "}"
-        return None
+        return self._router.template(path)
 
     async def handle(self, request: Request) -> Response:
-        """Answer ``request``; never raises (every failure becomes an OpenAI error response)."""
+        """Answer ``request``; never raises (every failure becomes an error response)."""
+        route: Route | None = None
+        try:
+            route = self._router.find(request.method, request.path)
+        except LLMError as exc:
+            response = self.render_error(exc)
         incoming = request.headers.get("x-request-id")
-        route = self._route(request.method, request.path)
-        prefix = route.id_prefix if isinstance(route, Route) else "req-"
         if incoming is not None and _VALID_REQUEST_ID.fullmatch(incoming):
             request_id = incoming
         else:
-            request_id = prefix + uuid.uuid4().hex
-        if isinstance(route, Route):
+            request_id = (route.id_prefix if route is not None else "req-") + uuid.uuid4().hex
+        if route is not None:
             try:
                 response = await route.handler(request, request_id)
             except Exception as exc:
-                response = exception_response(exc)
-        else:
-            response = route
+                response = self.render_error(exc)
         response.headers.append(("x-request-id", request_id))
         return response

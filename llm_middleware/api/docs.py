@@ -7,10 +7,9 @@ from typing import Any
 
 import msgspec
 
-from .http import Request, Response
-from .responses import json_response
-from .routing import Handler, Route
-from .schemas import ErrorBody
+from .core.http import Request, Response
+from .core.responses import json_response
+from .core.routing import Handler, Route
 
 SWAGGER_UI = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5"
 
@@ -21,15 +20,16 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
-def openapi_document(routes: list[Route], *, title: str, version: str) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of ``routes``, without ``servers`` (those depend on the request)."""
-    types = [ErrorBody]
+def openapi_document(routes: list[Route], *, title: str, version: str, error_type: type) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``routes``, whose errors have the body ``error_type``, without
+    ``servers`` (those depend on the request)."""
+    types = [error_type]
     for route in routes:
         types += [t for t in (route.request_type, route.response_type, route.stream_type) if t is not None]
     types = list(dict.fromkeys(types))
     schemas, components = msgspec.json.schema_components(types, ref_template=_REF)
     schema_of = dict(zip(types, schemas))
-    error = {"description": "An error", "content": _json(schema_of[ErrorBody])}
+    error = {"description": "An error", "content": _json(schema_of[error_type])}
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         path = route.path + "{" + route.param_name + "}" if route.prefix and route.param_name else route.path

@@ -19,9 +19,9 @@ from litestar.exceptions import NotFoundException
 from litestar.plugins import InitPlugin
 from litestar.types import Receive, Scope, Send
 
-from ..middleware.auth import Authorize
-from ..middleware.endpoint import APIEndpoint, resolve_engine
-from ..middleware.paths import normalize_base_path
+from ..middleware.endpoint import APIEndpoint
+from ..middleware.options import APIOptions, resolve_engine
+from ..middleware.policy.auth import Authorize
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
@@ -52,20 +52,13 @@ class LLMPlugin(InitPlugin):
         drain_timeout: float = 30.0,
         **engine_options: Any,
     ) -> None:
-        engine, owns_engine = resolve_engine(engine, model, engine_options)
-        self.endpoint = APIEndpoint(
-            engine,
-            owns_engine=owns_engine,
-            base_path=normalize_base_path(base_path),
-            allowed_origins=list(allowed_origins) if allowed_origins is not None else None,
-            max_body_size=max_body_size,
-            include_docs=include_docs,
-            api_keys=api_keys,
-            authorize=authorize,
-            public_paths=public_paths,
-            request_timeout=request_timeout,
-            drain_timeout=drain_timeout,
+        options = APIOptions(
+            base_path=base_path, allowed_origins=allowed_origins, max_body_size=max_body_size,
+            include_docs=include_docs, api_keys=api_keys, authorize=authorize, public_paths=public_paths,
+            request_timeout=request_timeout, drain_timeout=drain_timeout,
         )
+        engine, owns_engine = resolve_engine(engine, model, engine_options)
+        self.endpoint = APIEndpoint(engine, owns_engine=owns_engine, options=options)
 
     @property
     def engine(self) -> Engine:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope
 
-from ..api.http import Request, Response
-from .body import BodyTooLargeError, check_declared_length
+from ..api.core.http import Request, Response
+from .policy.body_limit import BodyTooLargeError, check_declared_length
 
 
 def scope_headers(scope: HTTPScope) -> dict[str, str]:
@@ -47,7 +47,7 @@ async def read_body(receive: ASGIReceiveCallable, headers: dict[str, str], limit
             # last chunk would wait for the client to hang up.
             if message.get("more_body", False):
                 await discard_body(receive)
-            raise BodyTooLargeError
+            raise BodyTooLargeError(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
@@ -113,9 +113,8 @@ async def send_response(send: ASGISendCallable, response: Response) -> None:
 
 async def close_stream(response: Response) -> None:
     """Release what a streamed response holds (the engine request behind it)."""
-    aclose: Callable[[], Awaitable[None]] | None = getattr(response.stream, "aclose", None)
-    if aclose is not None:
-        await aclose()
+    if response.stream is not None:
+        await response.stream.aclose()
 
 
 async def run_until_disconnect(receive: ASGIReceiveCallable, work: Coroutine[Any, Any, None]) -> None:

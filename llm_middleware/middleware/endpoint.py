@@ -10,26 +10,26 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope
 
 from ..api.app import API
-from ..api.deadline import Deadline, RequestTimeoutError, respond_within
-from ..api.errors import error_response, exception_response
-from ..api.http import Request, Response
+from ..api.core.http import Request, Response
+from ..api.core.routing import MethodNotAllowedError
 from . import asgi, wsgi
-from .access_log import log_access
-from .auth import Authenticator, Authorize, request_info, unauthorized_response
-from .body import BodyTooLargeError, body_too_large_response
-from .cors import CORSPolicy
-from .drain import Drain
-from .exchange import Exchange, ObservedStream, current_exchange
 from .loop_thread import LoopThread
-from .metrics import Metrics
-from .observed_engine import ObservedEngine
+from .observe.access_log import log_access
+from .observe.exchange import Exchange, ObservedStream, current_exchange
+from .observe.metrics import Metrics
+from .observe.observed_engine import ObservedEngine
+from .options import APIOptions
+from .policy.auth import Authenticator, request_info
+from .policy.body_limit import BodyTooLargeError
+from .policy.cors import CORSPolicy
+from .policy.deadline import Deadline, RequestTimeoutError, respond_within
+from .policy.drain import Drain
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -42,63 +42,25 @@ METRICS_PATH = "/metrics"
 _CLIENT_GONE = 499
 
 
-def resolve_engine(
-    engine: Engine | None, model: str | os.PathLike[str] | None, options: dict[str, Any]
-) -> tuple[Engine, bool]:
-    """The engine to serve and whether we created it (and so must shut it down).
-
-    Exactly one of ``engine`` and ``model`` is required; engine options only apply to a
-    model we load ourselves.
-    """
-    if engine is not None:
-        if model is not None:
-            raise TypeError("pass either engine= or model=, not both (the engine already has its models)")
-        if options:
-            raise TypeError(
-                f"engine options {sorted(options)} only apply with model=; configure the engine you pass instead"
-            )
-        return engine, False
-    if model is None:
-        raise TypeError("pass model= (a hub id or a local directory) or engine= (an Engine you built)")
-    from ..engine.engine import Engine  # torch is imported only when a model is served
-
-    return Engine(model, **options), True
-
-
 class APIEndpoint:
     """Serves the API for requests already known to be under ``base_path``, over ASGI or WSGI.
 
     It starts the engine on first use (once per process) and shuts it down only if it owns it.
     """
 
-    def __init__(
-        self,
-        engine: Engine,
-        *,
-        owns_engine: bool,
-        base_path: str,
-        allowed_origins: list[str] | None,
-        max_body_size: int,
-        include_docs: bool,
-        api_keys: Iterable[str] | None = None,
-        authorize: Authorize | None = None,
-        public_paths: Iterable[str] = ("/health",),
-        request_timeout: float | None = 600.0,
-        drain_timeout: float = 30.0,
-    ) -> None:
-        if request_timeout is not None and request_timeout <= 0:
-            raise ValueError(f"request_timeout must be > 0 seconds or None, got {request_timeout}")
+    def __init__(self, engine: Engine, *, owns_engine: bool, options: APIOptions) -> None:
         self.engine = engine
         self.owns_engine = owns_engine
-        self.base_path = base_path
-        self.max_body_size = max_body_size
-        self.request_timeout = request_timeout
+        self.base_path = options.base_path
+        self.max_body_size = options.max_body_size
+        self.request_timeout = options.request_timeout
         self.metrics = Metrics(engine)
-        observed = ObservedEngine(engine, self.metrics)
-        self._api = API(observed, base_path=base_path, include_docs=include_docs)  # type: ignore[arg-type]
-        self._cors = CORSPolicy(allowed_origins) if allowed_origins is not None else None
-        self._auth = Authenticator(api_keys, authorize, public_paths)
-        self._drain = Drain(drain_timeout)
+        observed = ObservedEngine(engine, self.metrics, API.read_forwarded)
+        self._api = API(observed, base_path=self.base_path, include_docs=options.include_docs)  # type: ignore[arg-type]
+        self._render_error = self._api.render_error
+        self._cors = CORSPolicy(options.allowed_origins) if options.allowed_origins is not None else None
+        self._auth = Authenticator(options.api_keys, options.authorize, options.public_paths)
+        self._drain = Drain(options.drain_timeout)
         self._loop = LoopThread()
         self._start_lock = threading.Lock()
         self._started_in: int | None = None
@@ -153,23 +115,17 @@ class APIEndpoint:
         self, method: str, path: str, headers: dict[str, str], client: tuple[str, int] | None
     ) -> Response | None:
         """The answer to give without reading the body, or None to go on to the API."""
-        if self._cors is not None and self._cors.is_preflight(method, headers):
-            return self._cors.preflight(headers)
         try:
-            allowed = await self._auth.allows(request_info(method, path, headers, client))
-        except Exception as exc:  # the host app's authorize failed: a logged 500, not a crash
-            return exception_response(exc)
-        if not allowed:
-            return unauthorized_response()
-        if self._drain.draining:
-            return self._drain.refusal()
-        if path == METRICS_PATH:
-            if method != "GET":
-                return error_response(
-                    405, f"Method {method} is not allowed for {METRICS_PATH}; use GET.", code="method_not_allowed",
-                    headers=[("allow", "GET")],
-                )
-            return self.metrics.response()
+            if self._cors is not None and self._cors.is_preflight(method, headers):
+                return self._cors.preflight(headers)
+            await self._auth.check(request_info(method, path, headers, client))
+            self._drain.check()
+            if path == METRICS_PATH:
+                if method != "GET":
+                    raise MethodNotAllowedError(method, METRICS_PATH, ["GET"])
+                return self.metrics.response()
+        except Exception as exc:  # a refusal, or the host app's authorize failed (a logged 500)
+            return self._render_error(exc)
         return None
 
     async def _respond(self, exchange: Exchange, request: Request) -> Response:
@@ -177,7 +133,7 @@ class APIEndpoint:
         deadline = Deadline(self.request_timeout)
         exchange.deadline = deadline
         self._drain.enter(deadline)
-        return await respond_within(deadline, self._api.handle(request))
+        return await respond_within(deadline, self._api.handle(request), self._render_error)
 
     def _finish(self, exchange: Exchange, headers: dict[str, str], response: Response) -> Response:
         """Note what is being sent, add CORS headers, and watch a stream for its end."""
@@ -229,8 +185,8 @@ class APIEndpoint:
                     body = await asgi.read_body(receive, headers, self.max_body_size)
                 except asgi.ClientDisconnectedError:
                     return
-                except BodyTooLargeError:
-                    response = body_too_large_response(self.max_body_size)
+                except BodyTooLargeError as exc:
+                    response = self._render_error(exc)
             if response is not None:
                 await asgi.send_response(send, self._finish(exchange, headers, response))
                 return
@@ -259,8 +215,8 @@ class APIEndpoint:
             if response is None:
                 try:
                     body = wsgi.read_body(environ, headers, self.max_body_size)
-                except BodyTooLargeError:
-                    response = body_too_large_response(self.max_body_size)
+                except BodyTooLargeError as exc:
+                    response = self._render_error(exc)
                 else:
                     request = wsgi.build_request(environ, path, root_path, headers, body)
                     response = self._loop.run(self._respond(exchange, request))

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Iterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-from ..api.http import Request, Response
-from .body import BodyTooLargeError, check_declared_length
+from ..api.core.http import Request, Response
 from .loop_thread import LoopThread
+from .policy.body_limit import BodyTooLargeError, check_declared_length
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -49,7 +49,7 @@ def read_body(environ: WSGIEnvironment, headers: dict[str, str], limit: int) -> 
             break
         size += len(chunk)
         if size > limit:
-            raise BodyTooLargeError
+            raise BodyTooLargeError(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -1,0 +1,1 @@
+"""What the middleware reports about the requests it serves: Prometheus metrics and the access log."""
