@@ -196,7 +196,7 @@ def in_thread(call: Any) -> Any:
 def test_a_request_submitted_while_the_engine_stops_fails_instead_of_waiting_forever(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llm_middleware.engine import generation_worker
+    from llm_middleware.engine.workers import generation as generation_worker
 
     engine = Engine(tiny_model_dir, max_model_len=256, seed=0)
     engine.wait_ready_sync(120)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from msgspec import UNSET, UnsetType
 
-from ..cpu_pool import run_cpu
+from ..runtime.cpu_pool import run_cpu
 from ..engine.outputs import Delta
 from ..errors import ContextLengthExceededError, InvalidRequestError
 from .decoding import decode_body

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from msgspec import UNSET, UnsetType
 
-from ..cpu_pool import run_cpu
+from ..runtime.cpu_pool import run_cpu
 from ..engine.outputs import Completion, Delta
-from ..engine.sampling import MAX_TOP_LOGPROBS
+from ..engine.sampling.params import MAX_TOP_LOGPROBS
 from ..errors import InvalidRequestError
 from .decoding import decode_body
 from .guided import regex_spec

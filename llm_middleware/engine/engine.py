@@ -14,19 +14,19 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
 
-from ..cpu_pool import run_cpu
+from ..runtime.cpu_pool import run_cpu
 from ..errors import EngineNotReadyError, InvalidRequestError, ModelNotFoundError
-from . import attention
-from .chat_template import render_chat
+from .attention.paged import ATTENTION_NAME
+from .text.chat_template import render_chat
 from .config import ModelConfig
-from .delivery import AsyncSink, ThreadSink
-from .embedding_worker import EmbeddingWorker
-from .generation_worker import GenerationWorker
-from .intake import Intake
-from .loader import LoadCancelledError, ModelLoadError, is_local_path, load
+from .workers.delivery import AsyncSink, ThreadSink
+from .workers.embedding import EmbeddingWorker
+from .workers.generation import GenerationWorker
+from .scheduling.intake import Intake
+from .model.loader import LoadCancelledError, ModelLoadError, is_local_path, load
 from .outputs import Choice, Completion, Delta, Embeddings, ModelInfo, TokenLogprob, Usage
 from .readiness import Readiness
-from .sampling import SamplingParams
+from .sampling.params import SamplingParams
 
 logger = logging.getLogger("llm_middleware")
 
@@ -218,7 +218,7 @@ class Engine:
             loaded = load(
                 entry.source, task=entry.config.task, quantize=entry.config.quantize, dtype=entry.config.dtype,
                 device=entry.config.device, device_map=entry.config.device_map,
-                attn_implementation=attention.ATTENTION_NAME,
+                attn_implementation=ATTENTION_NAME,
                 trust_remote_code=entry.config.trust_remote_code, cancel=cancel,
             )
             if cancel.is_set():
@@ -539,7 +539,7 @@ def _task_hint(entry: _Model) -> Literal["generate", "embed"]:
         return "embed" if isinstance(entry.worker, EmbeddingWorker) else "generate"
     if entry.config.task != "auto":
         return entry.config.task
-    from .loader import detect_task
+    from .model.loader import detect_task
 
     return detect_task(entry.source)
 

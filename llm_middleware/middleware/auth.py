@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 from ..api.errors import error_response
 from ..api.http import Response
-from ..cpu_pool import run_cpu
+from ..runtime.cpu_pool import run_cpu
 
 
 @dataclass(frozen=True, slots=True)

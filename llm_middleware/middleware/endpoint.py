@@ -27,7 +27,7 @@ from .body import BodyTooLargeError, body_too_large_response
 from .cors import CORSPolicy
 from .drain import Drain
 from .exchange import Exchange, ObservedStream, current_exchange
-from .loop_thread import LoopThread
+from ..runtime.loop_thread import LoopThread
 from .metrics import Metrics
 from .observed_engine import ObservedEngine
 

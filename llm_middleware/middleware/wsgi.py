@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..api.http import Request, Response
 from .body import BodyTooLargeError, check_declared_length
-from .loop_thread import LoopThread
+from ..runtime.loop_thread import LoopThread
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

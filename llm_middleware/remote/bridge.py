@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, 
 from typing import Any, TypeVar
 
 from ..errors import EngineNotReadyError
-from ..middleware.loop_thread import LoopThread
+from ..runtime.loop_thread import LoopThread
 
 T = TypeVar("T")
 

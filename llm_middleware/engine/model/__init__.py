@@ -1,0 +1,1 @@
+"""Loading and running a model: loader, runner, decoders, the KV cache's size, memory footprint."""

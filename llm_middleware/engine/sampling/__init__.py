@@ -1,0 +1,1 @@
+"""Per-request sampling parameters, the batched sampler and grammar-constrained decoding."""

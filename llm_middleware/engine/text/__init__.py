@@ -1,0 +1,1 @@
+"""Text in and out of a model: chat rendering, detokenization, token bytes, plain-JSON checks."""
