@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 from ..engine.outputs import Completion, Delta, Embeddings, ModelInfo
 from ..errors import EngineNotReadyError, InvalidRequestError
 from . import bodies, results
-from .bridge import EngineLoop
+from ..runtime.loop_thread import LoopThread
 from .client import UpstreamClient
 from .dispatch import Dispatcher
 from .errors import UpstreamError
@@ -153,7 +153,7 @@ class RemoteEngine:
             urls=urls, names=ModelNames(model_map), api_key=api_key,
             timeout=timeout, connect_timeout=connect_timeout, health_interval=health_interval, http2=http2,
         )
-        self._loop = EngineLoop("llm-remote-engine")
+        self._loop = LoopThread("llm-remote-engine", start_on_use=False)
         self._lock = threading.Lock()
         self._runtime: _Runtime | None = None
         self._pid: int | None = None
@@ -189,7 +189,7 @@ class RemoteEngine:
                 self._stopping = False
 
     async def _close(self, runtime: _Runtime) -> None:
-        await self._loop.cancel_all()
+        await self._loop.cancel_all("the remote engine is shutting down")
         await runtime.close()
 
     @property
@@ -214,7 +214,7 @@ class RemoteEngine:
     def wait_ready_sync(self, timeout: float | None = None) -> None:
         """Start if needed and block until every upstream was checked once; raise
         :class:`EngineNotReadyError` if none is in rotation then."""
-        self._loop.call_sync(self._checked(self._started(), timeout))
+        self._loop.run(self._checked(self._started(), timeout))
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Async twin of :meth:`wait_ready_sync`; the wait holds no thread."""
@@ -327,12 +327,12 @@ class RemoteEngine:
     def tokenize(self, text: str, *, model: str | None = None) -> list[int]:
         """Token ids of ``text`` (no special tokens added), from an upstream's ``POST /tokenize``."""
         fields = {"prompt": text, "add_special_tokens": False}
-        answer = self._loop.call_sync(_text_helper(self._started(), "tokenize", model, fields))
+        answer = self._loop.run(_text_helper(self._started(), "tokenize", model, fields))
         return list(answer["tokens"])
 
     def detokenize(self, token_ids: list[int], *, model: str | None = None) -> str:
         """Text of ``token_ids``, from an upstream's ``POST /detokenize``."""
-        answer = self._loop.call_sync(_text_helper(self._started(), "detokenize", model, {"tokens": list(token_ids)}))
+        answer = self._loop.run(_text_helper(self._started(), "detokenize", model, {"tokens": list(token_ids)}))
         return str(answer["prompt"])
 
     def apply_chat_template(self, messages: list[dict[str, Any]], *, model: str | None = None,
@@ -390,7 +390,7 @@ class RemoteEngine:
                   request_id: str | None = None, **sampling: Any) -> Completion:
         """Blocking twin of :meth:`chat`."""
         call = _Chat(messages, model, tools, chat_template_kwargs, request_id, sampling)
-        return self._loop.call_sync(call.whole(self._started()))
+        return self._loop.run(call.whole(self._started()))
 
     def stream_complete_sync(self, prompt: str | list[int], *, model: str | None = None,
                              request_id: str | None = None, **sampling: Any) -> Iterator[Delta]:
@@ -400,12 +400,12 @@ class RemoteEngine:
     def complete_sync(self, prompt: str | list[int], *, model: str | None = None,
                       request_id: str | None = None, **sampling: Any) -> Completion:
         """Blocking twin of :meth:`complete`."""
-        return self._loop.call_sync(_Completion(prompt, model, request_id, sampling).whole(self._started()))
+        return self._loop.run(_Completion(prompt, model, request_id, sampling).whole(self._started()))
 
     def embed_sync(self, inputs: str | list[str], *, model: str | None = None,
                    dimensions: int | None = None) -> Embeddings:
         """Blocking twin of :meth:`embed`."""
-        return self._loop.call_sync(_embed(self._started(), inputs, model, dimensions))
+        return self._loop.run(_embed(self._started(), inputs, model, dimensions))
 
 
 # ---- what runs on the engine loop ---------------------------------------------------------------
