@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from llm_middleware.engine import Engine
-from llm_middleware.engine.workers.delivery import AsyncSink, ThreadSink
+from llm_middleware.engine.delivery import AsyncSink, ThreadSink
 from llm_middleware.engine.outputs import Delta, TokenLogprob, Usage
 
 

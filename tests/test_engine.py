@@ -67,7 +67,7 @@ async def test_greedy_equals_generate_for_staggered_batch(arch_fixture: str, mod
         worker = default_worker(eng)
         # Prompt chunks are queued ahead only where the device runs asynchronously (CUDA); the
         # order of the host's work is the same here, on the engine's thread.
-        worker.overlap_prompts = mode == "overlap-prompts"
+        worker.pipelining.prompts = mode == "overlap-prompts"
         assert worker.runner.cpu_kernels == cpu_ops.available(torch.float32)
         worker.runner.cpu_kernels = worker.runner.cpu_kernels and mode != "gather"
         # Whether the one-call step won the start-up timing is the machine's business: here it serves

@@ -6,23 +6,22 @@ import asyncio
 import os
 import threading
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
+from ..engine.interface import EngineAPI, EngineState
 from ..engine.outputs import Completion, Delta, Embeddings, ModelInfo
 from ..errors import EngineNotReadyError, InvalidRequestError
-from . import bodies, results
 from ..runtime.loop_thread import LoopThread
+from . import bodies, results
 from .client import UpstreamClient
 from .dispatch import Dispatcher
 from .errors import UpstreamError
 from .health import HealthChecker
 from .models import ModelNames, ServedModel, Task, catalog, resolve
 from .upstream import UpstreamPool, UpstreamStatus, normalize_url
-
-EngineState = Literal["stopped", "loading", "ready", "failed", "stopping"]
 
 #: Routes :meth:`RemoteEngine.forward` serves, and the task their model must have.
 _ROUTE_TASKS: dict[str, Task | None] = {
@@ -99,7 +98,7 @@ class _Runtime:
         return self.served(name, task)
 
 
-class RemoteEngine:
+class RemoteEngine(EngineAPI):
     """The engine API over existing OpenAI-compatible servers (vLLM, SGLang, TGI, mistral.rs,
     ``llm-middleware serve``): ``LLMMiddleware(app, engine=RemoteEngine([...]))`` serves the same
     routes as with an embedded engine, and your views call the same methods.
@@ -211,14 +210,13 @@ class RemoteEngine:
         runtime = self._current()
         return (runtime.down_reasons() or None) if runtime is not None else None
 
-    def wait_ready_sync(self, timeout: float | None = None) -> None:
-        """Start if needed and block until every upstream was checked once; raise
-        :class:`EngineNotReadyError` if none is in rotation then."""
-        self._loop.run(self._checked(self._started(), timeout))
-
-    async def wait_ready(self, timeout: float | None = None) -> None:
-        """Async twin of :meth:`wait_ready_sync`; the wait holds no thread."""
+    async def wait_ready(self, timeout: float | None = None, *, model: str | None = None) -> None:
+        """Start if needed and wait until every upstream was checked once; raise :class:`EngineNotReadyError`
+        if none is in rotation then (and :class:`ModelNotFoundError` if none serves ``model``).  The wait
+        holds no thread."""
         await self._loop.call(self._checked(self._started(), timeout))
+        if model is not None:
+            self.resolve_model(model)
 
     async def _checked(self, runtime: _Runtime, timeout: float | None) -> None:
         try:
@@ -337,7 +335,8 @@ class RemoteEngine:
 
     def apply_chat_template(self, messages: list[dict[str, Any]], *, model: str | None = None,
                             tools: list[dict[str, Any]] | None = None,
-                            chat_template_kwargs: dict[str, Any] | None = None) -> str:
+                            chat_template_kwargs: dict[str, Any] | None = None,
+                            add_generation_prompt: bool = True) -> str:
         """Not available: chat templates live on the upstreams, which do not hand out rendered prompts."""
         raise InvalidRequestError(
             "apply_chat_template is not supported by a remote engine: the chat template lives on the upstream "
@@ -345,7 +344,7 @@ class RemoteEngine:
             param="messages",
         )
 
-    # ---- generation: async --------------------------------------------------------------------
+    # ---- generation and embeddings --------------------------------------------------------------------
 
     def stream_chat(self, messages: list[dict[str, Any]], *, model: str | None = None,
                     tools: list[dict[str, Any]] | None = None, chat_template_kwargs: dict[str, Any] | None = None,
@@ -375,37 +374,6 @@ class RemoteEngine:
                     dimensions: int | None = None) -> Embeddings:
         """Embedding vectors of ``inputs``, in input order."""
         return await self._loop.call(_embed(self._started(), inputs, model, dimensions))
-
-    # ---- generation: sync twins ---------------------------------------------------------------
-
-    def stream_chat_sync(self, messages: list[dict[str, Any]], *, model: str | None = None,
-                         tools: list[dict[str, Any]] | None = None, chat_template_kwargs: dict[str, Any] | None = None,
-                         request_id: str | None = None, **sampling: Any) -> Iterator[Delta]:
-        """Blocking twin of :meth:`stream_chat`; closing the iterator cancels the request."""
-        call = _Chat(messages, model, tools, chat_template_kwargs, request_id, sampling)
-        return self._loop.relay_sync(call.deltas(self._started()))
-
-    def chat_sync(self, messages: list[dict[str, Any]], *, model: str | None = None,
-                  tools: list[dict[str, Any]] | None = None, chat_template_kwargs: dict[str, Any] | None = None,
-                  request_id: str | None = None, **sampling: Any) -> Completion:
-        """Blocking twin of :meth:`chat`."""
-        call = _Chat(messages, model, tools, chat_template_kwargs, request_id, sampling)
-        return self._loop.run(call.whole(self._started()))
-
-    def stream_complete_sync(self, prompt: str | list[int], *, model: str | None = None,
-                             request_id: str | None = None, **sampling: Any) -> Iterator[Delta]:
-        """Blocking twin of :meth:`stream_complete`; closing the iterator cancels the request."""
-        return self._loop.relay_sync(_Completion(prompt, model, request_id, sampling).deltas(self._started()))
-
-    def complete_sync(self, prompt: str | list[int], *, model: str | None = None,
-                      request_id: str | None = None, **sampling: Any) -> Completion:
-        """Blocking twin of :meth:`complete`."""
-        return self._loop.run(_Completion(prompt, model, request_id, sampling).whole(self._started()))
-
-    def embed_sync(self, inputs: str | list[str], *, model: str | None = None,
-                   dimensions: int | None = None) -> Embeddings:
-        """Blocking twin of :meth:`embed`."""
-        return self._loop.run(_embed(self._started(), inputs, model, dimensions))
 
 
 # ---- what runs on the engine loop ---------------------------------------------------------------

@@ -69,7 +69,9 @@ class _Pump:
             with contextlib.suppress(RuntimeError):
                 self.put(_END)
         finally:
-            await self.source.aclose()  # type: ignore[attr-defined]
+            aclose = getattr(self.source, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     async def stop(self) -> None:
         """On the loop: cancel the pump and wait until it has closed its source."""
@@ -145,7 +147,7 @@ class LoopThread:
         """Await ``coro`` run on the loop, from another event loop; cancelling the caller cancels it."""
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._tracked(coro), self._running()))
 
-    async def relay(self, source: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+    async def relay(self, source: AsyncIterator[T]) -> AsyncGenerator[T, None]:
         """The items of ``source`` (run on the loop) in the calling event loop; closing this closes ``source``."""
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[Any] = asyncio.Queue()
@@ -163,7 +165,7 @@ class LoopThread:
         finally:
             running.cancel()
 
-    def relay_sync(self, source: AsyncGenerator[T, None], channel: Channel | None = None) -> Iterator[T]:
+    def relay_sync(self, source: AsyncIterator[T], channel: Channel | None = None) -> Iterator[T]:
         """The items of ``source`` (run on the loop) in the calling thread, through ``channel`` (a plain
         queue by default).  Closing the iterator closes ``source`` before it returns."""
         items: Channel = channel if channel is not None else queue.SimpleQueue()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..workers.delivery import Sink
+from ..delivery import AsyncSink
 from ..outputs import TokenLogprob
 from ..sampling.params import SamplingParams
 from .sequence import Sequence
@@ -26,7 +26,7 @@ class GenerationRequest:
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams
-    sink: Sink
+    sink: AsyncSink
     seqs: list[Sequence] = field(default_factory=list)
     pending_ids: list[list[int]] = field(default_factory=list)
     pending_logprobs: list[list[TokenLogprob]] = field(default_factory=list)

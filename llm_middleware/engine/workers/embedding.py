@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ...errors import ContextLengthExceededError, EngineNotReadyError, EngineOverloadedError, InvalidRequestError
 from ..config import ModelConfig
-from .delivery import Outbox, Sink
+from ..delivery import AsyncSink, Outbox
 from ..model.footprint import weight_bytes
 from ..scheduling.intake import Intake
 from ..model.loader import LoadedModel
@@ -26,7 +26,7 @@ logger = logging.getLogger("llm_middleware")
 class EmbeddingJob:
     __slots__ = ("texts", "dimensions", "sink")
 
-    def __init__(self, texts: list[str], dimensions: int | None, sink: Sink) -> None:
+    def __init__(self, texts: list[str], dimensions: int | None, sink: AsyncSink) -> None:
         self.texts = texts
         self.dimensions = dimensions
         self.sink = sink
@@ -68,7 +68,7 @@ class EmbeddingWorker:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=True)
 
-    def submit(self, texts: list[str], dimensions: int | None, sink: Sink) -> None:
+    def submit(self, texts: list[str], dimensions: int | None, sink: AsyncSink) -> None:
         if not texts:
             raise InvalidRequestError("'input' must contain at least one string", param="input")
         if dimensions is not None and not (1 <= dimensions <= self.dimension):
