@@ -575,6 +575,19 @@ def test_chat_template_with_and_without_generation_prompt(engine: Engine) -> Non
     assert prompted == bare + "<|im_start|>assistant\n"
 
 
+def test_chat_flattens_messages_as_the_api_does(engine: Engine) -> None:
+    parts = [{"role": "developer", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
+    assert engine.apply_chat_template(parts, add_generation_prompt=False) == "<|im_start|>system\na\nb<|im_end|>\n"
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+    with pytest.raises(errors.InvalidRequestError) as refused:
+        engine.chat_sync(image, max_tokens=1)
+    assert refused.value.param == "messages[0].content[0].type"
+    bad = [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{not json"}}]}]
+    with pytest.raises(errors.InvalidRequestError) as refused:
+        engine.chat_sync(bad, max_tokens=1)
+    assert refused.value.param == "messages[0].tool_calls[0].function.arguments"
+
+
 def test_logprob_bytes_rebuild_multibyte_text(engine: Engine) -> None:
     from llm_middleware.engine.text.token_bytes import TokenBytes
 

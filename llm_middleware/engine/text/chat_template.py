@@ -12,11 +12,11 @@ signatures, so the list follows its versions.  Values are plain JSON data of bou
 from __future__ import annotations
 
 import inspect
-import json
 from functools import lru_cache
 from typing import Any
 
 from ...errors import InvalidRequestError
+from .messages import template_message
 from .plain_json import check_plain_json
 
 #: Bounds of ``chat_template_kwargs``: characters of its keys and strings in all, and nesting levels.
@@ -86,33 +86,11 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict
         raise InvalidRequestError("this model has no chat template: use the completions API instead", param="messages")
     try:
         return tokenizer.apply_chat_template(
-            [_template_message(m) for m in messages], tools=tools or None, add_generation_prompt=add_generation_prompt,
-            tokenize=False, **variables,
+            [template_message(m, i) for i, m in enumerate(messages)], tools=tools or None,
+            add_generation_prompt=add_generation_prompt, tokenize=False, **variables,
         )
     except InvalidRequestError:
         raise
     except Exception as exc:  # the template's own checks (role order, missing fields) raise jinja errors
         raise InvalidRequestError(f"the chat template rejected the messages: {exc}", param="messages") from exc
 
-
-def _template_message(message: dict[str, Any]) -> dict[str, Any]:
-    """Flatten text-part lists and parse tool-call arguments, as chat templates expect."""
-    out = dict(message)
-    content = out.get("content")
-    if isinstance(content, list):
-        out["content"] = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    calls = out.get("tool_calls")
-    if calls:
-        parsed = []
-        for call in calls:
-            call = dict(call)
-            fn = dict(call.get("function") or {})
-            if isinstance(fn.get("arguments"), str):
-                try:
-                    fn["arguments"] = json.loads(fn["arguments"])
-                except ValueError:
-                    pass  # keep the string: the template prints it as given
-            call["function"] = fn
-            parsed.append(call)
-        out["tool_calls"] = parsed
-    return out
