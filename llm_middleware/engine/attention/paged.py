@@ -7,7 +7,7 @@ cache layout and the ragged batching are ours.
 
 A layer may ask for more than causal softmax attention in its call: a sliding window
 (Mistral, Gemma's local layers, gpt-oss), soft-capped scores (Gemma 2) or attention sinks
-(gpt-oss).  Every path here computes those (``AttentionVariant``); ``attention_features``
+(gpt-oss).  Every path here computes those (``AttentionVariant``); ``model.attention_features``
 refuses a model whose layers ask for anything else.
 """
 
@@ -140,11 +140,11 @@ def attend(
         return _masked_attention(query, key, value, meta.causal_mask(seq, window, query.device), scale, variant)
     cache = meta.kv_cache
     shape = (batch, -1, kv_heads, head_dim)
-    # PyTorch's CPU attention with a mask runs 16-bit inputs about 7x slower than float32 ones
-    # (measured for 32 decode rows over 256 keys): there it computes in float32.
+    # PyTorch's CPU attention with a mask runs 16-bit inputs far slower than float32 ones: there it
+    # computes in float32.
     upcast = query.device.type == "cpu" and query.dtype != torch.float32
     dtype = torch.float32 if upcast else query.dtype
-    # index_select copies whole blocks; indexing with the 2-D table ran 7x slower on a CPU.
+    # index_select copies whole blocks, much faster on a CPU than indexing with the 2-D table.
     blocks = meta.gather_blocks.to(k_cache.device).reshape(-1)
     keys = cache.blocks(k_cache).index_select(0, blocks).to(dtype).view(shape)  # [B, L, KVH, D]
     values = cache.blocks(v_cache).index_select(0, blocks).to(dtype).view(shape)
@@ -194,8 +194,8 @@ def _one_query_attention(meta: AttentionMetadata, query: torch.Tensor, keys: tor
     """Decode rows on the CPU: ``query [B, H, 1, D]`` over ``keys``/``values [B, L, KVH, D]``; ``[B, 1, H, D]``.
 
     PyTorch's fused CPU attention splits its work by blocks of queries, which one query token
-    per row leaves mostly idle: for 32 rows over 256 keys it took 1.5x as long as these batched
-    products, one per KV head over the query heads that share it.
+    per row leaves mostly idle: batched products, one per KV head over the query heads that share
+    it, finish sooner.
     """
     batch, heads, _, head_dim = query.shape
     kv_heads = keys.shape[2]
@@ -226,7 +226,7 @@ def paged_attention_forward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     meta = kwargs["llm_attention"]
-    if not isinstance(meta, AttentionMetadata):  # a probe of what the layers ask for (``attention_features``)
+    if not isinstance(meta, AttentionMetadata):  # a probe of what the layers ask for (``model.attention_features``)
         return meta.record(module, query, key, value, attention_mask, scaling, kwargs), None
     write_cache(meta, module.layer_idx, key, value)
     return attend(meta, module.layer_idx, query, key, value, scaling, variant_of_call(kwargs)), None  # [B, S, H, D]

@@ -5,7 +5,7 @@ arguments (``sliding_window``, ``softcap``, ``s_aux`` for sinks, ``scaling``) an
 rest to the mask that the model builds for the attention implementation in use; for ours it
 builds none.  So one probe forward through the model records every layer's call: the engine
 computes sliding windows, soft-capping, sinks and the model's own query scale
-(``attention.AttentionVariant``); anything else that a call carries or a config asks for
+(``attention.paged.AttentionVariant``); anything else that a call carries or a config asks for
 (chunked or bidirectional attention, a mask of its own, layers that never call the attention
 function) refuses the model with an error that names it, rather than serving text that
 ``generate`` would not write.

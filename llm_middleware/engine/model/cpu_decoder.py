@@ -216,8 +216,7 @@ def choose_rows(decoder: CpuDecoder, runner: Any, max_rows: int) -> int:
 
 def _median_time(step: Any) -> float:
     # Untimed calls first: after the other path ran, its threads (PyTorch's OpenMP pool or numba's,
-    # two runtimes) spin on the same cores for a while, and the first calls measured slower (up to
-    # 3x where another thread's PyTorch pool was alive too).
+    # two runtimes) spin on the same cores for a while and slow the first calls down.
     for _ in range(_WARM_CALLS):
         step()
     times = []

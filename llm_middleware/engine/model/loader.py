@@ -51,8 +51,8 @@ def resolve_device(device: str) -> torch.device:
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device, source: str,
                   trust_remote_code: bool = False) -> torch.dtype | str:
     """The dtype to load ``source`` in: ``"auto"`` is the checkpoint's own on CUDA; on a CPU it is
-    bfloat16 for a bfloat16 checkpoint where the CPU has AMX (whose bfloat16 products ran 3-10x
-    as fast as float32 ones), float32 otherwise (16-bit products elsewhere on a CPU are slow)."""
+    bfloat16 for a bfloat16 checkpoint where the CPU has AMX (whose bfloat16 products beat float32
+    ones), float32 otherwise (16-bit products elsewhere on a CPU are slow)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":

@@ -1,18 +1,13 @@
 """Attention and MLP forwards with merged projections, swapped in where they reproduce the model's.
 
-transformers' Llama-family attention runs three matrix products for q, k and v, then the
-per-head norms, the rotary embedding (a dozen small ops) and the cache write; its MLP runs
-the gate and up products separately.  At batch 1 on a GPU these small kernels and the extra
-matrix products are a third of a decode step.  Here the q/k/v weights (and gate/up) are
-concatenated into one matrix whose slices the original modules keep as their weights (no
-extra memory), and on CUDA one Triton kernel does norms, rotary and cache write.
-
-Like the fused norms, a module's ``forward`` is replaced only after the new one reproduced it
-on a probe: two prompts written through out-of-order block tables, then a decode step that
-reads them back; outputs and cache contents must match.  Attention written differently
-(partial rotary, norms over all heads, biases on some projections only) keeps the model's code.
-A layer's sliding window, soft-capping and sinks (``attention.AttentionVariant``: what its
-module asks the attention function for) go with its new forward.
+transformers' Llama-family attention runs three products for q, k and v, then per-head norms,
+rotary embedding (a dozen small ops) and the cache write; its MLP runs gate and up apart.  Here
+q/k/v (and gate/up) become one matrix whose slices the original modules keep as their weights
+(no extra memory), and one kernel (Triton on CUDA, numba on the CPU) does norms, rotary and the
+cache write.  A module's ``forward`` is replaced only after the new one reproduced it on a probe
+(two prompts through out-of-order block tables, then a decode step reading them back); attention
+written differently (partial rotary, norms over all heads, biases on some projections only) keeps
+the model's code.  Each layer's ``AttentionVariant`` (window, soft-cap, sinks) goes with its forward.
 """
 
 from __future__ import annotations
@@ -278,7 +273,7 @@ def _swap(module: nn.Module, linears: list[nn.Linear], build: Any, reproduces: A
 def fuse_layers(model: nn.Module, variants: dict[int, AttentionVariant]) -> tuple[int, int]:
     """Swap reproducible attention and MLP forwards; return how many of each were swapped.
 
-    ``variants``: what each layer's attention computes (``attention_features.read_variants``).
+    ``variants``: what each layer's attention computes (``model.attention_features.read_variants``).
     Call after ``fuse_rms_norms`` (the attention kernel takes over fused per-head norms only)
     and before the KV cache is sized (merging copies one layer's weights at a time).
     """

@@ -1,9 +1,9 @@
 """Linear products routed to the fastest kernel for their device and shape.
 
 On CUDA, ``RowLinear`` sends one-row inputs (a batch-1 decode step is a chain of them) to
-``row_kernels.gemv`` and everything else (prompt chunks, batches) to ``F.linear``.  On the CPU
-it runs the kernels ``cpu_products`` measured fastest on this machine, one for one-row inputs
-and one for more rows.
+``kernels.cuda.row_ops.gemv`` and everything else (prompt chunks, batches) to ``F.linear``.  On
+the CPU it runs the kernels ``kernels.cpu.products`` timed fastest on this machine, one for
+one-row inputs and one for more rows.
 
 Plain ``nn.Linear`` modules get a ``RowLinear`` as their forward; quantized layers
 (subclasses) keep their own kernels.

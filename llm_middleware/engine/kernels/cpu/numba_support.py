@@ -88,8 +88,8 @@ class Kernel:
 
         A failure of the parallel form (numba's threading layer can fail to load) leaves the
         kernel on the calling thread, and so does numba's fallback layer, ``workqueue``: it
-        aborts the process when two threads (two models' step loops) use it at once, and ran a
-        32-row decode step 1.5x slower than the OpenMP layer.  A failure of the other raises.
+        aborts the process when two threads (two models' step loops) use it at once, and is
+        slower than the OpenMP layer.  A failure of the other raises.
         """
         result = self.alone(*args)
         try:
@@ -153,7 +153,7 @@ if numba is not None:
     @numba.njit(inline="always", **OPTIONS)
     def exp(x):  # noqa: ANN001, ANN201
         """``e ** x`` in float32 within a few ulp, for loops that must vectorise: numba's ``np.exp``
-        is a library call per element here (2.1 ns an element against 0.4 for this one).  ``x = k ln 2 + r``, ``|r| <= ln 2 / 2``: a degree-6 polynomial of ``r``
+        is a library call per element.  ``x = k ln 2 + r``, ``|r| <= ln 2 / 2``: a degree-6 polynomial of ``r``
         (Cephes' ``expf``), times ``2 ** k`` built from its exponent bits.  ``x`` is clamped to the
         range where ``2 ** k`` is a normal float32: results under about 1e-38 come out 0, and over
         2.1e38 (``x > 88.3``) as 2.1e38, not infinity."""

@@ -1,19 +1,12 @@
-"""Decode attention on the CPU read straight from the paged KV cache, through numba.
+"""Decode attention on the CPU read straight from the paged KV cache, through numba: the CPU's ``paged_decode``.
 
-A decode step's rows have one query token each.  Attending with PyTorch ops first gathers every
-row's context blocks into a contiguous copy, then runs batched products on it: for 32 rows over
-about 200 tokens the copies alone took 3 ms of a 20 ms step on a 2-core machine, and the
-products per KV head most of the rest of the attention's 5 ms.  These kernels walk each row's
-block table instead, so the context is read once, in place: 32 rows took 0.42 ms a layer
-against 0.72-0.97 ms for the gather and PyTorch's fused attention, one row 22 against 58 µs.
-
-Softmax runs between the two kernels in a third (``numba_support.exp``: numba's own is a call per
-element).  ``cpu_decoder`` runs the same three inside its one-call step.  A layer's sliding window
-narrows each row's walk to its last positions; soft-capping bends the scores and sinks join the
-softmax (``attention.AttentionVariant``).
-Numba compiles the kernels at the first call (a second or two, cached on disk where the
-package's folder is writable); the engine does that while the model loads, checking them on
-a probe against dense attention before any decode step uses them.
+A decode step's rows have one query token each.  Attending with PyTorch ops first copies every
+row's context blocks together; these kernels walk each row's block table instead, so the context
+is read once, in place.  Scores, softmax (with ``numba_support.exp``) and the weighted values are
+three kernels, which ``decode_step`` also runs inside its one-call step.  A layer's sliding window
+narrows each row's walk; soft-capping bends the scores and sinks join the softmax
+(``attention.paged.AttentionVariant``).  ``reproduces`` checks them against dense attention on a
+probe (compiling them) while the model loads.
 """
 
 from __future__ import annotations
@@ -79,7 +72,7 @@ def _softmax(scores, lengths, window, sinks):  # noqa: ANN001, ANN202
     for task in numba.prange(batch * heads):
         b, head = task // heads, task % heads
         first = _first(lengths[b], window)
-        # Loops from 0 over the row's slice vectorise; loops from ``first`` did not (4x slower).
+        # Loops from 0 over the row's slice vectorise; loops from ``first`` do not.
         row = scores[b, head, first : lengths[b]]
         peak = np.float32(-np.inf)
         for t in range(row.shape[0]):
@@ -129,7 +122,7 @@ def decode_attention(rows: torch.Tensor, heads: int, k_cache: torch.Tensor, v_ca
     ``rows [B, W]`` (contiguous) holds each row's query heads first, one after another: a step's
     query ``[B, H * D]``, or its fused q/k/v projection as it is.  ``block_tables [B, max_blocks]``
     and ``context_lens [B]`` are int64 CPU tensors; the new token's key and value are already
-    in the cache.  ``window``, ``softcap`` and ``sinks [H]``: as ``attention.AttentionVariant``'s.
+    in the cache.  ``window``, ``softcap`` and ``sinks [H]``: as ``attention.paged.AttentionVariant``'s.
     """
     batch, dim = rows.shape[0], k_cache.shape[2]
     width = block_tables.shape[1] * block_size

@@ -1,13 +1,10 @@
-"""Linear products on the CPU through the kernel that measured fastest on this machine, per regime.
+"""Linear products on the CPU through the kernel that runs fastest on this machine, per regime.
 
 Three kernels compute ``F.linear`` on the CPU: PyTorch's default (MKL over the weight as it is),
 oneDNN over the weight packed once into its blocked layout, and MKL's packed GEMM.  Which one is
-fastest depends on the machine and on the number of rows, and not in a way a rule could guess:
-on one 2-core AVX-512 machine one-row products ran twice as fast through oneDNN as through the
-default, on another the default was 40% faster than oneDNN, and MKL's packed GEMM was the fastest
-at 32 rows there (6.7 ms a step against 7.7 for oneDNN and 10.0 for the default).  So at start-up
-every candidate runs the model's own products, once with one row (a lone stream's decode step)
-and once with many (a batch, a prompt chunk), and each regime keeps its fastest.
+fastest depends on the machine and on the number of rows, in no way a rule could guess, so at
+start-up every candidate runs the model's own products, once with one row (a lone stream's
+decode step) and once with many (a batch, a prompt chunk), and each regime keeps its fastest.
 
 Packed weights are copies (MKL's are two to six times the weight's size), so a candidate is
 packed only while all copies stay under a share of the machine's memory, and copies that lost

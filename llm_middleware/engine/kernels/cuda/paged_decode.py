@@ -6,7 +6,7 @@ with an online softmax, so every cached key and value is read once and shapes st
 
 A layer's sliding window starts the walk at the row's last ``window`` positions; soft-capping
 bends each score and sinks start the online softmax with the sink's logit and weight
-(``attention.AttentionVariant``).
+(``attention.paged.AttentionVariant``).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def paged_decode_attention(
 ) -> torch.Tensor:
     """Attention of one new token per sequence over its cached context; returns ``[B, 1, H, D]``.
 
-    ``window``, ``softcap`` and ``sinks``: as ``attention.AttentionVariant``'s.
+    ``window``, ``softcap`` and ``sinks``: as ``attention.paged.AttentionVariant``'s.
     """
     batch, heads, _, head_dim = query.shape
     kv_heads = k_cache.shape[1]

@@ -1,10 +1,9 @@
 """Triton kernels for a decode step's one-row products and elementwise steps (CUDA only).
 
-At one stream each linear layer reads its whole weight to produce a single row.  cuBLAS's
-kernels for that shape read an H100's memory at 1.7-2.6 TB/s (and split the narrow layers'
-sums over a second reduce kernel); ``gemv`` reads it at 2.2-3.1 TB/s, which makes a 4B
-model's step 0.4 ms shorter.  ``add_rms_norm`` and ``silu_mul`` each replace two kernels of
-a decoder layer (a residual add and the norm after it; the activation and the product).
+At one stream each linear layer reads its whole weight to produce a single row: ``gemv`` reads
+it closer to the memory's bandwidth than cuBLAS's kernels for that shape (which also split the
+narrow layers' sums over a second reduce kernel).  ``add_rms_norm`` and ``silu_mul`` each replace
+two kernels of a decoder layer (a residual add and the norm after it; the activation and the product).
 
 Each kernel rounds where the model's own ops round, so bf16 results match them to an ulp.
 """
