@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from llm_middleware.engine.attention import paged as attention
-from llm_middleware.engine.kernels.cpu import paged_decode as cpu_attention
-from llm_middleware.engine.kernels.cpu import numba_support
-from llm_middleware.engine.kernels.cpu import row_ops as cpu_ops
-from llm_middleware.engine.attention.paged import AttentionMetadata, AttentionVariant, attend
 from llm_middleware.engine.attention.kv_cache import KVCache
+from llm_middleware.engine.attention.paged import AttentionMetadata, AttentionVariant, attend
+from llm_middleware.engine.kernels.cpu import numba_support
+from llm_middleware.engine.kernels.cpu import paged_decode as cpu_attention
+from llm_middleware.engine.kernels.cpu import row_ops as cpu_ops
 
 
 def _reference(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, scale: float,

@@ -12,6 +12,7 @@ import pytest
 from llm_middleware.errors import EngineNotReadyError, InvalidRequestError
 from llm_middleware.runtime.loop_thread import LoopThread
 
+
 @pytest.fixture
 def engine_loop():
     loop = LoopThread("test-remote-loop", start_on_use=False)

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from msgspec import UNSET, UnsetType
 
-from ..runtime.cpu_pool import run_cpu
 from ..engine.outputs import Delta
 from ..errors import ContextLengthExceededError, InvalidRequestError
+from ..runtime.cpu_pool import run_cpu
 from .decoding import decode_body
 from .guided import check_tool_parameters, regex_spec, response_format_spec, tool_call_spec
 from .http import Request, Response

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from msgspec import UNSET, UnsetType
 
-from ..runtime.cpu_pool import run_cpu
 from ..engine.outputs import Completion, Delta
 from ..engine.sampling.params import MAX_TOP_LOGPROBS
 from ..errors import InvalidRequestError
+from ..runtime.cpu_pool import run_cpu
 from .decoding import decode_body
 from .guided import regex_spec
 from .http import Request, Response

@@ -6,8 +6,8 @@ import base64
 import struct
 from typing import TYPE_CHECKING
 
-from ..runtime.cpu_pool import run_cpu
 from ..errors import InvalidRequestError
+from ..runtime.cpu_pool import run_cpu
 from .decoding import decode_body
 from .http import Request, Response
 from .responses import json_response

@@ -16,8 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from ..runtime.cpu_pool import run_cpu
 from ..errors import InvalidRequestError
+from ..runtime.cpu_pool import run_cpu
 from .decoding import decode_body
 from .http import Request, Response
 from .responses import json_response

@@ -10,6 +10,7 @@ from .limits import check_json_depth
 from .schemas import ChatMessage, ToolCallIn, ToolDefinition
 from .tool_calls import new_tool_call_id
 
+
 def _tool_call(call: ToolCallIn) -> dict[str, Any]:
     return {
         "id": call.id or new_tool_call_id(),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..runtime.cpu_pool import run_cpu
 from ..errors import InvalidRequestError
+from ..runtime.cpu_pool import run_cpu
 from .decoding import decode_body
 from .guided import check_tool_parameters
 from .http import Request, Response

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar, Literal
 
 from ..runtime.loop_thread import LoopThread
-from .outputs import Completion, Delta, Embeddings, ModelInfo
 from .delivery import ThreadSink
+from .outputs import Completion, Delta, Embeddings, ModelInfo
 
 EngineState = Literal["stopped", "loading", "ready", "failed", "stopping"]
 Task = Literal["generate", "embed"]

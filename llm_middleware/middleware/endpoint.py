@@ -20,6 +20,7 @@ from ..api.app import API
 from ..api.deadline import Deadline, RequestTimeoutError, respond_within
 from ..api.errors import error_response, exception_response
 from ..api.http import Request, Response
+from ..runtime.loop_thread import LoopThread
 from . import asgi, wsgi
 from .access_log import log_access
 from .auth import Authenticator, Authorize, request_info, unauthorized_response
@@ -27,7 +28,6 @@ from .body import BodyTooLargeError, body_too_large_response
 from .cors import CORSPolicy
 from .drain import Drain
 from .exchange import Exchange, ObservedStream, current_exchange
-from ..runtime.loop_thread import LoopThread
 from .metrics import Metrics
 from .observed_engine import ObservedEngine
 

@@ -11,8 +11,8 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from ..api.http import Request, Response
-from .body import BodyTooLargeError, check_declared_length
 from ..runtime.loop_thread import LoopThread
+from .body import BodyTooLargeError, check_declared_length
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from ..attention.paged import AttentionMetadata
 from ..attention.kv_cache import KVCache
+from ..attention.paged import AttentionMetadata
 from ..sampling.sampler import feed_draws
 from ..scheduling.sequence import Sequence
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from ..attention.kv_cache import KVCache
+from ..attention.paged import AttentionMetadata
 from ..kernels.cpu import paged_decode as cpu_attention
 from ..kernels.cpu import row_ops as cpu_ops
-from ..attention.paged import AttentionMetadata
+from ..sampling.sampler import feed_draws
+from ..scheduling.scheduler import ScheduledBatch
+from ..scheduling.sequence import Sequence
 from .cpu_decoder import CpuDecoder, choose_rows
 from .cuda_decoder import CudaDecoder
-from ..attention.kv_cache import KVCache
-from ..sampling.sampler import feed_draws
-from ..scheduling.sequence import Sequence
 
 
 class ModelRunner:
@@ -33,6 +34,36 @@ class ModelRunner:
                             and cpu_ops.available(kv_cache.keys[0].dtype) and cpu_attention.reproduces())
         #: Runs CPU decode steps of up to ``cpu_decoder.max_rows`` rows as one call (``use_cpu_decoder``).
         self.cpu_decoder: CpuDecoder | None = None
+
+    def step(self, batch: ScheduledBatch, previous: torch.Tensor | None = None,
+             previous_rows: dict[int, int] | None = None) -> tuple[torch.Tensor | None, list[Sequence]]:
+        """Queue ``batch``'s forward; return the logits of the rows that draw a token now (decode rows, then
+        prompts whose last chunk this is) and those rows' sequences (logits None when none draws).
+
+        A decode row whose last token is still a draw of the previous step takes it on the device from
+        ``previous`` (that step's drawn tokens; ``previous_rows``: each sequence's row in them, by ``seq_id``).
+        """
+        logits: list[torch.Tensor] = []
+        drawing: list[Sequence] = []
+        if batch.decode:
+            if previous is None or previous_rows is None:
+                logits.append(self.decode(batch.decode))
+            else:
+                sources = [previous_rows.get(s.seq_id, -1) for s in batch.decode]
+                logits.append(self.decode(batch.decode, previous, sources))
+            drawing.extend(batch.decode)
+        if batch.prefill:
+            out = self.run(batch.prefill)
+            finishing = [i for i, (seq, n) in enumerate(batch.prefill) if n == seq.num_uncomputed]
+            if len(finishing) == len(batch.prefill):
+                logits.append(out)
+            elif finishing:
+                # a list index would be copied to the device synchronously: a wait for the whole chunk
+                logits.append(out.index_select(0, torch.tensor(finishing).to(out.device, non_blocking=True)))
+            drawing.extend(batch.prefill[i][0] for i in finishing)
+        if not logits:
+            return None, drawing
+        return (logits[0] if len(logits) == 1 else torch.cat(logits)), drawing
 
     def decode(self, seqs: list[Sequence], previous: torch.Tensor | None = None,
                sources: list[int] | None = None) -> torch.Tensor:

@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..attention.kv_cache import KVCache
+from ..attention.paged import ATTENTION_NAME, PLAIN, AttentionMetadata, AttentionVariant, attend, write_cache
 from ..kernels.cpu import paged_decode as cpu_attention
 from ..kernels.cpu import row_ops as cpu_ops
-from ..attention.paged import ATTENTION_NAME, PLAIN, AttentionMetadata, AttentionVariant, attend, write_cache
 from .fused_norms import FusedRMSNorm
-from ..attention.kv_cache import KVCache
 from .probe import reproduced
 from .row_linear import RowLinear
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .grammar import apply_grammar_masks
 from ..scheduling.sequence import Sequence
+from .grammar import apply_grammar_masks
 
 
 @dataclass(slots=True)

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from ..text.detokenizer import IncrementalDetokenizer
     from ..outputs import FinishReason
-    from .request import GenerationRequest
     from ..sampling.params import SamplingParams
+    from ..text.detokenizer import IncrementalDetokenizer
+    from .request import GenerationRequest
 
 _ids = itertools.count()
 

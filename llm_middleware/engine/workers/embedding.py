@@ -16,8 +16,8 @@ from ...errors import ContextLengthExceededError, EngineNotReadyError, EngineOve
 from ..config import ModelConfig
 from ..delivery import AsyncSink, Outbox
 from ..model.footprint import weight_bytes
-from ..scheduling.intake import Intake
 from ..model.loader import LoadedModel
+from ..scheduling.intake import Intake
 from .step_thread import IDLE_EXIT_S, StepThread
 
 logger = logging.getLogger("llm_middleware")

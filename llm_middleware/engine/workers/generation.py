@@ -17,7 +17,7 @@ from ..model.setup import prepare
 from ..outputs import Delta, Usage
 from ..sampling.grammar import GrammarCompiler
 from ..sampling.params import SamplingParams
-from ..sampling.sampler import SampleResult, Sampler
+from ..sampling.sampler import Sampler, SampleResult
 from ..scheduling.block_manager import BlockManager
 from ..scheduling.burst import BurstPolicy
 from ..scheduling.intake import Intake
@@ -216,32 +216,17 @@ class GenerationWorker:
         try:
             if self.before_step is not None:
                 self.before_step(batch)
-            logits: list[torch.Tensor] = []
-            sampled: list[Sequence] = []
-            if batch.decode:
-                if previous is None:
-                    logits.append(self.runner.decode(batch.decode))
-                else:
-                    rows = previous.rows
-                    sources = [rows.get(s.seq_id, -1) for s in batch.decode]
-                    logits.append(self.runner.decode(batch.decode, previous.draws.tokens, sources))
-                sampled.extend(batch.decode)
-            if batch.prefill:
-                out = self.runner.run(batch.prefill)
-                finishing = [i for i, (seq, n) in enumerate(batch.prefill) if n == seq.num_uncomputed]
-                if len(finishing) == len(batch.prefill):
-                    logits.append(out)
-                elif finishing:
-                    # a list index would be copied to the device synchronously: a wait for the whole chunk
-                    logits.append(out.index_select(0, torch.tensor(finishing).to(out.device, non_blocking=True)))
-                sampled.extend(batch.prefill[i][0] for i in finishing)
+            if previous is None:
+                logits, sampled = self.runner.step(batch)
+            else:
+                logits, sampled = self.runner.step(batch, previous.draws.tokens, previous.rows)
             for seq in batch.decode:
                 seq.num_computed += 1
             for seq, n in batch.prefill:
                 seq.num_computed += n
-            if not sampled:
+            if logits is None:
                 return None
-            draws = self.sampler.sample(logits[0] if len(logits) == 1 else torch.cat(logits), sampled)
+            draws = self.sampler.sample(logits, sampled)
             positions = []
             for seq in sampled:
                 positions.append(len(seq.token_ids))

@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 
