@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from msgspec import UNSET, UnsetType
 
 from ..engine.outputs import Completion, Delta
-from ..engine.sampling.params import MAX_TOP_LOGPROBS
+from ..engine.sampling_params import MAX_TOP_LOGPROBS
 from ..errors import InvalidRequestError
 from ..runtime.cpu_pool import run_cpu
 from .decoding import decode_body

@@ -12,7 +12,7 @@ import json
 from dataclasses import fields
 from typing import Any
 
-from ..engine.sampling.params import SamplingParams
+from ..engine.sampling_params import SamplingParams
 from ..errors import InvalidRequestError
 from .limits import check_json_depth
 from .schemas import NamedToolChoice, ResponseFormat, ToolDefinition

@@ -14,7 +14,7 @@ from .delivery import AsyncSink
 from .interface import EngineAPI, EngineState, Task
 from .models import ModelRegistry, ServedModel
 from .outputs import Completion, Delta, Embeddings, ModelInfo
-from .sampling.params import SamplingParams
+from .sampling_params import SamplingParams
 from .scheduling.intake import Intake
 from .text.chat_template import render_chat
 from .workers.generation import GenerationWorker

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..api.tool_calls import HERMES_END, HERMES_START
 from ..engine.outputs import Choice, Completion, Delta, Embeddings, FinishReason, TokenLogprob, TopLogprob, Usage
+from ..markers import HERMES_END, HERMES_START
 
 #: Log-probabilities from an upstream name tokens by text only.
 UNKNOWN_TOKEN_ID = -1

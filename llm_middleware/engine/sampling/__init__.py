@@ -1,1 +1,1 @@
-"""Per-request sampling parameters, the batched sampler and grammar-constrained decoding."""
+"""How tokens are drawn: the batched sampler over a step's sequences, and grammar-constrained decoding."""

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from ..delivery import AsyncSink
 from ..outputs import TokenLogprob
-from ..sampling.params import SamplingParams
+from ..sampling_params import SamplingParams
 from .sequence import Sequence
 
 if TYPE_CHECKING:

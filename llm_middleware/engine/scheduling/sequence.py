@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..outputs import FinishReason
-    from ..sampling.params import SamplingParams
+    from ..sampling_params import SamplingParams
     from ..text.detokenizer import IncrementalDetokenizer
     from .request import GenerationRequest
 

@@ -16,8 +16,8 @@ from ..model.loader import LoadedModel
 from ..model.setup import prepare
 from ..outputs import Delta, Usage
 from ..sampling.grammar import GrammarCompiler
-from ..sampling.params import SamplingParams
 from ..sampling.sampler import Sampler, SampleResult
+from ..sampling_params import SamplingParams
 from ..scheduling.block_manager import BlockManager
 from ..scheduling.burst import BurstPolicy
 from ..scheduling.intake import Intake

@@ -8,8 +8,8 @@ from ...errors import ContextLengthExceededError, InvalidRequestError
 from ..delivery import AsyncSink
 from ..model.properties import ModelProperties
 from ..sampling.grammar import GrammarCompiler
-from ..sampling.params import SamplingParams
 from ..sampling.sampler import logit_bias_tensors, token_tensor
+from ..sampling_params import SamplingParams
 from ..scheduling.request import GenerationRequest
 from ..scheduling.sequence import Sequence
 from ..text.detokenizer import IncrementalDetokenizer, TokenDecoder

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from ...errors import InvalidRequestError
+from ..errors import InvalidRequestError
 
 # Upper bounds that stop absurd requests before they cost anything.
 MAX_N = 16
