@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from ..delivery import AsyncSink, Outbox
 from ..model.footprint import weight_bytes
 from ..model.loader import LoadedModel
 from ..scheduling.intake import Intake
-from .step_thread import IDLE_EXIT_S, StepThread
+from .step_thread import IDLE_EXIT_S, StepWorker
 
 logger = logging.getLogger("llm_middleware")
 
@@ -32,10 +31,11 @@ class EmbeddingJob:
         self.sink = sink
 
 
-class EmbeddingWorker:
+class EmbeddingWorker(StepWorker):
     """A thread that embeds queued texts in batches of up to ``max_batch_size``."""
 
     def __init__(self, name: str, loaded: LoadedModel, config: ModelConfig, source: str) -> None:
+        super().__init__(f"llm-embed-{name}", IDLE_EXIT_S if loaded.device.type == "cpu" else None)
         self.name = name
         self.model = loaded.model
         self.weight_bytes = weight_bytes(self.model)
@@ -50,20 +50,6 @@ class EmbeddingWorker:
         self.max_model_len = min(model_limit, tok_limit, config.max_model_len or model_limit)
         self.dimension = int(self.model.config.hidden_size)
         self._jobs: deque[EmbeddingJob] = deque()
-        self._wake = threading.Condition()
-        self._stopping = False
-        self._thread = StepThread(f"llm-embed-{name}", IDLE_EXIT_S if self.device.type == "cpu" else None)
-
-    def start(self) -> None:
-        with self._wake:
-            self._thread.ensure_running(self._loop)
-
-    def stop(self) -> None:
-        with self._wake:
-            self._stopping = True
-            self._thread.ensure_running(self._loop)  # an idle loop that had ended fails what is left
-            self._wake.notify()
-        self._thread.join(timeout=30)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=True)
@@ -77,14 +63,11 @@ class EmbeddingWorker:
                 param="dimensions",
             )
         with self._wake:
-            # Checked where stop() sets it: a job queued after the loop ended would wait forever.
-            if self._stopping:
-                raise EngineNotReadyError("the engine is shutting down", retry_after=5)
+            self._refuse_if_stopping()
             if len(self._jobs) >= self.config.max_waiting:
                 raise EngineOverloadedError(f"model {self.name!r} has too many embedding requests waiting", retry_after=1)
             self._jobs.append(EmbeddingJob(texts, dimensions, sink))
-            self._thread.ensure_running(self._loop)
-            self._wake.notify()
+            self._wake_loop()
         Intake.submitted()
 
     def stats(self) -> dict[str, int]:

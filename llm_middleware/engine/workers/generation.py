@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections import deque
 from typing import Any
 
@@ -28,12 +27,12 @@ from ..text.codec import TextCodec
 from .assembly import OutputAssembler
 from .pipelining import LaunchedStep, Pipelining
 from .requests import RequestFactory
-from .step_thread import IDLE_EXIT_S, StepThread
+from .step_thread import IDLE_EXIT_S, StepWorker
 
 logger = logging.getLogger("llm_middleware")
 
 
-class GenerationWorker:
+class GenerationWorker(StepWorker):
     """Owns one model's KV cache, scheduler and step-loop thread.
 
     ``prepare``, ``enqueue``, ``abort``, ``check_room`` and ``stats`` are thread-safe; everything
@@ -42,6 +41,7 @@ class GenerationWorker:
 
     def __init__(self, name: str, loaded: LoadedModel, config: ModelConfig, seed: int | None,
                  intake: Intake | None = None) -> None:
+        super().__init__(f"llm-engine-{name}", IDLE_EXIT_S if loaded.device.type == "cpu" else None)
         self.name = name
         self.intake = intake or Intake()
         self.model = loaded.model
@@ -80,26 +80,11 @@ class GenerationWorker:
 
         self._inbox: deque[GenerationRequest] = deque()
         self._aborts: deque[GenerationRequest] = deque()
-        self._wake = threading.Condition()
-        self._stopping = False
         self._active: set[GenerationRequest] = set()
-        self._thread = StepThread(f"llm-engine-{name}", IDLE_EXIT_S if self.device.type == "cpu" else None)
         #: Set by tests and fault injection: called with the scheduled batch before each model step.
         self.before_step: Any = None
 
     # ---- thread-safe API ----------------------------------------------------------------------
-
-    def start(self) -> None:
-        with self._wake:
-            self._thread.ensure_running(self._loop)
-
-    def stop(self) -> None:
-        """Stop the loop; every unfinished request ends with :class:`EngineNotReadyError`."""
-        with self._wake:
-            self._stopping = True
-            self._thread.ensure_running(self._loop)  # an idle loop that had ended fails what is left
-            self._wake.notify()
-        self._thread.join(timeout=30)
 
     def encode(self, text: str) -> list[int]:
         return self.text.encode(text)
@@ -136,13 +121,9 @@ class GenerationWorker:
         """Queue a request made by :meth:`prepare`; raises at once: queue full, engine stopping."""
         self.check_room(len(request.seqs))
         with self._wake:
-            # Checked where stop() sets it: a request queued after the loop's last look at the
-            # inbox would wait there forever.
-            if self._stopping:
-                raise EngineNotReadyError("the engine is shutting down", retry_after=5)
+            self._refuse_if_stopping()
             self._inbox.append(request)
-            self._thread.ensure_running(self._loop)
-            self._wake.notify()
+            self._wake_loop()
         Intake.submitted()
         return request
 
@@ -150,8 +131,7 @@ class GenerationWorker:
         """Cancel ``request``: it leaves the batch at the next step and its KV blocks are freed."""
         with self._wake:
             self._aborts.append(request)
-            self._thread.ensure_running(self._loop)
-            self._wake.notify()
+            self._wake_loop()
 
     def stats(self) -> dict[str, int]:
         return {

@@ -10,7 +10,10 @@ is the worker's own step loop.
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
+
+from ...errors import EngineNotReadyError
 
 #: Seconds without work after which a CPU worker's thread ends.
 IDLE_EXIT_S = 1.0
@@ -48,3 +51,43 @@ class StepThread:
         thread = self._thread
         if thread is not None and thread.is_alive() and threading.current_thread() is not thread:
             thread.join(timeout=timeout)
+
+
+class StepWorker(ABC):
+    """What both workers share: the condition that wakes their loop, the stopping flag, and the thread.
+
+    Subclasses write ``_loop``: it waits through ``self._thread.wait(self._wake, ...)`` and returns
+    when that says so, or once ``_stopping`` is set and what is left has been failed.
+    """
+
+    def __init__(self, thread_name: str, idle_exit_s: float | None) -> None:
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = StepThread(thread_name, idle_exit_s)
+
+    @abstractmethod
+    def _loop(self) -> None:
+        """The worker's loop, run on its thread."""
+
+    def start(self) -> None:
+        with self._wake:
+            self._thread.ensure_running(self._loop)
+
+    def stop(self) -> None:
+        """Stop the loop; every unfinished request ends with :class:`EngineNotReadyError`."""
+        with self._wake:
+            self._stopping = True
+            self._thread.ensure_running(self._loop)  # an idle loop that had ended fails what is left
+            self._wake.notify()
+        self._thread.join(timeout=30)
+
+    def _wake_loop(self) -> None:
+        """Called holding ``_wake`` after queueing work: run the loop (again, if it ended idle) and wake it."""
+        self._thread.ensure_running(self._loop)
+        self._wake.notify()
+
+    def _refuse_if_stopping(self) -> None:
+        """Called holding ``_wake`` before queueing: checked where ``stop`` sets it, so that nothing is
+        queued after the loop's last look at its queues (it would wait there forever)."""
+        if self._stopping:
+            raise EngineNotReadyError("the engine is shutting down", retry_after=5)
