@@ -1,1 +1,1 @@
-"""Loading and running a model: loader, runner, decoders, the KV cache's size, memory footprint."""
+"""Loading a model and making it ready to run: its facts, the KV cache's size, the runner and its decoders."""

@@ -1,1 +1,1 @@
-"""Text in and out of a model: chat rendering, detokenization, token bytes, plain-JSON checks."""
+"""Text in and out of a model: messages and chat rendering, prompt encoding, detokenization, token bytes."""

@@ -1,1 +1,1 @@
-"""The threads that serve one model each: generation and embedding workers and their delivery."""
+"""The threads that serve one model each: the generation step loop and its parts, the embedding worker."""

@@ -1,1 +1,1 @@
-"""Numba kernels for CPU steps: row ops, paged decode attention, the one-call decode step, products."""
+"""CPU kernels: numba row ops, paged decode attention and the one-call decode step; timed linear products."""
