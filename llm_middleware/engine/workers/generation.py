@@ -41,14 +41,16 @@ class GenerationWorker(StepWorker):
 
     def __init__(self, name: str, loaded: LoadedModel, config: ModelConfig, seed: int | None,
                  intake: Intake | None = None) -> None:
-        super().__init__(f"llm-engine-{name}", IDLE_EXIT_S if loaded.device.type == "cpu" else None)
+        serving = prepare(loaded, config)
+        props = serving.props
+        # Sampling happens where the logits are: the output layer's device.
+        self.device = props.output_device
+        super().__init__(f"llm-engine-{name}", IDLE_EXIT_S if self.device.type == "cpu" else None)
         self.name = name
         self.intake = intake or Intake()
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.config = config
-        serving = prepare(loaded, config)
-        props = serving.props
         self.max_model_len = props.max_model_len
         self.eos_ids = props.eos_ids
         self.defaults = props.defaults
@@ -63,8 +65,6 @@ class GenerationWorker(StepWorker):
             max_prefill_tokens=config.max_prefill_tokens or _default_prefill_tokens(loaded.device),
         )
         self.burst = BurstPolicy(config.burst_window_ms, self.intake, self.scheduler.max_prefill_tokens)
-        # Sampling happens where the logits are: the output layer's device.
-        self.device = props.output_device
         generator = torch.Generator(device=self.device)
         if seed is not None:
             generator.manual_seed(seed)
