@@ -12,7 +12,7 @@ from ..errors import EngineNotReadyError, InvalidRequestError
 from ..runtime.cpu_pool import run_cpu
 from .delivery import AsyncSink
 from .interface import EngineAPI, EngineState, Task
-from .models import ModelRegistry, ServedModel
+from .registry import ModelRegistry, ServedModel
 from .outputs import Completion, Delta, Embeddings, ModelInfo
 from .sampling_params import SamplingParams
 from .scheduling.intake import Intake
