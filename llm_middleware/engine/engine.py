@@ -12,8 +12,8 @@ from ..errors import EngineNotReadyError, InvalidRequestError
 from ..runtime.cpu_pool import run_cpu
 from .delivery import AsyncSink
 from .interface import EngineAPI, EngineState, Task
-from .registry import ModelRegistry, ServedModel
 from .outputs import Completion, Delta, Embeddings, ModelInfo
+from .registry import ModelRegistry, ServedModel
 from .sampling_params import SamplingParams
 from .scheduling.intake import Intake
 from .text.chat_template import render_chat
