@@ -49,7 +49,7 @@ def off_main_thread(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
 
     On the CPU each thread that runs PyTorch ops keeps an OpenMP pool, and while the main
     thread's lived on, the engine's worker ran its ops at half speed (see
-    ``llm_middleware/engine/step_thread.py``).
+    ``llm_middleware/engine/workers/step_thread.py``).
     """
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(fn, *args, **kwargs).result()

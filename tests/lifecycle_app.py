@@ -25,7 +25,7 @@ import sys
 import threading
 from typing import Any
 
-import llm_middleware.engine.engine as engine_module
+import llm_middleware.engine.loading as loading_module
 from llm_middleware.middleware import LLMMiddleware
 
 MODEL = os.environ["LLM_MODEL"]
@@ -80,8 +80,8 @@ class ErrorLog(logging.Handler):
         self.lines.append(self.format(record))
 
 
-gate = LoadGate(engine_module.load)
-engine_module.load = gate
+gate = LoadGate(loading_module.load)
+loading_module.load = gate
 errors = ErrorLog()
 logging.getLogger("llm_middleware").addHandler(errors)
 

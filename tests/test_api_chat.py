@@ -169,6 +169,35 @@ TOOLS = [{"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
 
 
+async def test_http_and_engine_chat_build_the_same_prompt(call_api, api_engine, monkeypatch) -> None:
+    # Several text parts, a developer message and a tool call with its result: the API flattens them
+    # as ``engine.chat`` does, text parts joined by a newline.
+    messages = [
+        {"role": "developer", "content": [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Use tools."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Weather"}, {"type": "text", "text": "in Paris?"}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "22 C"}, {"type": "text", "text": "sunny"}]},
+    ]
+    worker = default_worker(api_engine)
+    prepare = worker.prepare
+    prompts: list[list[int]] = []
+
+    def spy(prompt_ids, *args):
+        prompts.append(list(prompt_ids))
+        return prepare(prompt_ids, *args)
+
+    monkeypatch.setattr(worker, "prepare", spy)
+    result = await call_api("POST", "/v1/chat/completions", {"messages": messages, "tools": TOOLS, "max_tokens": 1})
+    assert result.status == 200, result.body
+    tokenized = await call_api("POST", "/tokenize", {"messages": messages, "tools": TOOLS})
+    direct = await api_engine.chat(messages, tools=TOOLS, max_tokens=1)
+    assert prompts == [direct.prompt_token_ids, direct.prompt_token_ids]
+    assert tokenized.json()["tokens"] == direct.prompt_token_ids
+    rendered = api_engine.apply_chat_template(messages, tools=TOOLS)
+    assert "Weather\nin Paris?" in rendered and "22 C\nsunny" in rendered
+
+
 async def test_tools_reach_the_template_unless_tool_choice_none(call_api) -> None:
     async def prompt_tokens(**extra) -> int:
         body = {"messages": HELLO, "max_tokens": 1, **extra}

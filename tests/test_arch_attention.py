@@ -21,10 +21,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from arch_models import ABLATIONS, ARCHS, UNSUPPORTED, WINDOW, build_unsupported_model, greedy, load_reference
 from engine_state import default_worker
 from llm_middleware import errors
-from llm_middleware.engine import Engine, cpu_kernels
-from llm_middleware.engine.attention import ATTENTION_NAME
-from llm_middleware.engine.attention_features import UnsupportedAttentionError, read_variants
-from llm_middleware.engine.cpu_decoder import CpuDecoder
+from llm_middleware.engine import Engine
+from llm_middleware.engine.kernels.cpu import row_ops as cpu_ops
+from llm_middleware.engine.attention.paged import ATTENTION_NAME
+from llm_middleware.engine.model.attention_features import UnsupportedAttentionError, read_variants
+from llm_middleware.engine.model.cpu_decoder import CpuDecoder
 
 TEXT = "The quick brown fox jumps over the lazy dog, and then it jumps again over the other dog"
 NEW_TOKENS = 32
@@ -74,9 +75,9 @@ async def test_greedy_equals_generate_past_the_window(arch: str, mode: str,
         await eng.wait_ready()
         worker = default_worker(eng)
         runner = worker.runner
-        assert runner.cpu_kernels == cpu_kernels.available(torch.float32)  # they reproduced windows, caps and sinks
+        assert runner.cpu_kernels == cpu_ops.available(torch.float32)  # they reproduced windows, caps and sinks
         decoder = CpuDecoder.build(worker.model, worker.kv_cache)
-        assert (decoder is not None) == (arch == "mistral" and cpu_kernels.parallel())
+        assert (decoder is not None) == (arch == "mistral" and cpu_ops.parallel())
         decoder_steps: list[int] = []
         if decoder is not None and mode == "one-call":
             decoder.max_rows = 4

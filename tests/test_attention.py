@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from llm_middleware.engine import attention, cpu_attention, cpu_kernels
-from llm_middleware.engine.attention import AttentionMetadata, AttentionVariant, attend
-from llm_middleware.engine.kv_cache import KVCache
+from llm_middleware.engine.attention import paged as attention
+from llm_middleware.engine.attention.kv_cache import KVCache
+from llm_middleware.engine.attention.paged import AttentionMetadata, AttentionVariant, attend
+from llm_middleware.engine.kernels.cpu import numba_support
+from llm_middleware.engine.kernels.cpu import paged_decode as cpu_attention
+from llm_middleware.engine.kernels.cpu import row_ops as cpu_ops
 
 
 def _reference(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, scale: float,
@@ -115,7 +118,7 @@ def test_fresh_prompts_attend_within_their_window(variant: str, split: bool, mon
         torch.testing.assert_close(out[row].double(), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not cpu_kernels.available(torch.float32), reason="needs numba")
+@pytest.mark.skipif(not cpu_ops.available(torch.float32), reason="needs numba")
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("parallel", [False, True], ids=["calling-thread", "numba-threads"])
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])
@@ -125,7 +128,7 @@ def test_cpu_decode_kernels_match_a_dense_reference(kv_heads: int, parallel: boo
     # Rows of different lengths (one block, a partial last block, several blocks) through
     # out-of-order block tables padded with zeros; grouped and plain multi-head attention.
     # bfloat16 inputs are read exactly and the float32 result rounded once.
-    monkeypatch.setattr(cpu_kernels, "PARALLEL_WORK", 0 if parallel else 2**62)
+    monkeypatch.setattr(numba_support, "PARALLEL_WORK", 0 if parallel else 2**62)
     gen = torch.Generator().manual_seed(1)
     bs, heads, dim = 4, 4, 16
     cache = KVCache(num_layers=1, num_blocks=8, block_size=bs, num_kv_heads=kv_heads, head_dim=dim,
@@ -145,7 +148,7 @@ def test_cpu_decode_kernels_match_a_dense_reference(kv_heads: int, parallel: boo
     torch.testing.assert_close(out.double(), _dense(cache, query, table, lens, 0.3, **options), rtol=tol, atol=tol)
 
 
-@pytest.mark.skipif(not cpu_kernels.available(torch.float32), reason="needs numba")
+@pytest.mark.skipif(not cpu_ops.available(torch.float32), reason="needs numba")
 def test_cpu_decode_rows_attend_through_the_kernels() -> None:
     # attend() with block tables on the CPU: the kernels' result, scaled by the head dimension by default.
     gen = torch.Generator().manual_seed(2)
@@ -163,7 +166,7 @@ def test_cpu_decode_rows_attend_through_the_kernels() -> None:
 
 
 
-@pytest.mark.skipif(not cpu_kernels.available(torch.float32), reason="needs numba")
+@pytest.mark.skipif(not cpu_ops.available(torch.float32), reason="needs numba")
 def test_cpu_decode_kernels_are_checked_before_use(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cpu_attention.reproduces()
 

@@ -11,10 +11,13 @@ import pytest
 import torch
 
 from engine_state import default_worker
-from llm_middleware.engine import Engine, cpu_decoder, cpu_kernels
-from llm_middleware.engine.cpu_decoder import CpuDecoder, choose_rows
+from llm_middleware.engine import Engine
+from llm_middleware.engine.model import cpu_decoder
+from llm_middleware.engine.kernels.cpu import numba_support
+from llm_middleware.engine.kernels.cpu import row_ops as cpu_ops
+from llm_middleware.engine.model.cpu_decoder import CpuDecoder, choose_rows
 
-pytestmark = pytest.mark.skipif(not (cpu_kernels.available(torch.float32) and cpu_kernels.parallel()),
+pytestmark = pytest.mark.skipif(not (cpu_ops.available(torch.float32) and cpu_ops.parallel()),
                                 reason="needs numba and its threads")
 
 
@@ -97,7 +100,7 @@ def test_engine_serves_the_sizes_it_measured_faster(worker: Any, monkeypatch: py
 
 def test_a_decoder_that_disagrees_is_not_used(worker: Any, caplog: pytest.LogCaptureFixture) -> None:
     decoder = CpuDecoder.build(worker.model, worker.kv_cache)
-    decoder.parts["final_w"] = cpu_kernels.numpy_of(worker.model.model.norm.weight.detach() * 1.5)
+    decoder.parts["final_w"] = numba_support.numpy_of(worker.model.model.norm.weight.detach() * 1.5)
     with caplog.at_level(logging.WARNING, "llm_middleware"):
         assert choose_rows(decoder, worker.runner, max_rows=8) == 0
     assert "disagrees" in caplog.text

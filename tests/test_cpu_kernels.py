@@ -12,16 +12,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llm_middleware.engine import cpu_kernels
-from llm_middleware.engine.cpu_kernels import numba
-from llm_middleware.engine.fused_layers import _rotate_half
+from llm_middleware.engine.kernels.cpu import numba_support
+from llm_middleware.engine.kernels.cpu import row_ops as cpu_ops
+from llm_middleware.engine.kernels.cpu.numba_support import numba
+from llm_middleware.engine.patching.fused_layers import _rotate_half
 
-pytestmark = pytest.mark.skipif(not cpu_kernels.available(torch.float32), reason="needs numba")
+pytestmark = pytest.mark.skipif(not cpu_ops.available(torch.float32), reason="needs numba")
 
 
 @pytest.fixture(params=["calling-thread", "numba-threads"])
 def form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setattr(cpu_kernels, "PARALLEL_WORK", 0 if request.param == "numba-threads" else 2**62)
+    monkeypatch.setattr(numba_support, "PARALLEL_WORK", 0 if request.param == "numba-threads" else 2**62)
     return request.param
 
 
@@ -38,7 +39,7 @@ def model_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
 
 def test_bfloat16_bits_widen_and_round_as_pytorch_converts() -> None:
     every = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)  # every bfloat16, NaNs included
-    widen, narrow = cpu_kernels.widen, cpu_kernels.narrow
+    widen, narrow = numba_support.widen, numba_support.narrow
 
     @numba.njit
     def widen_each(bits, out):  # noqa: ANN001, ANN202
@@ -83,7 +84,7 @@ def test_rope_and_cache_matches_the_model_ops(form: str, norms: bool, dtype: tor
     q, k = q * c + _rotate_half(q) * s, k * c + _rotate_half(k) * s
     v = v.clone()
     weights = (q_weight, k_weight) if norms else (None, None)
-    cpu_kernels.rope_and_cache(qkv, cos, sin, *weights, 1e-6, slots, k_cache, v_cache, heads)
+    cpu_ops.rope_and_cache(qkv, cos, sin, *weights, 1e-6, slots, k_cache, v_cache, heads)
     rotated = qkv.view(tokens, heads + 2 * kv_heads, dim)
     tol = TOLERANCE[dtype]
     torch.testing.assert_close(rotated[:, :heads], q, rtol=tol, atol=tol)
@@ -100,18 +101,18 @@ def test_add_rms_norm_matches_the_model_ops(form: str, dtype: torch.dtype) -> No
     gen = torch.Generator().manual_seed(1)
     residual, delta = (torch.randn(3, 2, 16, generator=gen).to(dtype) for _ in range(2))
     weight = torch.randn(16, generator=gen).to(dtype)
-    total, normed = cpu_kernels.add_rms_norm(residual, delta, weight, 1e-6)
+    total, normed = cpu_ops.add_rms_norm(residual, delta, weight, 1e-6)
     torch.testing.assert_close(total, residual + delta, rtol=0, atol=0)
     # The same roundings as the model's norm: within one rounding of a different order of the sum of squares.
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(normed, model_rms_norm(residual + delta, weight, 1e-6), rtol=tol, atol=tol)
     # A strided input is read as it is laid out
-    total, normed = cpu_kernels.add_rms_norm(residual.transpose(0, 1), delta.transpose(0, 1), weight, 1e-6)
+    total, normed = cpu_ops.add_rms_norm(residual.transpose(0, 1), delta.transpose(0, 1), weight, 1e-6)
     torch.testing.assert_close(total, (residual + delta).transpose(0, 1), rtol=0, atol=0)
 
 
 def test_a_kernel_whose_threads_fail_runs_on_the_calling_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    kernel = cpu_kernels.Kernel(lambda x: x + 1)
+    kernel = numba_support.Kernel(lambda x: x + 1)
     calls: list[str] = []
 
     def failing(*args):  # noqa: ANN002, ANN202
@@ -126,11 +127,11 @@ def test_a_kernel_whose_threads_fail_runs_on_the_calling_thread(monkeypatch: pyt
 
 
 def test_numbas_workqueue_layer_leaves_kernels_on_the_calling_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    kernel = cpu_kernels.Kernel(lambda x: x + 1)
-    monkeypatch.setattr(cpu_kernels.numba, "threading_layer", lambda: "workqueue")
+    kernel = numba_support.Kernel(lambda x: x + 1)
+    monkeypatch.setattr(numba_support.numba, "threading_layer", lambda: "workqueue")
     kernel.warm(np.float32(1.0))
     assert not kernel.threads
-    monkeypatch.setattr(cpu_kernels.numba, "threading_layer", lambda: "omp")
+    monkeypatch.setattr(numba_support.numba, "threading_layer", lambda: "omp")
     kernel.warm(np.float32(1.0))
     assert kernel.threads
 
@@ -139,20 +140,20 @@ def test_kernels_that_cannot_compile_leave_pytorch_ops(monkeypatch: pytest.Monke
     def failing(*args):  # noqa: ANN002, ANN202
         raise RuntimeError("cannot compile")
 
-    monkeypatch.setattr(cpu_kernels.Kernel, "warm", failing)
-    cpu_kernels._compiled.cache_clear()  # noqa: SLF001
+    monkeypatch.setattr(numba_support.Kernel, "warm", failing)
+    cpu_ops._compiled.cache_clear()  # noqa: SLF001
     try:
-        assert not cpu_kernels.available(torch.float32)
+        assert not cpu_ops.available(torch.float32)
     finally:
         monkeypatch.undo()
-        cpu_kernels._compiled.cache_clear()  # noqa: SLF001
-    assert cpu_kernels.available(torch.float32)
+        cpu_ops._compiled.cache_clear()  # noqa: SLF001
+    assert cpu_ops.available(torch.float32)
 
 
 def test_exp_is_within_a_few_ulp_and_clamps_outside_float32s_normal_range() -> None:
-    exp = cpu_kernels.exp
+    exp = numba_support.exp
 
-    @numba.njit(fastmath=cpu_kernels.FASTMATH)  # as the kernels compile it: reassociation must not undo its two-part ln 2
+    @numba.njit(fastmath=numba_support.FASTMATH)  # as the kernels compile it: reassociation must not undo its two-part ln 2
     def each(values, out):  # noqa: ANN001, ANN202
         for i in range(values.size):
             out[i] = exp(values[i])
@@ -175,22 +176,22 @@ def test_silu_mul_matches_the_model_ops(form: str, dtype: torch.dtype) -> None:
     gate, up = gate_up.split(24, -1)
     expected = F.silu(gate) * up  # the model's ops: the activation rounded, then the product
     tol = TOLERANCE[dtype]
-    torch.testing.assert_close(cpu_kernels.silu_mul(gate_up), expected, rtol=tol, atol=tol)
+    torch.testing.assert_close(cpu_ops.silu_mul(gate_up), expected, rtol=tol, atol=tol)
 
 
 def test_an_edit_of_a_helper_reaches_the_cached_kernels_that_inline_it(tmp_path: Path) -> None:
     # Numba checks a cached kernel against its own file only: without names that follow every kernel
     # source, a kernel inlining ``exp`` from another file kept running the old ``exp`` after an edit.
     package = tmp_path / "llm_middleware"
-    (package / "engine").mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "engine" / "__init__.py").write_text("")
-    source = Path(cpu_kernels.__file__).parent
-    for name in ("cpu_kernels.py", "cpu_attention.py", "cpu_decoder.py"):
-        (package / "engine" / name).write_text((source / name).read_text())
-    softmax = ("import numpy as np; from llm_middleware.engine import cpu_attention; "
+    kernels = package / "engine" / "kernels" / "cpu"
+    kernels.mkdir(parents=True)
+    for folder in (package, package / "engine", package / "engine" / "kernels"):
+        (folder / "__init__.py").write_text("")
+    for source in Path(numba_support.__file__).parent.glob("*.py"):
+        (kernels / source.name).write_text(source.read_text())
+    softmax = ("import numpy as np; from llm_middleware.engine.kernels.cpu import paged_decode; "
                "s = np.array([[[0.0, -1.0, -2.0]]], np.float32); "
-               "cpu_attention._softmax.alone(s, np.array([3]), 0, np.empty(0, np.float32)); "
+               "paged_decode._softmax.alone(s, np.array([3]), 0, np.empty(0, np.float32)); "
                "print(round(float(s[0, 0, 0]), 4))")
 
     def run() -> str:
@@ -201,8 +202,8 @@ def test_an_edit_of_a_helper_reaches_the_cached_kernels_that_inline_it(tmp_path:
         return done.stdout.strip()
 
     assert run() == "0.6652"  # e^0 / (e^0 + e^-1 + e^-2), compiled and cached
-    kernels = package / "engine" / "cpu_kernels.py"
-    kernels.write_text(kernels.read_text().replace("x = min(max(x,", "x = np.float32(0.0) * min(max(x,", 1))
+    support = kernels / "numba_support.py"
+    support.write_text(support.read_text().replace("x = min(max(x,", "x = np.float32(0.0) * min(max(x,", 1))
     assert run() == "0.3333"  # every exp now 1: the cached softmax was compiled again with it
 
 
@@ -215,7 +216,7 @@ def _error(got: torch.Tensor, exact: torch.Tensor) -> float:
 def test_kernels_on_large_activations_are_within_pytorchs_own_float32_error(form: str) -> None:
     # Real models carry large activations (residuals of thousands, attention scores of tens, gates of
     # tens): each kernel, under its own fast-math flags, must stay as close to float64 as PyTorch's ops.
-    from llm_middleware.engine import cpu_attention
+    from llm_middleware.engine.kernels.cpu import paged_decode as cpu_attention
 
     gen = torch.Generator().manual_seed(4)
     residual, delta = (1000 * torch.randn(64, 1024, generator=gen) for _ in range(2))
@@ -223,14 +224,14 @@ def test_kernels_on_large_activations_are_within_pytorchs_own_float32_error(form
     weight = 0.5 + torch.rand(1024, generator=gen)
     total = residual.double() + delta.double()
     exact = total * torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + 1e-6) * weight.double()
-    ours = cpu_kernels.add_rms_norm(residual, delta, weight, 1e-6)[1]
+    ours = cpu_ops.add_rms_norm(residual, delta, weight, 1e-6)[1]
     assert _error(ours, exact) <= 1.5 * _error(F.rms_norm(residual + delta, (1024,), weight, 1e-6), exact)
 
     gate_up = 15 * torch.randn(64, 2 * 512, generator=gen)
     gate, up = gate_up.double().split(512, -1)
     exact = F.silu(gate) * up
     theirs = F.silu(gate_up[:, :512]) * gate_up[:, 512:]
-    assert _error(cpu_kernels.silu_mul(gate_up), exact) <= 1.5 * _error(theirs, exact)
+    assert _error(cpu_ops.silu_mul(gate_up), exact) <= 1.5 * _error(theirs, exact)
 
     rows, heads, kv_heads, dim, bs, n = 16, 8, 2, 64, 16, 300
     blocks = -(-n // bs)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("batch,heads,kv_heads,head_dim", [(1, 8, 2, 64), (5, 32, 8, 128), (33, 4, 4, 64)])
 def test_paged_decode_kernel_matches_reference(dtype, batch, heads, kv_heads, head_dim) -> None:
-    from llm_middleware.engine.paged_decode import paged_decode_attention
+    from llm_middleware.engine.kernels.cuda.paged_decode import paged_decode_attention
 
     torch.manual_seed(batch)
     block_size, num_blocks = 16, 1024
@@ -91,7 +91,7 @@ def test_bf16_and_4bit_generate_on_cuda(tiny_model_dir: Path, quantize: str | No
 def test_draws_feed_inputs_on_another_device(ids_device: str, draws_device: str) -> None:
     # A model split over devices keeps its input embeddings and its output layer (where the
     # draws are made) apart: the next step's inputs must still take the draws.
-    from llm_middleware.engine.sampler import feed_draws
+    from llm_middleware.engine.sampling.sampler import feed_draws
 
     ids = torch.tensor([5, -1, -1, 7], device=ids_device)
     sources = torch.tensor([-1, 1, 0, -1], device=ids_device)
@@ -111,7 +111,7 @@ def test_prompt_chunks_are_larger_on_cuda(tiny_model_dir: Path) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("norm", [True, False])
 def test_rope_cache_kernel_matches_reference(dtype: torch.dtype, norm: bool) -> None:
-    from llm_middleware.engine.rope_cache_kernel import rope_and_cache
+    from llm_middleware.engine.kernels.cuda.rope_cache import rope_and_cache
 
     tokens, heads, kv_heads, dim, eps = 7, 8, 2, 64, 1e-6
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -150,8 +150,8 @@ def test_rope_cache_kernel_matches_reference(dtype: torch.dtype, norm: bool) -> 
 
 
 def test_layers_run_the_fused_kernel_on_cuda(tiny_model_dir: Path) -> None:
-    from llm_middleware.engine.rope_cache_kernel import rope_and_cache
-    from llm_middleware.engine.row_linear import RowLinear
+    from llm_middleware.engine.kernels.cuda.rope_cache import rope_and_cache
+    from llm_middleware.engine.patching.row_linear import RowLinear
 
     eng = Engine(tiny_model_dir, device="cuda", dtype="bfloat16")
     try:
@@ -171,7 +171,7 @@ def test_layers_run_the_fused_kernel_on_cuda(tiny_model_dir: Path) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n,k,bias", [(1001, 384, True), (2560, 4096, False), (64, 96, False)])
 def test_gemv_matches_linear(dtype: torch.dtype, n: int, k: int, bias: bool) -> None:
-    from llm_middleware.engine.row_linear import RowLinear
+    from llm_middleware.engine.patching.row_linear import RowLinear
 
     gen = torch.Generator(device="cuda").manual_seed(n)
     weight = torch.randn(n, k, device="cuda", generator=gen).to(dtype)
@@ -190,7 +190,7 @@ def test_gemv_matches_linear(dtype: torch.dtype, n: int, k: int, bias: bool) -> 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_add_rms_norm_and_silu_mul_kernels_match_the_models_ops(dtype: torch.dtype) -> None:
-    from llm_middleware.engine.row_kernels import add_rms_norm, silu_mul
+    from llm_middleware.engine.kernels.cuda.row_ops import add_rms_norm, silu_mul
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     residual, delta = (torch.randn(5, 3, 2560, device="cuda", generator=gen).to(dtype) for _ in range(2))
@@ -226,7 +226,7 @@ _KERNEL_VARIANTS = {"window": {"window": 100}, "softcap": {"softcap": 5.0}, "sin
 @pytest.mark.parametrize("variant", _KERNEL_VARIANTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_paged_decode_kernel_computes_windows_softcap_and_sinks(dtype: torch.dtype, variant: str) -> None:
-    from llm_middleware.engine.paged_decode import paged_decode_attention
+    from llm_middleware.engine.kernels.cuda.paged_decode import paged_decode_attention
 
     gen = torch.Generator().manual_seed(3)
     batch, heads, kv_heads, head_dim, block_size, num_blocks = 5, 8, 2, 64, 16, 80

@@ -10,7 +10,8 @@ import torch
 
 from engine_state import default_worker
 from llm_middleware.demo_model import build_demo_model
-from llm_middleware.engine import Engine, loader
+from llm_middleware.engine import Engine
+from llm_middleware.engine.model import loader
 
 
 @pytest.fixture(scope="module")

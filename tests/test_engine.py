@@ -15,10 +15,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from engine_state import StepLog, default_worker, first_step, idle_stats
 from llm_middleware import errors
-from llm_middleware.engine import Engine, cpu_kernels
-from llm_middleware.engine.cpu_decoder import CpuDecoder
-from llm_middleware.engine.footprint import weight_bytes
-from llm_middleware.engine.sequence import PENDING_TOKEN
+from llm_middleware.engine import Engine
+from llm_middleware.engine.kernels.cpu import row_ops as cpu_ops
+from llm_middleware.engine.model.cpu_decoder import CpuDecoder
+from llm_middleware.engine.model.footprint import weight_bytes
+from llm_middleware.engine.scheduling.sequence import PENDING_TOKEN
 
 PROMPTS = [
     "Hello",
@@ -66,13 +67,13 @@ async def test_greedy_equals_generate_for_staggered_batch(arch_fixture: str, mod
         worker = default_worker(eng)
         # Prompt chunks are queued ahead only where the device runs asynchronously (CUDA); the
         # order of the host's work is the same here, on the engine's thread.
-        worker.overlap_prompts = mode == "overlap-prompts"
-        assert worker.runner.cpu_kernels == cpu_kernels.available(torch.float32)
+        worker.pipelining.prompts = mode == "overlap-prompts"
+        assert worker.runner.cpu_kernels == cpu_ops.available(torch.float32)
         worker.runner.cpu_kernels = worker.runner.cpu_kernels and mode != "gather"
         # Whether the one-call step won the start-up timing is the machine's business: here it serves
         # every batch where it can run, and none in the other modes.
         decoder = CpuDecoder.build(worker.model, worker.kv_cache)
-        assert (decoder is not None) == cpu_kernels.parallel()
+        assert (decoder is not None) == cpu_ops.parallel()
         decoder_steps = []
         if decoder is not None:
             decoder.max_rows = 8
@@ -150,7 +151,7 @@ class _PythonOnlyTokenizer:
 
 @pytest.mark.parametrize("rust_backend", [True, False])
 def test_utf8_never_broken_across_deltas(engine: Engine, rust_backend: bool) -> None:
-    from llm_middleware.engine.detokenizer import IncrementalDetokenizer, TokenDecoder
+    from llm_middleware.engine.text.detokenizer import IncrementalDetokenizer, TokenDecoder
 
     tokenizer = default_worker(engine).tokenizer
     decoder = TokenDecoder(tokenizer if rust_backend else _PythonOnlyTokenizer(tokenizer))
@@ -177,8 +178,8 @@ def test_utf8_never_broken_across_deltas(engine: Engine, rust_backend: bool) -> 
 
 @pytest.mark.parametrize("rust_backend", [True, False])
 def test_bytes_that_never_form_a_character_are_released(engine: Engine, rust_backend: bool) -> None:
-    from llm_middleware.engine.detokenizer import IncrementalDetokenizer, TokenDecoder
-    from llm_middleware.engine.token_bytes import _byte_level_alphabet
+    from llm_middleware.engine.text.detokenizer import IncrementalDetokenizer, TokenDecoder
+    from llm_middleware.engine.text.token_bytes import _byte_level_alphabet
 
     tokenizer = default_worker(engine).tokenizer
     decoder = TokenDecoder(tokenizer if rust_backend else _PythonOnlyTokenizer(tokenizer))
@@ -574,8 +575,21 @@ def test_chat_template_with_and_without_generation_prompt(engine: Engine) -> Non
     assert prompted == bare + "<|im_start|>assistant\n"
 
 
+def test_chat_flattens_messages_as_the_api_does(engine: Engine) -> None:
+    parts = [{"role": "developer", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
+    assert engine.apply_chat_template(parts, add_generation_prompt=False) == "<|im_start|>system\na\nb<|im_end|>\n"
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+    with pytest.raises(errors.InvalidRequestError) as refused:
+        engine.chat_sync(image, max_tokens=1)
+    assert refused.value.param == "messages[0].content[0].type"
+    bad = [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{not json"}}]}]
+    with pytest.raises(errors.InvalidRequestError) as refused:
+        engine.chat_sync(bad, max_tokens=1)
+    assert refused.value.param == "messages[0].tool_calls[0].function.arguments"
+
+
 def test_logprob_bytes_rebuild_multibyte_text(engine: Engine) -> None:
-    from llm_middleware.engine.token_bytes import TokenBytes
+    from llm_middleware.engine.text.token_bytes import TokenBytes
 
     worker = default_worker(engine)
     text = "东京 🚀 café"
@@ -762,7 +776,7 @@ def test_a_lone_request_waits_one_burst_window_at_most(tiny_model_dir: Path) -> 
         eng.shutdown()
 
 
-@pytest.mark.skipif(not cpu_kernels.available(torch.bfloat16), reason="needs numba")
+@pytest.mark.skipif(not cpu_ops.available(torch.bfloat16), reason="needs numba")
 @pytest.mark.parametrize("mode", ["one-call", "modules"])
 @pytest.mark.parametrize("arch_fixture", ["tiny_model_dir", "tiny_llama_dir"])
 async def test_bfloat16_on_the_cpu_runs_the_kernels_and_keeps_greedy_output(arch_fixture: str, mode: str,
@@ -776,7 +790,7 @@ async def test_bfloat16_on_the_cpu_runs_the_kernels_and_keeps_greedy_output(arch
         worker = default_worker(eng)
         assert worker.runner.cpu_kernels and worker.kv_cache.keys[0].dtype == torch.bfloat16
         attention = worker.model.model.layers[0].self_attn
-        assert attention.forward.kernel is cpu_kernels.rope_and_cache
+        assert attention.forward.kernel is cpu_ops.rope_and_cache
         decoder = CpuDecoder.build(worker.model, worker.kv_cache) if mode == "one-call" else None
         if decoder is not None:
             decoder.max_rows = 8

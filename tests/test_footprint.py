@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from llm_middleware.engine.footprint import weight_bytes
+from llm_middleware.engine.model.footprint import weight_bytes
 
 
 def test_tied_and_merged_weights_count_once() -> None:

@@ -8,11 +8,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from llm_middleware.engine.attention import ATTENTION_NAME, AttentionMetadata
-from llm_middleware.engine.attention_features import read_variants
-from llm_middleware.engine.fused_layers import fuse_layers
-from llm_middleware.engine.fused_norms import fuse_rms_norms
-from llm_middleware.engine.kv_cache import KVCache
+from llm_middleware.engine.attention.kv_cache import KVCache
+from llm_middleware.engine.attention.paged import ATTENTION_NAME, AttentionMetadata
+from llm_middleware.engine.model.attention_features import read_variants
+from llm_middleware.engine.patching.fused_layers import fuse_layers
+from llm_middleware.engine.patching.fused_norms import fuse_rms_norms
 
 
 def _load(model_dir: Path, attention: str) -> torch.nn.Module:

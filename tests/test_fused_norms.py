@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from llm_middleware.engine.fused_norms import fuse_rms_norms
+from llm_middleware.engine.patching.fused_norms import fuse_rms_norms
 
 
 @pytest.mark.parametrize("arch_fixture", ["tiny_model_dir", "tiny_llama_dir"])

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from llm_middleware.engine import fused_residuals
-from llm_middleware.engine.fused_norms import fuse_rms_norms
-from llm_middleware.engine.fused_residuals import fuse_residuals
+from llm_middleware.engine.patching import fused_residuals
+from llm_middleware.engine.patching.fused_norms import fuse_rms_norms
+from llm_middleware.engine.patching.fused_residuals import fuse_residuals
 
 
 def _load(model_dir: Path) -> torch.nn.Module:

@@ -16,7 +16,7 @@ from engine_state import default_worker, first_step
 from test_dispatch import ShopASGI
 
 from llm_middleware.engine import Engine
-from llm_middleware.engine.intake import Intake
+from llm_middleware.engine.scheduling.intake import Intake
 from llm_middleware.errors import EngineNotReadyError
 from llm_middleware.middleware import LLMMiddleware
 

@@ -1,12 +1,9 @@
-"""RemoteEngine's parts without servers: balancing, model names, bodies, results, SSE, failover, the loop bridge."""
+"""RemoteEngine's parts without servers: balancing, model names, bodies, results, SSE, failover."""
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import json
 import logging
-import threading
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -22,7 +19,6 @@ from llm_middleware.errors import (
 )
 from llm_middleware.remote import RemoteEngine
 from llm_middleware.remote.bodies import chat_body, sampling_fields
-from llm_middleware.remote.bridge import EngineLoop
 from llm_middleware.remote.client import _event_data, _status_error, _transport_error
 from llm_middleware.remote.dispatch import Dispatcher
 from llm_middleware.remote.errors import (
@@ -362,64 +358,3 @@ async def test_a_refused_request_is_not_retried() -> None:
     with pytest.raises(UpstreamError):
         await dispatcher.request("chat/completions", "m", {}, "r")
     assert len(client.calls) == 1 and all(u.healthy for u in pool.upstreams)
-
-
-# ---- the loop bridge --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def engine_loop():
-    loop = EngineLoop("test-remote-loop")
-    loop.open()
-    yield loop
-    loop.close()
-
-
-async def test_relay_hands_items_over_and_closing_it_stops_the_source(engine_loop: EngineLoop) -> None:
-    ran_on: list[str] = []
-    closed = threading.Event()
-
-    async def endless() -> AsyncGenerator[int, None]:
-        try:
-            for k in itertools.count():
-                ran_on.append(threading.current_thread().name)
-                yield k
-                await asyncio.sleep(0.01)
-        finally:
-            closed.set()
-
-    relay = engine_loop.relay(endless())
-    assert [await anext(relay) for _ in range(3)] == [0, 1, 2]
-    await relay.aclose()
-    assert await asyncio.to_thread(closed.wait, 60)  # only closing the relay ends this source
-    assert set(ran_on) == {"test-remote-loop"}
-
-
-def test_sync_twins_relay_items_and_errors(engine_loop: EngineLoop) -> None:
-    async def failing() -> AsyncGenerator[int, None]:
-        yield 1
-        raise InvalidRequestError("no")
-
-    items = engine_loop.relay_sync(failing())
-    assert next(items) == 1
-    with pytest.raises(InvalidRequestError, match="no"):
-        next(items)
-
-    async def answer() -> int:
-        return 42
-
-    assert engine_loop.call_sync(answer()) == 42
-
-
-async def test_shutdown_ends_waiting_callers_with_a_clear_error(engine_loop: EngineLoop) -> None:
-    started = threading.Event()
-
-    async def forever() -> None:
-        started.set()
-        await asyncio.Event().wait()
-
-    waiting = asyncio.ensure_future(engine_loop.call(forever()))
-    assert await asyncio.to_thread(started.wait, 60)
-    await asyncio.to_thread(engine_loop.run, engine_loop.cancel_all())
-    with pytest.raises(EngineNotReadyError, match="shutting down"):
-        await waiting

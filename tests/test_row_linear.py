@@ -8,13 +8,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from llm_middleware.engine import cpu_products
-from llm_middleware.engine.attention import ATTENTION_NAME, AttentionMetadata
-from llm_middleware.engine.attention_features import read_variants
-from llm_middleware.engine.fused_layers import fuse_layers
-from llm_middleware.engine.fused_norms import fuse_rms_norms
-from llm_middleware.engine.kv_cache import KVCache
-from llm_middleware.engine.row_linear import RowLinear, use_row_kernel
+from llm_middleware.engine.attention.kv_cache import KVCache
+from llm_middleware.engine.attention.paged import ATTENTION_NAME, AttentionMetadata
+from llm_middleware.engine.kernels.cpu import products as cpu_products
+from llm_middleware.engine.model.attention_features import read_variants
+from llm_middleware.engine.patching.fused_layers import fuse_layers
+from llm_middleware.engine.patching.fused_norms import fuse_rms_norms
+from llm_middleware.engine.patching.row_linear import RowLinear, use_row_kernel
 
 # The kinds this build of PyTorch can run on float32 weights.
 _AVAILABLE = list(cpu_products.candidates([(torch.randn(8, 16), None)], budget=2**30))

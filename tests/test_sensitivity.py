@@ -19,8 +19,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from engine_state import default_worker
 from llm_middleware.demo_model import build_demo_model
-from llm_middleware.engine import Engine, cpu_attention, cpu_kernels
-from llm_middleware.engine.cpu_decoder import CpuDecoder
+from llm_middleware.engine import Engine
+from llm_middleware.engine.kernels.cpu import paged_decode as cpu_attention
+from llm_middleware.engine.kernels.cpu import row_ops as cpu_ops
+from llm_middleware.engine.model.cpu_decoder import CpuDecoder
 
 PROMPTS = [
     "Hello",
@@ -104,7 +106,7 @@ def _engine_greedy(engine: Engine) -> list[tuple[int, ...]]:
             for p in PROMPTS]
 
 
-@pytest.mark.skipif(not cpu_kernels.available(torch.float32), reason="decode rows attend through numba's kernels")
+@pytest.mark.skipif(not cpu_ops.available(torch.float32), reason="decode rows attend through numba's kernels")
 def test_greedy_equality_fails_against_a_broken_attention(modules_engine: tuple[Engine, Path],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     engine, model_dir = modules_engine

@@ -196,18 +196,18 @@ def in_thread(call: Any) -> Any:
 def test_a_request_submitted_while_the_engine_stops_fails_instead_of_waiting_forever(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llm_middleware.engine import generation_worker
+    from llm_middleware.engine.workers import requests as request_factory
 
     engine = Engine(tiny_model_dir, max_model_len=256, seed=0)
     engine.wait_ready_sync(120)
-    build = generation_worker.GenerationRequest
+    build = request_factory.GenerationRequest
 
     def stop_first(*args: Any) -> Any:
         # The request has passed the worker's checks and is about to be queued: the engine stops now.
         engine.shutdown()
         return build(*args)
 
-    monkeypatch.setattr(generation_worker, "GenerationRequest", stop_first)
+    monkeypatch.setattr(request_factory, "GenerationRequest", stop_first)
     try:
         outcome = in_thread(lambda: engine.chat_sync([{"role": "user", "content": "Hi"}], max_tokens=2))
         assert isinstance(outcome, EngineNotReadyError) and outcome.status == 503, outcome

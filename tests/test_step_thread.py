@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from llm_middleware.engine import Engine, step_thread
-from llm_middleware.engine.step_thread import StepThread
+from llm_middleware.engine import Engine
+from llm_middleware.engine.workers import step_thread
+from llm_middleware.engine.workers.step_thread import StepThread
 
 
 def _worker_threads() -> list[str]:
@@ -29,8 +30,8 @@ def test_idle_cpu_workers_end_their_threads_and_serve_again(
     # A chat model beside an idle embedding model ran its decode steps 2x slower while the
     # embedding worker's thread (and its OpenMP pool) lived on.
     monkeypatch.setattr(step_thread, "IDLE_EXIT_S", 0.1)
-    monkeypatch.setattr("llm_middleware.engine.generation_worker.IDLE_EXIT_S", 0.1)
-    monkeypatch.setattr("llm_middleware.engine.embedding_worker.IDLE_EXIT_S", 0.1)
+    monkeypatch.setattr("llm_middleware.engine.workers.generation.IDLE_EXIT_S", 0.1)
+    monkeypatch.setattr("llm_middleware.engine.workers.embedding.IDLE_EXIT_S", 0.1)
     engine = Engine(tiny_model_dir, name="chat", seed=0, max_model_len=256)
     engine.add_model(minilm_dir, name="emb", task="embed")
     try:

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 
 from llm_middleware.api.core import guided
 from llm_middleware.demo_model import build_demo_model
-from llm_middleware.engine.detokenizer import IncrementalDetokenizer, TokenDecoder
+from llm_middleware.engine.text.detokenizer import IncrementalDetokenizer, TokenDecoder
 
 pytestmark = pytest.mark.skipif(not guided.GUIDED_SUPPORTED, reason="the engine has no constrained decoding")
 

@@ -2,7 +2,7 @@
 
 from .engine import Engine
 from .outputs import Choice, Completion, Delta, Embeddings, ModelInfo, TokenLogprob, TopLogprob, Usage
-from .sampling import SamplingParams
+from .sampling_params import SamplingParams
 
 __all__ = [
     "Choice", "Completion", "Delta", "Embeddings", "Engine", "ModelInfo", "SamplingParams", "TokenLogprob",

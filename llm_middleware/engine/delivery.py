@@ -1,10 +1,10 @@
-"""Handing results from the engine thread to consumers: event loops and plain threads.
+"""Handing results from the engine thread to consumers on event loops, and on to blocked threads.
 
-The step loop produces results for many requests at once.  Results bound for one event
-loop are handed over in a single ``call_soon_threadsafe`` per step, not one per token;
-thread consumers read a ``queue.SimpleQueue``.  A consumer that fell behind the step loop
-takes every delta already queued for a choice as one: its per-token work (an event, a
-chunk, a write) then shrinks as the load grows instead of piling up.
+The step loop produces results for many requests at once.  Results bound for one event loop are
+handed over in a single ``call_soon_threadsafe`` per step, not one per token.  A consumer that
+fell behind takes every delta already queued for a choice as one: its per-token work (an event,
+a chunk, a write) then shrinks as the load grows instead of piling up.  Threads (the blocking
+twins) read what a loop relays to them through a ``ThreadSink``, which merges the same way.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class AsyncSink:
 
 
 class ThreadSink:
-    """Results for a consumer blocking in a thread."""
+    """Results for a consumer blocking in a thread (any thread may ``put``)."""
 
     __slots__ = ("queue", "_held")
 
@@ -53,13 +53,14 @@ class ThreadSink:
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._held: Any = None
 
+    def put(self, item: Any) -> None:
+        self.queue.put(item)
+
     def get(self) -> Any:
         item = self._held if self._held is not None else self.queue.get()
         item, self._held = _coalesce(item, self.queue)
         return item
 
-
-Sink = AsyncSink | ThreadSink
 
 
 def _put_all(items: list[tuple[AsyncSink, Any]]) -> None:
@@ -73,11 +74,8 @@ class Outbox:
     def __init__(self) -> None:
         self._by_loop: defaultdict[asyncio.AbstractEventLoop, list[tuple[AsyncSink, Any]]] = defaultdict(list)
 
-    def put(self, sink: Sink, item: Any) -> None:
-        if isinstance(sink, ThreadSink):
-            sink.queue.put(item)
-        else:
-            self._by_loop[sink.loop].append((sink, item))
+    def put(self, sink: AsyncSink, item: Any) -> None:
+        self._by_loop[sink.loop].append((sink, item))
 
     def flush(self) -> None:
         for loop, items in self._by_loop.items():

@@ -92,6 +92,29 @@ class Completion:
         """The first choice's text: what single-answer callers want."""
         return self.choices[0].text
 
+    @classmethod
+    def from_deltas(cls, deltas: list[Delta], request_id: str, model: str, prompt_ids: list[int]) -> Completion:
+        """The completion a request's whole stream of deltas makes."""
+        texts: dict[int, list[str]] = {}
+        ids: dict[int, list[int]] = {}
+        logprobs: dict[int, list[TokenLogprob]] = {}
+        reasons: dict[int, FinishReason] = {}
+        usage = Usage(len(prompt_ids), 0)
+        for d in deltas:
+            texts.setdefault(d.index, []).append(d.text)
+            ids.setdefault(d.index, []).extend(d.token_ids)
+            if d.logprobs is not None:
+                logprobs.setdefault(d.index, []).extend(d.logprobs)
+            if d.finish_reason is not None:
+                reasons[d.index] = d.finish_reason
+            if d.usage is not None:
+                usage = d.usage
+        choices = [
+            Choice(index=i, text="".join(texts[i]), token_ids=ids[i], finish_reason=reasons[i], logprobs=logprobs.get(i))
+            for i in sorted(texts)
+        ]
+        return cls(id=request_id, model=model, choices=choices, usage=usage, prompt_token_ids=prompt_ids)
+
 
 @dataclass(slots=True)
 class Embeddings:

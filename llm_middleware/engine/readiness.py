@@ -1,10 +1,9 @@
 """The end of one model load, awaited by threads and event loops alike without holding a thread.
 
-Requests that arrive while a model loads wait for it, possibly for minutes.  Waiting through
-``asyncio.to_thread(event.wait)`` held one thread of the default executor per request: a few
-such requests exhausted the pool that the host app's own code shares.  Here a waiting event
-loop holds only a future, resolved from the loading thread with ``call_soon_threadsafe``, and a
-cancelled wait (a request timeout, a client gone) leaves nothing behind.
+Requests that arrive while a model loads wait for it, possibly for minutes.  A wait through
+``asyncio.to_thread(event.wait)`` would hold a thread of the default executor, which the host
+app's own code shares, per request.  Here a waiting event loop holds only a future, resolved from
+the loading thread with ``call_soon_threadsafe``, and a cancelled wait leaves nothing behind.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from ..api.app import API
 from ..api.core.http import Request, Response
 from ..api.core.routing import MethodNotAllowedError
 from . import asgi, wsgi
-from .loop_thread import LoopThread
+from ..runtime.loop_thread import LoopThread
 from .observe.access_log import log_access
 from .observe.exchange import Exchange, ObservedStream, current_exchange
 from .observe.metrics import Metrics

@@ -11,7 +11,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from ..api.core.http import Request, Response
-from .loop_thread import LoopThread
+from ..runtime.loop_thread import LoopThread
 from .policy.body_limit import BodyTooLargeError, check_declared_length
 
 if TYPE_CHECKING:

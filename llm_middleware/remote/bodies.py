@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..engine.sampling import SamplingParams
+from ..engine.sampling_params import SamplingParams
 from ..errors import InvalidRequestError
 
 # Sampling options whose request field has the same name and meaning (OpenAI's, or vLLM's extensions).

@@ -5,101 +5,20 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import aclosing
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any
 
+from ..engine.interface import EngineAPI, EngineState
 from ..engine.outputs import Completion, Delta, Embeddings, ModelInfo
 from ..errors import EngineNotReadyError, InvalidRequestError
-from . import bodies, results
-from .bridge import EngineLoop
-from .client import UpstreamClient
-from .dispatch import Dispatcher
-from .errors import UpstreamError
-from .health import HealthChecker
-from .models import ModelNames, ServedModel, Task, catalog, resolve
-from .upstream import UpstreamPool, UpstreamStatus, normalize_url
-
-EngineState = Literal["stopped", "loading", "ready", "failed", "stopping"]
-
-#: Routes :meth:`RemoteEngine.forward` serves, and the task their model must have.
-_ROUTE_TASKS: dict[str, Task | None] = {
-    "chat/completions": "generate",
-    "completions": "generate",
-    "embeddings": "embed",
-    "tokenize": None,
-    "detokenize": None,
-}
+from ..runtime.loop_thread import LoopThread
+from . import calls
+from .models import ServedModel, Task
+from .runtime import Runtime, Settings
+from .upstream import UpstreamStatus
 
 
-@dataclass(frozen=True, slots=True)
-class _Settings:
-    """A remote engine's options, checked."""
-
-    urls: tuple[str, ...]
-    names: ModelNames
-    api_key: str | None
-    timeout: float
-    connect_timeout: float
-    health_interval: float
-    http2: bool
-
-
-class _Runtime:
-    """What exists while the engine runs (on its loop): the client, the pool, the checks."""
-
-    def __init__(self, settings: _Settings) -> None:
-        self.pool = UpstreamPool(settings.urls)
-        self.names = settings.names
-        self.client = UpstreamClient(
-            api_key=settings.api_key, timeout=settings.timeout, connect_timeout=settings.connect_timeout,
-            http2=settings.http2,
-        )
-        self.dispatcher = Dispatcher(self.pool, self.client, retry_after=settings.health_interval)
-        self.checker = HealthChecker(self.pool, self.client, settings.health_interval)
-        self.retry_after = settings.health_interval
-        self._checks: asyncio.Task[None] | None = None
-
-    @classmethod
-    async def open(cls, settings: _Settings) -> _Runtime:
-        """Build the runtime on the engine loop and start the health checks there."""
-        runtime = cls(settings)
-        runtime._checks = asyncio.ensure_future(runtime.checker.run())
-        return runtime
-
-    async def close(self) -> None:
-        """Stop the health checks and close every connection."""
-        assert self._checks is not None  # set by open()
-        self._checks.cancel()
-        await asyncio.gather(self._checks, return_exceptions=True)
-        await self.client.aclose()
-
-    def models(self) -> list[ServedModel]:
-        """Every model served now (or before its upstreams left rotation)."""
-        return catalog(self.pool, self.names)
-
-    def down_reasons(self) -> str:
-        """Why each upstream out of rotation is out."""
-        return "; ".join(f"{u.url}: {u.error}" for u in self.pool.upstreams if not u.healthy)
-
-    def served(self, name: str | None, task: Task | None) -> ServedModel:
-        """The model ``name`` refers to; 503 while no upstream serves anything."""
-        models = self.models()
-        if not models:  # why each upstream is out was logged when it left rotation
-            raise EngineNotReadyError(
-                "No upstream server serves a model yet; retry later.", retry_after=self.retry_after
-            )
-        return resolve(models, name, task)
-
-    async def route(self, name: str | None, task: Task | None) -> ServedModel:
-        """The model a request names, once every upstream has been asked what it serves."""
-        await self.checker.discovered.wait()
-        return self.served(name, task)
-
-
-class RemoteEngine:
+class RemoteEngine(EngineAPI):
     """The engine API over existing OpenAI-compatible servers (vLLM, SGLang, TGI, mistral.rs,
     ``llm-middleware serve``): ``LLMMiddleware(app, engine=RemoteEngine([...]))`` serves the same
     routes as with an embedded engine, and your views call the same methods.
@@ -133,29 +52,11 @@ class RemoteEngine:
         health_interval: float = 5.0,
         http2: bool = False,
     ) -> None:
-        if isinstance(upstreams, str):
-            upstreams = [upstreams]
-        if not upstreams:
-            raise ValueError("RemoteEngine needs at least one upstream URL, such as http://gpu-1:8000/v1")
-        urls = tuple(normalize_url(url) for url in upstreams)
-        if len(set(urls)) < len(urls):
-            raise ValueError(f"an upstream URL is listed twice: {', '.join(urls)}")
-        seconds = {"timeout": timeout, "connect_timeout": connect_timeout, "health_interval": health_interval}
-        for name, value in seconds.items():
-            if not value > 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-        if http2:
-            try:
-                import h2  # noqa: F401
-            except ImportError:
-                raise ImportError("http2=True needs the h2 package: pip install 'llm_middleware[h2]'") from None
-        self._settings = _Settings(
-            urls=urls, names=ModelNames(model_map), api_key=api_key,
-            timeout=timeout, connect_timeout=connect_timeout, health_interval=health_interval, http2=http2,
-        )
-        self._loop = EngineLoop("llm-remote-engine")
+        self._settings = Settings.checked(upstreams, api_key=api_key, model_map=model_map, timeout=timeout,
+                                           connect_timeout=connect_timeout, health_interval=health_interval, http2=http2)
+        self._loop = LoopThread("llm-remote-engine", start_on_use=False)
         self._lock = threading.Lock()
-        self._runtime: _Runtime | None = None
+        self._runtime: Runtime | None = None
         self._pid: int | None = None
         self._stopping = False
 
@@ -167,7 +68,7 @@ class RemoteEngine:
             if self._runtime is not None and self._pid == os.getpid():
                 return
             self._loop.open()
-            self._runtime = self._loop.run(_Runtime.open(self._settings))
+            self._runtime = self._loop.run(Runtime.open(self._settings))
             self._pid = os.getpid()
 
     def shutdown(self) -> None:
@@ -188,8 +89,8 @@ class RemoteEngine:
                 self._runtime = None
                 self._stopping = False
 
-    async def _close(self, runtime: _Runtime) -> None:
-        await self._loop.cancel_all()
+    async def _close(self, runtime: Runtime) -> None:
+        await self._loop.cancel_all("the remote engine is shutting down")
         await runtime.close()
 
     @property
@@ -211,16 +112,15 @@ class RemoteEngine:
         runtime = self._current()
         return (runtime.down_reasons() or None) if runtime is not None else None
 
-    def wait_ready_sync(self, timeout: float | None = None) -> None:
-        """Start if needed and block until every upstream was checked once; raise
-        :class:`EngineNotReadyError` if none is in rotation then."""
-        self._loop.call_sync(self._checked(self._started(), timeout))
-
-    async def wait_ready(self, timeout: float | None = None) -> None:
-        """Async twin of :meth:`wait_ready_sync`; the wait holds no thread."""
+    async def wait_ready(self, timeout: float | None = None, *, model: str | None = None) -> None:
+        """Start if needed and wait until every upstream was checked once; raise :class:`EngineNotReadyError`
+        if none is in rotation then (and :class:`ModelNotFoundError` if none serves ``model``).  The wait
+        holds no thread."""
         await self._loop.call(self._checked(self._started(), timeout))
+        if model is not None:
+            self.resolve_model(model)
 
-    async def _checked(self, runtime: _Runtime, timeout: float | None) -> None:
+    async def _checked(self, runtime: Runtime, timeout: float | None) -> None:
         try:
             await asyncio.wait_for(runtime.checker.discovered.wait(), timeout)
         except TimeoutError:
@@ -232,10 +132,10 @@ class RemoteEngine:
                 f"no upstream is in rotation: {self.error}", retry_after=self._settings.health_interval
             )
 
-    def _current(self) -> _Runtime | None:
+    def _current(self) -> Runtime | None:
         return self._runtime if self._pid == os.getpid() else None
 
-    def _started(self) -> _Runtime:
+    def _started(self) -> Runtime:
         self.start()
         runtime = self._current()
         if runtime is None:  # shut down by another thread in between
@@ -292,7 +192,7 @@ class RemoteEngine:
         ``embeddings``, ``tokenize``, ``detokenize``) to an upstream and return its answer, whose
         ``model`` is the public name.  Errors are :class:`~llm_middleware.errors.LLMError` instances."""
         runtime = self._started()
-        return await self._loop.call(self._forward(runtime, _check_route(route), body, request_id))
+        return await self._loop.call(calls.forward(runtime, calls.check_route(route), body, request_id))
 
     def forward_stream(
         self, route: str, body: dict[str, Any], *, request_id: str
@@ -300,44 +200,25 @@ class RemoteEngine:
         """Like :meth:`forward` for ``stream: true``: the upstream's chunks as they come, ``model``
         renamed; errors before the first chunk are raised by the first ``__anext__``."""
         runtime = self._started()
-        return self._loop.relay(self._forward_chunks(runtime, _check_route(route), body, request_id))
-
-    @staticmethod
-    async def _forward(runtime: _Runtime, route: str, body: dict[str, Any], request_id: str) -> dict[str, Any]:
-        served = await runtime.route(body.get("model"), _ROUTE_TASKS[route])
-        answer = await _request(runtime, route, served, {**body, "model": served.upstream_id}, request_id)
-        if "model" in answer:
-            answer["model"] = served.name
-        return answer
-
-    @staticmethod
-    async def _forward_chunks(
-        runtime: _Runtime, route: str, body: dict[str, Any], request_id: str
-    ) -> AsyncGenerator[dict[str, Any], None]:
-        served = await runtime.route(body.get("model"), _ROUTE_TASKS[route])
-        body = {**body, "model": served.upstream_id}
-        async with aclosing(runtime.dispatcher.stream(route, served.upstream_id, body, request_id)) as chunks:
-            async for chunk in chunks:
-                if "model" in chunk:
-                    chunk["model"] = served.name
-                yield chunk
+        return self._loop.relay(calls.forward_chunks(runtime, calls.check_route(route), body, request_id))
 
     # ---- text helpers -------------------------------------------------------------------------
 
     def tokenize(self, text: str, *, model: str | None = None) -> list[int]:
         """Token ids of ``text`` (no special tokens added), from an upstream's ``POST /tokenize``."""
         fields = {"prompt": text, "add_special_tokens": False}
-        answer = self._loop.call_sync(_text_helper(self._started(), "tokenize", model, fields))
+        answer = self._loop.run(calls.text_helper(self._started(), "tokenize", model, fields))
         return list(answer["tokens"])
 
     def detokenize(self, token_ids: list[int], *, model: str | None = None) -> str:
         """Text of ``token_ids``, from an upstream's ``POST /detokenize``."""
-        answer = self._loop.call_sync(_text_helper(self._started(), "detokenize", model, {"tokens": list(token_ids)}))
+        answer = self._loop.run(calls.text_helper(self._started(), "detokenize", model, {"tokens": list(token_ids)}))
         return str(answer["prompt"])
 
     def apply_chat_template(self, messages: list[dict[str, Any]], *, model: str | None = None,
                             tools: list[dict[str, Any]] | None = None,
-                            chat_template_kwargs: dict[str, Any] | None = None) -> str:
+                            chat_template_kwargs: dict[str, Any] | None = None,
+                            add_generation_prompt: bool = True) -> str:
         """Not available: chat templates live on the upstreams, which do not hand out rendered prompts."""
         raise InvalidRequestError(
             "apply_chat_template is not supported by a remote engine: the chat template lives on the upstream "
@@ -345,176 +226,33 @@ class RemoteEngine:
             param="messages",
         )
 
-    # ---- generation: async --------------------------------------------------------------------
+    # ---- generation and embeddings --------------------------------------------------------------------
 
     def stream_chat(self, messages: list[dict[str, Any]], *, model: str | None = None,
                     tools: list[dict[str, Any]] | None = None, chat_template_kwargs: dict[str, Any] | None = None,
                     request_id: str | None = None, **sampling: Any) -> AsyncIterator[Delta]:
         """Stream the assistant's reply to ``messages`` as :class:`Delta` objects; closing it cancels upstream."""
-        call = _Chat(messages, model, tools, chat_template_kwargs, request_id, sampling)
+        call = calls.ChatCall(messages, model, tools, chat_template_kwargs, request_id, sampling)
         return self._loop.relay(call.deltas(self._started()))
 
     async def chat(self, messages: list[dict[str, Any]], *, model: str | None = None,
                    tools: list[dict[str, Any]] | None = None, chat_template_kwargs: dict[str, Any] | None = None,
                    request_id: str | None = None, **sampling: Any) -> Completion:
         """The assistant's whole reply to ``messages``."""
-        call = _Chat(messages, model, tools, chat_template_kwargs, request_id, sampling)
+        call = calls.ChatCall(messages, model, tools, chat_template_kwargs, request_id, sampling)
         return await self._loop.call(call.whole(self._started()))
 
     def stream_complete(self, prompt: str | list[int], *, model: str | None = None,
                         request_id: str | None = None, **sampling: Any) -> AsyncIterator[Delta]:
         """Stream the continuation of ``prompt`` (text or token ids) as :class:`Delta` objects."""
-        return self._loop.relay(_Completion(prompt, model, request_id, sampling).deltas(self._started()))
+        return self._loop.relay(calls.CompletionCall(prompt, model, request_id, sampling).deltas(self._started()))
 
     async def complete(self, prompt: str | list[int], *, model: str | None = None,
                        request_id: str | None = None, **sampling: Any) -> Completion:
         """The whole continuation of ``prompt``."""
-        return await self._loop.call(_Completion(prompt, model, request_id, sampling).whole(self._started()))
+        return await self._loop.call(calls.CompletionCall(prompt, model, request_id, sampling).whole(self._started()))
 
     async def embed(self, inputs: str | list[str], *, model: str | None = None,
                     dimensions: int | None = None) -> Embeddings:
         """Embedding vectors of ``inputs``, in input order."""
-        return await self._loop.call(_embed(self._started(), inputs, model, dimensions))
-
-    # ---- generation: sync twins ---------------------------------------------------------------
-
-    def stream_chat_sync(self, messages: list[dict[str, Any]], *, model: str | None = None,
-                         tools: list[dict[str, Any]] | None = None, chat_template_kwargs: dict[str, Any] | None = None,
-                         request_id: str | None = None, **sampling: Any) -> Iterator[Delta]:
-        """Blocking twin of :meth:`stream_chat`; closing the iterator cancels the request."""
-        call = _Chat(messages, model, tools, chat_template_kwargs, request_id, sampling)
-        return self._loop.relay_sync(call.deltas(self._started()))
-
-    def chat_sync(self, messages: list[dict[str, Any]], *, model: str | None = None,
-                  tools: list[dict[str, Any]] | None = None, chat_template_kwargs: dict[str, Any] | None = None,
-                  request_id: str | None = None, **sampling: Any) -> Completion:
-        """Blocking twin of :meth:`chat`."""
-        call = _Chat(messages, model, tools, chat_template_kwargs, request_id, sampling)
-        return self._loop.call_sync(call.whole(self._started()))
-
-    def stream_complete_sync(self, prompt: str | list[int], *, model: str | None = None,
-                             request_id: str | None = None, **sampling: Any) -> Iterator[Delta]:
-        """Blocking twin of :meth:`stream_complete`; closing the iterator cancels the request."""
-        return self._loop.relay_sync(_Completion(prompt, model, request_id, sampling).deltas(self._started()))
-
-    def complete_sync(self, prompt: str | list[int], *, model: str | None = None,
-                      request_id: str | None = None, **sampling: Any) -> Completion:
-        """Blocking twin of :meth:`complete`."""
-        return self._loop.call_sync(_Completion(prompt, model, request_id, sampling).whole(self._started()))
-
-    def embed_sync(self, inputs: str | list[str], *, model: str | None = None,
-                   dimensions: int | None = None) -> Embeddings:
-        """Blocking twin of :meth:`embed`."""
-        return self._loop.call_sync(_embed(self._started(), inputs, model, dimensions))
-
-
-# ---- what runs on the engine loop ---------------------------------------------------------------
-
-
-class _Generation:
-    """A generation call of the engine API as an upstream request: streamed as deltas, or whole.
-
-    Subclasses name the upstream route, build the body, and say how chunks and answers convert.
-    """
-
-    __slots__ = ()
-    path: ClassVar[str]
-    new_deltas: ClassVar[Callable[[], results.ChatDeltas | results.CompletionDeltas]]
-    to_completion: ClassVar[Callable[[dict[str, Any], str | None, str], Completion]]
-    request_id: str | None
-
-    async def _body(self, runtime: _Runtime, *, stream: bool) -> tuple[ServedModel, dict[str, Any]]:
-        raise NotImplementedError
-
-    async def deltas(self, runtime: _Runtime) -> AsyncGenerator[Delta, None]:
-        served, body = await self._body(runtime, stream=True)
-        converter = self.new_deltas()
-        stream = runtime.dispatcher.stream(self.path, served.upstream_id, body, self.request_id or _new_id())
-        async with aclosing(stream) as chunks:
-            async for chunk in chunks:
-                for delta in converter.feed(chunk):
-                    yield delta
-
-    async def whole(self, runtime: _Runtime) -> Completion:
-        served, body = await self._body(runtime, stream=False)
-        answer = await _request(runtime, self.path, served, body, self.request_id or _new_id())
-        return self.to_completion(answer, self.request_id, served.name)
-
-
-@dataclass(slots=True)
-class _Chat(_Generation):
-    """One chat call of the engine API, as an upstream request."""
-
-    path = "chat/completions"
-    new_deltas = results.ChatDeltas
-    to_completion = staticmethod(results.chat_completion)
-
-    messages: list[dict[str, Any]]
-    model: str | None
-    tools: list[dict[str, Any]] | None
-    template_kwargs: dict[str, Any] | None
-    request_id: str | None
-    sampling: dict[str, Any]
-
-    async def _body(self, runtime: _Runtime, *, stream: bool) -> tuple[ServedModel, dict[str, Any]]:
-        fields = bodies.sampling_fields(self.sampling, chat=True)
-        served = await runtime.route(self.model, "generate")
-        body = bodies.chat_body(self.messages, served.upstream_id, fields, tools=self.tools,
-                                chat_template_kwargs=self.template_kwargs, stream=stream)
-        return served, body
-
-
-@dataclass(slots=True)
-class _Completion(_Generation):
-    """One text completion call of the engine API, as an upstream request."""
-
-    path = "completions"
-    new_deltas = results.CompletionDeltas
-    to_completion = staticmethod(results.text_completion)
-
-    prompt: str | list[int]
-    model: str | None
-    request_id: str | None
-    sampling: dict[str, Any]
-
-    async def _body(self, runtime: _Runtime, *, stream: bool) -> tuple[ServedModel, dict[str, Any]]:
-        fields = bodies.sampling_fields(self.sampling, chat=False)
-        served = await runtime.route(self.model, "generate")
-        return served, bodies.completion_body(self.prompt, served.upstream_id, fields, stream=stream)
-
-
-async def _embed(runtime: _Runtime, inputs: str | list[str], model: str | None, dimensions: int | None) -> Embeddings:
-    served = await runtime.route(model, "embed")
-    body = bodies.embedding_body(inputs, served.upstream_id, dimensions)
-    return results.embeddings(await _request(runtime, "embeddings", served, body, _new_id()), served.name)
-
-
-async def _text_helper(runtime: _Runtime, route: str, model: str | None, fields: dict[str, Any]) -> dict[str, Any]:
-    served = await runtime.route(model, None)
-    return await _request(runtime, route, served, {"model": served.upstream_id, **fields}, _new_id())
-
-
-async def _request(
-    runtime: _Runtime, route: str, served: ServedModel, body: dict[str, Any], request_id: str
-) -> dict[str, Any]:
-    """The upstream's JSON answer; a text helper route it does not serve (404, 405) is a clear 400."""
-    try:
-        return await runtime.dispatcher.request(route, served.upstream_id, body, request_id)
-    except UpstreamError as exc:
-        if route in ("tokenize", "detokenize") and exc.status in (404, 405):
-            raise InvalidRequestError(
-                f"{route} is not supported by a remote engine whose upstream does not serve POST /{route} "
-                "(vLLM and llm-middleware serve do)",
-                code="unsupported",
-            ) from exc
-        raise
-
-
-def _check_route(route: str) -> str:
-    if route not in _ROUTE_TASKS:
-        raise ValueError(f"cannot forward {route!r}; routes: {', '.join(_ROUTE_TASKS)}")
-    return route
-
-
-def _new_id() -> str:
-    return uuid.uuid4().hex
+        return await self._loop.call(calls.embed(self._started(), inputs, model, dimensions))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...engine.plain_json import check_plain_json
+from ...engine.text.plain_json import check_plain_json
 
 MAX_MESSAGES = 2048
 MAX_CONTENT_PARTS = 256  # per message

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from msgspec import UNSET
 
-from ...cpu_pool import run_cpu
+from ...runtime.cpu_pool import run_cpu
 from ...engine import outputs
 from ...engine.outputs import Delta
 from ...errors import ContextLengthExceededError, InvalidRequestError

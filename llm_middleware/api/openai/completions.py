@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from ...cpu_pool import run_cpu
+from ...runtime.cpu_pool import run_cpu
 from ...engine.outputs import Completion, Delta
-from ...engine.sampling import MAX_TOP_LOGPROBS
+from ...engine.sampling_params import MAX_TOP_LOGPROBS
 from ...errors import InvalidRequestError
 from ..core.decoding import decode_body
 from ..core.http import Request, Response

@@ -6,7 +6,7 @@ import base64
 import struct
 from typing import TYPE_CHECKING
 
-from ...cpu_pool import run_cpu
+from ...runtime.cpu_pool import run_cpu
 from ...errors import InvalidRequestError
 from ..core.decoding import decode_body
 from ..core.http import Request, Response

@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from ...cpu_pool import run_cpu
+from ...runtime.cpu_pool import run_cpu
 from ...engine.outputs import Usage
 from ...errors import InvalidRequestError
 from ..core.decoding import decode_body

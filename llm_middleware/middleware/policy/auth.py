@@ -16,7 +16,7 @@ from http.cookies import CookieError, SimpleCookie
 from types import MappingProxyType
 
 from ...api.core.errors import HTTPError
-from ...cpu_pool import run_cpu
+from ...runtime.cpu_pool import run_cpu
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""Attention over the paged KV cache: the cache itself and the function transformers' layers call."""

@@ -1,0 +1,1 @@
+"""Triton kernels (CUDA only): paged decode attention, rotary embedding with cache write, row ops."""

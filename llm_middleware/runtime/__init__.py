@@ -1,0 +1,1 @@
+"""Threads the package runs for itself: the CPU pool for request-sized work and loops on threads."""
