@@ -345,11 +345,28 @@ def test_long_prompt_prefill_does_not_stall_running_stream(tiny_model_dir: Path)
     eng.wait_ready_sync()
     steps: list[tuple[int, int]] = []
     worker = default_worker(eng)
-    worker.before_step = lambda batch: steps.append((len(batch.decode), sum(n for _, n in batch.prefill)))
+    long_prompt = " ".join(["jumps over the lazy dog"] * 12)
+    long_queued = threading.Event()
+    enqueue = worker.enqueue
+
+    def enqueue_and_tell(request: Any) -> Any:
+        queued = enqueue(request)
+        if len(request.prompt_ids) > 8:
+            long_queued.set()
+        return queued
+
+    def before_step(batch: Any) -> None:
+        # The stream decodes only once the long prompt is queued: on a loaded machine it could
+        # otherwise finish before the prompt arrives, and no step would mix the two.
+        if batch.decode:
+            long_queued.wait(60)
+        steps.append((len(batch.decode), sum(n for _, n in batch.prefill)))
+
+    worker.enqueue = enqueue_and_tell
+    worker.before_step = before_step
     try:
         stream = eng.stream_complete_sync("Hello", max_tokens=60, ignore_eos=True, temperature=0)
         next(stream)
-        long_prompt = " ".join(["jumps over the lazy dog"] * 12)
         done = eng.complete_sync(long_prompt, max_tokens=2, temperature=0, ignore_eos=True)
         list(stream)
         assert done.usage.completion_tokens == 2
