@@ -8,16 +8,15 @@ offset for each ``CHUNK`` values of a row (``scales[Kp / CHUNK, N]``, the offset
 weights one scale for the whole row (``scales[1, N]``) and no offset.
 
 Every kernel turns the words into numbers in registers, so a product reads its weight once, packed:
-``gemv`` for one row (fp32 multiply-adds), ``gemm`` for a few to a few hundred (tensor-core products
-of each chunk, split along K where the output alone has too few tiles to fill the GPU), and
-``dequantize`` unpacks a whole weight for a library product over many rows (a prompt chunk).
-The grouped kernels apply each chunk's scale and offset to its partial sums rather than to every
-value: ``sum_k (v_k * s + c) * x_k = s * sum_k v_k * x_k + c * sum_k x_k``.
+``gemv`` for one row (fp32 multiply-adds), ``gemm`` for a few to a few hundred rows (a tensor-core
+product of each chunk of K, split along K where the output alone has too few tiles to fill the
+GPU), and ``dequantize`` unpacks a whole weight for a library product over many rows (a prompt
+chunk).  ``gemm`` multiplies the small integers themselves (exact in 16 bits) and applies a chunk's
+scale and offset to its partial sums: ``sum_k (v_k * s + c) * x_k = s * sum_k v_k * x_k + c * sum_k x_k``.
+Launch configurations are timed on the GPU at a shape's first product (``triton.autotune``).
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import torch
 import triton
@@ -25,59 +24,46 @@ import triton.language as tl
 
 from ...quantization.packing import CHUNK, PackedWeight
 
-class GemvConfig(NamedTuple):
-    block_n: int  # output rows of a program
-    chunks: int  # chunks of K a program reads per loop step
-    warps: int
-
-
-class GemmConfig(NamedTuple):
-    block_m: int
-    block_n: int
-    warps: int
-    stages: int
-    split_k: int  # programs that share each output tile's K range
-
 
 @triton.jit
-def _values(words, j: tl.constexpr, BITS: tl.constexpr):
-    # Field j of each word, less 2 ** (BITS - 1), as an exact float32: a small integer OR-ed into the
-    # mantissa of 2 ** 23 and the sum subtracted, cheaper than an integer-to-float conversion.
-    field = (words >> (BITS * j)) & ((1 << BITS) - 1)
+def _values(words, shifts, BITS: tl.constexpr):
+    # The field at each shift, less 2 ** (BITS - 1), as an exact float32: a small integer OR-ed into
+    # the mantissa of 2 ** 23 and the sum subtracted, cheaper than an integer-to-float conversion.
+    field = (words >> shifts) & ((1 << BITS) - 1)
     return (field | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + (1 << (BITS - 1)))
 
 
+def _gemv_configs() -> list[triton.Config]:
+    return [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w)
+            for n in (2, 4, 8) for k in (256, 512) for w in (4, 8)]
+
+
+@triton.autotune(configs=_gemv_configs(), key=["N", "K", "BITS"], warmup=3, rep=15)
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, s_ptr, c_ptr, b_ptr, y_ptr, N, K, chunks, stride_w, stride_s,
-                 BITS: tl.constexpr, CHUNK: tl.constexpr, CHUNKS: tl.constexpr, BLOCK_N: tl.constexpr,
-                 GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr):
+def _gemv_kernel(x_ptr, w_ptr, s_ptr, c_ptr, b_ptr, y_ptr, N, K, Kp, stride_w, stride_s,
+                 BITS: tl.constexpr, CHUNK: tl.constexpr, GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     PER_WORD: tl.constexpr = 32 // BITS
-    WORDS: tl.constexpr = CHUNK // PER_WORD
+    WORDS: tl.constexpr = BLOCK_K // PER_WORD
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
-    within = tl.arange(0, WORDS)
-    acc = tl.zeros((BLOCK_N, CHUNKS, WORDS), dtype=tl.float32)
-    for first in range(0, chunks, CHUNKS):
-        chunk = first + tl.arange(0, CHUNKS)  # [C]
-        word = chunk[:, None] * WORDS + within[None, :]  # [C, W]
-        ok = row_ok[:, None, None] & (chunk < chunks)[None, :, None]
-        words = tl.load(w_ptr + rows[:, None, None] * stride_w + word[None, :, :], mask=ok, other=0)
-        part = tl.zeros((BLOCK_N, CHUNKS, WORDS), dtype=tl.float32)
-        x_sum = tl.zeros((CHUNKS, WORDS), dtype=tl.float32)
-        for j in tl.static_range(PER_WORD):
-            k = word * PER_WORD + j
-            xj = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
-            part += _values(words, j, BITS) * xj[None, :, :]
-            if GROUPED:
-                x_sum += xj
+    word = tl.arange(0, WORDS)
+    field = tl.arange(0, PER_WORD)
+    shifts = (field * BITS)[None, None, :]
+    acc = tl.zeros((BLOCK_N, WORDS, PER_WORD), dtype=tl.float32)
+    for k0 in range(0, Kp, BLOCK_K):
+        w_at = k0 // PER_WORD + word  # [W]
+        ok = row_ok[:, None] & (w_at < Kp // PER_WORD)[None, :]
+        words = tl.load(w_ptr + rows[:, None] * stride_w + w_at[None, :], mask=ok, other=0)  # [BN, W]
+        k = k0 + word[:, None] * PER_WORD + field[None, :]  # [W, PW]: contiguous positions of x
+        x = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+        v = _values(words[:, :, None], shifts, BITS)  # [BN, W, PW]
         if GROUPED:
-            at = chunk[None, :] * stride_s + rows[:, None]  # [BN, C]
-            group_ok = row_ok[:, None] & (chunk < chunks)[None, :]
-            scale = tl.load(s_ptr + at, mask=group_ok, other=0.0).to(tl.float32)
-            offset = tl.load(c_ptr + at, mask=group_ok, other=0.0).to(tl.float32)
-            acc += part * scale[:, :, None] + offset[:, :, None] * x_sum[None, :, :]
-        else:
-            acc += part
+            at = ((k0 + word * PER_WORD) // CHUNK)[None, :] * stride_s + rows[:, None]  # [BN, W]
+            scale = tl.load(s_ptr + at, mask=ok, other=0.0).to(tl.float32)
+            offset = tl.load(c_ptr + at, mask=ok, other=0.0).to(tl.float32)
+            v = v * scale[:, :, None] + offset[:, :, None]
+        acc += v * x[None, :, :]
     y = tl.sum(tl.sum(acc, 2), 1)
     if not GROUPED:
         y *= tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
@@ -86,39 +72,59 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, c_ptr, b_ptr, y_ptr, N, K, chunks, stride_
     tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
 
-# Row and split counts vary from call to call: one compiled kernel serves them all.
-@triton.jit(do_not_specialize=["M", "split_k"])
-def _gemm_kernel(x_ptr, w_ptr, s_ptr, c_ptr, b_ptr, y_ptr, part_ptr, count_ptr, M, N, K, chunks, split_k,
+#: The most programs that share one output tile's K range (``gemm``'s scratch is sized for it).
+MAX_SPLIT = 4
+#: Rows up to which ``gemm`` may split K.
+SPLIT_ROWS = 64
+
+
+def _gemm_configs() -> list[triton.Config]:
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "SPLIT": s}, num_warps=4 if m * n < 8192 else 8, num_stages=3)
+            for m in (16, 32, 64) for n in (32, 64, 128) for s in (1, MAX_SPLIT)]
+
+
+def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
+    rows = named_args["M_KEY"]
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, rows)
+            and (c.kwargs["SPLIT"] == 1 or rows <= SPLIT_ROWS)]
+    return kept or configs[:1]
+
+
+# Row counts vary from call to call: one compiled kernel serves them all, tuned per power of two.
+@triton.autotune(configs=_gemm_configs(), key=["M_KEY", "N", "K", "BITS"], prune_configs_by={"early_config_prune": _prune},
+                 warmup=3, rep=15)
+@triton.jit(do_not_specialize=["M", "M_KEY"])
+def _gemm_kernel(x_ptr, w_ptr, s_ptr, c_ptr, b_ptr, y_ptr, part_ptr, count_ptr, M, M_KEY, N, K, Kp,
                  stride_x, stride_w, stride_s,
-                 BITS: tl.constexpr, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
+                 BITS: tl.constexpr, CHUNK: tl.constexpr, GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr):
     PER_WORD: tl.constexpr = 32 // BITS
     WORDS: tl.constexpr = CHUNK // PER_WORD
     pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok, col_ok = rows < M, cols < N
-    within = tl.arange(0, WORDS)
+    word = tl.arange(0, WORDS)
+    shifts = (tl.arange(0, PER_WORD) * BITS)[None, :, None]
+    within = tl.arange(0, CHUNK)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    per_split = tl.cdiv(chunks, split_k)
+    chunks = Kp // CHUNK
+    per_split = tl.cdiv(chunks, SPLIT)
     first = pid_k * per_split
     last = tl.minimum(first + per_split, chunks)
     for chunk in range(first, last):
-        word = chunk * WORDS + within  # [W]
-        words = tl.load(w_ptr + cols[None, :] * stride_w + word[:, None], mask=col_ok[None, :], other=0)  # [W, BN]
-        part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        x_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        # Field j of the words holds K positions j, j + PER_WORD, ...: the matching columns of x.
-        for j in tl.static_range(PER_WORD):
-            k = word * PER_WORD + j
-            xj = tl.load(x_ptr + rows[:, None] * stride_x + k[None, :], mask=row_ok[:, None] & (k < K)[None, :],
-                         other=0.0)  # [BM, W]
-            part = tl.dot(xj, _values(words, j, BITS).to(xj.dtype), part, input_precision=PRECISION)
-            if GROUPED:
-                x_sum += tl.sum(xj.to(tl.float32), 1)
+        words = tl.load(w_ptr + cols[None, :] * stride_w + (chunk * WORDS + word)[:, None],
+                        mask=col_ok[None, :], other=0)  # [W, BN]
+        # [W, PW, BN] -> [CHUNK, BN]: row w * PER_WORD + j is K position chunk * CHUNK + that.
+        v = tl.reshape(_values(words[:, None, :], shifts, BITS), (CHUNK, BLOCK_N))
+        k = chunk * CHUNK + within
+        x = tl.load(x_ptr + rows[:, None] * stride_x + k[None, :], mask=row_ok[:, None] & (k < K)[None, :],
+                    other=0.0)  # [BM, CHUNK]
+        part = tl.dot(x, v.to(x.dtype), input_precision=PRECISION)
         if GROUPED:
             scale = tl.load(s_ptr + chunk * stride_s + cols, mask=col_ok, other=0.0).to(tl.float32)
             offset = tl.load(c_ptr + chunk * stride_s + cols, mask=col_ok, other=0.0).to(tl.float32)
+            x_sum = tl.sum(x.to(tl.float32), 1)
             acc += part * scale[None, :] + x_sum[:, None] * offset[None, :]
         else:
             acc += part
@@ -126,7 +132,7 @@ def _gemm_kernel(x_ptr, w_ptr, s_ptr, c_ptr, b_ptr, y_ptr, part_ptr, count_ptr, 
         acc *= tl.load(s_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     out = rows[:, None] * N + cols[None, :]
     ok = row_ok[:, None] & col_ok[None, :]
-    if split_k == 1:
+    if SPLIT == 1:
         if HAS_BIAS:
             acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=ok)
@@ -137,9 +143,9 @@ def _gemm_kernel(x_ptr, w_ptr, s_ptr, c_ptr, b_ptr, y_ptr, part_ptr, count_ptr, 
         tl.debug_barrier()  # every thread's partial sums are written before the count says so
         tile = pid_m * tl.num_programs(1) + pid_n
         arrived = tl.atomic_add(count_ptr + tile, 1)
-        if arrived == split_k - 1:
+        if arrived == SPLIT - 1:
             total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for s in range(0, split_k):
+            for s in range(0, SPLIT):
                 total += tl.load(part_ptr + s * M * N + out, mask=ok, other=0.0, cache_modifier=".cg")
             if HAS_BIAS:
                 total += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
@@ -155,65 +161,61 @@ def _dequantize_kernel(w_ptr, s_ptr, c_ptr, out_ptr, N, K, stride_w, stride_s,
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     chunk = tl.program_id(1)
     row_ok = rows < N
-    word = chunk * WORDS + tl.arange(0, WORDS)
-    words = tl.load(w_ptr + rows[:, None] * stride_w + word[None, :], mask=row_ok[:, None], other=0)
+    word = tl.arange(0, WORDS)
+    field = tl.arange(0, PER_WORD)
+    words = tl.load(w_ptr + rows[:, None] * stride_w + (chunk * WORDS + word)[None, :], mask=row_ok[:, None], other=0)
+    v = _values(words[:, :, None], (field * BITS)[None, None, :], BITS)  # [BN, W, PW]
     if GROUPED:
         scale = tl.load(s_ptr + chunk * stride_s + rows, mask=row_ok, other=0.0).to(tl.float32)
         offset = tl.load(c_ptr + chunk * stride_s + rows, mask=row_ok, other=0.0).to(tl.float32)
+        v = v * scale[:, None, None] + offset[:, None, None]
     else:
-        scale = tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-        offset = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for j in tl.static_range(PER_WORD):
-        k = word * PER_WORD + j
-        value = _values(words, j, BITS) * scale[:, None] + offset[:, None]
-        tl.store(out_ptr + rows[:, None] * K + k[None, :], value.to(out_ptr.dtype.element_ty),
-                 mask=row_ok[:, None] & (k < K)[None, :])
+        v = v * tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None, None]
+    k = chunk * CHUNK + word[:, None] * PER_WORD + field[None, :]  # [W, PW], contiguous
+    tl.store(out_ptr + rows[:, None, None] * K + k[None, :, :], v.to(out_ptr.dtype.element_ty),
+             mask=row_ok[:, None, None] & (k < K)[None, :, :])
 
 
-def _chunks(w: PackedWeight) -> int:
-    return w.words.shape[1] * (32 // w.bits) // CHUNK
+def _padded_k(w: PackedWeight) -> int:
+    return w.words.shape[1] * (32 // w.bits)
 
 
-def gemv(x: torch.Tensor, w: PackedWeight, config: GemvConfig) -> torch.Tensor:
+def gemv(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
     """``x @ W.T (+ bias)`` of one contiguous row ``x`` (any leading shape of size one)."""
     n = w.words.shape[0]
     y = torch.empty(*x.shape[:-1], n, device=x.device, dtype=x.dtype)
     grouped = w.offsets is not None
-    _gemv_kernel[(triton.cdiv(n, config.block_n),)](
+    _gemv_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
         x, w.words, w.scales, w.offsets if grouped else w.scales, w.bias if w.bias is not None else w.scales, y,
-        n, w.in_features, _chunks(w), w.words.stride(0), w.scales.stride(0),
-        BITS=w.bits, CHUNK=CHUNK, CHUNKS=config.chunks, BLOCK_N=config.block_n, GROUPED=grouped,
-        HAS_BIAS=w.bias is not None, num_warps=config.warps,
+        n, w.in_features, _padded_k(w), w.words.stride(0), w.scales.stride(0),
+        BITS=w.bits, CHUNK=CHUNK, GROUPED=grouped, HAS_BIAS=w.bias is not None,
     )
     return y
 
 
-def split_counts(m: int, n: int, config: GemmConfig) -> int:
-    """Tile counters a split ``gemm`` of ``m`` rows needs (zero without a split)."""
-    return triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n) if config.split_k > 1 else 0
+def split_counts(n: int) -> int:
+    """Tile counters a ``gemm`` of up to ``SPLIT_ROWS`` rows and ``n`` columns may need."""
+    return triton.cdiv(SPLIT_ROWS, 16) * triton.cdiv(n, 32)
 
 
-def gemm(x: torch.Tensor, w: PackedWeight, config: GemmConfig, counts: torch.Tensor | None) -> torch.Tensor:
+def gemm(x: torch.Tensor, w: PackedWeight, counts: torch.Tensor) -> torch.Tensor:
     """``x @ W.T (+ bias)`` of ``x [..., K]`` (last dim contiguous).
 
-    ``counts``: int32 zeros, at least ``split_counts(rows, N, config)`` of them, where the config splits
-    K (each call leaves them zero again).
+    ``counts``: int32 zeros, at least ``split_counts(N)`` of them, on ``x``'s device (each call leaves
+    them zero again).
     """
     k = x.shape[-1]
     x2 = x.reshape(-1, k)
     m, n = x2.shape[0], w.words.shape[0]
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    split = config.split_k
-    partial = torch.empty(split * m * n if split > 1 else 1, device=x.device, dtype=torch.float32)
-    grid = (triton.cdiv(m, config.block_m), triton.cdiv(n, config.block_n), split)
+    partial = torch.empty(MAX_SPLIT * m * n if m <= SPLIT_ROWS else 1, device=x.device, dtype=torch.float32)
     grouped = w.offsets is not None
-    _gemm_kernel[grid](
+    _gemm_kernel[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT"])](
         x2, w.words, w.scales, w.offsets if grouped else w.scales, w.bias if w.bias is not None else w.scales, y,
-        partial, counts if counts is not None else w.words, m, n, w.in_features, _chunks(w), split,
+        partial, counts, m, triton.next_power_of_2(m), n, w.in_features, _padded_k(w),
         x2.stride(0), w.words.stride(0), w.scales.stride(0),
-        BITS=w.bits, CHUNK=CHUNK, BLOCK_M=config.block_m, BLOCK_N=config.block_n, GROUPED=grouped,
-        HAS_BIAS=w.bias is not None, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        num_warps=config.warps, num_stages=config.stages,
+        BITS=w.bits, CHUNK=CHUNK, GROUPED=grouped, HAS_BIAS=w.bias is not None,
+        PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
     )
     return y.view(*x.shape[:-1], n)
 
@@ -222,9 +224,9 @@ def dequantize(w: PackedWeight, dtype: torch.dtype) -> torch.Tensor:
     """The weight ``[N, K]`` in ``dtype``."""
     n = w.words.shape[0]
     out = torch.empty(n, w.in_features, device=w.words.device, dtype=dtype)
-    block_n = 16
+    block_n = 8
     grouped = w.offsets is not None
-    _dequantize_kernel[(triton.cdiv(n, block_n), _chunks(w))](
+    _dequantize_kernel[(triton.cdiv(n, block_n), _padded_k(w) // CHUNK)](
         w.words, w.scales, w.offsets if grouped else w.scales, out, n, w.in_features, w.words.stride(0),
         w.scales.stride(0), BITS=w.bits, CHUNK=CHUNK, BLOCK_N=block_n, GROUPED=grouped, num_warps=4,
     )
