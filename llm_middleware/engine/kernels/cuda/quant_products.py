@@ -35,7 +35,7 @@ def _values(words, shifts, BITS: tl.constexpr):
 
 def _gemv_configs() -> list[triton.Config]:
     return [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w)
-            for n in (2, 4, 8) for k in (256, 512) for w in (4, 8)]
+            for n in (2, 4, 8) for k, w in ((256, 4), (512, 8))]
 
 
 @triton.autotune(configs=_gemv_configs(), key=["N", "K", "BITS"], warmup=3, rep=15)
@@ -80,7 +80,7 @@ SPLIT_ROWS = 64
 
 def _gemm_configs() -> list[triton.Config]:
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "SPLIT": s}, num_warps=4 if m * n < 8192 else 8, num_stages=3)
-            for m in (16, 32, 64) for n in (32, 64, 128) for s in (1, MAX_SPLIT)]
+            for m in (16, 32, 64) for n in (64, 128) for s in (1, MAX_SPLIT)]
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
@@ -195,7 +195,7 @@ def gemv(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
 
 def split_counts(n: int) -> int:
     """Tile counters a ``gemm`` of up to ``SPLIT_ROWS`` rows and ``n`` columns may need."""
-    return triton.cdiv(SPLIT_ROWS, 16) * triton.cdiv(n, 32)
+    return triton.cdiv(SPLIT_ROWS, 16) * triton.cdiv(n, 64)
 
 
 def gemm(x: torch.Tensor, w: PackedWeight, counts: torch.Tensor) -> torch.Tensor:
