@@ -74,8 +74,14 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, c_ptr, b_ptr, y_ptr, N, K, Kp, stride_w, s
 
 #: The most programs that share one output tile's K range (``gemm``'s scratch is sized for it).
 MAX_SPLIT = 4
-#: Rows up to which ``gemm`` may split K.
+#: Rows up to which ``gemm`` may split K, and outputs narrow enough to need it (wider ones have
+#: tiles enough to fill the GPU, and their partial sums would take much scratch memory).
 SPLIT_ROWS = 64
+SPLIT_COLUMNS = 16384
+
+
+def _may_split(rows: int, columns: int) -> bool:
+    return rows <= SPLIT_ROWS and columns <= SPLIT_COLUMNS
 
 
 def _gemm_configs() -> list[triton.Config]:
@@ -84,9 +90,8 @@ def _gemm_configs() -> list[triton.Config]:
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
-    rows = named_args["M_KEY"]
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, rows)
-            and (c.kwargs["SPLIT"] == 1 or rows <= SPLIT_ROWS)]
+    rows, split = named_args["M_KEY"], _may_split(named_args["M_KEY"], named_args["N"])
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, rows) and (c.kwargs["SPLIT"] == 1 or split)]
     return kept or configs[:1]
 
 
@@ -208,7 +213,7 @@ def gemm(x: torch.Tensor, w: PackedWeight, counts: torch.Tensor) -> torch.Tensor
     x2 = x.reshape(-1, k)
     m, n = x2.shape[0], w.words.shape[0]
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    partial = torch.empty(MAX_SPLIT * m * n if m <= SPLIT_ROWS else 1, device=x.device, dtype=torch.float32)
+    partial = torch.empty(MAX_SPLIT * m * n if _may_split(m, n) else 1, device=x.device, dtype=torch.float32)
     grouped = w.offsets is not None
     _gemm_kernel[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT"])](
         x2, w.words, w.scales, w.offsets if grouped else w.scales, w.bias if w.bias is not None else w.scales, y,
