@@ -39,7 +39,7 @@ from .types.chat import (
     ToolCallOut,
     chat_request_decoder,
 )
-from .types.common import Usage
+from .types.common import PromptTokensDetails, Usage
 
 if TYPE_CHECKING:
     from ...engine.engine import Engine
@@ -104,7 +104,8 @@ def _engine_call(request: ChatCompletionRequest, model: str, request_id: str) ->
 def _usage(usage: outputs.Usage) -> Usage:
     """The engine's token counts as the response's ``usage`` object."""
     return Usage(
-        prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, total_tokens=usage.total_tokens
+        prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, total_tokens=usage.total_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens),
     )
 
 

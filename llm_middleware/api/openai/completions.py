@@ -21,7 +21,7 @@ from ..core.streams import first_items, merge, resume
 from .guided import guided_regex_spec
 from .logprobs import completion_logprobs
 from .streaming import FRAMING, StreamedAnswer
-from .types.common import Usage
+from .types.common import PromptTokensDetails, Usage
 from .types.completions import CompletionChoice, CompletionRequest, TextCompletion, completion_request_decoder
 
 if TYPE_CHECKING:
@@ -126,6 +126,7 @@ async def completions(engine: Engine, request: Request, request_id: str) -> Resp
         prompt_tokens=sum(r.usage.prompt_tokens for r in results),
         completion_tokens=sum(r.usage.completion_tokens for r in results),
         total_tokens=sum(r.usage.total_tokens for r in results),
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=sum(r.usage.cached_tokens for r in results)),
     )
     return json_response(TextCompletion(id=request_id, created=int(time.time()), model=model, choices=choices, usage=usage))
 
@@ -177,6 +178,7 @@ class _CompletionChunks(StreamedAnswer):
             self._usage.prompt_tokens += delta.usage.prompt_tokens
             self._usage.completion_tokens += delta.usage.completion_tokens
             self._usage.total_tokens += delta.usage.total_tokens
+            self._usage.prompt_tokens_details.cached_tokens += delta.usage.cached_tokens
         return b"".join(parts)
 
     def on_item(self, item: tuple[int, Delta]) -> bytes:
