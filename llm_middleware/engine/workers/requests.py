@@ -47,11 +47,10 @@ class RequestFactory:
                 param="max_tokens",
             )
 
-    def build(self, prompt_ids: list[int], params: SamplingParams, sink: AsyncSink, request_id: str,
-              cache_salt: bytes = b"") -> GenerationRequest:
+    def build(self, prompt_ids: list[int], params: SamplingParams, sink: AsyncSink,
+              request_id: str) -> GenerationRequest:
         """The request with its ``n`` sequences; compiles its grammar and hashes its prompt's blocks
-        (request-sized CPU work).  ``cache_salt`` names whatever else shapes the prompt's keys and
-        values (inputs other than its tokens): blocks are shared only between equal salts."""
+        (request-sized CPU work)."""
         props = self.props
         params = params.with_defaults(props.defaults)
         matcher = self.grammars.compile(params.guided) if params.guided is not None else None
@@ -62,7 +61,7 @@ class RequestFactory:
         if params.min_tokens:
             request.min_tokens_ban = token_tensor([*props.eos_ids, *params.stop_token_ids], props.logits_width)
         if self.prefix_root is not None:
-            request.prefix_root = prefix_hash.root(self.prefix_root, cache_salt) if cache_salt else self.prefix_root
+            request.prefix_root = self.prefix_root
             request.prompt_hashes = prefix_hash.chain(request.prefix_root, prompt_ids, self.block_size)
         for index in range(params.n):
             generator = None
