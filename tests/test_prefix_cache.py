@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from engine_state import default_worker, idle_stats
+from servers import Server, server_env, serving
 
 from llm_middleware.engine import Engine
 from llm_middleware.engine.sampling_params import SamplingParams
@@ -275,6 +277,35 @@ def test_prefix_caching_off_caches_nothing(uncached: Engine) -> None:
     stats = uncached.stats()
     assert stats["cached_kv_blocks"] == 0 and stats["cached_prompt_tokens"] == 0
     assert stats["computed_prompt_tokens"] >= 2 * len(FIRST)
+
+
+def test_openai_sdk_reads_the_cached_prompt_tokens(tiny_model_dir: Path) -> None:
+    # A real server on loopback: chat and completions, whole and streamed, fill ``prompt_tokens_details``.
+    with serving({"api": Server(["-m", "hypercorn", "server_apps:raw_asgi"])},
+                 {**server_env(tiny_model_dir), "OMP_NUM_THREADS": "1"}) as urls:
+        client = openai.OpenAI(base_url=urls["api"] + "/ai/v1", api_key="unused", max_retries=0, timeout=60)
+        model = tiny_model_dir.name
+        system = {"role": "system", "content": "Answer as the shop's assistant, briefly and politely. " * 3}
+        greedy: dict[str, Any] = {"model": model, "max_tokens": 2, "temperature": 0}
+
+        def chat(question: str, **extra: Any) -> Any:
+            messages = [system, {"role": "user", "content": question}]
+            answer = client.chat.completions.create(messages=messages, **greedy, **extra)  # type: ignore[arg-type]
+            return list(answer)[-1].usage if extra.get("stream") else answer.usage
+
+        first, second = chat("Is the lamp in stock?"), chat("Is the chair in stock?")
+        assert first.prompt_tokens_details.cached_tokens == 0
+        assert 0 < second.prompt_tokens_details.cached_tokens < second.prompt_tokens
+        streamed = chat("Is the chair in stock?", stream=True, stream_options={"include_usage": True})
+        # The whole prompt was computed before: all of it but its last block comes from the cache.
+        assert streamed.prompt_tokens_details.cached_tokens == (streamed.prompt_tokens - 1) // 16 * 16
+
+        prompt = "Once upon a time in a small shop there was a lamp. " * 3
+        plain = client.completions.create(prompt=prompt, **greedy)
+        again = list(client.completions.create(prompt=prompt, stream=True, stream_options={"include_usage": True},
+                                               **greedy))[-1]
+        assert plain.usage.prompt_tokens_details.cached_tokens == 0
+        assert again.usage.prompt_tokens_details.cached_tokens == (again.usage.prompt_tokens - 1) // 16 * 16 > 0
 
 
 # ---- the block manager and scheduler alone ----------------------------------------------------

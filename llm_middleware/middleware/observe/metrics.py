@@ -47,6 +47,9 @@ class _EngineCollector(Collector):
                                                  labels=["model"]),
             "computed_tokens": CounterMetricFamily("llm_prompt_tokens_computed", "Prompt tokens computed",
                                                    labels=["model"]),
+            "hit_rate": GaugeMetricFamily("llm_prefix_cache_hit_rate",
+                                          "Share of the prompt tokens so far served from the prefix cache",
+                                          labels=["model"]),
             "weights": GaugeMetricFamily("llm_weight_bytes", "Bytes of the model's weights as loaded", labels=["model"]),
             "cache": GaugeMetricFamily("llm_kv_cache_bytes", "Bytes of the model's KV cache", labels=["model"]),
         }
@@ -68,6 +71,9 @@ class _EngineCollector(Collector):
                 families["cached"].add_metric([info.name], stats["cached_kv_blocks"])
                 families["cached_tokens"].add_metric([info.name], stats["cached_prompt_tokens"])
                 families["computed_tokens"].add_metric([info.name], stats["computed_prompt_tokens"])
+                prompt_tokens = stats["cached_prompt_tokens"] + stats["computed_prompt_tokens"]
+                families["hit_rate"].add_metric(
+                    [info.name], stats["cached_prompt_tokens"] / prompt_tokens if prompt_tokens else 0.0)
         yield from families.values()
 
 
