@@ -16,6 +16,7 @@ from engine_state import default_worker, idle_stats
 from servers import Server, server_env, serving
 
 from llm_middleware.engine import Engine
+from llm_middleware.errors import EngineNotReadyError
 from llm_middleware.engine.sampling_params import SamplingParams
 from llm_middleware.engine.scheduling import prefix_hash
 from llm_middleware.engine.scheduling.block_manager import BlockManager
@@ -125,18 +126,24 @@ async def test_a_broken_hash_chain_fails_the_equality_check(cached_engine: Engin
         await greedy_cases(cached_engine, uncached)
 
 
-@MODES
-async def test_prompts_sharing_a_prefix_at_once_equal_output_without_the_cache(cached_engine: Engine,
-                                                                                uncached: Engine) -> None:
+async def concurrent_prompts(cached: Engine, uncached: Engine) -> None:
+    """Prompts sharing prefixes sent at once: the same greedy output, some of it from blocks computed for others."""
     prompts = [FIRST] + [prompt for prompt, _ in CASES.values()] + [FIRST[:12] + tokens(7, 3)]
 
     async def outputs(engine: Engine) -> list[list[int]]:
         done = await asyncio.gather(*(complete(engine, p) for p in prompts))
         return [d.choices[0].token_ids for d in done]
 
-    assert await outputs(cached_engine) == await outputs(uncached)
-    assert cached_engine.stats()["cached_prompt_tokens"] > 0  # some started from blocks computed for others
-    block_invariants(engine_blocks(cached_engine))
+    assert await outputs(cached) == await outputs(uncached)
+    assert cached.stats()["cached_prompt_tokens"] > 0  # some started from blocks computed for others
+    await idle_stats(cached, timeout=30)
+    block_invariants(engine_blocks(cached))
+
+
+@MODES
+async def test_prompts_sharing_a_prefix_at_once_equal_output_without_the_cache(cached_engine: Engine,
+                                                                                uncached: Engine) -> None:
+    await concurrent_prompts(cached_engine, uncached)
 
 
 @MODES
@@ -152,19 +159,24 @@ async def test_choices_of_one_request_share_its_prompt(cached_engine: Engine, un
     assert got.usage.cached_tokens == 0 and got.usage.prompt_tokens == 18
 
 
-@MODES
-async def test_seeded_sampling_is_reproducible_with_and_without_the_cache(cached_engine: Engine,
-                                                                           uncached: Engine) -> None:
+async def seeded_sampling(cached: Engine, uncached: Engine) -> None:
+    """Seeded draws are the same whether a prompt comes from the cache (in part or whole) or not."""
     prompt = FIRST[:12] + tokens(9, 6)
     sampled = dict(temperature=1.0, seed=1234, n=2)
-    await complete(cached_engine, FIRST)
-    first = await complete(cached_engine, prompt, **sampled)
-    again = await complete(cached_engine, prompt, **sampled)  # now its whole prompt is cached
+    await complete(cached, FIRST)
+    first = await complete(cached, prompt, **sampled)
+    again = await complete(cached, prompt, **sampled)  # now its whole prompt is cached
     plain = await complete(uncached, prompt, **sampled)
     assert (first.usage.cached_tokens, again.usage.cached_tokens) == (12, 16)
     assert [c.token_ids for c in first.choices] == [c.token_ids for c in plain.choices]
     assert [c.token_ids for c in again.choices] == [c.token_ids for c in plain.choices]
     assert first.choices[0].token_ids != first.choices[1].token_ids
+
+
+@MODES
+async def test_seeded_sampling_is_reproducible_with_and_without_the_cache(cached_engine: Engine,
+                                                                           uncached: Engine) -> None:
+    await seeded_sampling(cached_engine, uncached)
 
 
 async def test_a_conversation_resent_takes_the_answer_from_the_cache(cached_engine: Engine, uncached: Engine) -> None:
@@ -220,52 +232,101 @@ def test_least_recently_used_prefix_is_evicted_when_free_blocks_run_out(tiny_mod
         engine.shutdown()
 
 
+def preemption_and_cancellation(engine: Engine, uncached: Engine) -> None:
+    """On an engine of 10 blocks of 4 slots (``max_model_len`` 32): three 30-token sequences sharing a prompt
+    cannot all fit, so some are preempted (and recomputed from the cache); a fourth is cancelled mid-stream.
+    The outputs are those computed without the cache, and every block ends free."""
+    prompt = tokens(15, 10)
+    prompts = [prompt, prompt + tokens(16, 2), prompt[:8] + tokens(17, 3)]
+    want = [uncached.complete_sync(p, max_tokens=18, temperature=0, ignore_eos=True).choices[0].token_ids
+            for p in prompts]
+    worker = default_worker(engine)
+    preempted: list[int] = []
+    seen: list[Sequence] = []
+    all_in = threading.Event()
+
+    def before_step(batch: Any) -> None:
+        all_in.wait(30)
+        preempted.extend(s.seq_id for s in batch.preempted)
+        seen.extend(s for s in (*batch.decode, *(s for s, _ in batch.prefill)) if s not in seen)
+
+    worker.before_step = before_step
+    results: list[Any] = [None] * len(prompts)
+
+    def run(i: int) -> None:
+        results[i] = engine.complete_sync(prompts[i], max_tokens=18, temperature=0, ignore_eos=True)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    stream = engine.stream_complete_sync(prompt + tokens(18, 1), ignore_eos=True, temperature=0)
+    while engine.stats()["running"] + engine.stats()["waiting"] < 4:
+        time.sleep(0.005)
+    all_in.set()
+    next(stream)
+    stream.close()  # type: ignore[attr-defined]
+    for t in threads:
+        t.join(timeout=120)
+    assert preempted
+    assert [r.choices[0].token_ids for r in results] == want
+    deadline = time.monotonic() + 30
+    while engine.stats()["running"] + engine.stats()["waiting"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stats = engine.stats()
+    assert stats["free_kv_blocks"] == stats["total_kv_blocks"] == 10
+    block_invariants(engine_blocks(engine))
+    assert all(not s.block_table for s in seen)
+
+
 def test_preemption_and_cancellation_keep_the_counts_exact(tiny_model_dir: Path, uncached: Engine) -> None:
-    # 10 blocks of 4 slots: three 30-token sequences sharing a prompt cannot all fit, so some are preempted
-    # (and recomputed from the cache); a fourth is cancelled mid-stream.
     engine = Engine(tiny_model_dir, kv_cache_blocks=10, max_model_len=32, **OPTIONS)
     try:
         engine.wait_ready_sync()
-        prompt = tokens(15, 10)
-        prompts = [prompt, prompt + tokens(16, 2), prompt[:8] + tokens(17, 3)]
-        want = [uncached.complete_sync(p, max_tokens=18, temperature=0, ignore_eos=True).choices[0].token_ids
-                for p in prompts]
-        worker = default_worker(engine)
-        preempted: list[int] = []
-        seen: list[Sequence] = []
-        all_in = threading.Event()
+        preemption_and_cancellation(engine, uncached)
+    finally:
+        engine.shutdown()
 
-        def before_step(batch: Any) -> None:
-            all_in.wait(30)
-            preempted.extend(s.seq_id for s in batch.preempted)
-            seen.extend(s for s in (*batch.decode, *(s for s, _ in batch.prefill)) if s not in seen)
 
-        worker.before_step = before_step
-        results: list[Any] = [None] * len(prompts)
+def shutdown_releases_every_block(engine: Engine) -> None:
+    """Shut ``engine`` down while three requests sharing a prompt decode: each ends with an error, and no
+    block stays held."""
+    blocks = engine_blocks(engine)
+    decoding, hold = threading.Event(), threading.Event()
 
-        def run(i: int) -> None:
-            results[i] = engine.complete_sync(prompts[i], max_tokens=18, temperature=0, ignore_eos=True)
+    def before_step(batch: Any) -> None:
+        if len(batch.decode) == 3:  # all three past their prompts: hold the step until the shutdown begins
+            decoding.set()
+            hold.wait(30)
 
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
-        for t in threads:
-            t.start()
-        stream = engine.stream_complete_sync(prompt + tokens(18, 1), ignore_eos=True, temperature=0)
-        while engine.stats()["running"] + engine.stats()["waiting"] < 4:
-            time.sleep(0.005)
-        all_in.set()
-        next(stream)
-        stream.close()  # type: ignore[attr-defined]
-        for t in threads:
-            t.join(timeout=120)
-        assert preempted
-        assert [r.choices[0].token_ids for r in results] == want
-        deadline = time.monotonic() + 30
-        while engine.stats()["running"] + engine.stats()["waiting"] and time.monotonic() < deadline:
-            time.sleep(0.01)
-        stats = engine.stats()
-        assert stats["free_kv_blocks"] == stats["total_kv_blocks"] == 10
-        block_invariants(engine_blocks(engine))
-        assert all(not s.block_table for s in seen)
+    default_worker(engine).before_step = before_step
+    prompt = tokens(19, 10)
+    errors: list[Exception] = []
+
+    def run(i: int) -> None:
+        try:
+            engine.complete_sync(prompt + tokens(20 + i, 3), max_tokens=60, ignore_eos=True, temperature=0)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    assert decoding.wait(60)
+    assert blocks.num_free < blocks.num_blocks and engine.stats()["cached_prompt_tokens"] > 0
+    hold.set()
+    engine.shutdown()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(errors) == 3 and all(isinstance(e, EngineNotReadyError) for e in errors)
+    assert blocks.num_free == blocks.num_blocks
+    block_invariants(blocks)
+
+
+def test_shutdown_releases_every_block(tiny_model_dir: Path) -> None:
+    engine = Engine(tiny_model_dir, **OPTIONS)
+    try:
+        engine.wait_ready_sync()
+        shutdown_releases_every_block(engine)
     finally:
         engine.shutdown()
 

@@ -14,6 +14,7 @@ from ...engine.sampling_params import MAX_TOP_LOGPROBS
 from ...errors import InvalidRequestError
 from ..core.decoding import decode_body
 from ..core.http import Request, Response
+from ..core.limits import MAX_PROMPTS
 from ..core.options import sampling_options
 from ..core.responses import json_response
 from ..core.sse import EventStream, event, streaming_response
@@ -40,6 +41,8 @@ def _prompts(prompt: str | list[Any]) -> list[Prompt]:
         return [prompt]
     if _is_token_ids(prompt):
         return [prompt]
+    if len(prompt) > MAX_PROMPTS:
+        raise InvalidRequestError(f"'prompt' holds more than {MAX_PROMPTS} prompts; send fewer at once.", param="prompt")
     if prompt and all(isinstance(p, str) or _is_token_ids(p) for p in prompt):
         return prompt
     raise InvalidRequestError(
