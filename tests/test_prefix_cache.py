@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
 from engine_state import default_worker, idle_stats
 from servers import Server, server_env, serving
@@ -342,6 +341,8 @@ def test_prefix_caching_off_caches_nothing(uncached: Engine) -> None:
 
 def test_openai_sdk_reads_the_cached_prompt_tokens(tiny_model_dir: Path) -> None:
     # A real server on loopback: chat and completions, whole and streamed, fill ``prompt_tokens_details``.
+    import openai  # imported here: the CUDA tests import this module where the SDK need not be installed
+
     with serving({"api": Server(["-m", "hypercorn", "server_apps:raw_asgi"])},
                  {**server_env(tiny_model_dir), "OMP_NUM_THREADS": "1"}) as urls:
         client = openai.OpenAI(base_url=urls["api"] + "/ai/v1", api_key="unused", max_retries=0, timeout=60)
