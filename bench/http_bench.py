@@ -247,7 +247,8 @@ def stream_workload(url: str, jobs: list[Any], new_tokens: int, processes: int =
     }
     if tokenizer_path is not None:
         later = [r[0] * 1000 for stream in streams for r in stream[1:]]
-        figures.update(later_ttft_ms_p50=round(percentile(later, 0.5), 1), total_s=round(elapsed, 2))
+        figures.update(later_ttft_ms_p50=round(percentile(later, 0.5), 1), total_s=round(elapsed, 2),
+                       tokens=sum(r[2] for r in results))
     return figures
 
 
