@@ -12,7 +12,6 @@ from typing import Any
 
 from ...engine.text.messages import PART_SEPARATOR
 from ...errors import InvalidRequestError
-from ..core.guided import check_schema
 from ..core.limits import check_json_depth
 from .types import (
     ContentBlockParam,
@@ -30,14 +29,10 @@ from .types import (
     ToolChoiceAny,
     ToolChoiceNone,
     ToolChoiceTool,
-    ToolParam,
     ToolResultBlockParam,
     ToolUseBlockParam,
     _ConversationFields,
 )
-
-_NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
-
 
 @dataclass(slots=True, frozen=True)
 class Tool:
@@ -156,7 +151,7 @@ def template_messages(body: _ConversationFields) -> list[dict[str, Any]]:
 
 
 def tools(body: _ConversationFields) -> list[Tool]:
-    """The request's client tools, their schemas checked; server tools are refused."""
+    """The request's client tools; server tools are refused (the core checks the schemas)."""
     out = []
     for i, tool in enumerate(body.tools or []):
         if tool.type not in (None, "custom"):
@@ -167,31 +162,21 @@ def tools(body: _ConversationFields) -> list[Tool]:
             )
         if tool.input_schema is None:
             raise InvalidRequestError("A tool needs 'input_schema'.", param=f"tools[{i}].input_schema")
-        check_schema(tool.input_schema, f"tools[{i}].input_schema", lenient=True)
-        out.append(Tool(tool.name, tool.description, tool.input_schema or _NO_PARAMETERS))
+        out.append(Tool(tool.name, tool.description, tool.input_schema))
     return out
 
 
-def tool_choice(choice: ToolChoice | None, offered: list[ToolParam] | None) -> tuple[str, bool]:
+def tool_choice(choice: ToolChoice | None) -> tuple[str, bool]:
     """``tool_choice`` as the conversation takes it ("auto", "none", "required" or a tool's name), and
-    whether several calls are allowed."""
+    whether several calls are allowed (the core checks that the tools it needs are offered)."""
     if choice is None:
         return "auto", True
     if isinstance(choice, ToolChoiceNone):
         return "none", True
     parallel = not choice.disable_parallel_tool_use
-    if isinstance(choice, (ToolChoiceAny, ToolChoiceTool)) and not offered:
-        raise InvalidRequestError(f"tool_choice '{choice.__struct_config__.tag}' needs 'tools' to choose from.",
-                                  param="tool_choice")
     if isinstance(choice, ToolChoiceAny):
         return "required", parallel
     if isinstance(choice, ToolChoiceTool):
-        names = [tool.name for tool in offered or []]
-        if choice.name not in names:
-            raise InvalidRequestError(
-                f"tool_choice names tool '{choice.name}', which is not in 'tools' ({', '.join(sorted(names))}).",
-                param="tool_choice.name",
-            )
         return choice.name, False  # a named tool means exactly one call
     return "auto", parallel
 
