@@ -11,7 +11,7 @@ from ..core.errors import client_error, error_headers
 from ..core.http import Response
 from ..core.responses import encoder, json_response
 from ..core.sse import Framing
-from .types import ErrorDetail, ErrorResponse
+from .types import ErrorObject, ErrorResponse
 
 _TYPES = {
     401: "authentication_error",
@@ -37,7 +37,8 @@ def error_type(status: int) -> str:
 
 def _body(exc: BaseException, *, streaming: bool) -> tuple[int, ErrorResponse, list[tuple[str, str]]]:
     error = client_error(exc, streaming=streaming)
-    return error.status, ErrorResponse(error=ErrorDetail(type=error_type(error.status), message=error.message)), error_headers(error)
+    body = ErrorResponse(error=ErrorObject(type=error_type(error.status), message=error.message))
+    return error.status, body, error_headers(error)
 
 
 def exception_response(exc: BaseException) -> Response:

@@ -32,7 +32,7 @@ from .types import (
     ThinkingBlock,
     ThinkingDelta,
     ToolUseBlock,
-    Usage,
+    MessageUsage,
 )
 from .types import TextDelta as TextDeltaOut
 
@@ -44,9 +44,9 @@ def stop_reason(finish_reason: str) -> StopReason:
     return _STOP_REASONS.get(finish_reason, "end_turn")
 
 
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Usage:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> MessageUsage:
     """The message's usage: Anthropic counts prompt tokens read from the cache apart from ``input_tokens``."""
-    return Usage(
+    return MessageUsage(
         input_tokens=prompt_tokens - cached_tokens, output_tokens=completion_tokens, cache_read_input_tokens=cached_tokens
     )
 
@@ -88,7 +88,7 @@ class MessageStream:
         self._open: str | None = None  # the kind of the open block: "thinking", "text" or None
         self._blocks = 0
         self._stop_reason: StopReason | None = None
-        self._usage: Usage | None = None
+        self._usage: MessageUsage | None = None
 
     def _start(self) -> list[bytes]:
         if self._started:
@@ -96,7 +96,7 @@ class MessageStream:
         self._started = True
         message = Message(
             id=self._id, model=self._model, content=[], stop_reason=None, stop_sequence=None,
-            usage=Usage(input_tokens=self._input_tokens, output_tokens=0),
+            usage=MessageUsage(input_tokens=self._input_tokens, output_tokens=0),
         )
         return [sse(MessageStart(message=message)), sse(Ping())]
 
@@ -140,7 +140,7 @@ class MessageStream:
     def closing(self) -> bytes:
         """The last frames: the open block's stop, ``message_delta`` and ``message_stop``."""
         frames = [*self._start(), *self._close()]
-        totals = self._usage or Usage(input_tokens=self._input_tokens, output_tokens=0)
+        totals = self._usage or MessageUsage(input_tokens=self._input_tokens, output_tokens=0)
         delta = MessageDelta(
             delta=MessageDeltaFields(stop_reason=self._stop_reason, stop_sequence=None),
             # Totals, input included: some clients (LangChain) read the usage from here only.

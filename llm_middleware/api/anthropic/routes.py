@@ -19,6 +19,7 @@ from .errors import FRAMING
 from .render import MessageStream, content_blocks, stop_reason, usage
 from .types import (
     CountTokensRequest,
+    ErrorResponse,
     Message,
     MessagesRequest,
     StreamEvent,
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 #: Where the Messages API lives, relative to the base path; failures below it are answered in its error shape.
 MESSAGES_PATH = "/v1/messages"
+
+STREAM_FORMAT = "`event: <type>` and `data: <event>` frames, from `message_start` to `message_stop`"
 
 # The core names sampling fields as the engine does; errors name them as Anthropic's clients sent them.
 _PARAM_NAMES = {"stop": "stop_sequences"}
@@ -124,8 +127,9 @@ def anthropic_routes(engine: EngineAPI) -> list[Route]:
     """Anthropic's Messages routes over ``engine``."""
     return [
         Route("POST", MESSAGES_PATH, partial(create_message, engine), "Create a message (Anthropic Messages API)",
-              id_prefix="msg_", request_type=MessagesRequest, response_type=Message, stream_type=StreamEvent),
+              id_prefix="msg_", request_type=MessagesRequest, response_type=Message, stream_type=StreamEvent,
+              error_type=ErrorResponse, stream_format=STREAM_FORMAT),
         Route("POST", MESSAGES_PATH + "/count_tokens", partial(count_tokens, engine),
               "Count the input tokens of a message (Anthropic Messages API)",
-              request_type=CountTokensRequest, response_type=TokenCount),
+              request_type=CountTokensRequest, response_type=TokenCount, error_type=ErrorResponse),
     ]

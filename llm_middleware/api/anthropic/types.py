@@ -231,7 +231,7 @@ ContentBlock = TextBlock | ThinkingBlock | ToolUseBlock
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
 
 
-class Usage(Struct, kw_only=True):
+class MessageUsage(Struct, kw_only=True):
     """Token counts; ``input_tokens`` excludes the prompt tokens read from the cache, as Anthropic counts."""
 
     input_tokens: int
@@ -251,7 +251,7 @@ class Message(Struct, kw_only=True):
     content: list[ContentBlock]
     stop_reason: StopReason | None
     stop_sequence: str | None
-    usage: Usage
+    usage: MessageUsage
 
 
 # ---- stream events ---------------------------------------------------------------------------
@@ -338,7 +338,7 @@ StreamEvent = MessageStart | Ping | ContentBlockStart | ContentBlockDelta | Cont
 # ---- errors ----------------------------------------------------------------------------------
 
 
-class ErrorDetail(Struct, kw_only=True):
+class ErrorObject(Struct, kw_only=True):
     """What went wrong, in Anthropic's words (``invalid_request_error``, ``rate_limit_error``, ...)."""
 
     type: str
@@ -348,7 +348,7 @@ class ErrorDetail(Struct, kw_only=True):
 class ErrorResponse(Struct, kw_only=True, tag_field="type", tag="error"):
     """Every error response on these routes, and the ``error`` event of a stream that fails."""
 
-    error: ErrorDetail
+    error: ErrorObject
 
 
 messages_request_decoder = msgspec.json.Decoder(MessagesRequest)
