@@ -19,10 +19,10 @@ import anthropic
 import httpx
 import jsonschema
 import pytest
-from server_apps import MESSAGES_KEY
 from servers import Server, server_env, serving
 
 SERVERS = ["flask", "asgi"]
+MESSAGES_KEY = "messages-key"  # the key server_apps.keyed_single_slot wants
 HELLO = [{"role": "user", "content": "Hello there"}]
 GREEDY = {"temperature": 0}
 FORECAST = {

@@ -12,6 +12,7 @@ from llm_middleware.api.anthropic.errors import error_event, exception_response
 from llm_middleware.api.anthropic.types import messages_request_decoder
 from llm_middleware.api.core.decoding import decode_body
 from llm_middleware.api.core.http import Request
+from llm_middleware.conversation.turn import ToolSpec
 from llm_middleware.errors import EngineOverloadedError, InvalidRequestError, LLMError, ModelNotFoundError
 from llm_middleware.middleware.policy.auth import AuthenticationError
 
@@ -99,7 +100,8 @@ def test_tools_tool_choice_thinking_and_sampling() -> None:
         stop_sequences=["END"], temperature=0.5, top_k=3, metadata={"user_id": "u1"},
     ))
     assert translate.tools(body) == [
-        translate.Tool("weather", "Look it up", WEATHER), translate.Tool("clock", None, {"type": "object"})
+        ToolSpec("weather", "Look it up", WEATHER, param="tools[0].input_schema"),
+        ToolSpec("clock", None, {"type": "object"}, param="tools[1].input_schema"),
     ]
     assert translate.tool_choice(body.tool_choice) == ("weather", False)
     assert translate.thinking(body.thinking) is True

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import LLMError
 from .anthropic.errors import exception_response as anthropic_exception_response
+from .anthropic.routes import MESSAGES_PATH, anthropic_routes
 from .core.errors import ErrorRenderer
 from .core.forwarding import AnswerReader
 from .core.http import Request, Response
@@ -75,7 +76,7 @@ class API:
     #: How the middleware answers the failures it finds itself (a refused key, a body too large).
     render_error: ErrorRenderer = staticmethod(exception_response)
     #: Paths (and the paths below them) whose failures are answered in another protocol's error shape.
-    error_shapes: tuple[tuple[str, ErrorRenderer], ...] = (("/v1/messages", anthropic_exception_response),)
+    error_shapes: tuple[tuple[str, ErrorRenderer], ...] = ((MESSAGES_PATH, anthropic_exception_response),)
     #: How the middleware's metrics read the answers of an engine that relays whole requests.
     read_forwarded: AnswerReader = staticmethod(read_answer)
 
@@ -85,6 +86,7 @@ class API:
         routes = openai_routes(engine)
         if isinstance(engine, ForwardingEngine):  # e.g. RemoteEngine: upstream servers answer OpenAI requests
             routes = forwarding_routes(routes, engine)
+        routes += anthropic_routes(engine)
         if include_docs:
             document = openapi_document(
                 routes, title="llm_middleware OpenAI-compatible API", version=_package_version(), error_type=ErrorBody

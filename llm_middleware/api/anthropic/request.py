@@ -7,12 +7,11 @@ templates want ``tool`` messages and ``tool_calls``, so blocks are regrouped her
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from ...engine.text.messages import PART_SEPARATOR
+from ...conversation.turn import ToolSpec
 from ...errors import InvalidRequestError
-from ..core.limits import check_json_depth
 from .types import (
     ContentBlockParam,
     DocumentBlockParam,
@@ -33,15 +32,6 @@ from .types import (
     ToolUseBlockParam,
     _ConversationFields,
 )
-
-@dataclass(slots=True, frozen=True)
-class Tool:
-    """A client tool as the conversation offers it: name, description, JSON Schema of its arguments."""
-
-    name: str
-    description: str | None
-    parameters: dict[str, Any]
-
 
 def _refuse_block(block: ContentBlockParam, param: str) -> None:
     kind = "image" if isinstance(block, ImageBlockParam) else "document"
@@ -114,7 +104,6 @@ def _assistant_message(message: MessageParam, i: int) -> dict[str, Any]:
         if isinstance(block, TextBlockParam):
             texts.append(block.text)
         elif isinstance(block, ToolUseBlockParam):
-            check_json_depth(block.input, f"{param}.input")
             calls.append({"id": block.id, "type": "function", "function": {"name": block.name, "arguments": block.input}})
         elif isinstance(block, ThinkingBlockParam):
             thoughts.append(block.thinking)
@@ -150,7 +139,7 @@ def template_messages(body: _ConversationFields) -> list[dict[str, Any]]:
     return out
 
 
-def tools(body: _ConversationFields) -> list[Tool]:
+def tools(body: _ConversationFields) -> list[ToolSpec]:
     """The request's client tools; server tools are refused (the core checks the schemas)."""
     out = []
     for i, tool in enumerate(body.tools or []):
@@ -162,7 +151,7 @@ def tools(body: _ConversationFields) -> list[Tool]:
             )
         if tool.input_schema is None:
             raise InvalidRequestError("A tool needs 'input_schema'.", param=f"tools[{i}].input_schema")
-        out.append(Tool(tool.name, tool.description, tool.input_schema))
+        out.append(ToolSpec(tool.name, tool.description, tool.input_schema, param=f"tools[{i}].input_schema"))
     return out
 
 

@@ -6,7 +6,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ...conversation.stream import TurnAnswer, answer_turn, stream_turn
-from ...conversation.turn import PreparedTurn, ToolSpec, Turn, prepare
+from ...conversation.turn import PreparedTurn, Turn, prepare
 from ...runtime.cpu_pool import run_cpu
 from ..core.decoding import decode_body
 from ..core.http import Request, Response
@@ -46,10 +46,7 @@ def _turn(body: MessagesRequest | CountTokensRequest, request_id: str) -> Turn:
     return Turn(
         messages=translate.template_messages(body),
         model=body.model,
-        tools=[
-            ToolSpec(tool.name, tool.description, tool.parameters, param=f"tools[{i}].input_schema")
-            for i, tool in enumerate(translate.tools(body))
-        ],
+        tools=translate.tools(body),
         tool_choice=tool_choice,
         parallel_tool_calls=parallel,
         sampling=translate.sampling(body) if isinstance(body, MessagesRequest) else {},
