@@ -71,5 +71,5 @@ def test_whole_message_parts() -> None:
     assert [type(b).__name__ for b in content_blocks("", "hi", [CALL])] == ["TextBlock", "ToolUseBlock"]
     assert content_blocks(None, None, [CALL])[0].input == {"city": "Paris", "days": 3}
     assert [stop_reason(r) for r in ("stop", "length", "tool_calls")] == ["end_turn", "max_tokens", "tool_use"]
-    counted = usage(20, 5, cached_tokens=16)
-    assert (counted.input_tokens, counted.cache_read_input_tokens, counted.output_tokens) == (4, 16, 5)
+    counted = usage(TurnUsage(prompt_tokens=20, completion_tokens=5))
+    assert (counted.input_tokens, counted.cache_read_input_tokens, counted.output_tokens) == (20, 0, 5)

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import jsonschema
+import pytest
 
+from llm_middleware.api.app import API
 from llm_middleware.api.core.http import Request
+from llm_middleware.demo_model import CHAT_TEMPLATE
+from llm_middleware.engine import Engine
 
 HELLO = [{"role": "user", "content": "Hello there"}]
 FORECAST = {
@@ -129,3 +136,51 @@ async def test_openapi_document_lists_the_routes(api) -> None:
     assert "text/event-stream" in create["responses"]["200"]["content"]
     assert "post" in document["paths"]["/v1/messages/count_tokens"]
     assert "max_tokens" in document["components"]["schemas"]["MessagesRequest"]["required"]
+
+
+# The demo template, opening the thinking block in the generation prompt unless thinking is switched off
+# (as Qwen3.5's does): the model's output is reasoning until it writes the end marker.
+_NO_THINKING = "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+THINKING_TEMPLATE = CHAT_TEMPLATE.replace(_NO_THINKING, _NO_THINKING.replace("{% endif %}", "{% else %}<think>\n{% endif %}"))
+
+
+@pytest.fixture(scope="module")
+def thinking_api(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[API]:
+    """The API over the tiny model with :data:`THINKING_TEMPLATE`."""
+    from transformers import AutoTokenizer
+
+    assert THINKING_TEMPLATE != CHAT_TEMPLATE
+    path = tmp_path_factory.mktemp("thinker") / "thinker"
+    shutil.copytree(tiny_model_dir, path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.chat_template = THINKING_TEMPLATE
+    tokenizer.save_pretrained(path)
+    engine = Engine(path, name="thinker", seed=0, max_model_len=1024)
+    engine.wait_ready_sync()
+    yield API(engine, base_path="/ai")
+    engine.shutdown()
+
+
+async def test_thinking_comes_in_thinking_blocks(thinking_api) -> None:
+    body = {"model": "thinker", "max_tokens": 6, "messages": HELLO, "temperature": 0}
+    status, _, message = await _post(thinking_api, "/v1/messages", body)
+    assert status == 200 and message["content"][0]["type"] == "thinking"
+    thought = message["content"][0]["thinking"]
+    assert thought and message["content"][0]["signature"] == ""
+
+    status, _, frames = await _post(thinking_api, "/v1/messages", {**body, "stream": True})
+    assert frames[2] == ("content_block_start", {"type": "content_block_start", "index": 0,
+                                                 "content_block": {"type": "thinking", "thinking": "", "signature": ""}})
+    deltas = [data["delta"] for name, data in frames if name == "content_block_delta" and data["index"] == 0]
+    assert {delta["type"] for delta in deltas} == {"thinking_delta"}
+    assert "".join(delta["thinking"] for delta in deltas) == thought
+
+    # Switched off, the template closes the block in the prompt: the output is the answer.
+    status, _, message = await _post(thinking_api, "/v1/messages", {**body, "thinking": {"type": "disabled"}})
+    assert status == 200 and {block["type"] for block in message["content"]} <= {"text"}
+    # An earlier turn's thinking block is taken back (its signature unchecked).
+    replay = [*HELLO, {"role": "assistant", "content": [{"type": "thinking", "thinking": thought, "signature": "x"},
+                                                        {"type": "text", "text": "Hi"}]},
+              {"role": "user", "content": "And?"}]
+    status, _, message = await _post(thinking_api, "/v1/messages", {**body, "messages": replay})
+    assert status == 200

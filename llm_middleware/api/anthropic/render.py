@@ -44,10 +44,12 @@ def stop_reason(finish_reason: str) -> StopReason:
     return _STOP_REASONS.get(finish_reason, "end_turn")
 
 
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> MessageUsage:
+def usage(counts: TurnUsage) -> MessageUsage:
     """The message's usage: Anthropic counts prompt tokens read from the cache apart from ``input_tokens``."""
+    # ``cached_tokens`` is there where the engine reports prompt tokens served from its prefix cache.
+    cached = getattr(counts, "cached_tokens", 0)
     return MessageUsage(
-        input_tokens=prompt_tokens - cached_tokens, output_tokens=completion_tokens, cache_read_input_tokens=cached_tokens
+        input_tokens=counts.prompt_tokens - cached, output_tokens=counts.completion_tokens, cache_read_input_tokens=cached
     )
 
 
@@ -134,7 +136,7 @@ class MessageStream:
             frames += self._close()
             self._stop_reason = stop_reason(event.finish_reason)
         elif isinstance(event, TurnUsage):
-            self._usage = usage(event.prompt_tokens, event.completion_tokens, getattr(event, "cached_tokens", 0))
+            self._usage = usage(event)
         return b"".join(frames)
 
     def closing(self) -> bytes:

@@ -70,7 +70,7 @@ def message(message_id: str, model: str, answer: TurnAnswer) -> Message:
         content=content_blocks(choice.reasoning, choice.content, choice.tool_calls),
         stop_reason=stop_reason(choice.finish_reason),
         stop_sequence=None,
-        usage=usage(answer.usage.prompt_tokens, answer.usage.completion_tokens),
+        usage=usage(answer.usage),
     )
 
 
