@@ -2,8 +2,9 @@
 
 Two servers run on loopback, started together once for the module: the Flask example under
 hypercorn, and a raw ASGI app that wants an API key and has one decoding slot and one waiting
-place (for the 401 and 429 answers).  The same prompt sent greedily as a chat completion, as a
-response and as a message must come back as the same tokens.
+place (for the 401 and 429 answers); a front with a ``RemoteEngine`` relays to the first.  The same
+prompt sent greedily as a chat completion, as a response and as a message must come back as the
+same tokens.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import anthropic
 import httpx
 import jsonschema
 import pytest
+from remote_servers import FrontServer, front_home, wait_until
 from servers import Server, server_env, serving
+
+from llm_middleware import LLMMiddleware, RemoteEngine
 
 SERVERS = ["flask", "asgi"]
 MESSAGES_KEY = "messages-key"  # the key server_apps.keyed_single_slot wants
@@ -248,3 +252,39 @@ def test_same_tokens_across_protocols(servers: dict[str, str], model: str) -> No
     assert output == text
     assert response["usage"]["output_tokens"] == chat["usage"]["completion_tokens"]
     assert response["usage"]["input_tokens"] == chat["usage"]["prompt_tokens"]
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def front(servers: dict[str, str], model: str) -> Iterator[str]:
+    """The base URL of a front whose ``RemoteEngine`` relays to the Flask server (its model published as "chat")."""
+    engine = RemoteEngine([servers["flask"] + "/ai/v1"], model_map={"chat": model}, timeout=30)
+    with FrontServer(LLMMiddleware(front_home, base_path="/ai", engine=engine)) as server:
+        wait_until(lambda: _answers(server.url + "/ai/health"), 60, "the front coming up")
+        yield server.url
+    engine.shutdown()
+
+
+def test_messages_over_a_remote_engine(front: str, servers: dict[str, str], model: str) -> None:
+    with _client(front) as relayed, _client(servers["flask"]) as direct:
+        here = direct.messages.create(model=model, max_tokens=6, messages=HELLO, extra_body=GREEDY)
+        there = relayed.messages.create(model="chat", max_tokens=6, messages=HELLO, extra_body=GREEDY)
+        assert _text(there) == _text(here) and there.model == "chat"
+        assert (there.usage.input_tokens, there.usage.output_tokens) == (here.usage.input_tokens, here.usage.output_tokens)
+        with relayed.messages.stream(model="chat", max_tokens=6, messages=HELLO, extra_body=GREEDY) as stream:
+            assert "".join(stream.text_stream) == _text(here)
+        counted = relayed.messages.count_tokens(model="chat", messages=HELLO)
+        assert counted.input_tokens == here.usage.input_tokens
+        # A forced call needs the tool-call grammar, which OpenAI-compatible upstreams do not take: refused, not
+        # answered with unconstrained text.
+        with pytest.raises(anthropic.BadRequestError):
+            relayed.messages.create(model="chat", max_tokens=8, messages=HELLO, tools=TOOLS,
+                                    tool_choice={"type": "tool", "name": "get_forecast"})
+        with pytest.raises(anthropic.NotFoundError):
+            relayed.messages.create(model="nope", max_tokens=4, messages=HELLO)
