@@ -69,6 +69,24 @@ async def test_message_matches_chat_completion_and_its_stream(api) -> None:
     assert frames[-2][1]["usage"]["output_tokens"] == message["usage"]["output_tokens"]
 
 
+async def test_stop_sequence_is_reported(api) -> None:
+    _, _, chat = await _post(api, "/v1/chat/completions", {
+        "model": "tiny", "messages": HELLO, "max_tokens": 12, "temperature": 0,
+    })
+    text = chat["choices"][0]["message"]["content"]
+    assert len(text) >= 4, text
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    body = _message(max_tokens=12, stop_sequences=["never written here", stop])
+    _, _, message = await _post(api, "/v1/messages", body)
+    assert message["stop_reason"] == "stop_sequence" and message["stop_sequence"] == stop
+    assert "".join(block["text"] for block in message["content"]) == text[:text.index(stop)]
+    _, _, frames = await _post(api, "/v1/messages", {**body, "stream": True})
+    assert frames[-2][1]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": stop}
+    # Without a stop sequence in the way, the same output ends for its own reasons.
+    _, _, message = await _post(api, "/v1/messages", _message(max_tokens=12, stop_sequences=["never written here"]))
+    assert message["stop_reason"] in ("end_turn", "max_tokens") and message["stop_sequence"] is None
+
+
 async def test_thinking_switches_the_template_and_count_tokens_agrees(api) -> None:
     counts = {}
     for kind in ("enabled", "disabled", "adaptive"):

@@ -39,8 +39,10 @@ from .types import TextDelta as TextDeltaOut
 _STOP_REASONS: dict[str, StopReason] = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
-def stop_reason(finish_reason: str) -> StopReason:
-    """Anthropic's ``stop_reason`` for a choice's finish reason."""
+def stop_reason(finish_reason: str, stop_sequence: str | None = None) -> StopReason:
+    """Anthropic's ``stop_reason`` for a choice's finish reason (and the stop string that ended it, if one did)."""
+    if finish_reason == "stop" and stop_sequence is not None:
+        return "stop_sequence"
     return _STOP_REASONS.get(finish_reason, "end_turn")
 
 
@@ -90,6 +92,7 @@ class MessageStream:
         self._open: str | None = None  # the kind of the open block: "thinking", "text" or None
         self._blocks = 0
         self._stop_reason: StopReason | None = None
+        self._stop_sequence: str | None = None
         self._usage: MessageUsage | None = None
 
     def _start(self) -> list[bytes]:
@@ -134,7 +137,8 @@ class MessageStream:
             self._blocks += 1
         elif isinstance(event, ChoiceDone):
             frames += self._close()
-            self._stop_reason = stop_reason(event.finish_reason)
+            self._stop_reason = stop_reason(event.finish_reason, event.stop_sequence)
+            self._stop_sequence = event.stop_sequence
         elif isinstance(event, TurnUsage):
             self._usage = usage(event)
         return b"".join(frames)
@@ -144,7 +148,7 @@ class MessageStream:
         frames = [*self._start(), *self._close()]
         totals = self._usage or MessageUsage(input_tokens=self._input_tokens, output_tokens=0)
         delta = MessageDelta(
-            delta=MessageDeltaFields(stop_reason=self._stop_reason, stop_sequence=None),
+            delta=MessageDeltaFields(stop_reason=self._stop_reason, stop_sequence=self._stop_sequence),
             # Totals, input included: some clients (LangChain) read the usage from here only.
             usage=MessageDeltaUsage(
                 output_tokens=totals.output_tokens,

@@ -68,8 +68,8 @@ def message(message_id: str, model: str, answer: TurnAnswer) -> Message:
         id=message_id,
         model=model,
         content=content_blocks(choice.reasoning, choice.content, choice.tool_calls),
-        stop_reason=stop_reason(choice.finish_reason),
-        stop_sequence=None,
+        stop_reason=stop_reason(choice.finish_reason, choice.stop_sequence),
+        stop_sequence=choice.stop_sequence,
         usage=usage(answer.usage),
     )
 
