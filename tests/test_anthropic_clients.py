@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import anthropic
 import httpx
@@ -176,7 +175,7 @@ def test_missing_key_raises_authentication_error(servers: dict[str, str], model:
     with _client(servers["asgi"], api_key="wrong") as sdk, pytest.raises(anthropic.AuthenticationError) as refused:
         sdk.messages.create(model=model, max_tokens=4, messages=HELLO)
     assert refused.value.status_code == 401 and refused.value.type == "authentication_error"
-    assert refused.value.body == {"type": "error", "error": {"type": "authentication_error", "message": refused.value.body["error"]["message"]}}
+    assert refused.value.body["type"] == "error" and refused.value.body["error"]["type"] == "authentication_error"
 
 
 def _stats(url: str) -> dict[str, int]:
@@ -276,7 +275,8 @@ def test_messages_over_a_remote_engine(front: str, servers: dict[str, str], mode
         here = direct.messages.create(model=model, max_tokens=6, messages=HELLO, extra_body=GREEDY)
         there = relayed.messages.create(model="chat", max_tokens=6, messages=HELLO, extra_body=GREEDY)
         assert _text(there) == _text(here) and there.model == "chat"
-        assert (there.usage.input_tokens, there.usage.output_tokens) == (here.usage.input_tokens, here.usage.output_tokens)
+        assert there.usage.input_tokens == here.usage.input_tokens
+        assert there.usage.output_tokens == here.usage.output_tokens
         with relayed.messages.stream(model="chat", max_tokens=6, messages=HELLO, extra_body=GREEDY) as stream:
             assert "".join(stream.text_stream) == _text(here)
         counted = relayed.messages.count_tokens(model="chat", messages=HELLO)

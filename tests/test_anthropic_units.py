@@ -31,7 +31,8 @@ def _body(**fields) -> dict:
 
 def test_conversation_with_tool_round_trip_becomes_template_messages() -> None:
     body = _decode(_body(
-        system=[{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Be kind.", "cache_control": {"type": "ephemeral"}}],
+        system=[{"type": "text", "text": "Be brief."},
+                {"type": "text", "text": "Be kind.", "cache_control": {"type": "ephemeral"}}],
         messages=[
             {"role": "user", "content": [{"type": "text", "text": "Weather?"}]},
             {"role": "assistant", "content": [
@@ -45,7 +46,8 @@ def test_conversation_with_tool_round_trip_becomes_template_messages() -> None:
                 {"type": "text", "text": "And tomorrow?"},
             ]},
             {"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": "toolu_2", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {"type": "tool_result", "tool_use_id": "toolu_2",
+                 "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
             ]},
         ],
     ))
@@ -53,7 +55,8 @@ def test_conversation_with_tool_round_trip_becomes_template_messages() -> None:
         {"role": "system", "content": "Be brief.\nBe kind."},
         {"role": "user", "content": "Weather?"},
         {"role": "assistant", "content": "Checking.", "reasoning_content": "Use the tool.",
-         "tool_calls": [{"id": "toolu_1", "type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}]},
+         "tool_calls": [{"id": "toolu_1", "type": "function",
+                         "function": {"name": "weather", "arguments": {"city": "Paris"}}}]},
         {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"},
         {"role": "user", "content": "And tomorrow?"},
         {"role": "tool", "tool_call_id": "toolu_2", "content": "a\nb"},
@@ -94,7 +97,8 @@ def test_unknown_block_types_and_missing_max_tokens_fail_decoding() -> None:
 
 def test_tools_tool_choice_thinking_and_sampling() -> None:
     body = _decode(_body(
-        tools=[{"name": "weather", "description": "Look it up", "input_schema": WEATHER}, {"name": "clock", "input_schema": {"type": "object"}, "type": "custom"}],
+        tools=[{"name": "weather", "description": "Look it up", "input_schema": WEATHER},
+               {"name": "clock", "input_schema": {"type": "object"}, "type": "custom"}],
         tool_choice={"type": "tool", "name": "weather"},
         thinking={"type": "enabled", "budget_tokens": 1024},
         stop_sequences=["END"], temperature=0.5, top_k=3, metadata={"user_id": "u1"},
@@ -159,4 +163,5 @@ def test_error_event_is_a_named_frame() -> None:
     frame = error_event(LLMError("engine failed"))
     name, data = frame.decode().strip().split("\n")
     assert name == "event: error"
-    assert msgspec.json.decode(data[len("data: "):]) == {"type": "error", "error": {"type": "api_error", "message": "engine failed"}}
+    body = msgspec.json.decode(data[len("data: "):])
+    assert body == {"type": "error", "error": {"type": "api_error", "message": "engine failed"}}

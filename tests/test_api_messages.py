@@ -149,7 +149,8 @@ async def test_openapi_document_lists_the_routes(api) -> None:
     response = await api.handle(Request(method="GET", path="/openapi.json", root_path="/ai", headers={}))
     document = json.loads(response.body)
     create = document["paths"]["/v1/messages"]["post"]
-    assert create["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/MessagesRequest"}
+    request_schema = create["requestBody"]["content"]["application/json"]["schema"]
+    assert request_schema == {"$ref": "#/components/schemas/MessagesRequest"}
     assert create["responses"]["default"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
     assert "text/event-stream" in create["responses"]["200"]["content"]
     assert "post" in document["paths"]["/v1/messages/count_tokens"]
@@ -159,7 +160,8 @@ async def test_openapi_document_lists_the_routes(api) -> None:
 # The demo template, opening the thinking block in the generation prompt unless thinking is switched off
 # (as Qwen3.5's does): the model's output is reasoning until it writes the end marker.
 _NO_THINKING = "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
-THINKING_TEMPLATE = CHAT_TEMPLATE.replace(_NO_THINKING, _NO_THINKING.replace("{% endif %}", "{% else %}<think>\n{% endif %}"))
+_OPEN_THINKING = _NO_THINKING.replace("{% endif %}", "{% else %}<think>\n{% endif %}")
+THINKING_TEMPLATE = CHAT_TEMPLATE.replace(_NO_THINKING, _OPEN_THINKING)
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +189,8 @@ async def test_thinking_comes_in_thinking_blocks(thinking_api) -> None:
     assert thought and message["content"][0]["signature"] == ""
 
     status, _, frames = await _post(thinking_api, "/v1/messages", {**body, "stream": True})
-    assert frames[2] == ("content_block_start", {"type": "content_block_start", "index": 0,
-                                                 "content_block": {"type": "thinking", "thinking": "", "signature": ""}})
+    empty = {"type": "thinking", "thinking": "", "signature": ""}
+    assert frames[2] == ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": empty})
     deltas = [data["delta"] for name, data in frames if name == "content_block_delta" and data["index"] == 0]
     assert {delta["type"] for delta in deltas} == {"thinking_delta"}
     assert "".join(delta["thinking"] for delta in deltas) == thought

@@ -115,8 +115,8 @@ class Completion:
             if d.usage is not None:
                 usage = d.usage
         choices = [
-            Choice(index=i, text="".join(texts[i]), token_ids=ids[i], finish_reason=reasons[i], logprobs=logprobs.get(i),
-                   stop=stops.get(i))
+            Choice(index=i, text="".join(texts[i]), token_ids=ids[i], finish_reason=reasons[i],
+                   logprobs=logprobs.get(i), stop=stops.get(i))
             for i in sorted(texts)
         ]
         return cls(id=request_id, model=model, choices=choices, usage=usage, prompt_token_ids=prompt_ids)

@@ -51,7 +51,9 @@ def usage(counts: TurnUsage) -> MessageUsage:
     # ``cached_tokens`` is there where the engine reports prompt tokens served from its prefix cache.
     cached = getattr(counts, "cached_tokens", 0)
     return MessageUsage(
-        input_tokens=counts.prompt_tokens - cached, output_tokens=counts.completion_tokens, cache_read_input_tokens=cached
+        input_tokens=counts.prompt_tokens - cached,
+        output_tokens=counts.completion_tokens,
+        cache_read_input_tokens=cached,
     )
 
 
@@ -131,7 +133,8 @@ class MessageStream:
         elif isinstance(event, ToolCallMade):
             frames += self._close()
             call = event.call
-            start = ContentBlockStart(index=self._blocks, content_block=ToolUseBlock(id=call.id, name=call.name, input={}))
+            block = ToolUseBlock(id=call.id, name=call.name, input={})
+            start = ContentBlockStart(index=self._blocks, content_block=block)
             arguments = ContentBlockDelta(index=self._blocks, delta=InputJsonDelta(partial_json=call.arguments))
             frames += [sse(start), sse(arguments), sse(ContentBlockStop(index=self._blocks))]
             self._blocks += 1

@@ -30,7 +30,7 @@ from .types import (
     ToolChoiceTool,
     ToolResultBlockParam,
     ToolUseBlockParam,
-    _ConversationFields,
+    ConversationFields,
 )
 
 def _refuse_block(block: ContentBlockParam, param: str) -> None:
@@ -104,7 +104,8 @@ def _assistant_message(message: MessageParam, i: int) -> dict[str, Any]:
         if isinstance(block, TextBlockParam):
             texts.append(block.text)
         elif isinstance(block, ToolUseBlockParam):
-            calls.append({"id": block.id, "type": "function", "function": {"name": block.name, "arguments": block.input}})
+            function = {"name": block.name, "arguments": block.input}
+            calls.append({"id": block.id, "type": "function", "function": function})
         elif isinstance(block, ThinkingBlockParam):
             thoughts.append(block.thinking)
         elif isinstance(block, RedactedThinkingBlockParam):
@@ -123,7 +124,7 @@ def _assistant_message(message: MessageParam, i: int) -> dict[str, Any]:
     return out
 
 
-def template_messages(body: _ConversationFields) -> list[dict[str, Any]]:
+def template_messages(body: ConversationFields) -> list[dict[str, Any]]:
     """The conversation of ``body`` (system prompt first) as chat-template message dicts."""
     if not body.messages:
         raise InvalidRequestError("'messages' must contain at least one message.", param="messages")
@@ -139,7 +140,7 @@ def template_messages(body: _ConversationFields) -> list[dict[str, Any]]:
     return out
 
 
-def tools(body: _ConversationFields) -> list[ToolSpec]:
+def tools(body: ConversationFields) -> list[ToolSpec]:
     """The request's client tools; server tools are refused (the core checks the schemas)."""
     out = []
     for i, tool in enumerate(body.tools or []):

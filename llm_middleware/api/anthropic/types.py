@@ -165,7 +165,7 @@ class Metadata(Struct, kw_only=True):
 # ---- requests --------------------------------------------------------------------------------
 
 
-class _ConversationFields(Struct, kw_only=True):
+class ConversationFields(Struct, kw_only=True):
     """What both routes render into a prompt."""
 
     model: str
@@ -176,14 +176,14 @@ class _ConversationFields(Struct, kw_only=True):
     thinking: ThinkingConfig | None = None
 
 
-class MessagesRequest(_ConversationFields, kw_only=True):
+StopSequence = Annotated[str, Meta(min_length=1, max_length=MAX_STOP_LENGTH)]
+
+
+class MessagesRequest(ConversationFields, kw_only=True):
     """Body of ``POST /v1/messages``.  ``max_tokens`` is required, as Anthropic requires it."""
 
     max_tokens: Annotated[int, Meta(ge=1)]
-    stop_sequences: (
-        Annotated[list[Annotated[str, Meta(min_length=1, max_length=MAX_STOP_LENGTH)]], Meta(max_length=MAX_STOP_STRINGS)]
-        | None
-    ) = None
+    stop_sequences: Annotated[list[StopSequence], Meta(max_length=MAX_STOP_STRINGS)] | None = None
     stream: bool = False
     temperature: Annotated[float, Meta(ge=0, le=1)] | None = None
     top_p: Annotated[float, Meta(gt=0, le=1)] | None = None
@@ -192,7 +192,7 @@ class MessagesRequest(_ConversationFields, kw_only=True):
     service_tier: str | None = None
 
 
-class CountTokensRequest(_ConversationFields, kw_only=True):
+class CountTokensRequest(ConversationFields, kw_only=True):
     """Body of ``POST /v1/messages/count_tokens``: the prompt of a message request, without sampling."""
 
 
@@ -332,7 +332,9 @@ class MessageStop(Struct, kw_only=True, tag_field="type", tag="message_stop"):
     """The last event."""
 
 
-StreamEvent = MessageStart | Ping | ContentBlockStart | ContentBlockDelta | ContentBlockStop | MessageDelta | MessageStop
+StreamEvent = (
+    MessageStart | Ping | ContentBlockStart | ContentBlockDelta | ContentBlockStop | MessageDelta | MessageStop
+)
 
 
 # ---- errors ----------------------------------------------------------------------------------
