@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import jsonschema
 import pytest
+from calling_engine import CALL, PREAMBLE
+from thinking_engine import ANSWER, THOUGHT, ThinkingEngine
 
 from llm_middleware.api.app import API
 from llm_middleware.api.core.http import Request
-from llm_middleware.demo_model import CHAT_TEMPLATE
-from llm_middleware.engine import Engine
+from llm_middleware.demo_model import build_demo_model
 
 HELLO = [{"role": "user", "content": "Hello there"}]
 FORECAST = {
@@ -157,50 +156,45 @@ async def test_openapi_document_lists_the_routes(api) -> None:
     assert "max_tokens" in document["components"]["schemas"]["MessagesRequest"]["required"]
 
 
-# The demo template, opening the thinking block in the generation prompt unless thinking is switched off
-# (as Qwen3.5's does): the model's output is reasoning until it writes the end marker.
-_NO_THINKING = "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
-_OPEN_THINKING = _NO_THINKING.replace("{% endif %}", "{% else %}<think>\n{% endif %}")
-THINKING_TEMPLATE = CHAT_TEMPLATE.replace(_NO_THINKING, _OPEN_THINKING)
-
-
 @pytest.fixture(scope="module")
-def thinking_api(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[API]:
-    """The API over the tiny model with :data:`THINKING_TEMPLATE`."""
-    from transformers import AutoTokenizer
-
-    assert THINKING_TEMPLATE != CHAT_TEMPLATE
-    path = tmp_path_factory.mktemp("thinker") / "thinker"
-    shutil.copytree(tiny_model_dir, path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.chat_template = THINKING_TEMPLATE
-    tokenizer.save_pretrained(path)
-    engine = Engine(path, name="thinker", seed=0, max_model_len=1024)
+def thinking_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[API]:
+    """The API over a model whose template opens a thinking block, steered to think and then answer or call."""
+    path = build_demo_model(tmp_path_factory.mktemp("thinker"), arch="qwen3", size="tiny", thinking=True)
+    engine = ThinkingEngine(path, name="thinker", seed=0, max_model_len=1024)
     engine.wait_ready_sync()
     yield API(engine, base_path="/ai")
     engine.shutdown()
 
 
 async def test_thinking_comes_in_thinking_blocks(thinking_api) -> None:
-    body = {"model": "thinker", "max_tokens": 6, "messages": HELLO, "temperature": 0}
+    body = {"model": "thinker", "max_tokens": 200, "messages": HELLO, "temperature": 0}
     status, _, message = await _post(thinking_api, "/v1/messages", body)
-    assert status == 200 and message["content"][0]["type"] == "thinking"
-    thought = message["content"][0]["thinking"]
-    assert thought and message["content"][0]["signature"] == ""
+    assert status == 200 and message["stop_reason"] == "end_turn"
+    assert message["content"] == [{"type": "thinking", "thinking": THOUGHT, "signature": ""},
+                                  {"type": "text", "text": ANSWER}]
 
     status, _, frames = await _post(thinking_api, "/v1/messages", {**body, "stream": True})
     empty = {"type": "thinking", "thinking": "", "signature": ""}
     assert frames[2] == ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": empty})
-    deltas = [data["delta"] for name, data in frames if name == "content_block_delta" and data["index"] == 0]
-    assert {delta["type"] for delta in deltas} == {"thinking_delta"}
-    assert "".join(delta["thinking"] for delta in deltas) == thought
+    deltas = [(data["index"], data["delta"]) for name, data in frames if name == "content_block_delta"]
+    assert {(index, delta["type"]) for index, delta in deltas} == {(0, "thinking_delta"), (1, "text_delta")}
+    assert "".join(delta.get("thinking", "") for _, delta in deltas) == THOUGHT
+    assert "".join(delta.get("text", "") for _, delta in deltas) == ANSWER
 
-    # Switched off, the template closes the block in the prompt: the output is the answer.
-    status, _, message = await _post(thinking_api, "/v1/messages", {**body, "thinking": {"type": "disabled"}})
+    # Thinking, a sentence, then a call: three blocks in that order.
+    tools = [{"name": "get_weather", "input_schema": {"type": "object", "properties": {"unit": {"enum": ["c", "f"]}}}}]
+    status, _, message = await _post(thinking_api, "/v1/messages", {**body, "tools": tools})
+    assert [block["type"] for block in message["content"]] == ["thinking", "text", "tool_use"]
+    assert message["content"][1]["text"] == PREAMBLE and message["stop_reason"] == "tool_use"
+    assert (message["content"][2]["name"], message["content"][2]["input"]) == (CALL["name"], CALL["arguments"])
+
+    # Switched off, the template closes the block in the prompt: the output is all answer.
+    status, _, message = await _post(thinking_api, "/v1/messages", {**body, "max_tokens": 6,
+                                                                     "thinking": {"type": "disabled"}})
     assert status == 200 and {block["type"] for block in message["content"]} <= {"text"}
     # An earlier turn's thinking block is taken back (its signature unchecked).
-    replay = [*HELLO, {"role": "assistant", "content": [{"type": "thinking", "thinking": thought, "signature": "x"},
-                                                        {"type": "text", "text": "Hi"}]},
+    replay = [*HELLO, {"role": "assistant", "content": [{"type": "thinking", "thinking": THOUGHT, "signature": "x"},
+                                                        {"type": "text", "text": ANSWER}]},
               {"role": "user", "content": "And?"}]
     status, _, message = await _post(thinking_api, "/v1/messages", {**body, "messages": replay})
-    assert status == 200
+    assert status == 200 and message["content"][0]["thinking"] == THOUGHT
