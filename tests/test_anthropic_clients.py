@@ -14,11 +14,13 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import anthropic
 import httpx
 import jsonschema
 import pytest
+from pydantic import BaseModel
 from remote_servers import FrontServer, front_home, wait_until
 from servers import Server, server_env, serving
 
@@ -149,6 +151,21 @@ def test_forced_tool_use_then_tool_result(client: anthropic.Anthropic, model: st
     assert answer.usage.input_tokens > message.usage.input_tokens
 
 
+class Verdict(BaseModel):
+    """A structured answer for ``messages.parse``."""
+
+    ok: bool
+    mood: Literal["happy", "sad"]
+
+
+def test_parse_follows_the_output_format(client: anthropic.Anthropic, model: str) -> None:
+    parsed = client.messages.parse(model=model, max_tokens=40, messages=HELLO, output_format=Verdict)
+    assert parsed.stop_reason == "end_turn" and isinstance(parsed.parsed_output, Verdict)
+    with client.messages.stream(model=model, max_tokens=40, messages=HELLO, output_format=Verdict) as stream:
+        final = stream.get_final_message()
+    assert isinstance(final.parsed_output, Verdict)
+
+
 def test_errors_raise_the_sdk_classes(client: anthropic.Anthropic, model: str) -> None:
     with pytest.raises(anthropic.BadRequestError) as missing:
         client.post("/v1/messages", cast_to=object, body={"model": model, "messages": HELLO})
@@ -159,6 +176,10 @@ def test_errors_raise_the_sdk_classes(client: anthropic.Anthropic, model: str) -
     assert "image" in refused.value.message
     with pytest.raises(anthropic.BadRequestError):
         client.messages.create(model=model, max_tokens=4, messages=HELLO, tool_choice={"type": "any"})
+    with pytest.raises(anthropic.BadRequestError) as bad_schema:
+        client.messages.create(model=model, max_tokens=4, messages=HELLO,
+                               output_config={"format": {"type": "json_schema", "schema": {"type": 5}}})
+    assert "output_config.format.schema" in bad_schema.value.message
     for stream in (False, True):
         with pytest.raises(anthropic.BadRequestError) as too_long:
             client.messages.create(model=model, max_tokens=4, stream=stream,

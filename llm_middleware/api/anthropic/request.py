@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...engine.text.messages import PART_SEPARATOR
-from ...conversation.turn import ToolSpec
+from ...conversation.turn import TEXT, OutputFormat, ToolSpec
 from ...errors import InvalidRequestError
 from .types import (
     ContentBlockParam,
@@ -169,6 +169,14 @@ def tool_choice(choice: ToolChoice | None) -> tuple[str, bool]:
     if isinstance(choice, ToolChoiceTool):
         return choice.name, False  # a named tool means exactly one call
     return "auto", parallel
+
+
+def output(body: ConversationFields) -> OutputFormat:
+    """What the answer must be: JSON following ``output_config.format.schema``, or free text."""
+    config = body.output_config
+    if config is None or config.format is None:
+        return TEXT
+    return OutputFormat("json_schema", schema=config.format.schema, param="output_config.format.schema")
 
 
 def thinking(config: ThinkingConfig | None) -> bool | None:

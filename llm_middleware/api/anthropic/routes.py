@@ -49,6 +49,7 @@ def _turn(body: MessagesRequest | CountTokensRequest, request_id: str) -> Turn:
         tools=translate.tools(body),
         tool_choice=tool_choice,
         parallel_tool_calls=parallel,
+        output=translate.output(body),
         sampling=translate.sampling(body) if isinstance(body, MessagesRequest) else {},
         thinking=translate.thinking(body.thinking),
         request_id=request_id,

@@ -156,6 +156,19 @@ class ThinkingAdaptive(Struct, kw_only=True, tag_field="type", tag="adaptive"):
 ThinkingConfig = ThinkingEnabled | ThinkingDisabled | ThinkingAdaptive
 
 
+class JSONOutputFormat(Struct, kw_only=True, tag_field="type", tag="json_schema"):
+    """The answer is JSON following ``schema`` (constrained decoding)."""
+
+    schema: dict[str, Any]
+
+
+class OutputConfig(Struct, kw_only=True):
+    """How the answer is written: ``format`` constrains it; ``effort`` is accepted and not used."""
+
+    format: JSONOutputFormat | None = None
+    effort: str | None = None
+
+
 class Metadata(Struct, kw_only=True):
     """Request metadata; accepted and not used."""
 
@@ -174,6 +187,7 @@ class ConversationFields(Struct, kw_only=True):
     tools: Annotated[list[ToolParam], Meta(max_length=MAX_TOOLS)] | None = None
     tool_choice: ToolChoice | None = None
     thinking: ThinkingConfig | None = None
+    output_config: OutputConfig | None = None
 
 
 StopSequence = Annotated[str, Meta(min_length=1, max_length=MAX_STOP_LENGTH)]
