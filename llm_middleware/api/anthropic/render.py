@@ -82,14 +82,14 @@ def sse(event: StreamEvent) -> bytes:
 class MessageStream:
     """Turns the events of one turn into the frames of a streamed message; holds the stream's state.
 
-    ``message_start`` (and a ``ping``) go out with the first event; :meth:`closing` closes the open
-    block and sends ``message_delta`` (stop reason, usage) and ``message_stop``.
+    ``message_start`` (and a ``ping``) go out with the first event, with no usage counted yet (the
+    engine counts at the end); :meth:`closing` closes the open block and sends ``message_delta``
+    (stop reason, the whole usage) and ``message_stop``.
     """
 
-    def __init__(self, message_id: str, model: str, input_tokens: int = 0) -> None:
+    def __init__(self, message_id: str, model: str) -> None:
         self._id = message_id
         self._model = model
-        self._input_tokens = input_tokens
         self._started = False
         self._open: str | None = None  # the kind of the open block: "thinking", "text" or None
         self._blocks = 0
@@ -103,7 +103,7 @@ class MessageStream:
         self._started = True
         message = Message(
             id=self._id, model=self._model, content=[], stop_reason=None, stop_sequence=None,
-            usage=MessageUsage(input_tokens=self._input_tokens, output_tokens=0),
+            usage=MessageUsage(input_tokens=0, output_tokens=0),
         )
         return [sse(MessageStart(message=message)), sse(Ping())]
 
@@ -149,7 +149,7 @@ class MessageStream:
     def closing(self) -> bytes:
         """The last frames: the open block's stop, ``message_delta`` and ``message_stop``."""
         frames = [*self._start(), *self._close()]
-        totals = self._usage or MessageUsage(input_tokens=self._input_tokens, output_tokens=0)
+        totals = self._usage or MessageUsage(input_tokens=0, output_tokens=0)
         delta = MessageDelta(
             delta=MessageDeltaFields(stop_reason=self._stop_reason, stop_sequence=self._stop_sequence),
             # Totals, input included: some clients (LangChain) read the usage from here only.

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...engine.text.messages import PART_SEPARATOR
 from ...conversation.turn import TEXT, OutputFormat, ToolSpec
+from ...engine.text.messages import PART_SEPARATOR
 from ...errors import InvalidRequestError
 from .types import (
     ContentBlockParam,
+    ConversationFields,
     DocumentBlockParam,
     ImageBlockParam,
     MessageParam,
@@ -21,17 +22,17 @@ from .types import (
     RedactedThinkingBlockParam,
     TextBlockParam,
     ThinkingAdaptive,
+    ThinkingBlockParam,
     ThinkingConfig,
     ThinkingEnabled,
-    ThinkingBlockParam,
     ToolChoice,
     ToolChoiceAny,
     ToolChoiceNone,
     ToolChoiceTool,
     ToolResultBlockParam,
     ToolUseBlockParam,
-    ConversationFields,
 )
+
 
 def _refuse_block(block: ContentBlockParam, param: str) -> None:
     kind = "image" if isinstance(block, ImageBlockParam) else "document"
