@@ -6,10 +6,13 @@ import json
 
 from anthropic.lib.streaming._messages import accumulate_event
 
+from llm_middleware.api.anthropic.errors import FRAMING
 from llm_middleware.api.anthropic.render import MessageStream, content_blocks, stop_reason, usage
 from llm_middleware.api.core.responses import encoder
+from llm_middleware.api.core.sse import EventStream
 from llm_middleware.conversation.answer import ToolCall
 from llm_middleware.conversation.events import ChoiceDone, ReasoningDelta, TextDelta, ToolCallMade, TurnUsage
+from llm_middleware.errors import EngineStepError
 
 CALL = ToolCall(0, "call_1", "get_forecast", '{"city": "Paris", "days": 3}')
 LATER = ToolCall(1, "call_2", "get_time", "{}")
@@ -73,3 +76,18 @@ def test_whole_message_parts() -> None:
     assert [stop_reason(r) for r in ("stop", "length", "tool_calls")] == ["end_turn", "max_tokens", "tool_use"]
     counted = usage(TurnUsage(prompt_tokens=20, completion_tokens=5))
     assert (counted.input_tokens, counted.cache_read_input_tokens, counted.output_tokens) == (20, 0, 5)
+
+
+async def test_a_failure_mid_stream_ends_with_an_error_event() -> None:
+    async def events():
+        yield TextDelta(0, "Hello")
+        raise EngineStepError("A model step failed.")
+
+    frames = MessageStream("msg_3", "tiny")
+    stream = EventStream(events(), frames.on_event, FRAMING, closing=frames.closing)
+    raw = b"".join([chunk async for chunk in stream]).decode()
+    names = [frame.split("\n")[0].removeprefix("event: ") for frame in raw.strip().split("\n\n")]
+    assert names == ["message_start", "ping", "content_block_start", "content_block_delta", "error"]
+    assert stream.failed
+    error = json.loads(raw.strip().split("\n\n")[-1].split("\n")[1].removeprefix("data: "))
+    assert error == {"type": "error", "error": {"type": "api_error", "message": "A model step failed."}}
