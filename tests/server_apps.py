@@ -104,3 +104,6 @@ def slow_authorize(info: RequestInfo) -> bool:
 #: Every API request passes a synchronous ``authorize`` first: around a raw ASGI app, and around Flask (for WSGI servers).
 slow_authorize_app = raw_asgi_app(authorize=slow_authorize)
 slow_authorize_flask = LLMMiddleware(flask_app, base_path="/ai", model=MODEL, authorize=slow_authorize)
+
+#: An API key is required, and one request decodes while one waits: the Messages API's refusals (401, 429).
+keyed_single_slot = raw_asgi_app(api_keys=["messages-key"], max_batch_size=1, max_waiting=1)

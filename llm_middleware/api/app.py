@@ -9,6 +9,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 from ..errors import LLMError
+from .anthropic.errors import exception_response as anthropic_exception_response
+from .anthropic.routes import MESSAGES_PATH, anthropic_routes
 from .core.errors import ErrorRenderer
 from .core.forwarding import AnswerReader
 from .core.http import Request, Response
@@ -73,6 +75,8 @@ class API:
 
     #: How the middleware answers the failures it finds itself (a refused key, a body too large).
     render_error: ErrorRenderer = staticmethod(exception_response)
+    #: Paths (and the paths below them) whose failures are answered in another protocol's error shape.
+    error_shapes: tuple[tuple[str, ErrorRenderer], ...] = ((MESSAGES_PATH, anthropic_exception_response),)
     #: How the middleware's metrics read the answers of an engine that relays whole requests.
     read_forwarded: AnswerReader = staticmethod(read_answer)
 
@@ -82,6 +86,7 @@ class API:
         routes = openai_routes(engine)
         if isinstance(engine, ForwardingEngine):  # e.g. RemoteEngine: upstream servers answer OpenAI requests
             routes = forwarding_routes(routes, engine)
+        routes += anthropic_routes(engine)
         if include_docs:
             document = openapi_document(
                 routes, title="llm_middleware OpenAI-compatible API", version=_package_version(), error_type=ErrorBody
@@ -92,6 +97,13 @@ class API:
             ]
         self._router = Router(routes)
 
+    def error_renderer(self, path: str) -> ErrorRenderer:
+        """How failures of a request for ``path`` are answered: in the error shape of the protocol it speaks."""
+        for prefix, render in self.error_shapes:
+            if path == prefix or path.startswith(prefix + "/"):
+                return render
+        return self.render_error
+
     def route_path(self, path: str) -> str | None:
         """The path of the route serving ``path``, with parameters as placeholders
         (``/v1/models/{model}``); None for an unknown path.  A label of low cardinality for metrics."""
@@ -100,10 +112,11 @@ class API:
     async def handle(self, request: Request) -> Response:
         """Answer ``request``; never raises (every failure becomes an error response)."""
         route: Route | None = None
+        render_error = self.error_renderer(request.path)
         try:
             route = self._router.find(request.method, request.path)
         except LLMError as exc:
-            response = self.render_error(exc)
+            response = render_error(exc)
         incoming = request.headers.get("x-request-id")
         if incoming is not None and _VALID_REQUEST_ID.fullmatch(incoming):
             request_id = incoming
@@ -113,6 +126,6 @@ class API:
             try:
                 response = await route.handler(request, request_id)
             except Exception as exc:
-                response = self.render_error(exc)
+                response = render_error(exc)
         response.headers.append(("x-request-id", request_id))
         return response

@@ -25,7 +25,8 @@ def openapi_document(routes: list[Route], *, title: str, version: str, error_typ
     ``servers`` (those depend on the request)."""
     types = [error_type]
     for route in routes:
-        types += [t for t in (route.request_type, route.response_type, route.stream_type) if t is not None]
+        bodies = (route.request_type, route.response_type, route.stream_type, route.error_type)
+        types += [t for t in bodies if t is not None]
     types = list(dict.fromkeys(types))
     schemas, components = msgspec.json.schema_components(types, ref_template=_REF)
     schema_of = dict(zip(types, schemas))
@@ -38,13 +39,17 @@ def openapi_document(routes: list[Route], *, title: str, version: str, error_typ
             content.update(_json(schema_of[route.response_type]))
         if route.stream_type is not None:
             content["text/event-stream"] = {
-                "schema": {"type": "string", "description": "`data: <chunk>` events, then `data: [DONE]`"},
+                "schema": {"type": "string", "description": route.stream_format},
                 "x-chunk-schema": schema_of[route.stream_type],
             }
         operation: dict[str, Any] = {
             "summary": route.summary,
             "operationId": route.method.lower() + route.path.replace("/", "_").rstrip("_"),
-            "responses": {"200": {"description": "OK", "content": content}, "default": error},
+            "responses": {
+                "200": {"description": "OK", "content": content},
+                "default": {"description": "An error", "content": _json(schema_of[route.error_type])}
+                if route.error_type is not None else error,
+            },
         }
         if route.request_type is not None:
             operation["requestBody"] = {"required": True, "content": _json(schema_of[route.request_type])}

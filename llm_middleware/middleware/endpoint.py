@@ -57,7 +57,6 @@ class APIEndpoint:
         self.metrics = Metrics(engine)
         observed = ObservedEngine(engine, self.metrics, API.read_forwarded)
         self._api = API(observed, base_path=self.base_path, include_docs=options.include_docs)  # type: ignore[arg-type]
-        self._render_error = self._api.render_error
         self._cors = CORSPolicy(options.allowed_origins) if options.allowed_origins is not None else None
         self._auth = Authenticator(options.api_keys, options.authorize, options.public_paths)
         self._drain = Drain(options.drain_timeout)
@@ -125,7 +124,7 @@ class APIEndpoint:
                     raise MethodNotAllowedError(method, METRICS_PATH, ["GET"])
                 return self.metrics.response()
         except Exception as exc:  # a refusal, or the host app's authorize failed (a logged 500)
-            return self._render_error(exc)
+            return self._api.error_renderer(path)(exc)
         return None
 
     async def _respond(self, exchange: Exchange, request: Request) -> Response:
@@ -133,7 +132,7 @@ class APIEndpoint:
         deadline = Deadline(self.request_timeout)
         exchange.deadline = deadline
         self._drain.enter(deadline)
-        return await respond_within(deadline, self._api.handle(request), self._render_error)
+        return await respond_within(deadline, self._api.handle(request), self._api.error_renderer(request.path))
 
     def _finish(self, exchange: Exchange, headers: dict[str, str], response: Response) -> Response:
         """Note what is being sent, add CORS headers, and watch a stream for its end."""
@@ -186,7 +185,7 @@ class APIEndpoint:
                 except asgi.ClientDisconnectedError:
                     return
                 except BodyTooLargeError as exc:
-                    response = self._render_error(exc)
+                    response = self._api.error_renderer(path)(exc)
             if response is not None:
                 await asgi.send_response(send, self._finish(exchange, headers, response))
                 return
@@ -216,7 +215,7 @@ class APIEndpoint:
                 try:
                     body = wsgi.read_body(environ, headers, self.max_body_size)
                 except BodyTooLargeError as exc:
-                    response = self._render_error(exc)
+                    response = self._api.error_renderer(path)(exc)
                 else:
                     request = wsgi.build_request(environ, path, root_path, headers, body)
                     response = self._loop.run(self._respond(exchange, request))
