@@ -25,7 +25,8 @@ from .observe.exchange import Exchange, ObservedStream, current_exchange
 from .observe.metrics import Metrics
 from .observe.observed_engine import ObservedEngine
 from .options import APIOptions
-from .policy.auth import Authenticator, request_info
+from ..request_info import request_info
+from .policy.auth import Authenticator
 from .policy.body_limit import BodyTooLargeError
 from .policy.cors import CORSPolicy
 from .policy.deadline import Deadline, RequestTimeoutError, respond_within
