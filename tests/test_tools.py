@@ -296,7 +296,7 @@ def _offered(box: ToolBox) -> set[str]:
 def test_mcp_server_over_stdio() -> None:
     async def main() -> None:
         box = ToolBox([lookup_order], mcp_servers=[[sys.executable, str(ROOT / "tests" / "mcp_tools_server.py"), "stdio"]])
-        await box.start(wait=60)
+        await box.ready(timeout=60)
         try:
             assert _offered(box) == {"lookup_order", "count_letters", "mcp_fails"}
             result = await box.run(PendingCall("c", "count_letters", '{"word": "banana", "letter": "a"}'),
@@ -333,7 +333,7 @@ def test_mcp_server_over_streamable_http_is_reconnected_and_its_tools_withdrawn_
         nonlocal process
         box = ToolBox(mcp_servers=[url])
         box.mcp = MCPSources([MCPServer(url=url)], check_interval=0.3)
-        await box.start(wait=1)
+        await box.ready(timeout=1)
         try:
             await _until(lambda: "count_letters" in _offered(box))
             result = await box.run(PendingCall("c", "count_letters", '{"word": "kayak", "letter": "k"}'),

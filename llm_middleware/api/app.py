@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 from ..errors import LLMError
+from ..tools.toolbox import ToolBox
 from .core.errors import ErrorRenderer
 from .core.forwarding import AnswerReader
 from .core.http import Request, Response
@@ -68,7 +69,8 @@ class API:
     """The API's endpoints over one :class:`~llm_middleware.engine.Engine`.
 
     ``base_path`` is where the API is mounted; the docs fall back to it for their server URL
-    when a request carries no root path.  ``include_docs`` serves ``/openapi.json`` and ``/docs``.
+    when a request carries no root path.  ``include_docs`` serves ``/openapi.json`` and ``/docs``;
+    ``tools`` are the tools the server runs itself.
     """
 
     #: How the middleware answers the failures it finds itself (a refused key, a body too large).
@@ -76,8 +78,11 @@ class API:
     #: How the middleware's metrics read the answers of an engine that relays whole requests.
     read_forwarded: AnswerReader = staticmethod(read_answer)
 
-    def __init__(self, engine: Engine, *, base_path: str = "/ai", include_docs: bool = True) -> None:
+    def __init__(
+        self, engine: Engine, *, base_path: str = "/ai", include_docs: bool = True, tools: ToolBox | None = None
+    ) -> None:
         self.engine = engine
+        self.tools = tools if tools is not None else ToolBox()
         self.base_path = base_path
         routes = openai_routes(engine)
         if isinstance(engine, ForwardingEngine):  # e.g. RemoteEngine: upstream servers answer OpenAI requests

@@ -26,6 +26,7 @@ from .observe.metrics import Metrics
 from .observe.observed_engine import ObservedEngine
 from .options import APIOptions
 from ..request_info import request_info
+from ..tools.calls import ToolResult
 from .policy.auth import Authenticator
 from .policy.body_limit import BodyTooLargeError
 from .policy.cors import CORSPolicy
@@ -56,8 +57,10 @@ class APIEndpoint:
         self.max_body_size = options.max_body_size
         self.request_timeout = options.request_timeout
         self.metrics = Metrics(engine)
+        self.tools = options.toolbox()
+        self.tools.observers.append(self._count_tool_call)
         observed = ObservedEngine(engine, self.metrics, API.read_forwarded)
-        self._api = API(observed, base_path=self.base_path, include_docs=options.include_docs)  # type: ignore[arg-type]
+        self._api = API(observed, base_path=self.base_path, include_docs=options.include_docs, tools=self.tools)  # type: ignore[arg-type]
         self._render_error = self._api.render_error
         self._cors = CORSPolicy(options.allowed_origins) if options.allowed_origins is not None else None
         self._auth = Authenticator(options.api_keys, options.authorize, options.public_paths)
@@ -76,6 +79,7 @@ class APIEndpoint:
         with self._start_lock:
             if self._started_in != os.getpid():
                 self.engine.start()
+                self.tools.start()
                 self._started_in = os.getpid()
 
     def open(self) -> None:
@@ -83,6 +87,7 @@ class APIEndpoint:
         self._drain.reopen()
         with self._start_lock:
             self.engine.start()
+            self.tools.start()
             self._started_in = os.getpid()
 
     async def drain(self) -> None:
@@ -90,9 +95,14 @@ class APIEndpoint:
         await self._drain.drain()
 
     def shutdown_engine(self) -> None:
-        """Shut the engine down if this endpoint created it; an engine passed in is left to its owner."""
+        """Close the MCP connections, and shut the engine down if this endpoint created it (an engine passed
+        in is left to its owner)."""
+        self.tools.stop()
         if self.owns_engine:
             self.engine.shutdown()
+
+    def _count_tool_call(self, result: ToolResult, round: int, request_id: str) -> None:
+        self.metrics.count_tool_call(self.tools.label(result.name), result.outcome, result.seconds)
 
     async def stop(self) -> None:
         """Drain, then shut down an owned engine: the server is shutting down."""

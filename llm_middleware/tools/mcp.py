@@ -171,10 +171,10 @@ class MCPSources:
                 merged.setdefault(name, tool)
         return merged
 
-    async def start(self) -> None:
-        """Begin connecting to every server (idempotent, returns at once)."""
+    def start(self) -> None:
+        """Begin connecting to every server (idempotent; returns once the connecting tasks exist)."""
         if self.connections and not self._holds:
-            await self._loop.call(self._spawn())
+            self._loop.run(self._spawn())
 
     async def _spawn(self) -> None:
         for connection in self.connections:
@@ -183,7 +183,7 @@ class MCPSources:
 
     async def wait_tried(self, timeout: float) -> None:
         """Wait (at most ``timeout`` seconds) until every server connected or failed once."""
-        if self._holds:
+        if self._holds and not all(connection.tried.is_set() for connection in self.connections):
             with contextlib.suppress(TimeoutError):
                 await self._loop.call(asyncio.wait_for(self._all_tried(), timeout))
 

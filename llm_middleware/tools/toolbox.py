@@ -39,6 +39,8 @@ ToolObserver = Callable[[ToolResult, int, str], None]
 DEFAULT_MAX_TOOL_ROUNDS = 8
 DEFAULT_TOOL_TIMEOUT = 30.0
 DEFAULT_MAX_TOOL_RESULT_SIZE = 64 * 1024
+#: Seconds a request waits at most for the MCP servers' first connection.
+MCP_CONNECT_WAIT = 10.0
 
 
 class OfferedTool(Protocol):
@@ -118,13 +120,18 @@ class ToolBox:
 
     # ---- lifecycle (MCP connections) ------------------------------------------------------------
 
-    async def start(self, wait: float = 10.0) -> None:
-        """Connect to the MCP servers, waiting at most ``wait`` seconds for each to connect or fail once."""
-        await self.mcp.start()
-        await self.mcp.wait_tried(wait)
+    def start(self) -> None:
+        """Begin connecting to the MCP servers (idempotent; returns at once)."""
+        self.mcp.start()
+
+    async def ready(self, timeout: float = MCP_CONNECT_WAIT) -> None:
+        """Start if needed and wait (at most ``timeout`` seconds) until every MCP server connected or failed
+        once, so that a request right after start-up is offered the tools of servers that are there."""
+        self.mcp.start()
+        await self.mcp.wait_tried(timeout)
 
     def stop(self) -> None:
-        """Close the MCP connections."""
+        """Close the MCP connections (a later :meth:`start` opens them again)."""
         self.mcp.stop()
 
     # ---- what is offered ------------------------------------------------------------------------
@@ -142,6 +149,11 @@ class ToolBox:
         if name in self.tools or name in self.mcp.tools():
             return True
         return self.dispatcher is not None and name in client_tools
+
+    def label(self, name: str) -> str:
+        """``name`` for metrics when it is a tool the server knows, else ``other`` (names a model or
+        client made up must not grow the label set without bound)."""
+        return name if name in self.tools or name in self.mcp.tools() else "other"
 
     # ---- running --------------------------------------------------------------------------------
 
