@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
-from ...engine.sampling_params import SamplingParams
-from ...errors import InvalidRequestError
-from ...markers import HERMES_END, HERMES_START
+from ..engine.sampling_params import SamplingParams
+from ..errors import InvalidRequestError
+from ..markers import HERMES_END, HERMES_START
 from .limits import check_json_depth
 
 #: Whether the engine's sampler takes a grammar (``SamplingParams.guided``).
