@@ -43,10 +43,10 @@ def _package_version() -> str:
         return "0"
 
 
-def openai_routes(engine: Engine) -> list[Route]:
-    """OpenAI's routes (and the server's own: tokenize, health) over ``engine``."""
+def openai_routes(engine: Engine, tools: ToolBox | None = None) -> list[Route]:
+    """OpenAI's routes (and the server's own: tokenize, health) over ``engine``, chat with the server's ``tools``."""
     return [
-        Route("POST", "/v1/chat/completions", partial(chat_completions, engine), "Create a chat completion",
+        Route("POST", "/v1/chat/completions", partial(chat_completions, engine, tools=tools), "Create a chat completion",
               id_prefix="chatcmpl-", request_type=ChatCompletionRequest, response_type=ChatCompletion,
               stream_type=ChatCompletionChunk),
         Route("POST", "/v1/completions", partial(completions, engine), "Create a text completion",
@@ -84,9 +84,10 @@ class API:
         self.engine = engine
         self.tools = tools if tools is not None else ToolBox()
         self.base_path = base_path
-        routes = openai_routes(engine)
+        routes = openai_routes(engine, self.tools)
         if isinstance(engine, ForwardingEngine):  # e.g. RemoteEngine: upstream servers answer OpenAI requests
-            routes = forwarding_routes(routes, engine)
+            # Chat stays here when the server runs tools: the loop runs where the tools are.
+            routes = forwarding_routes(routes, engine, keep={"/v1/chat/completions"} if self.tools else set())
         if include_docs:
             document = openapi_document(
                 routes, title="llm_middleware OpenAI-compatible API", version=_package_version(), error_type=ErrorBody

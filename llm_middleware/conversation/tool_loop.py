@@ -15,14 +15,16 @@ Besides the core's events the loop tells of each call it runs (:class:`ToolRunni
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from ..engine.outputs import Choice, Completion, Usage
 from ..errors import InvalidRequestError
 from ..request_info import RequestInfo
 from ..tools.calls import ToolResult
-from ..tools.toolbox import PendingCall, ToolBox
+from ..tools.toolbox import DEFAULT_MAX_TOOL_ROUNDS, DEFAULT_TOOL_TIMEOUT, PendingCall, ToolBox, ToolPermission
 from .answer import ToolCall
 from .events import ChoiceDone, ReasoningDelta, TextDelta, ToolCallMade, TurnEvent, TurnUsage
 from .stream import TurnAnswer, gather, stream_turn
@@ -70,9 +72,14 @@ class ToolLoop:
         which a request may only lower)."""
         if requested is None:
             return cls(toolbox, info, toolbox.max_tool_rounds)
-        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
-            raise InvalidRequestError(f"'{param}' must be an integer >= 0.", param=param)
-        return cls(toolbox, info, min(requested, toolbox.max_tool_rounds))
+        return cls(toolbox, info, min(check_rounds(requested, param), toolbox.max_tool_rounds))
+
+
+def check_rounds(requested: int, param: str = "max_tool_rounds") -> int:
+    """A request's own ``max_tool_rounds``, checked."""
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
+        raise InvalidRequestError(f"'{param}' must be an integer >= 0.", param=param)
+    return requested
 
 
 def uses_server_tools(toolbox: ToolBox, turn: Turn) -> bool:
@@ -226,3 +233,29 @@ async def answer_with_tools(engine: EngineAPI, turn: Turn, loop: ToolLoop) -> Lo
     finally:
         await stream.aclose()
     return LoopAnswer(gather(events), calls)
+
+
+async def chat_with_tools(engine: EngineAPI, messages: list[dict[str, Any]], tools: list[Any], *,
+                          model: str | None = None, chat_template_kwargs: dict[str, Any] | None = None,
+                          request_id: str | None = None, tool_choice: str = "auto",
+                          max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS, tool_timeout: float = DEFAULT_TOOL_TIMEOUT,
+                          tool_permission: ToolPermission | None = None, **sampling: Any) -> Completion:
+    """``engine.chat(messages, tools=[functions])``: the loop with the host's functions as the server's tools
+    (no caller's request: a tool's ``RequestInfo`` parameter receives None), the final answer as a
+    :class:`Completion` whose usage sums every round."""
+    if any(isinstance(tool, Mapping) for tool in tools):
+        raise TypeError("engine.chat takes either tool dicts or Python functions as tools, not both")
+    toolbox = ToolBox(tools, max_tool_rounds=max_tool_rounds, tool_timeout=tool_timeout, tool_permission=tool_permission)
+    request_id = request_id or f"chat-{uuid.uuid4().hex}"
+    turn = Turn(messages=messages, model=model, tool_choice=tool_choice, sampling=sampling,
+                chat_template_kwargs=chat_template_kwargs, request_id=request_id)
+    answer = (await answer_with_tools(engine, turn, ToolLoop(toolbox, None, max_tool_rounds))).answer
+    [choice] = answer.choices
+    finish: Any = choice.finish_reason
+    return Completion(
+        id=request_id,
+        model=engine.resolve_model(model, task="generate"),
+        choices=[Choice(0, choice.content or "", [], finish, choice.logprobs)],
+        usage=Usage(answer.usage.prompt_tokens, answer.usage.completion_tokens),
+        prompt_token_ids=[],
+    )
