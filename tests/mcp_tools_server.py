@@ -6,14 +6,16 @@ Its tool ``count_letters`` counts a letter in a word; ``mcp_fails`` always fails
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 from mcp.server import MCPServer
+from pydantic import Field
 
 server = MCPServer("test-tools")
 
 
 @server.tool()
-def count_letters(word: str, letter: str) -> str:
+def count_letters(word: Annotated[str, Field(max_length=4)], letter: Annotated[str, Field(max_length=1)]) -> str:
     """How many times ``letter`` occurs in ``word``."""
     return f"{word.count(letter)} letters"
 
