@@ -20,6 +20,10 @@ def count_letters(word: Annotated[str, Field(max_length=4)], letter: Annotated[s
     return f"{word.count(letter)} letters"
 
 
+# A random model steered by the schema writes extra keys until told there are none.
+server._tool_manager.get_tool("count_letters").parameters["additionalProperties"] = False  # noqa: SLF001
+
+
 @server.tool()
 def mcp_fails() -> str:
     """Always fails."""
