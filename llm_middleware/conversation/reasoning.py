@@ -3,7 +3,8 @@
 A model whose template thinks writes its reasoning between two markers (``<think>`` and
 ``</think>``) before the answer; :class:`~..engine.text.reasoning.ReasoningFormat` says which
 markers and where the output begins.  The markers themselves are dropped, and so is the blank
-space that opens the reasoning and the answer.  Text that may be the start of a marker is held
+space that opens the reasoning and the answer after it (an output without a reasoning block is
+handed out as it is).  Text that may be the start of a marker is held
 back until it is decided.  Tool-call parsing and JSON output see the answer only.
 """
 
@@ -39,7 +40,8 @@ class ReasoningSplitter:
         else:
             self._state = "reasoning" if fmt.begins == "reasoning" else "open"
         self._pending = ""
-        self._at_start = True  # nothing but blank space handed out in the current part yet
+        # Blank space at the start of this part is dropped: true inside reasoning and after it.
+        self._at_start = self._state == "reasoning"
 
     @property
     def reasoning(self) -> bool:
@@ -67,7 +69,7 @@ class ReasoningSplitter:
                 return True
             if (fmt.start.startswith(rest) or not rest) and not last:
                 return False  # may still open a block
-            self._state = "answer"
+            self._state, self._at_start = "answer", False
             return True
         if self._state == "reasoning":
             if self._at_start:  # a model may repeat the start marker the prompt already opened

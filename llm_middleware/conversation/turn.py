@@ -192,18 +192,24 @@ def _output_spec(output: OutputFormat) -> dict[str, Any] | None:
     return guided.json_schema_spec(output.schema, output.param)
 
 
-def guided_spec(turn: Turn) -> dict[str, Any] | None:
-    """The ``guided`` spec the answer follows: forced tool calls, else the output format (None: free text)."""
+def guided_spec(turn: Turn, reasoning: ReasoningFormat | None = None) -> dict[str, Any] | None:
+    """The ``guided`` spec the answer follows: forced tool calls, else the output format (None: free
+    text).  A model that reasons first (``reasoning``) reasons freely; the grammar applies after."""
     forced = _forced(turn)
     if forced is None:
-        return _output_spec(turn.output)
-    if turn.output.type == "regex":
+        spec, param = _output_spec(turn.output), turn.output.param
+    elif turn.output.type == "regex":
         raise InvalidRequestError(
             "A regular expression output cannot be combined with a forced tool call.", param=turn.output.param
         )
-    guided.check_supported("tool_choice", "tool_choice 'required' or a named tool")
-    several = turn.tool_choice == "required" and turn.parallel_tool_calls
-    return guided.tool_call_spec([(tool.name, tool.parameters) for tool in forced], several=several)
+    else:
+        guided.check_supported("tool_choice", "tool_choice 'required' or a named tool")
+        several = turn.tool_choice == "required" and turn.parallel_tool_calls
+        spec = guided.tool_call_spec([(tool.name, tool.parameters) for tool in forced], several=several)
+        param = "tool_choice"
+    if spec is None or reasoning is None:
+        return spec
+    return guided.after_reasoning(spec, reasoning, param)
 
 
 def _template_kwargs(turn: Turn) -> dict[str, Any] | None:
@@ -219,7 +225,7 @@ def _compile(turn: Turn, model: str, template_kwargs: dict[str, Any] | None,
     check_tools(turn.tools)
     tools = _tool_settings(turn)
     call: dict[str, Any] = dict(turn.sampling)
-    if (spec := guided_spec(turn)) is not None:
+    if (spec := guided_spec(turn, reasoning)) is not None:
         call["guided"] = spec
     call.update(
         model=model,

@@ -230,9 +230,10 @@ class RemoteEngine(EngineAPI):
 
     async def reasoning_format(self, *, model: str | None = None,
                                chat_template_kwargs: dict[str, Any] | None = None) -> ReasoningFormat | None:
-        """Upstreams split reasoning from the answer themselves (vLLM's reasoning parsers); their
-        ``reasoning_content`` comes back as a ``<think>`` block that opens the reply (``remote.results``)."""
-        return ReasoningFormat(THINK_START, THINK_END, "either")
+        """Upstreams split reasoning from the answer themselves (vLLM's reasoning parsers) and constrain
+        the answer only; their ``reasoning_content`` comes back as a ``<think>`` block that opens the
+        reply (``remote.results``), as does the reasoning of an upstream that leaves it in the text."""
+        return ReasoningFormat(THINK_START, THINK_END, "either", marker_tokens=False, grammar_sees_reasoning=False)
 
     # ---- generation and embeddings --------------------------------------------------------------------
 

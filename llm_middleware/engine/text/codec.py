@@ -9,7 +9,7 @@ from typing import Any
 from ...errors import ContextLengthExceededError, InvalidRequestError
 from .chat_template import check_template_kwargs, render_chat, reserved_names
 from .detokenizer import TokenDecoder
-from .reasoning import Begins, ReasoningFormat, marker_token_id, output_begins, reasoning_markers
+from .reasoning import Begins, ReasoningFormat, are_added_tokens, output_begins, reasoning_markers
 from .token_bytes import TokenBytes
 
 # What a template is asked to render to learn its generation prompt: one user turn, without markers.
@@ -72,7 +72,7 @@ class TextCodec:
         variables = check_template_kwargs(template_kwargs, reserved_names(self.tokenizer))
         start, end = self.reasoning_markers
         begins = self._begins(json.dumps(variables, sort_keys=True))
-        return ReasoningFormat(start, end, begins, marker_token_id(self.tokenizer, end))
+        return ReasoningFormat(start, end, begins, are_added_tokens(self.tokenizer, start, end))
 
     def _probe_begins(self, variables: str) -> Begins:
         assert self.reasoning_markers is not None

@@ -30,13 +30,17 @@ Begins = Literal["reasoning", "answer", "either"]
 class ReasoningFormat:
     """A model's reasoning markers and, for one request's template variables, where its output begins.
 
-    ``end_token_id`` is the end marker's token id where the vocabulary has it as one token.
+    ``marker_tokens``: each marker is one added token of the vocabulary (a grammar names it as a
+    token, not as text).  ``grammar_sees_reasoning``: a ``guided`` grammar constrains the whole
+    output, reasoning included, so it must let the reasoning through first; False where the engine
+    keeps the reasoning apart before the grammar applies (an upstream's reasoning parser).
     """
 
     start: str
     end: str
     begins: Begins
-    end_token_id: int | None = None
+    marker_tokens: bool = True
+    grammar_sees_reasoning: bool = True
 
 
 def reasoning_markers(tokenizer: Any) -> tuple[str, str] | None:
@@ -52,9 +56,10 @@ def reasoning_markers(tokenizer: Any) -> tuple[str, str] | None:
     return None
 
 
-def marker_token_id(tokenizer: Any, marker: str) -> int | None:
-    """The id of ``marker`` where it is one added token of ``tokenizer``."""
-    return tokenizer.get_added_vocab().get(marker)
+def are_added_tokens(tokenizer: Any, *markers: str) -> bool:
+    """Whether every one of ``markers`` is one added token of ``tokenizer`` (special or not)."""
+    added = tokenizer.get_added_vocab()
+    return all(marker in added for marker in markers)
 
 
 def output_begins(prompt: str, start: str, end: str) -> Begins:
