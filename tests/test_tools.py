@@ -299,9 +299,9 @@ def test_mcp_server_over_stdio() -> None:
         await box.ready(timeout=60)
         try:
             assert _offered(box) == {"lookup_order", "count_letters", "mcp_fails"}
-            result = await box.run(PendingCall("c", "count_letters", '{"word": "banana", "letter": "a"}'),
+            result = await box.run(PendingCall("c", "count_letters", '{"word": "abba", "letter": "a"}'),
                                    info=None, round=1, request_id="r")
-            assert (result.outcome, result.content) == ("ok", "3 letters")
+            assert (result.outcome, result.content) == ("ok", "2 letters")
             failed = await box.run(PendingCall("c", "mcp_fails", "{}"), info=None, round=1, request_id="r")
             assert failed.outcome == "error"
         finally:
@@ -336,7 +336,7 @@ def test_mcp_server_over_streamable_http_is_reconnected_and_its_tools_withdrawn_
         await box.ready(timeout=1)
         try:
             await _until(lambda: "count_letters" in _offered(box))
-            result = await box.run(PendingCall("c", "count_letters", '{"word": "kayak", "letter": "k"}'),
+            result = await box.run(PendingCall("c", "count_letters", '{"word": "noon", "letter": "n"}'),
                                    info=None, round=1, request_id="r")
             assert result.content == "2 letters"
             process.terminate()
@@ -354,3 +354,20 @@ def test_mcp_server_over_streamable_http_is_reconnected_and_its_tools_withdrawn_
     finally:
         process.terminate()
         process.wait(15)
+
+
+def test_the_middleware_checks_its_tool_options(tiny_model_dir: Any) -> None:
+    from llm_middleware import LLMMiddleware
+    from llm_middleware.integrations.litestar import LLMPlugin
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        return []
+
+    for bad in ({"max_tool_rounds": -1}, {"tool_timeout": 0}, {"tools": [lambda *a: None]},
+                {"tool_dispatch_url": "file:///etc/passwd"}, {"mcp_servers": ["ftp://x"]}):
+        with pytest.raises((TypeError, ValueError)):
+            LLMMiddleware(app, model=tiny_model_dir, **bad)
+    middleware = LLMMiddleware(app, model=tiny_model_dir, tools=[lookup_order], max_tool_rounds=2)
+    plugin = LLMPlugin(model=tiny_model_dir, tools=[search], tool_timeout=5)
+    assert [t.name for t in middleware.endpoint.tools.offered()] == ["lookup_order"]
+    assert middleware.endpoint.tools.max_tool_rounds == 2 and plugin.endpoint.tools.tool_timeout == 5
