@@ -151,15 +151,21 @@ def test_failures_become_text_for_the_model() -> None:
     def huge() -> str:
         return "x" * 101
 
+    def long_error() -> str:
+        raise ToolError("y" * 500)
+
     def unencodable() -> object:
         return object()
 
-    box = ToolBox([crashes, explains, slow, huge, unencodable, search], tool_timeout=0.5, max_tool_result_size=100)
+    box = ToolBox([crashes, explains, slow, huge, long_error, unencodable, search], tool_timeout=0.5,
+                  max_tool_result_size=100)
     crashed = run(box, "crashes", {})
     assert crashed.outcome == "error" and "secret" not in crashed.content and "crashes failed" in crashed.content
     assert (run(box, "explains", {}).outcome, run(box, "explains", {}).content) == ("error", "Error: no such order")
     assert run(box, "slow", {}).outcome == "timeout"
     assert run(box, "huge", {}).outcome == "too_large"
+    cut = run(box, "long_error", {})
+    assert cut.outcome == "error" and cut.content == ("Error: " + "y" * 500)[:100]
     assert run(box, "unencodable", {}).outcome == "error"
     invalid = run(box, "search", {"query": "", "limit": 3})
     assert invalid.outcome == "invalid_arguments" and "$.query" in invalid.content

@@ -167,8 +167,11 @@ class ToolBox:
         """Run one call and report it; never raises but for cancellation."""
         started = time.perf_counter()
         content, outcome = await self._outcome(call, info, round)
-        if len(content) > self.max_tool_result_size and outcome == "ok":
-            content, outcome = f"Error: the result of {call.name} is larger than the size limit.", "too_large"
+        if len(content) > self.max_tool_result_size:
+            if outcome == "ok":
+                content, outcome = f"Error: the result of {call.name} is larger than the size limit.", "too_large"
+            else:  # a long error message (a ToolError's, an MCP server's) is cut rather than replaced
+                content = content[: self.max_tool_result_size]
         result = ToolResult(call.call_id, call.name, content, outcome, time.perf_counter() - started)
         self._report(result, round, request_id)
         return result
