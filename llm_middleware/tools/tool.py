@@ -34,7 +34,8 @@ class ToolError(Exception):
     """
 
 
-def _is_async(fn: Callable[..., Any]) -> bool:
+def is_async(fn: Callable[..., Any]) -> bool:
+    """True for a coroutine function, or an object whose ``__call__`` is one."""
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
@@ -64,7 +65,7 @@ class Tool:
         if not NAME.match(self.name):
             raise ValueError(f"tool name {self.name!r} must be 1 to 64 letters, digits, '_' or '-'")
         self.description = description if description is not None else inspect.getdoc(fn) or ""
-        self.is_async = _is_async(fn)
+        self.is_async = is_async(fn)
         if parameters is None:
             self._signature = signature_of(fn, self.name)
             self.parameters = self._signature.schema

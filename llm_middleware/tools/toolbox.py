@@ -25,7 +25,7 @@ from .calls import Outcome, ToolInvocation, ToolResult, result_text
 from .dispatch import Dispatcher
 from .mcp import MCPServer, MCPSources, MCPTool, mcp_server
 from .signature import ArgumentsError
-from .tool import Tool, ToolError, as_tool
+from .tool import Tool, ToolError, as_tool, is_async
 
 logger = logging.getLogger("llm_middleware.tools")
 access_logger = logging.getLogger("llm_middleware.access")
@@ -62,10 +62,6 @@ class PendingCall:
 
 class _Unavailable(Exception):
     """No source runs the tool now (an MCP server went away since the model was offered it)."""
-
-
-def _is_async(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
 def _arguments_object(arguments: str) -> dict[str, Any]:
@@ -112,7 +108,7 @@ class ToolBox:
         )
         self.mcp = MCPSources([mcp_server(item) for item in mcp_servers])
         self._permission = tool_permission
-        self._permission_is_async = tool_permission is not None and _is_async(tool_permission)
+        self._permission_is_async = tool_permission is not None and is_async(tool_permission)
         self.observers: list[ToolObserver] = []
 
     def __bool__(self) -> bool:

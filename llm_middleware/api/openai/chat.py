@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from msgspec import UNSET
 
 from ...conversation.answer import ToolCall
-from ...conversation.events import ChoiceDone, ReasoningDelta, TextDelta, ToolCallMade, TurnEvent, TurnUsage
+from ...conversation.events import ChoiceDone, ReasoningDelta, TextDelta, ToolCallMade, TurnUsage
 from ...conversation.stream import answer_turn, stream_turn
 from ...conversation.tool_loop import (
     LoopEvent,
