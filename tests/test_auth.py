@@ -21,7 +21,8 @@ from llm_middleware.cli import api_keys as cli_api_keys
 from llm_middleware.engine.engine import Engine
 from llm_middleware.integrations.litestar import LLMPlugin
 from llm_middleware.middleware import LLMMiddleware, RequestInfo
-from llm_middleware.middleware.policy.auth import Authenticator, request_info
+from llm_middleware.middleware.policy.auth import Authenticator
+from llm_middleware.request_info import request_info
 
 KEY = "sk-secret-1"
 API_KEY, SESSION = "sk-server-key", "valid-session"

@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 from ..errors import LLMError
+from ..tools.toolbox import ToolBox
 from .anthropic.errors import exception_response as anthropic_exception_response
 from .anthropic.routes import MESSAGES_PATH, anthropic_routes
 from .core.errors import ErrorRenderer
@@ -44,10 +45,10 @@ def _package_version() -> str:
         return "0"
 
 
-def openai_routes(engine: Engine) -> list[Route]:
-    """OpenAI's routes (and the server's own: tokenize, health) over ``engine``."""
+def openai_routes(engine: Engine, tools: ToolBox | None = None) -> list[Route]:
+    """OpenAI's routes (and the server's own: tokenize, health) over ``engine``, chat with the server's ``tools``."""
     return [
-        Route("POST", "/v1/chat/completions", partial(chat_completions, engine), "Create a chat completion",
+        Route("POST", "/v1/chat/completions", partial(chat_completions, engine, tools=tools), "Create a chat completion",
               id_prefix="chatcmpl-", request_type=ChatCompletionRequest, response_type=ChatCompletion,
               stream_type=ChatCompletionChunk),
         Route("POST", "/v1/completions", partial(completions, engine), "Create a text completion",
@@ -70,7 +71,8 @@ class API:
     """The API's endpoints over one :class:`~llm_middleware.engine.Engine`.
 
     ``base_path`` is where the API is mounted; the docs fall back to it for their server URL
-    when a request carries no root path.  ``include_docs`` serves ``/openapi.json`` and ``/docs``.
+    when a request carries no root path.  ``include_docs`` serves ``/openapi.json`` and ``/docs``;
+    ``tools`` are the tools the server runs itself.
     """
 
     #: How the middleware answers the failures it finds itself (a refused key, a body too large).
@@ -80,12 +82,16 @@ class API:
     #: How the middleware's metrics read the answers of an engine that relays whole requests.
     read_forwarded: AnswerReader = staticmethod(read_answer)
 
-    def __init__(self, engine: Engine, *, base_path: str = "/ai", include_docs: bool = True) -> None:
+    def __init__(
+        self, engine: Engine, *, base_path: str = "/ai", include_docs: bool = True, tools: ToolBox | None = None
+    ) -> None:
         self.engine = engine
+        self.tools = tools if tools is not None else ToolBox()
         self.base_path = base_path
-        routes = openai_routes(engine)
+        routes = openai_routes(engine, self.tools)
         if isinstance(engine, ForwardingEngine):  # e.g. RemoteEngine: upstream servers answer OpenAI requests
-            routes = forwarding_routes(routes, engine)
+            # Chat stays here when the server runs tools: the loop runs where the tools are.
+            routes = forwarding_routes(routes, engine, keep={"/v1/chat/completions"} if self.tools else set())
         routes += anthropic_routes(engine)
         if include_docs:
             document = openapi_document(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,9 @@ from litestar.types import Receive, Scope, Send
 from ..middleware.endpoint import APIEndpoint
 from ..middleware.options import APIOptions, resolve_engine
 from ..middleware.policy.auth import Authorize
+from ..tools.mcp import MCPServer
+from ..tools.tool import Tool
+from ..tools.toolbox import DEFAULT_MAX_TOOL_RESULT_SIZE, DEFAULT_MAX_TOOL_ROUNDS, DEFAULT_TOOL_TIMEOUT, ToolPermission
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
@@ -50,12 +53,21 @@ class LLMPlugin(InitPlugin):
         public_paths: Iterable[str] = ("/health",),
         request_timeout: float | None = 600.0,
         drain_timeout: float = 30.0,
+        tools: Iterable[Tool | Callable[..., Any]] = (),
+        max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
+        tool_timeout: float = DEFAULT_TOOL_TIMEOUT,
+        tool_dispatch_url: str | None = None,
+        mcp_servers: Iterable[MCPServer | str | Sequence[str]] = (),
+        tool_permission: ToolPermission | None = None,
+        max_tool_result_size: int = DEFAULT_MAX_TOOL_RESULT_SIZE,
         **engine_options: Any,
     ) -> None:
         options = APIOptions(
             base_path=base_path, allowed_origins=allowed_origins, max_body_size=max_body_size,
             include_docs=include_docs, api_keys=api_keys, authorize=authorize, public_paths=public_paths,
-            request_timeout=request_timeout, drain_timeout=drain_timeout,
+            request_timeout=request_timeout, drain_timeout=drain_timeout, tools=tools,
+            max_tool_rounds=max_tool_rounds, tool_timeout=tool_timeout, tool_dispatch_url=tool_dispatch_url,
+            mcp_servers=mcp_servers, tool_permission=tool_permission, max_tool_result_size=max_tool_result_size,
         )
         engine, owns_engine = resolve_engine(engine, model, engine_options)
         self.endpoint = APIEndpoint(engine, owns_engine=owns_engine, options=options)

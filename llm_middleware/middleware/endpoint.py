@@ -25,7 +25,9 @@ from .observe.exchange import Exchange, ObservedStream, current_exchange
 from .observe.metrics import Metrics
 from .observe.observed_engine import ObservedEngine
 from .options import APIOptions
-from .policy.auth import Authenticator, request_info
+from ..request_info import request_info
+from ..tools.calls import ToolResult
+from .policy.auth import Authenticator
 from .policy.body_limit import BodyTooLargeError
 from .policy.cors import CORSPolicy
 from .policy.deadline import Deadline, RequestTimeoutError, respond_within
@@ -55,8 +57,10 @@ class APIEndpoint:
         self.max_body_size = options.max_body_size
         self.request_timeout = options.request_timeout
         self.metrics = Metrics(engine)
+        self.tools = options.toolbox()
+        self.tools.observers.append(self._count_tool_call)
         observed = ObservedEngine(engine, self.metrics, API.read_forwarded)
-        self._api = API(observed, base_path=self.base_path, include_docs=options.include_docs)  # type: ignore[arg-type]
+        self._api = API(observed, base_path=self.base_path, include_docs=options.include_docs, tools=self.tools)  # type: ignore[arg-type]
         self._cors = CORSPolicy(options.allowed_origins) if options.allowed_origins is not None else None
         self._auth = Authenticator(options.api_keys, options.authorize, options.public_paths)
         self._drain = Drain(options.drain_timeout)
@@ -74,6 +78,7 @@ class APIEndpoint:
         with self._start_lock:
             if self._started_in != os.getpid():
                 self.engine.start()
+                self.tools.start()
                 self._started_in = os.getpid()
 
     def open(self) -> None:
@@ -81,6 +86,7 @@ class APIEndpoint:
         self._drain.reopen()
         with self._start_lock:
             self.engine.start()
+            self.tools.start()
             self._started_in = os.getpid()
 
     async def drain(self) -> None:
@@ -88,9 +94,14 @@ class APIEndpoint:
         await self._drain.drain()
 
     def shutdown_engine(self) -> None:
-        """Shut the engine down if this endpoint created it; an engine passed in is left to its owner."""
+        """Close the MCP connections, and shut the engine down if this endpoint created it (an engine passed
+        in is left to its owner)."""
+        self.tools.stop()
         if self.owns_engine:
             self.engine.shutdown()
+
+    def _count_tool_call(self, result: ToolResult, round: int, request_id: str) -> None:
+        self.metrics.count_tool_call(self.tools.label(result.name), result.outcome, result.seconds)
 
     async def stop(self) -> None:
         """Drain, then shut down an owned engine: the server is shutting down."""
