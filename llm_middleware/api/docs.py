@@ -142,7 +142,7 @@ class SwaggerUI:
 <body>
 <div id="swagger-ui"></div>
 <script src="{js}"></script>
-<script>SwaggerUIBundle({{url: "{spec_url}", dom_id: "#swagger-ui"}});</script>
+<script>SwaggerUIBundle({{url: "{spec_url}", dom_id: "#swagger-ui", validatorUrl: null}});</script>
 </body>
 </html>
 """
