@@ -112,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM/Ctrl-C, time that requests in flight get to finish while new ones get 503",
     )
 
-    pages = serve.add_argument_group("pages", "browser pages under the base path, behind the same keys as the API")
+    pages = serve.add_argument_group(
+        "pages",
+        "browser pages under the base path, behind the same keys as the API: with --api-key, open them to "
+        "browsers with --public-path (the playground asks for the key itself)",
+    )
     docs = pages.add_mutually_exclusive_group()
     docs.add_argument(
         "--docs-offline",
