@@ -1,8 +1,9 @@
 """A FastAPI app with its own routes and an OpenAI-compatible API under ``/ai``.
 
-Run it with ``uvicorn examples.fastapi.app:app`` (or ``hypercorn examples.fastapi.app:app``).  ``app.add_middleware`` puts the middleware in FastAPI's
-own stack, so the engine starts in lifespan before the app's startup code runs; the ``LLMEngine``
-dependency hands views the engine; ``publish_openapi`` lists the API in FastAPI's ``/docs``.
+Run it with ``uvicorn examples.fastapi.app:app`` (or ``hypercorn examples.fastapi.app:app``).
+``app.add_middleware`` puts the middleware in FastAPI's own stack, so the engine starts in lifespan
+before the app's startup code runs; the ``LLMEngine`` dependency hands views the engine;
+``publish_openapi`` lists the API in FastAPI's ``/docs``.
 """
 
 from __future__ import annotations
