@@ -10,18 +10,17 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import BrowserContext, ConsoleMessage, Page, Request, Route, expect, sync_playwright
 from servers import Server, server_env, serving
 
 API_KEY = "browser-test-key"
-CLI = Server([
-    "-m", "llm_middleware.cli", "serve", "--model", "{model}", "--playground", "--docs-offline", "--api-key", API_KEY,
-    *(arg for path in ("/health", "/docs", "/openapi.json", "/playground") for arg in ("--public-path", path)),
-])
+# The pages are opened to browsers; what the playground calls still needs the key.
+PUBLIC = [arg for path in ("/health", "/docs", "/openapi.json", "/playground") for arg in ("--public-path", path)]
 
 
 def chromium_path() -> str:
@@ -36,20 +35,41 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path) -> Iterator[str]:
-    args = [str(tiny_model_dir) if arg == "{model}" else arg for arg in CLI.args]
+    args = ["-m", "llm_middleware.cli", "serve", "--model", str(tiny_model_dir), "--playground", "--docs-offline",
+            "--api-key", API_KEY, *PUBLIC]
     with serving({"cli": Server(args)}, server_env(tiny_model_dir)) as urls:
         yield urls["cli"]
 
 
+@dataclass
+class Browser:
+    """The browser context, and the URLs of the requests it aborted."""
+
+    context: BrowserContext
+    blocked: list[str]
+
+    def open(self, url: str) -> tuple[Page, list[str]]:
+        """A new page at ``url``, and the list its uncaught script errors and policy violations go to."""
+        page = self.context.new_page()
+        problems: list[str] = []
+
+        def on_console(message: ConsoleMessage) -> None:
+            if "Content-Security-Policy" in message.text:
+                problems.append(message.text)
+
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.on("console", on_console)
+        page.goto(url)
+        return page, problems
+
+
 @pytest.fixture(scope="module")
-def browser_context() -> Iterator[tuple[object, list[str]]]:
-    """A Chromium context whose requests to anywhere but loopback are aborted (and listed)."""
+def browser() -> Iterator[Browser]:
+    """Chromium, whose requests to anywhere but loopback are aborted (and listed in ``blocked``)."""
     executable = chromium_path()
-
-
     blocked: list[str] = []
 
-    def only_loopback(route, request) -> None:  # noqa: ANN001
+    def only_loopback(route: Route, request: Request) -> None:
         if urlsplit(request.url).hostname in ("127.0.0.1", "localhost"):
             route.continue_()
         else:
@@ -57,36 +77,25 @@ def browser_context() -> Iterator[tuple[object, list[str]]]:
             route.abort()
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        chromium = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        context = chromium.new_context(viewport={"width": 1280, "height": 900})
         context.route("**/*", only_loopback)
-        yield context, blocked
-        browser.close()
+        yield Browser(context, blocked)
+        chromium.close()
 
 
-def open_page(browser_context, url: str):  # noqa: ANN001, ANN201
-    """A new page at ``url``, whose uncaught script errors and policy violations are collected."""
-    context, _ = browser_context
-    page = context.new_page()
-    page.problems = []
-    page.on("pageerror", lambda error: page.problems.append(str(error)))
-    page.on("console", lambda message: "Content-Security-Policy" in message.text and page.problems.append(message.text))
-    page.goto(url)
-    return page
-
-
-def test_docs_render_the_operations_offline(server: str, browser_context, tmp_path: Path) -> None:  # noqa: ANN001
-    page = open_page(browser_context, server + "/ai/docs")
+def test_docs_render_the_operations_offline(server: str, browser: Browser, tmp_path: Path) -> None:
+    page, problems = browser.open(server + "/ai/docs")
     page.wait_for_selector(".opblock-summary-path", timeout=30_000)
     paths = page.locator(".opblock-summary-path").all_inner_texts()
     assert {"/v1/chat/completions", "/v1/models", "/health"} <= {path.strip() for path in paths}
     assert page.locator(".information-container .title").inner_text().startswith("llm_middleware")
     page.screenshot(path=tmp_path / "docs.png", full_page=True)
-    assert page.problems == [] and browser_context[1] == []
+    assert problems == [] and browser.blocked == []
 
 
-def test_playground_streams_an_answer_and_shows_a_refusal(server: str, browser_context, tmp_path: Path) -> None:  # noqa: ANN001
-    page = open_page(browser_context, server + "/ai/playground")
+def test_playground_streams_an_answer_and_shows_a_refusal(server: str, browser: Browser, tmp_path: Path) -> None:
+    page, problems = browser.open(server + "/ai/playground")
     # No key yet: the model list is refused, and the page says so.
     page.wait_for_selector("#error:not([hidden])", timeout=30_000)
     assert "401" in page.locator("#error").inner_text()
@@ -111,4 +120,4 @@ def test_playground_streams_an_answer_and_shows_a_refusal(server: str, browser_c
     page.wait_for_selector("#error:not([hidden])")
     assert "401" in page.locator("#error").inner_text() and page.locator(".message.assistant").count() == 1
     page.screenshot(path=tmp_path / "playground-refused.png", full_page=True)
-    assert page.problems == [] and browser_context[1] == []
+    assert problems == [] and browser.blocked == []
