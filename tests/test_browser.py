@@ -84,7 +84,7 @@ def browser() -> Iterator[Browser]:
         chromium.close()
 
 
-def test_docs_render_the_operations_offline(server: str, browser: Browser, tmp_path: Path) -> None:
+def test_docs_render_the_operations_offline(browser: Browser, server: str, tmp_path: Path) -> None:
     page, problems = browser.open(server + "/ai/docs")
     page.wait_for_selector(".opblock-summary-path", timeout=30_000)
     paths = page.locator(".opblock-summary-path").all_inner_texts()
@@ -94,7 +94,7 @@ def test_docs_render_the_operations_offline(server: str, browser: Browser, tmp_p
     assert problems == [] and browser.blocked == []
 
 
-def test_playground_streams_an_answer_and_shows_a_refusal(server: str, browser: Browser, tmp_path: Path) -> None:
+def test_playground_streams_an_answer_and_shows_a_refusal(browser: Browser, server: str, tmp_path: Path) -> None:
     page, problems = browser.open(server + "/ai/playground")
     # No key yet: the model list is refused, and the page says so.
     page.wait_for_selector("#error:not([hidden])", timeout=30_000)
