@@ -15,7 +15,8 @@ import pytest
 
 from llm_middleware.api.app import API
 from llm_middleware.api.core.http import Request
-from llm_middleware.api.docs import swagger_ui_dir
+from llm_middleware.api import docs
+from llm_middleware.api.docs import SwaggerUIMissingError, swagger_ui_dir
 from llm_middleware.engine import Engine
 from llm_middleware.errors import EngineNotReadyError
 
@@ -129,6 +130,14 @@ async def test_swagger_ui_is_served_from_the_package_unless_a_cdn_is_chosen(api,
     assert _urls(cdn.body, "link", "href") == ["https://cdn.example/swagger-ui-dist@5/swagger-ui.css"]
     assert (await API(api_engine, docs_cdn="https://cdn.example").handle(
         Request("GET", "/docs", "/ai", {}, b"asset=swagger-ui.css"))).status == 404
+
+
+def test_docs_without_swagger_ui_installed_say_what_to_do(api_engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(docs, "_ASSET_PACKAGE", "swagger_ui_not_installed")
+    with pytest.raises(SwaggerUIMissingError, match="pip install swagger-ui-py"):
+        API(api_engine)
+    API(api_engine, docs_cdn=docs.SWAGGER_UI_CDN)  # a CDN, or no docs, needs no package
+    API(api_engine, include_docs=False)
 
 
 async def test_playground_page_is_opt_in_and_self_contained(api, api_engine) -> None:

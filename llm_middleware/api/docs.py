@@ -93,8 +93,9 @@ class SwaggerUIMissingError(LLMError):
 
 def swagger_ui_dir() -> Path:
     """The folder of Swagger UI's files in the installed ``swagger-ui-py`` package (found without importing it)."""
-    spec = importlib.util.find_spec(_ASSET_PACKAGE)
-    folder = Path(next(iter(spec.submodule_search_locations or ()), "")) / "static" if spec is not None else None
+    spec = importlib.util.find_spec(_ASSET_PACKAGE)  # importing the package would import its framework handlers
+    locations = list(spec.submodule_search_locations or ()) if spec is not None else []
+    folder = Path(locations[0]) / "static" if locations else None
     if folder is None or not all((folder / name).is_file() for name in _ASSETS):
         raise SwaggerUIMissingError(
             "the docs page serves Swagger UI from the swagger-ui-py package, which is not installed: "
@@ -132,6 +133,7 @@ class SwaggerUI:
         spec_url = html.escape(root_path + "/openapi.json", quote=True)
         css = html.escape(self._asset_url(root_path, "swagger-ui.css"), quote=True)
         js = html.escape(self._asset_url(root_path, "swagger-ui-bundle.js"), quote=True)
+        # validatorUrl: null, or Swagger UI would send the document's URL to a public validator.
         page = f"""<!doctype html>
 <html lang="en">
 <head>
