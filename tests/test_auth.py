@@ -204,3 +204,16 @@ def test_openai_sdk_sees_an_authentication_error(secured_url: str) -> None:
         ask("sk-wrong")
     assert info.value.code == "invalid_api_key"
     assert ask(API_KEY).usage.completion_tokens == 2
+
+
+def test_pages_are_behind_the_keys_unless_public(engine: Engine) -> None:
+    secured = LLMPlugin(engine=engine, api_keys=[KEY], include_playground=True)
+    with TestClient(Litestar([], plugins=[secured])) as client:
+        for page in ("/ai/playground", "/ai/docs", "/ai/openapi.json"):
+            refused = client.get(page)
+            assert_401(refused.status_code, dict(refused.headers), refused.content)
+            assert client.get(page, headers=dict(bearer(KEY))).status_code == 200
+    opened = LLMPlugin(engine=engine, api_keys=[KEY], include_playground=True, public_paths=["/playground"])
+    with TestClient(Litestar([], plugins=[opened])) as client:
+        assert client.get("/ai/playground").status_code == 200
+        assert client.get("/ai/v1/models").status_code == 401  # what the page calls still needs the key

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from functools import partial
-from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING
+from functools import cached_property, partial
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LLMError
 from ..tools.toolbox import ToolBox
@@ -16,7 +15,7 @@ from .core.errors import ErrorRenderer
 from .core.forwarding import AnswerReader
 from .core.http import Request, Response
 from .core.routing import Route, Router
-from .docs import openapi_document, openapi_handler, swagger_ui
+from .docs import SwaggerUI, distribution_version, openapi_document, openapi_handler
 from .openai.chat import chat_completions
 from .openai.completions import completions
 from .openai.embeddings import embeddings
@@ -30,19 +29,13 @@ from .openai.types.completions import CompletionRequest, TextCompletion
 from .openai.types.embeddings import EmbeddingList, EmbeddingRequest
 from .openai.types.server import HealthStatus, ModelCard, ModelList
 from .openai.types.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from .playground import playground
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
 
 # Incoming request ids are echoed in a header and in JSON: only visible ASCII, of sane length.
 _VALID_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
-
-
-def _package_version() -> str:
-    try:
-        return version("llm_middleware")
-    except PackageNotFoundError:
-        return "0"
 
 
 def openai_routes(engine: Engine, tools: ToolBox | None = None) -> list[Route]:
@@ -71,8 +64,9 @@ class API:
     """The API's endpoints over one :class:`~llm_middleware.engine.Engine`.
 
     ``base_path`` is where the API is mounted; the docs fall back to it for their server URL
-    when a request carries no root path.  ``include_docs`` serves ``/openapi.json`` and ``/docs``;
-    ``tools`` are the tools the server runs itself.
+    when a request carries no root path.  ``include_docs`` serves ``/openapi.json`` and ``/docs``
+    (Swagger UI from the installed ``swagger-ui-py`` package, or from ``docs_cdn`` when given);
+    ``include_playground`` serves ``/playground``; ``tools`` are the tools the server runs itself.
     """
 
     #: How the middleware answers the failures it finds itself (a refused key, a body too large).
@@ -82,9 +76,8 @@ class API:
     #: How the middleware's metrics read the answers of an engine that relays whole requests.
     read_forwarded: AnswerReader = staticmethod(read_answer)
 
-    def __init__(
-        self, engine: Engine, *, base_path: str = "/ai", include_docs: bool = True, tools: ToolBox | None = None
-    ) -> None:
+    def __init__(self, engine: Engine, *, base_path: str = "/ai", include_docs: bool = True,
+                 docs_cdn: str | None = None, include_playground: bool = False, tools: ToolBox | None = None) -> None:
         self.engine = engine
         self.tools = tools if tools is not None else ToolBox()
         self.base_path = base_path
@@ -93,14 +86,14 @@ class API:
             # Chat stays here when the server runs tools: the loop runs where the tools are.
             routes = forwarding_routes(routes, engine, keep={"/v1/chat/completions"} if self.tools else set())
         routes += anthropic_routes(engine)
+        self._operations = list(routes)
         if include_docs:
-            document = openapi_document(
-                routes, title="llm_middleware OpenAI-compatible API", version=_package_version(), error_type=ErrorBody
-            )
             routes += [
-                Route("GET", "/openapi.json", openapi_handler(document, base_path), "The OpenAPI document"),
-                Route("GET", "/docs", swagger_ui, "Interactive API docs"),
+                Route("GET", "/openapi.json", openapi_handler(self.openapi, base_path), "The OpenAPI document"),
+                Route("GET", "/docs", SwaggerUI(docs_cdn), "Interactive API docs"),
             ]
+        if include_playground:
+            routes.append(Route("GET", "/playground", playground, "A page to try the API from a browser"))
         self._router = Router(routes)
 
     def error_renderer(self, path: str) -> ErrorRenderer:
@@ -109,6 +102,14 @@ class API:
             if path == prefix or path.startswith(prefix + "/"):
                 return render
         return self.render_error
+
+    @cached_property
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI document of the API's operations, paths relative to the base path, without ``servers``."""
+        return openapi_document(
+            self._operations, title="llm_middleware OpenAI-compatible API",
+            version=distribution_version("llm_middleware"), error_type=ErrorBody,
+        )
 
     def route_path(self, path: str) -> str | None:
         """The path of the route serving ``path``, with parameters as placeholders

@@ -49,7 +49,11 @@ class LLMMiddleware:
         allowed_origins: Browser origins allowed to call the API (``["*"]`` for any); None sends
             no CORS headers.
         max_body_size: Largest request body in bytes; larger ones get a 413 without being read.
-        include_docs: Serve ``{base_path}/docs`` and ``{base_path}/openapi.json``.
+        include_docs: Serve ``{base_path}/docs`` (Swagger UI) and ``{base_path}/openapi.json``.
+        docs_cdn: Where the docs page loads Swagger UI from (e.g. ``SWAGGER_UI_CDN``); None serves
+            it from the installed ``swagger-ui-py`` package, so the page works offline.
+        include_playground: Serve ``{base_path}/playground``, a page to chat with the models from a
+            browser (behind the same access rules as every route).
         api_keys: Keys that clients send as ``Authorization: Bearer <key>`` or ``x-api-key``.
         authorize: ``authorize(info) -> bool`` (or an async function): True lets the request in;
             ``info`` has ``method``, ``path`` (relative to ``base_path``), ``headers``, ``client``
@@ -84,6 +88,8 @@ class LLMMiddleware:
         allowed_origins: Iterable[str] | None = None,
         max_body_size: int = 10 * 2**20,
         include_docs: bool = True,
+        docs_cdn: str | None = None,
+        include_playground: bool = False,
         api_keys: Iterable[str] | None = None,
         authorize: Authorize | None = None,
         public_paths: Iterable[str] = ("/health",),
@@ -102,7 +108,8 @@ class LLMMiddleware:
         self.app_is_asgi = is_asgi_app(app)
         options = APIOptions(
             base_path=base_path, allowed_origins=allowed_origins, max_body_size=max_body_size,
-            include_docs=include_docs, api_keys=api_keys, authorize=authorize, public_paths=public_paths,
+            include_docs=include_docs, docs_cdn=docs_cdn, include_playground=include_playground,
+            api_keys=api_keys, authorize=authorize, public_paths=public_paths,
             request_timeout=request_timeout, drain_timeout=drain_timeout, tools=tools,
             max_tool_rounds=max_tool_rounds, tool_timeout=tool_timeout, tool_dispatch_url=tool_dispatch_url,
             mcp_servers=mcp_servers, tool_permission=tool_permission, max_tool_result_size=max_tool_result_size,

@@ -60,13 +60,20 @@ class APIEndpoint:
         self.tools = options.toolbox()
         self.tools.observers.append(self._count_tool_call)
         observed = ObservedEngine(engine, self.metrics, API.read_forwarded)
-        self._api = API(observed, base_path=self.base_path, include_docs=options.include_docs, tools=self.tools)  # type: ignore[arg-type]
+        self._api = API(
+            observed, base_path=self.base_path, include_docs=options.include_docs,  # type: ignore[arg-type]
+            docs_cdn=options.docs_cdn, include_playground=options.include_playground, tools=self.tools,
+        )
         self._cors = CORSPolicy(options.allowed_origins) if options.allowed_origins is not None else None
         self._auth = Authenticator(options.api_keys, options.authorize, options.public_paths)
         self._drain = Drain(options.drain_timeout)
         self._loop = LoopThread()
         self._start_lock = threading.Lock()
         self._started_in: int | None = None
+
+    def openapi(self) -> dict[str, Any]:
+        """The API's OpenAPI document, paths relative to the base path."""
+        return self._api.openapi
 
     # ---- lifecycle ------------------------------------------------------------------------------
 

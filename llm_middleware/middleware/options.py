@@ -34,6 +34,8 @@ class APIOptions:
     allowed_origins: Iterable[str] | None = None
     max_body_size: int = 10 * 2**20
     include_docs: bool = True
+    docs_cdn: str | None = None
+    include_playground: bool = False
     api_keys: Iterable[str] | None = None
     authorize: Authorize | None = None
     public_paths: Iterable[str] = ("/health",)
