@@ -32,8 +32,9 @@ THREADS = 8
 class CPUPool:
     """A bounded thread pool, made lazily in each process that uses it."""
 
-    def __init__(self, threads: int = THREADS) -> None:
+    def __init__(self, threads: int = THREADS, name: str = "llm-cpu") -> None:
         self.threads = threads
+        self.name = name
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._pid: int | None = None
@@ -44,7 +45,7 @@ class CPUPool:
             return self._executor
         with self._lock:
             if self._executor is None or self._pid != os.getpid():
-                self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="llm-cpu")
+                self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix=self.name)
                 self._pid = os.getpid()
             return self._executor
 
@@ -56,6 +57,13 @@ class CPUPool:
         """
         call = partial(contextvars.copy_context().run, fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self._running_executor(), call)
+
+    def shutdown(self) -> None:
+        """Wait for the calls in progress and stop the threads; a later call makes new ones."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None and self._pid == os.getpid():
+            executor.shutdown(wait=True)
 
 
 #: The process's pool for request-sized CPU work.
