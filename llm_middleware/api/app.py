@@ -9,6 +9,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 from ..errors import LLMError
+from ..store.memory import MemoryResponseStore
+from ..store.protocol import ResponseStore
 from .core.errors import ErrorRenderer
 from .core.forwarding import AnswerReader
 from .core.http import Request, Response
@@ -69,6 +71,7 @@ class API:
 
     ``base_path`` is where the API is mounted; the docs fall back to it for their server URL
     when a request carries no root path.  ``include_docs`` serves ``/openapi.json`` and ``/docs``.
+    ``response_store`` keeps stored responses (a new in-process store when None).
     """
 
     #: How the middleware answers the failures it finds itself (a refused key, a body too large).
@@ -76,9 +79,17 @@ class API:
     #: How the middleware's metrics read the answers of an engine that relays whole requests.
     read_forwarded: AnswerReader = staticmethod(read_answer)
 
-    def __init__(self, engine: Engine, *, base_path: str = "/ai", include_docs: bool = True) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        base_path: str = "/ai",
+        include_docs: bool = True,
+        response_store: ResponseStore | None = None,
+    ) -> None:
         self.engine = engine
         self.base_path = base_path
+        self.response_store = response_store if response_store is not None else MemoryResponseStore()
         routes = openai_routes(engine)
         if isinstance(engine, ForwardingEngine):  # e.g. RemoteEngine: upstream servers answer OpenAI requests
             routes = forwarding_routes(routes, engine)

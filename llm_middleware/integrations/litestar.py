@@ -22,6 +22,7 @@ from litestar.types import Receive, Scope, Send
 from ..middleware.endpoint import APIEndpoint
 from ..middleware.options import APIOptions, resolve_engine
 from ..middleware.policy.auth import Authorize
+from ..store.resolve import ResponseStoreOption
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
@@ -50,12 +51,13 @@ class LLMPlugin(InitPlugin):
         public_paths: Iterable[str] = ("/health",),
         request_timeout: float | None = 600.0,
         drain_timeout: float = 30.0,
+        response_store: ResponseStoreOption = None,
         **engine_options: Any,
     ) -> None:
         options = APIOptions(
             base_path=base_path, allowed_origins=allowed_origins, max_body_size=max_body_size,
             include_docs=include_docs, api_keys=api_keys, authorize=authorize, public_paths=public_paths,
-            request_timeout=request_timeout, drain_timeout=drain_timeout,
+            request_timeout=request_timeout, drain_timeout=drain_timeout, response_store=response_store,
         )
         engine, owns_engine = resolve_engine(engine, model, engine_options)
         self.endpoint = APIEndpoint(engine, owns_engine=owns_engine, options=options)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.typing import ASGIApplication, ASGIReceiveCallable, ASGISendCallable, Scope
 
+from ..store.resolve import ResponseStoreOption
 from .dual_call import mark_coroutine_function
 from .endpoint import APIEndpoint
 from .lifespan import run_lifespan
@@ -48,15 +49,19 @@ class LLMMiddleware:
         max_body_size: Largest request body in bytes; larger ones get a 413 without being read.
         include_docs: Serve ``{base_path}/docs`` and ``{base_path}/openapi.json``.
         api_keys: Keys that clients send as ``Authorization: Bearer <key>`` or ``x-api-key``.
-        authorize: ``authorize(info) -> bool`` (or an async function): True lets the request in;
-            ``info`` has ``method``, ``path`` (relative to ``base_path``), ``headers``, ``client``
-            and ``cookies``.  With ``api_keys`` too, either one is enough.  With neither, the
-            API is open.
+        authorize: ``authorize(info)`` (or an async function): a non-empty string naming the
+            caller lets the request in as that identity, True lets it in anonymously, anything
+            false refuses it; ``info`` has ``method``, ``path`` (relative to ``base_path``),
+            ``headers``, ``client`` and ``cookies``.  With ``api_keys`` too, either one is enough.
+            With neither, the API is open.
         public_paths: Paths under ``base_path`` that need no credentials (exact matches).
         request_timeout: Seconds after which a request is ended (504, or an error event
             mid-stream) and its engine request cancelled; None for no limit.
         drain_timeout: Seconds that requests in flight get to finish on shutdown, while new
             ones get 503; those still running then end with an error.
+        response_store: Where stored responses live: None for a bounded in-process store, a URL
+            (``"sqlite:////var/lib/app/responses.db"``, ``"memory://?max_entries=5000"``), or an
+            object implementing :class:`~llm_middleware.store.ResponseStore`.
         **engine_options: Keyword arguments for the engine built from ``model``.
     """
 
@@ -75,6 +80,7 @@ class LLMMiddleware:
         public_paths: Iterable[str] = ("/health",),
         request_timeout: float | None = 600.0,
         drain_timeout: float = 30.0,
+        response_store: ResponseStoreOption = None,
         **engine_options: Any,
     ) -> None:
         self.app = app
@@ -82,7 +88,7 @@ class LLMMiddleware:
         options = APIOptions(
             base_path=base_path, allowed_origins=allowed_origins, max_body_size=max_body_size,
             include_docs=include_docs, api_keys=api_keys, authorize=authorize, public_paths=public_paths,
-            request_timeout=request_timeout, drain_timeout=drain_timeout,
+            request_timeout=request_timeout, drain_timeout=drain_timeout, response_store=response_store,
         )
         engine, owns_engine = resolve_engine(engine, model, engine_options)
         self.endpoint = APIEndpoint(engine, owns_engine=owns_engine, options=options)

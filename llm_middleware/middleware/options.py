@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..store.resolve import ResponseStoreOption, open_response_store
 from .paths import normalize_base_path
 from .policy.auth import Authorize
 
@@ -18,7 +19,9 @@ if TYPE_CHECKING:
 class APIOptions:
     """How the API is served (see :class:`~llm_middleware.LLMMiddleware` for each option).
 
-    ``base_path`` is normalised (``"ai/"`` -> ``"/ai"``) and the numbers are checked at construction.
+    ``base_path`` is normalised (``"ai/"`` -> ``"/ai"``) and the numbers are checked at construction;
+    ``response_store`` becomes the store itself (a URL or None is opened here, and
+    ``owns_response_store`` says so).
     """
 
     base_path: str = "/ai"
@@ -30,6 +33,8 @@ class APIOptions:
     public_paths: Iterable[str] = ("/health",)
     request_timeout: float | None = 600.0
     drain_timeout: float = 30.0
+    response_store: ResponseStoreOption = None
+    owns_response_store: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_path", normalize_base_path(self.base_path))
@@ -37,6 +42,9 @@ class APIOptions:
             object.__setattr__(self, "allowed_origins", list(self.allowed_origins))
         if self.request_timeout is not None and self.request_timeout <= 0:
             raise ValueError(f"request_timeout must be > 0 seconds or None, got {self.request_timeout}")
+        store, owned = open_response_store(self.response_store)
+        object.__setattr__(self, "response_store", store)
+        object.__setattr__(self, "owns_response_store", owned)
 
 
 def resolve_engine(
