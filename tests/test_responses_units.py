@@ -226,7 +226,7 @@ async def test_shutdown_stops_every_run_and_refuses_new_ones() -> None:
         runs.start(Run(f"resp_{n}", "anonymous"), work)
     await runs.shutdown()
     assert reasons == ["shutdown"] * 3 and len(runs) == 0
-    late = Run("resp_late", "anonymous")
+    late = Run("resp_late", "anonymous")  # one that slipped in as the server stopped
     runs.start(late, work)
     while not late.ended:
         await asyncio.sleep(0.01)

@@ -30,7 +30,7 @@ from ...conversation import (
     stream_turn,
 )
 from ...engine.outputs import TokenLogprob as EngineLogprob
-from ...errors import InvalidRequestError, LLMError
+from ...errors import EngineNotReadyError, InvalidRequestError, LLMError
 from ...runtime.cpu_pool import run_cpu
 from ...store.protocol import ResponseStore, StoredItem, StoredResponse
 from ..core.decoding import decode_body
@@ -207,6 +207,9 @@ class ResponsesRoutes:
         store = body.store is not False
         save = partial(self._save, request.identity, convo, builder) if store else None
         if body.background:
+            if self.runs.closed:
+                raise EngineNotReadyError("The server is stopping; start background responses elsewhere.",
+                                          retry_after=1)
             await self.store.put(
                 StoredResponse(id=response.id, owner=request.identity, created_at=time.time(), status="queued",
                                response=_encoder.encode(response)),

@@ -99,11 +99,16 @@ class BackgroundRuns:
         with self._lock:
             return len(self._runs)
 
+    @property
+    def closed(self) -> bool:
+        """True once the registry shut down: new runs are refused."""
+        return self._closed
+
     def start(self, run: Run, work: Callable[[Run], Coroutine[Any, Any, None]]) -> None:
         """Run ``work(run)`` as a task on the running loop, held until it returns.
 
         The task gets a context of its own: it belongs to no request.  When the registry has
-        already shut down, the run is stopped as a shutdown at once.
+        already shut down, the run is stopped as a shutdown as soon as it begins.
         """
         loop = asyncio.get_running_loop()
         task = loop.create_task(work(run), context=contextvars.Context())
@@ -113,8 +118,8 @@ class BackgroundRuns:
             if not closed:
                 self._runs[run.response_id] = run
         task.add_done_callback(lambda _: self._ended(run))
-        if closed:
-            run.stop("shutdown")
+        if closed:  # after the task's first step, so that it sees the cancellation inside its own handlers
+            loop.call_soon(run.stop, "shutdown")
 
     def _ended(self, run: Run) -> None:
         with self._lock:

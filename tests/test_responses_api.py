@@ -1,0 +1,270 @@
+"""``/v1/responses`` end to end on a real engine (the tiny random-weight Qwen3 model), in process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import jsonschema
+import pytest
+
+from llm_middleware.api.app import API
+from llm_middleware.api.core.http import Request
+
+# Greedy and of fixed length: the tiny random-weight model may write its end token at any point.
+GREEDY: dict[str, Any] = {"model": "tiny", "temperature": 0}
+FIXED = {"ignore_eos": True, "max_output_tokens": 6}
+WEATHER = {"type": "function", "name": "get_weather", "description": "Weather of a city.",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+                          "required": ["city"], "additionalProperties": False}, "strict": True}
+
+
+class Result:
+    def __init__(self, status: int, body: bytes, events: list[dict] | None) -> None:
+        self.status, self.body, self.events = status, body, events
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def call(api: API, method: str, path: str, body: Any = None, *, identity: str = "key:alice",
+               query: bytes = b"") -> Result:
+    request = Request(method=method, path=path, root_path="/ai", headers={"content-type": "application/json"},
+                      body=json.dumps(body).encode() if body is not None else b"", query_string=query,
+                      identity=identity)
+    response = await api.handle(request)
+    if response.stream is None:
+        return Result(response.status, response.body, None)
+    raw = b"".join([chunk async for chunk in response.stream])
+    events = []
+    for block in raw.decode().split("\n\n"):
+        if block:
+            name, data = block.split("\n")
+            event = json.loads(data.removeprefix("data: "))
+            assert name == "event: " + event["type"]
+            events.append(event)
+    return Result(response.status, raw, events)
+
+
+def output_text(response: dict) -> str:
+    return "".join(part["text"] for item in response["output"] if item["type"] == "message"
+                   for part in item["content"])
+
+
+async def test_a_response_gives_the_same_tokens_as_a_chat_completion(api: API) -> None:
+    chat = await call(api, "POST", "/v1/chat/completions", {
+        "model": "tiny", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        "temperature": 0, "max_tokens": 6, "ignore_eos": True})
+    created = await call(api, "POST", "/v1/responses", {
+        **GREEDY, **FIXED, "instructions": "Be brief.", "input": "Hi"})
+    assert created.status == 200, created.body
+    response = created.json()
+    assert output_text(response) == chat.json()["choices"][0]["message"]["content"]
+    assert response["id"].startswith("resp_") and response["object"] == "response"
+    assert response["status"] == "incomplete" and response["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert response["usage"]["output_tokens"] == 6
+    assert response["usage"]["input_tokens"] == chat.json()["usage"]["prompt_tokens"]
+    assert response["store"] is True and response["instructions"] == "Be brief." and response["metadata"] == {}
+
+
+async def test_the_stream_is_openais_event_sequence(api: API) -> None:
+    whole = (await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi"})).json()
+    streamed = await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi", "stream": True})
+    events = streamed.events
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    kinds = [e["type"] for e in events]
+    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"]
+    assert kinds[-5:] == ["response.output_text.delta", "response.output_text.done", "response.content_part.done",
+                          "response.output_item.done", "response.incomplete"]
+    assert {e["response"]["id"] for e in events if e["type"].startswith("response.") and "response" in e} == {
+        events[0]["response"]["id"]}
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text == output_text(whole) == events[-1]["response"]["output"][0]["content"][0]["text"]
+    assert events[0]["response"]["usage"] is None and events[-1]["response"]["usage"]["output_tokens"] == 6
+    # A streamed response is stored when it ends, as a whole one is.
+    stored = await call(api, "GET", f"/v1/responses/{events[0]['response']['id']}")
+    assert stored.json() == events[-1]["response"]
+
+
+async def test_stored_responses_belong_to_their_owner(api: API) -> None:
+    response = (await call(api, "POST", "/v1/responses", {
+        **GREEDY, **FIXED, "input": [{"role": "user", "content": [{"type": "input_text", "text": "Hi"}]}],
+        "metadata": {"topic": "greeting"}})).json()
+    path = f"/v1/responses/{response['id']}"
+    assert (await call(api, "GET", path)).json() == response
+    for stranger in ("key:bob", "anonymous"):
+        for method, suffix in (("GET", ""), ("DELETE", ""), ("GET", "/input_items"), ("POST", "/cancel")):
+            refused = await call(api, method, path + suffix, identity=stranger)
+            assert refused.status == 404 and refused.json()["error"]["param"] == "response_id"
+        chained = await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "more",
+                                                             "previous_response_id": response["id"]},
+                             identity=stranger)
+        assert chained.status == 404 and chained.json()["error"]["code"] == "previous_response_not_found"
+    items = (await call(api, "GET", path + "/input_items")).json()
+    assert items["object"] == "list" and not items["has_more"]
+    [item] = items["data"]
+    assert item["type"] == "message" and item["content"] == [{"type": "input_text", "text": "Hi"}]
+    assert items["first_id"] == items["last_id"] == item["id"]
+    deleted = await call(api, "DELETE", path)
+    assert deleted.json() == {"id": response["id"], "object": "response", "deleted": True}
+    assert (await call(api, "GET", path)).status == 404
+    unstored = (await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi", "store": False})).json()
+    assert unstored["store"] is False and (await call(api, "GET", f"/v1/responses/{unstored['id']}")).status == 404
+
+
+async def test_previous_response_id_continues_the_conversation(api: API) -> None:
+    first = (await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "instructions": "Be brief.",
+                                                       "input": "Hi"})).json()
+    second = await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "And then?",
+                                                       "previous_response_id": first["id"]})
+    # The same conversation, sent whole: the same tokens (instructions are not carried over).
+    whole = await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": [
+        {"role": "user", "content": "Hi"},
+        {"type": "message", "role": "assistant", "id": "x", "status": "completed",
+         "content": [{"type": "output_text", "text": output_text(first), "annotations": []}]},
+        {"role": "user", "content": "And then?"}]})
+    assert output_text(second.json()) == output_text(whole.json())
+    assert second.json()["previous_response_id"] == first["id"]
+    listed = (await call(api, "GET", f"/v1/responses/{second.json()['id']}/input_items",
+                         query=b"order=asc")).json()
+    assert [item["content"][0]["text"] for item in listed["data"]] == ["And then?"]
+
+
+async def test_function_call_round_trip(api: API) -> None:
+    called = (await call(api, "POST", "/v1/responses", {
+        **GREEDY, "input": "Weather in Paris?", "tools": [WEATHER], "tool_choice": "required"})).json()
+    [call_item] = [item for item in called["output"] if item["type"] == "function_call"]
+    assert call_item["name"] == "get_weather" and json.loads(call_item["arguments"])["city"] in ("Paris", "Rome")
+    assert call_item["id"].startswith("fc_") and call_item["status"] == "completed"
+    assert called["status"] == "completed" and called["tools"][0]["name"] == "get_weather"
+    answered = await call(api, "POST", "/v1/responses", {
+        **GREEDY, **FIXED, "previous_response_id": called["id"], "tools": [WEATHER],
+        "input": [{"type": "function_call_output", "call_id": call_item["call_id"], "output": "sunny"}]})
+    assert answered.status == 200, answered.body
+    # The call and its output, sent whole, give the same answer.
+    whole = await call(api, "POST", "/v1/responses", {
+        **GREEDY, **FIXED, "tools": [WEATHER], "input": [
+            {"role": "user", "content": "Weather in Paris?"}, call_item,
+            {"type": "function_call_output", "call_id": call_item["call_id"], "output": "sunny"}]})
+    assert output_text(answered.json()) == output_text(whole.json())
+    orphan = await call(api, "POST", "/v1/responses", {
+        **GREEDY, "input": [{"type": "function_call_output", "call_id": "call_nobody", "output": "x"}]})
+    assert orphan.status == 400 and orphan.json()["error"]["param"] == "input[0].call_id"
+
+
+async def test_streamed_function_call(api: API) -> None:
+    events = (await call(api, "POST", "/v1/responses", {
+        **GREEDY, "input": "Weather?", "tools": [WEATHER], "tool_choice": {"type": "function", "name": "get_weather"},
+        "stream": True})).events
+    kinds = [e["type"] for e in events]
+    start = kinds.index("response.function_call_arguments.delta")
+    assert kinds[start - 1:start + 3] == ["response.output_item.added", "response.function_call_arguments.delta",
+                                          "response.function_call_arguments.done", "response.output_item.done"]
+    done = events[start + 1]
+    assert done["name"] == "get_weather" and json.loads(done["arguments"])["city"] in ("Paris", "Rome")
+    assert kinds[-1] == "response.completed"
+
+
+async def test_json_schema_format(api: API) -> None:
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer"}},
+              "required": ["ok", "n"], "additionalProperties": False}
+    response = (await call(api, "POST", "/v1/responses", {
+        **GREEDY, "input": "Judge.", "max_output_tokens": 60,
+        "text": {"format": {"type": "json_schema", "name": "Verdict", "schema": schema, "strict": True}}})).json()
+    jsonschema.validate(json.loads(output_text(response)), schema)
+    assert response["text"]["format"]["name"] == "Verdict"
+    anything = (await call(api, "POST", "/v1/responses", {
+        **GREEDY, "input": "Judge.", "max_output_tokens": 60, "text": {"format": {"type": "json_object"}}})).json()
+    assert isinstance(json.loads(output_text(anything)), dict)
+
+
+async def test_errors_name_the_field(api: API) -> None:
+    cases = [
+        ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
+        ({"input": "x", "tools": [{"type": "file_search"}]}, "tools[0].type"),
+        ({"input": "x", "prompt": {"id": "pmpt_1"}}, "prompt"),
+        ({"input": "x", "metadata": {"k" * 65: "v"}}, "metadata"),
+        ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input[0].content[0].type"),
+        ({"input": "word " * 3000}, "input"),
+        ({"input": "x", "text": {"format": {"type": "json_schema", "name": "S", "schema": {"type": "nonsense"}}}},
+         "text.format.schema"),
+    ]
+    for body, param in cases:
+        refused = await call(api, "POST", "/v1/responses", {**GREEDY, **body})
+        assert refused.status == 400, body
+        assert refused.json()["error"]["param"].startswith(param), (body, refused.json())
+    missing = await call(api, "GET", "/v1/responses/resp_nothing")
+    assert missing.status == 404 and missing.json()["error"]["type"] == "invalid_request_error"
+
+
+class GatedEngine:
+    """The test engine, with each stream waiting for ``gate`` before its first delta."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self.gate = asyncio.Event()
+        self.closed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def stream_chat(self, messages: list, **kwargs: Any):
+        async def gated():
+            try:
+                await self.gate.wait()
+                async for delta in self._engine.stream_chat(messages, **kwargs):
+                    yield delta
+            finally:
+                self.closed += 1
+        return gated()
+
+
+async def test_background_responses_run_after_the_request_and_can_be_cancelled(api_engine) -> None:
+    engine = GatedEngine(api_engine)
+    api = API(engine, base_path="/ai")  # type: ignore[arg-type]
+    queued = (await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi", "background": True})).json()
+    assert queued["status"] == "queued" and queued["background"] is True and queued["output"] == []
+    path = f"/v1/responses/{queued['id']}"
+    await asyncio.sleep(0.05)
+    assert (await call(api, "GET", path)).json()["status"] == "in_progress"
+    assert (await call(api, "POST", path + "/cancel", identity="key:bob")).status == 404
+    cancelled = (await call(api, "POST", path + "/cancel")).json()
+    assert cancelled["status"] == "cancelled"
+    while len(api.background):
+        await asyncio.sleep(0.01)
+    assert engine.closed == 1 and (await call(api, "GET", path)).json()["status"] == "cancelled"
+
+    engine.gate.set()  # a run left alone ends, and is stored
+    done = (await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi", "background": True})).json()
+    while len(api.background):
+        await asyncio.sleep(0.01)
+    finished = (await call(api, "GET", f"/v1/responses/{done['id']}")).json()
+    assert finished["status"] == "incomplete" and finished["usage"]["output_tokens"] == 6
+    assert (await call(api, "POST", f"/v1/responses/{done['id']}/cancel")).json() == finished  # as it was
+    foreground = (await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi"})).json()
+    refused = await call(api, "POST", f"/v1/responses/{foreground['id']}/cancel")
+    assert refused.status == 400
+
+
+async def test_a_streamed_background_response_and_shutdown(api_engine) -> None:
+    engine = GatedEngine(api_engine)
+    api = API(engine, base_path="/ai")  # type: ignore[arg-type]
+    engine.gate.set()
+    streamed = await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi", "background": True,
+                                                         "stream": True})
+    kinds = [e["type"] for e in streamed.events]
+    assert kinds[:3] == ["response.created", "response.queued", "response.in_progress"]
+    assert kinds[-1] == "response.incomplete"
+    assert [e["sequence_number"] for e in streamed.events] == list(range(len(kinds)))
+
+    engine.gate = asyncio.Event()  # held: the server stops while it waits
+    queued = (await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi", "background": True})).json()
+    await asyncio.sleep(0.05)
+    await api.stop_background()
+    failed = (await call(api, "GET", f"/v1/responses/{queued['id']}")).json()
+    assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
+    assert engine.closed == 2
+    late = await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi", "background": True})
+    assert late.status == 503
