@@ -132,7 +132,7 @@ class ResponsesRoutes:
     def routes(self) -> list[Route]:
         """The five routes."""
         return [
-            Route("POST", "/v1/responses", self.create, "Create a response", id_prefix="resp_",
+            Route("POST", "/v1/responses", self.create, "Create a response",
                   request_type=ResponsesRequest, response_type=ResponseObject, stream_type=StreamEvent),
             Route("GET", RESPONSE, self.retrieve, "Retrieve a stored response", response_type=ResponseObject),
             Route("DELETE", RESPONSE, self.delete, "Delete a stored response", response_type=DeletedResponse),

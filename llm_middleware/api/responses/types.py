@@ -118,6 +118,8 @@ class ResponsesRequest(Struct, kw_only=True):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     stop: str | list[str] | None = None
+    min_tokens: int | None = None
+    ignore_eos: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     # Fields of hosted features this server has no counterpart for: refused when set (see the README).
     conversation: Any = None
