@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from servers import Server, server_env, serving
 
 SERVERS = ["asgi", "flask"]
+MODEL = "default"  # the served model, whatever its name
 # Greedy and of fixed length: the tiny random-weight model may write its end token at any point.
 FIXED: dict[str, Any] = {"temperature": 0, "max_output_tokens": 6, "extra_body": {"ignore_eos": True}}
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather of a city.", "strict": True,
@@ -45,7 +46,7 @@ def client(url: str, key: str = "sk-alice") -> openai.OpenAI:
 @pytest.mark.parametrize("server", SERVERS)
 def test_create_retrieve_list_delete(servers: dict[str, str], server: str) -> None:
     alice, bob = client(servers[server]), client(servers[server], "sk-bob")
-    response = alice.responses.create(model="tiny", instructions="Be brief.", input="Hello there",
+    response = alice.responses.create(model=MODEL, instructions="Be brief.", input="Hello there",
                                       metadata={"topic": "greeting"}, **FIXED)
     assert response.status == "incomplete" and response.incomplete_details.reason == "max_output_tokens"
     assert response.usage.output_tokens == 6 and isinstance(response.output_text, str)
@@ -57,7 +58,7 @@ def test_create_retrieve_list_delete(servers: dict[str, str], server: str) -> No
     with pytest.raises(openai.NotFoundError):  # another key's response does not exist for bob
         bob.responses.retrieve(response.id)
     with pytest.raises(openai.NotFoundError):
-        bob.responses.create(model="tiny", input="More", previous_response_id=response.id, **FIXED)
+        bob.responses.create(model=MODEL, input="More", previous_response_id=response.id, **FIXED)
     alice.responses.delete(response.id)
     with pytest.raises(openai.NotFoundError):
         alice.responses.retrieve(response.id)
@@ -66,13 +67,13 @@ def test_create_retrieve_list_delete(servers: dict[str, str], server: str) -> No
 @pytest.mark.parametrize("server", SERVERS)
 def test_stream_and_parse(servers: dict[str, str], server: str) -> None:
     sdk = client(servers[server])
-    with sdk.responses.stream(model="tiny", input="Judge this.", text_format=Verdict, temperature=0,
+    with sdk.responses.stream(model=MODEL, input="Judge this.", text_format=Verdict, temperature=0,
                               max_output_tokens=80) as stream:
         deltas = [event.delta for event in stream if event.type == "response.output_text.delta"]
         final = stream.get_final_response()
     assert final.status == "completed" and "".join(deltas) == final.output_text
     assert isinstance(final.output_parsed, Verdict)
-    parsed = sdk.responses.parse(model="tiny", input="Judge this.", text_format=Verdict, temperature=0,
+    parsed = sdk.responses.parse(model=MODEL, input="Judge this.", text_format=Verdict, temperature=0,
                                  max_output_tokens=80)
     assert parsed.output_parsed == final.output_parsed  # greedy: the same answer whole and streamed
 
@@ -80,12 +81,12 @@ def test_stream_and_parse(servers: dict[str, str], server: str) -> None:
 @pytest.mark.parametrize("server", SERVERS)
 def test_function_call_round_trip(servers: dict[str, str], server: str) -> None:
     sdk = client(servers[server])
-    called = sdk.responses.create(model="tiny", input="Weather in Paris?", tools=[WEATHER], tool_choice="required",
+    called = sdk.responses.create(model=MODEL, input="Weather in Paris?", tools=[WEATHER], tool_choice="required",
                                   temperature=0)
     [call] = [item for item in called.output if item.type == "function_call"]
     assert call.name == "get_weather" and json.loads(call.arguments)["city"] in ("Paris", "Rome")
     answered = sdk.responses.create(
-        model="tiny", previous_response_id=called.id, tools=[WEATHER],
+        model=MODEL, previous_response_id=called.id, tools=[WEATHER],
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}], **FIXED)
     assert answered.previous_response_id == called.id and answered.output[0].type == "message"
     listed = list(sdk.responses.input_items.list(answered.id))
@@ -94,7 +95,7 @@ def test_function_call_round_trip(servers: dict[str, str], server: str) -> None:
 
 def test_background_and_cancel(servers: dict[str, str]) -> None:
     sdk = client(servers["asgi"])
-    queued = sdk.responses.create(model="tiny", input="Hello", background=True, **FIXED)
+    queued = sdk.responses.create(model=MODEL, input="Hello", background=True, **FIXED)
     assert queued.status == "queued" and queued.background
     deadline = time.monotonic() + 60
     while (done := sdk.responses.retrieve(queued.id)).status in ("queued", "in_progress"):
@@ -104,7 +105,7 @@ def test_background_and_cancel(servers: dict[str, str]) -> None:
     assert sdk.responses.cancel(queued.id).status == "incomplete"  # a finished response stays as it was
     with pytest.raises(openai.NotFoundError):
         client(servers["asgi"], "sk-bob").responses.cancel(queued.id)
-    long = sdk.responses.create(model="tiny", input="Hello", background=True, temperature=0,
+    long = sdk.responses.create(model=MODEL, input="Hello", background=True, temperature=0,
                                 max_output_tokens=1500, extra_body={"ignore_eos": True})
     cancelled = sdk.responses.cancel(long.id)
     assert cancelled.status == "cancelled"
@@ -118,16 +119,17 @@ def test_agents_sdk_runs_an_agent_with_a_function_tool(servers: dict[str, str]) 
     calls: list[str] = []
 
     @function_tool
-    def get_weather(city: str) -> str:
+    def get_weather(city: Literal["Paris", "Rome"]) -> str:  # a closed set: random weights write no long string
         """Get the weather of a city."""
         calls.append(city)
         return f"sunny in {city}"
 
-    model = OpenAIResponsesModel(model="tiny", openai_client=openai.AsyncOpenAI(
+    model = OpenAIResponsesModel(model=MODEL, openai_client=openai.AsyncOpenAI(
         base_url=servers["flask"] + "/ai/v1", api_key="sk-alice", max_retries=0))
     # The first turn must call the tool; the SDK then lets the model choose, and the answer is structured.
     agent = Agent(name="Forecaster", instructions="Be brief.", tools=[get_weather], model=model,
-                  model_settings=ModelSettings(tool_choice="required", temperature=0, max_tokens=80),
+                  model_settings=ModelSettings(tool_choice="required", parallel_tool_calls=False, temperature=0,
+                                               max_tokens=80),
                   output_type=Verdict)
     result = Runner.run_sync(agent, "What is the weather in Paris?")
     assert len(calls) == 1 and isinstance(result.final_output, Verdict)

@@ -15,7 +15,7 @@ import msgspec
 
 from ...engine.text.messages import PART_SEPARATOR, decode_arguments
 from ...errors import InvalidRequestError
-from ..core.limits import check_json_depth
+from ...conversation.limits import check_json_depth
 from .types import (
     FunctionCallItem,
     FunctionCallOutputItem,
