@@ -29,6 +29,8 @@ from .openai.types.completions import CompletionRequest, TextCompletion
 from .openai.types.embeddings import EmbeddingList, EmbeddingRequest
 from .openai.types.server import HealthStatus, ModelCard, ModelList
 from .openai.types.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from .responses.routes import ResponsesRoutes
+from .responses.runs import BackgroundRuns
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
@@ -71,7 +73,8 @@ class API:
 
     ``base_path`` is where the API is mounted; the docs fall back to it for their server URL
     when a request carries no root path.  ``include_docs`` serves ``/openapi.json`` and ``/docs``.
-    ``response_store`` keeps stored responses (a new in-process store when None).
+    ``response_store`` keeps stored responses (a new in-process store when None); background
+    responses run until they end, are cancelled, or :meth:`stop_background` fails them.
     """
 
     #: How the middleware answers the failures it finds itself (a refused key, a body too large).
@@ -93,6 +96,8 @@ class API:
         routes = openai_routes(engine)
         if isinstance(engine, ForwardingEngine):  # e.g. RemoteEngine: upstream servers answer OpenAI requests
             routes = forwarding_routes(routes, engine)
+        self.background = BackgroundRuns()
+        routes += ResponsesRoutes(engine, self.response_store, self.background).routes()
         if include_docs:
             document = openapi_document(
                 routes, title="llm_middleware OpenAI-compatible API", version=_package_version(), error_type=ErrorBody
@@ -102,6 +107,14 @@ class API:
                 Route("GET", "/docs", swagger_ui, "Interactive API docs"),
             ]
         self._router = Router(routes)
+
+    async def stop_background(self) -> None:
+        """Fail every background response still running (the server is stopping), and wait until each is stored."""
+        await self.background.shutdown()
+
+    def close_background(self) -> None:
+        """:meth:`stop_background` from a thread outside the event loops (a WSGI server closing)."""
+        self.background.shutdown_sync()
 
     def route_path(self, path: str) -> str | None:
         """The path of the route serving ``path``, with parameters as placeholders

@@ -101,13 +101,16 @@ class APIEndpoint:
             self.engine.shutdown()
 
     async def stop(self) -> None:
-        """Drain, then shut down an owned engine: the server is shutting down."""
+        """Drain, fail the background responses still running, then shut down an owned engine: the
+        server is shutting down."""
         await self.drain()
+        await self._api.stop_background()
         await asyncio.to_thread(self.shutdown_engine)
 
     def close(self) -> None:
         """Shut down an owned engine, close a response store made from a URL, and stop the WSGI event
         loop thread."""
+        self._api.close_background()
         self.shutdown_engine()
         if self._owns_response_store:
             self.response_store.close()  # type: ignore[attr-defined]  # ours: a memory or SQLite store
