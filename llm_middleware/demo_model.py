@@ -36,7 +36,7 @@ DEMO_MARKER = "llm_middleware_demo.json"
 _BUILD_VERSION = 2
 
 # ChatML, as Qwen templates render it, including Hermes-style tool definitions and calls.
-CHAT_TEMPLATE = (
+_CONVERSATION_TEMPLATE = (
     "{% if tools %}"
     "<|im_start|>system\n"
     "{% if messages[0].role == 'system' %}{{ messages[0].content }}\n\n{% endif %}"
@@ -64,8 +64,22 @@ CHAT_TEMPLATE = (
     "<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n"
     "{% endif %}"
     "{% endfor %}"
+)
+
+#: Qwen3's original template: the model may open a ``<think>`` block itself; ``enable_thinking=false``
+#: renders an empty one, which it then answers after.
+CHAT_TEMPLATE = _CONVERSATION_TEMPLATE + (
     "{% if add_generation_prompt %}<|im_start|>assistant\n"
     "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+    "{% endif %}"
+)
+
+#: A template that thinks (as Qwen3-2507 Thinking and Qwen3.5 do): the reply begins inside an open
+#: ``<think>`` block unless ``enable_thinking=false`` renders an empty, closed one.
+THINKING_CHAT_TEMPLATE = _CONVERSATION_TEMPLATE + (
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% else %}<think>\n{% endif %}"
     "{% endif %}"
 )
 
@@ -124,7 +138,7 @@ _SIZES: dict[str, dict[str, int]] = {
 }
 
 
-def _train_tokenizer(vocab_size: int, special_markers: bool = True) -> Any:
+def _train_tokenizer(vocab_size: int, special_markers: bool = True, thinking: bool = False) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -146,7 +160,7 @@ def _train_tokenizer(vocab_size: int, special_markers: bool = True) -> Any:
     )
     if not special_markers:
         fast.add_tokens(MARKER_TOKENS)
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = THINKING_CHAT_TEMPLATE if thinking else CHAT_TEMPLATE
     return fast
 
 
@@ -160,6 +174,7 @@ def build_demo_model(
     device: str = "cpu",
     dtype: str = "float32",
     special_markers: bool = True,
+    thinking: bool = False,
     **config_overrides: Any,
 ) -> Path:
     """Build a random-weight causal LM of ``arch`` and save it (model, tokenizer, template) to ``path``.
@@ -169,7 +184,9 @@ def build_demo_model(
     ``WEIGHT_GAIN / sqrt(hidden_size)``).  ``device`` and ``dtype`` say where the random weights
     are made and how they are saved (a GPU initialises a multi-billion-parameter model in
     seconds).  ``special_markers=False`` registers the tool-call and thinking markers as plain
-    added tokens instead of special ones.  Returns the directory, ready for ``Engine(path)``.
+    added tokens instead of special ones.  ``thinking=True`` saves a template that thinks
+    (:data:`THINKING_CHAT_TEMPLATE`) instead of Qwen3's original (:data:`CHAT_TEMPLATE`).  Returns
+    the directory, ready for ``Engine(path)``.
     """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
@@ -177,7 +194,7 @@ def build_demo_model(
     shape: dict[str, Any] = dict(_SIZES[size])
     shape.update(config_overrides)
     shape.setdefault("initializer_range", WEIGHT_GAIN / math.sqrt(shape["hidden_size"]))
-    tokenizer = _train_tokenizer(shape["vocab_size"], special_markers)
+    tokenizer = _train_tokenizer(shape["vocab_size"], special_markers, thinking)
     # The BPE stops merging when the small corpus runs out; filler words take the remaining ids,
     # so that the vocabulary has its real size (memory and speed depend on it) and every token
     # the model can sample decodes to text.

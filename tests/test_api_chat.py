@@ -8,10 +8,11 @@ import json
 import pytest
 from engine_state import StepLog, default_worker
 
-from llm_middleware.api.core import guided
-from llm_middleware.api.core.choices import ToolSettings
 from llm_middleware.api.core.http import Request
-from llm_middleware.api.openai.chat import _ChatChunks
+from llm_middleware.api.openai.chat import ChatChunks
+from llm_middleware.conversation import guided
+from llm_middleware.conversation.answer import ToolSettings
+from llm_middleware.conversation.stream import TurnSplitter
 from llm_middleware.engine.outputs import Delta, Usage
 
 HELLO = [{"role": "user", "content": "Hello there"}]
@@ -269,15 +270,16 @@ async def test_required_tool_choice_streams_a_call(call_api) -> None:
 
 
 def test_streamed_tool_call_deltas() -> None:
-    chunks = _ChatChunks("chatcmpl-x", 1, "tiny", include_usage=False, logprobs=False,
-                         tools=ToolSettings(frozenset({"get_weather", "get_time"}), parallel=True))
+    chunks = ChatChunks("chatcmpl-x", 1, "tiny", include_usage=False, logprobs=False)
+    splitter = TurnSplitter(ToolSettings(frozenset({"get_weather", "get_time"}), parallel=True), None)
     pieces = ["Checking", " now.<tool", '_call>\n{"name": "get_weather", ', '"arguments": {"city": "Paris"}}\n</tool_call>',
               '\n<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>']
     raw = b""
     for k, text in enumerate(pieces):
         last = k == len(pieces) - 1
-        raw += chunks.on_delta(Delta(index=0, text=text, token_ids=[1], finish_reason="stop" if last else None,
-                                     usage=Usage(10, 5) if last else None))
+        delta = Delta(index=0, text=text, token_ids=[1], finish_reason="stop" if last else None,
+                      usage=Usage(10, 5) if last else None)
+        raw += b"".join(chunks.on_event(e) for e in splitter.on_delta(delta))
     events = [json.loads(block[6:]) for block in raw.split(b"\n\n") if block]
     deltas = [e["choices"][0]["delta"] for e in events]
     assert deltas[0] == {"role": "assistant", "content": ""}

@@ -10,26 +10,27 @@ import msgspec
 import pytest
 
 from llm_middleware import errors
-from llm_middleware.api.core import guided
 from llm_middleware.api.core.decoding import decode_body, validation_error_param
 from llm_middleware.api.core.http import Request
 from llm_middleware.api.core.options import sampling_options
 from llm_middleware.api.core.sse import EventStream, event
-from llm_middleware.api.core.tool_calls import ParsedToolCall, ToolCallParser, new_tool_call_id, parse_tool_calls
-from llm_middleware.api.openai import guided as openai_guided
 from llm_middleware.api.openai.embeddings import base64_float32
 from llm_middleware.api.openai.errors import error_response, exception_response
+from llm_middleware.api.openai.guided import output_format
+from llm_middleware.api.openai.messages import tool_specs
 from llm_middleware.api.openai.streaming import DONE, FRAMING
 from llm_middleware.api.openai.types.chat import (
     ChatChunkChoice,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatDelta,
-    NamedFunction,
-    NamedToolChoice,
     ResponseFormat,
     chat_request_decoder,
 )
+from llm_middleware.conversation import guided
+from llm_middleware.conversation.stream import TurnSplitter, TurnStream
+from llm_middleware.conversation.tool_calls import ParsedToolCall, ToolCallParser, new_tool_call_id, parse_tool_calls
+from llm_middleware.conversation.turn import Turn, guided_spec
 
 
 def _request(body: bytes, content_type: str | None = "application/json") -> Request:
@@ -265,30 +266,38 @@ def _tools() -> list:
     return req.tools
 
 
+def _turn(**fields) -> Turn:
+    return Turn(messages=[{"role": "user", "content": "Hi"}], tools=tool_specs(_tools()), **fields)
+
+
 def test_constrained_requests_are_refused_without_engine_support(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(guided, "GUIDED_SUPPORTED", False)
     with pytest.raises(errors.InvalidRequestError) as info:
-        openai_guided.response_format_spec(ResponseFormat(type="json_object"))
+        guided_spec(_turn(output=output_format(ResponseFormat(type="json_object"), None)))
     assert (info.value.param, info.value.code) == ("response_format", "unsupported_parameter")
     with pytest.raises(errors.InvalidRequestError) as info:
-        openai_guided.tool_call_spec(_tools(), "required", True)
+        guided_spec(_turn(tool_choice="required"))
     assert info.value.param == "tool_choice"
-    assert openai_guided.response_format_spec(ResponseFormat(type="text")) is None
-    assert openai_guided.tool_call_spec(_tools(), "auto", True) is None
+    assert guided_spec(_turn(output=output_format(ResponseFormat(type="text"), None))) is None
+    assert guided_spec(_turn(tool_choice="auto")) is None
 
 
 def test_guided_specs_when_supported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(guided, "GUIDED_SUPPORTED", True)
-    assert openai_guided.response_format_spec(ResponseFormat(type="json_object")) == {"json_schema": {"type": "object"}}
+    json_object = output_format(ResponseFormat(type="json_object"), None)
+    assert guided_spec(_turn(output=json_object)) == {"json_schema": {"type": "object"}}
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     fmt = msgspec.convert({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}, ResponseFormat)
-    assert openai_guided.response_format_spec(fmt) == {"json_schema": schema}
+    assert guided_spec(_turn(output=output_format(fmt, None))) == {"json_schema": schema}
     broken = msgspec.convert(
         {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/missing"}}}, ResponseFormat
     )
     with pytest.raises(errors.InvalidRequestError) as info:
-        openai_guided.response_format_spec(broken)
+        guided_spec(_turn(output=output_format(broken, None)))
     assert info.value.param == "response_format.json_schema.schema"
+    with pytest.raises(errors.InvalidRequestError) as info:
+        guided_spec(_turn(tool_choice="missing"))
+    assert info.value.param == "tool_choice.name"
 
 
 def _accepts(tokenizer, grammar: str, text: str) -> bool:
@@ -306,16 +315,17 @@ def test_forced_tool_call_grammar_accepts_exactly_hermes_calls(monkeypatch: pyte
 
     monkeypatch.setattr(guided, "GUIDED_SUPPORTED", True)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    named = openai_guided.tool_call_spec(_tools(), NamedToolChoice(function=NamedFunction(name="get_weather")), True)
+    named = guided_spec(_turn(tool_choice="get_weather"))
+    assert named is not None
     grammar = LLMatcher.grammar_from_lark(named["lark"])
     good = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
     assert _accepts(tokenizer, grammar, good)
     assert not _accepts(tokenizer, grammar, good.replace("get_weather", "noop"))
     assert not _accepts(tokenizer, grammar, good + '\n' + good)  # named: exactly one call
-    required = LLMatcher.grammar_from_lark(openai_guided.tool_call_spec(_tools(), "required", True)["lark"])
+    required = LLMatcher.grammar_from_lark(guided_spec(_turn(tool_choice="required"))["lark"])
     other = '<tool_call>\n{"name": "noop", "arguments": {}}\n</tool_call>'
     assert _accepts(tokenizer, required, good + "\n" + other)
-    single = LLMatcher.grammar_from_lark(openai_guided.tool_call_spec(_tools(), "required", False)["lark"])
+    single = LLMatcher.grammar_from_lark(guided_spec(_turn(tool_choice="required", parallel_tool_calls=False))["lark"])
     assert _accepts(tokenizer, single, other) and not _accepts(tokenizer, single, good + "\n" + other)
 
 
@@ -323,7 +333,7 @@ def test_forced_tool_call_grammar_accepts_exactly_hermes_calls(monkeypatch: pyte
 
 
 async def test_failure_mid_stream_becomes_an_error_event_then_done() -> None:
-    from llm_middleware.api.openai.chat import _ChatChunks
+    from llm_middleware.api.openai.chat import ChatChunks
     from llm_middleware.engine.outputs import Delta
 
     closed = []
@@ -337,8 +347,9 @@ async def test_failure_mid_stream_becomes_an_error_event_then_done() -> None:
 
     stream = deltas()
     first = await anext(stream)
-    chunks = _ChatChunks("chatcmpl-1", 1, "m", include_usage=False, logprobs=False, tools=None)
-    events = EventStream(stream, chunks.on_delta, FRAMING, first=first, closing=chunks.closing)
+    chunks = ChatChunks("chatcmpl-1", 1, "m", include_usage=False, logprobs=False)
+    turn = TurnStream(first, stream, TurnSplitter(None, None))
+    events = EventStream(turn, chunks.on_event, FRAMING, closing=chunks.closing)
     raw = b"".join([part async for part in events])
     blocks = [b for b in raw.split(b"\n\n") if b]
     assert json.loads(blocks[-2][6:]) == {

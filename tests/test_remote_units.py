@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from llm_middleware.api.core.tool_calls import parse_tool_calls
+from llm_middleware.conversation.tool_calls import parse_tool_calls
 from llm_middleware.errors import (
     EngineNotReadyError,
     EngineOverloadedError,

@@ -19,7 +19,7 @@ from calling_engine import CALL, PREAMBLE
 from servers import Server, server_env, serving
 from transformers import AutoTokenizer
 
-from llm_middleware.api.core import guided
+from llm_middleware.conversation import guided
 from llm_middleware.demo_model import build_demo_model
 from llm_middleware.engine.text.detokenizer import IncrementalDetokenizer, TokenDecoder
 

@@ -17,6 +17,7 @@ from .registry import ModelRegistry, ServedModel
 from .sampling_params import SamplingParams
 from .scheduling.intake import Intake
 from .text.chat_template import render_chat
+from .text.reasoning import ReasoningFormat
 from .workers.generation import GenerationWorker
 
 
@@ -136,6 +137,13 @@ class Engine(EngineAPI):
         if bad:
             raise InvalidRequestError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", param="tokens")
         return worker.tokenizer.decode(token_ids)
+
+    async def reasoning_format(self, *, model: str | None = None,
+                               chat_template_kwargs: dict[str, Any] | None = None) -> ReasoningFormat | None:
+        """The model's reasoning markers, from its tokenizer and chat template, and where a reply rendered
+        with ``chat_template_kwargs`` begins (``engine.text.reasoning``); None when it has none."""
+        worker = await self._worker(model, "generate")
+        return await run_cpu(worker.text.reasoning_format, chat_template_kwargs)
 
     # ---- generation and embeddings ------------------------------------------------------------
 

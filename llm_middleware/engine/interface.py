@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 from ..runtime.loop_thread import LoopThread
 from .delivery import ThreadSink
 from .outputs import Completion, Delta, Embeddings, ModelInfo
+from .text.reasoning import ReasoningFormat
 
 EngineState = Literal["stopped", "loading", "ready", "failed", "stopping"]
 Task = Literal["generate", "embed"]
@@ -83,6 +84,12 @@ class EngineAPI(ABC):
                             add_generation_prompt: bool = True) -> str:
         """Render ``messages`` (and ``tools``) with the model's chat template."""
 
+    @abstractmethod
+    async def reasoning_format(self, *, model: str | None = None,
+                               chat_template_kwargs: dict[str, Any] | None = None) -> ReasoningFormat | None:
+        """How the model marks reasoning in a chat reply rendered with ``chat_template_kwargs``, and where
+        the reply's output begins; None for a model that does not reason in marked blocks."""
+
     # ---- generation and embeddings ------------------------------------------------------------
 
     @abstractmethod
@@ -119,6 +126,11 @@ class EngineAPI(ABC):
     def wait_ready_sync(self, timeout: float | None = None, *, model: str | None = None) -> None:
         """Blocking twin of :meth:`wait_ready`."""
         self._sync_loop.run(self.wait_ready(timeout, model=model))
+
+    def reasoning_format_sync(self, *, model: str | None = None,
+                              chat_template_kwargs: dict[str, Any] | None = None) -> ReasoningFormat | None:
+        """Blocking twin of :meth:`reasoning_format`."""
+        return self._sync_loop.run(self.reasoning_format(model=model, chat_template_kwargs=chat_template_kwargs))
 
     def stream_chat_sync(self, messages: list[dict[str, Any]], *, model: str | None = None,
                          tools: list[dict[str, Any]] | None = None, chat_template_kwargs: dict[str, Any] | None = None,

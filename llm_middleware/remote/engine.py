@@ -10,7 +10,9 @@ from typing import Any
 
 from ..engine.interface import EngineAPI, EngineState
 from ..engine.outputs import Completion, Delta, Embeddings, ModelInfo
+from ..engine.text.reasoning import ReasoningFormat
 from ..errors import EngineNotReadyError, InvalidRequestError
+from ..markers import THINK_END, THINK_START
 from ..runtime.loop_thread import LoopThread
 from . import calls
 from .models import ServedModel, Task
@@ -225,6 +227,13 @@ class RemoteEngine(EngineAPI):
             "servers (POST /tokenize with 'messages' tokenizes a conversation there)",
             param="messages",
         )
+
+    async def reasoning_format(self, *, model: str | None = None,
+                               chat_template_kwargs: dict[str, Any] | None = None) -> ReasoningFormat | None:
+        """Upstreams split reasoning from the answer themselves (vLLM's reasoning parsers) and constrain
+        the answer only; their ``reasoning_content`` comes back as a ``<think>`` block that opens the
+        reply (``remote.results``), as does the reasoning of an upstream that leaves it in the text."""
+        return ReasoningFormat(THINK_START, THINK_END, "either", marker_tokens=False, grammar_sees_reasoning=False)
 
     # ---- generation and embeddings --------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 Upstreams send token text, not token ids: ``token_ids`` stay empty and log-probabilities carry
 ``token_id=-1``.  Tool calls that an upstream parsed are written back as the Hermes text
 (``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``) the embedded engine's models
-write, so callers of either engine read tool calls the same way.
+write, and reasoning that an upstream split off (``reasoning_content``, or ``reasoning``) as the
+``<think>`` block that opens the text, so callers of either engine read both the same way.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 from typing import Any
 
 from ..engine.outputs import Choice, Completion, Delta, Embeddings, FinishReason, TokenLogprob, TopLogprob, Usage
-from ..markers import HERMES_END, HERMES_START
+from ..markers import HERMES_END, HERMES_START, THINK_END, THINK_START
 
 #: Log-probabilities from an upstream name tokens by text only.
 UNKNOWN_TOKEN_ID = -1
@@ -76,6 +77,13 @@ def tool_calls_text(calls: list[dict[str, Any]]) -> str:
     )
 
 
+def reasoning_of(message: dict[str, Any]) -> str:
+    """The reasoning an upstream split off a message or delta (vLLM and DeepSeek name it
+    ``reasoning_content``, newer servers ``reasoning``)."""
+    value = message.get("reasoning_content") or message.get("reasoning")
+    return value if isinstance(value, str) else ""
+
+
 class _ChunkDeltas:
     """Turns a stream of chunks into deltas; subclasses read one choice's text and logprobs."""
 
@@ -105,14 +113,29 @@ class ChatDeltas(_ChunkDeltas):
     def __init__(self) -> None:
         super().__init__()
         self._open_calls: dict[int, bool] = {}  # choice index -> whether its open call has arguments yet
+        self._reasoning: dict[int, bool] = {}  # choice index -> whether its reasoning block is still open
 
     def _content(self, index: int, choice: dict[str, Any], reason: str | None) -> tuple[str, Any]:
         delta = choice.get("delta") or {}
         calls = delta.get("tool_calls") or []
-        text = (delta.get("content") or "") + "".join(self._call_piece(index, call) for call in calls)
+        answer = (delta.get("content") or "") + "".join(self._call_piece(index, call) for call in calls)
+        text = self._reasoning_piece(index, reasoning_of(delta), bool(answer) or reason is not None) + answer
         if reason is not None:
             text += self._close_call(index)
         return text, chat_logprobs(choice.get("logprobs"))
+
+    def _reasoning_piece(self, index: int, reasoning: str, answer_follows: bool) -> str:
+        """Reasoning as the text of a ``<think>`` block: opened before the choice's first reasoning,
+        closed before its answer."""
+        text = ""
+        if reasoning and index not in self._reasoning:  # only a choice's first reasoning opens a block
+            self._reasoning[index] = True
+            text = THINK_START
+        text += reasoning
+        if answer_follows and self._reasoning.get(index):
+            self._reasoning[index] = False
+            text += THINK_END
+        return text
 
     def _call_piece(self, index: int, call: dict[str, Any]) -> str:
         function = call.get("function") or {}
@@ -146,8 +169,10 @@ def chat_completion(answer: dict[str, Any], request_id: str | None, model: str) 
     for choice in answer.get("choices") or []:
         message = choice.get("message") or {}
         parts = [message.get("content") or "", tool_calls_text(message.get("tool_calls") or [])]
+        reasoning = reasoning_of(message)
+        thought = THINK_START + reasoning + THINK_END if reasoning else ""
         choices.append(Choice(
-            index=int(choice.get("index") or 0), text="\n".join(p for p in parts if p), token_ids=[],
+            index=int(choice.get("index") or 0), text=thought + "\n".join(p for p in parts if p), token_ids=[],
             finish_reason=finish_reason(choice.get("finish_reason")) or "stop",
             logprobs=chat_logprobs(choice.get("logprobs")),
         ))

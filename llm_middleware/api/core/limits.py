@@ -1,16 +1,12 @@
 """Caps on what one request body may carry (OpenAI's own where it has one); each is a 400 naming the field.
 
 The lists are capped by the request types, as the body is decoded; free-form JSON values (JSON
-Schemas, tool-call arguments) by :func:`check_json_depth` once decoded.  The engine caps what
-it checks for every caller (``n``, ``logit_bias``, ``stop``, ``stop_token_ids``,
+Schemas, tool-call arguments) by ``conversation.limits.check_json_depth`` once decoded.  The engine
+caps what it checks for every caller (``n``, ``logit_bias``, ``stop``, ``stop_token_ids``,
 ``chat_template_kwargs``) itself.
 """
 
 from __future__ import annotations
-
-from typing import Any
-
-from ...engine.text.plain_json import check_plain_json
 
 MAX_MESSAGES = 2048
 MAX_CONTENT_PARTS = 256  # per message
@@ -18,10 +14,3 @@ MAX_TOOLS = 128  # OpenAI's
 MAX_TOOL_CALLS = 128  # per assistant message of the history
 MAX_PROMPTS = 128  # per completions request
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's
-#: Nesting levels of a free-form JSON value: a ``response_format`` schema, tool ``parameters``, tool-call arguments.
-MAX_JSON_DEPTH = 64
-
-
-def check_json_depth(value: Any, param: str) -> None:
-    """Raise a 400 naming ``param`` when ``value`` nests deeper than :data:`MAX_JSON_DEPTH`."""
-    check_plain_json(value, param, max_depth=MAX_JSON_DEPTH)

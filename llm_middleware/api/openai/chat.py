@@ -1,4 +1,4 @@
-"""``POST /v1/chat/completions``: whole answers and streamed chunks, with tool calls."""
+"""``POST /v1/chat/completions``: the conversation core's turn as a whole answer or streamed chunks."""
 
 from __future__ import annotations
 
@@ -8,20 +8,20 @@ from typing import TYPE_CHECKING, Any
 
 from msgspec import UNSET
 
+from ...conversation.answer import ToolCall
+from ...conversation.events import ChoiceDone, ReasoningDelta, TextDelta, ToolCallMade, TurnEvent, TurnUsage
+from ...conversation.stream import answer_turn, stream_turn
+from ...conversation.turn import Turn, prepare
+from ...errors import InvalidRequestError
 from ...runtime.cpu_pool import run_cpu
-from ...engine import outputs
-from ...engine.outputs import Delta
-from ...errors import ContextLengthExceededError, InvalidRequestError
-from ..core.choices import ChoiceSplitter, ToolCall, ToolSettings, finish_reason, split_choice
 from ..core.decoding import decode_body
 from ..core.http import Request, Response
 from ..core.options import sampling_options
 from ..core.responses import json_response
 from ..core.sse import EventStream, event, streaming_response
-from ..core.streams import first_items
-from .guided import check_tool_parameters, guided_regex_spec, response_format_spec, tool_call_spec
+from .guided import output_format
 from .logprobs import chat_logprobs
-from .messages import template_messages, template_tools
+from .messages import tool_specs, turn_messages
 from .streaming import FRAMING, StreamedAnswer
 from .types.chat import (
     AssistantMessage,
@@ -31,7 +31,6 @@ from .types.chat import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatDelta,
-    ChatLogprobs,
     FunctionCallDelta,
     FunctionCallOut,
     NamedToolChoice,
@@ -42,141 +41,93 @@ from .types.chat import (
 from .types.common import Usage
 
 if TYPE_CHECKING:
-    from ...engine.engine import Engine
+    from ...engine.interface import EngineAPI
 
 
-def _tool_settings(request: ChatCompletionRequest) -> ToolSettings | None:
-    """How tool calls in the output are treated; None when the request offers no tools."""
-    forced = request.tool_choice == "required" or isinstance(request.tool_choice, NamedToolChoice)
-    if forced and not request.tools:
-        # Answering with text would leave a client that forces a call without the call it waits for.
-        raise InvalidRequestError(
-            "'tool_choice' 'required' or a named function needs 'tools' to choose from.", param="tool_choice"
-        )
-    if not request.tools or request.tool_choice == "none":
-        return None
-    names = frozenset(tool.function.name for tool in request.tools)
-    choice = request.tool_choice
-    if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
-        raise InvalidRequestError(
-            f"tool_choice names function '{choice.function.name}', which is not in 'tools' "
-            f"({', '.join(sorted(names))}).",
-            param="tool_choice.function.name",
-        )
-    # A named choice means exactly one call.
-    parallel = request.parallel_tool_calls is not False and not isinstance(choice, NamedToolChoice)
-    return ToolSettings(names, parallel)
-
-
-def _engine_call(request: ChatCompletionRequest, model: str, request_id: str) -> dict[str, Any]:
-    """Keyword arguments of ``engine.chat`` / ``engine.stream_chat`` for this request."""
-    if request.top_logprobs and not request.logprobs:
+def chat_turn(body: ChatCompletionRequest, request_id: str) -> Turn:
+    """The core's turn for a chat completion request."""
+    if body.top_logprobs and not body.logprobs:
         raise InvalidRequestError("'top_logprobs' needs 'logprobs' set to true.", param="top_logprobs")
-    max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
-    options = sampling_options(request, max_tokens=max_tokens)
-    if request.logprobs:
-        options["logprobs"] = True
-        options["top_logprobs"] = request.top_logprobs or 0
-    offers_tools = bool(request.tools) and request.tool_choice != "none"
-    guided = None
-    if offers_tools:
-        guided = tool_call_spec(request.tools or [], request.tool_choice or "auto", request.parallel_tool_calls is not False)
-    if guided is None:
-        guided = response_format_spec(request.response_format)
-    if request.guided_regex is not None:
-        if guided is not None:
-            raise InvalidRequestError(
-                "'guided_regex' cannot be combined with a JSON response_format or a forced tool call.",
-                param="guided_regex",
-            )
-        guided = guided_regex_spec(request.guided_regex)
-    if guided is not None:
-        options["guided"] = guided
-    return dict(
-        model=model,
-        tools=template_tools(request.tools) if offers_tools and request.tools else None,
-        chat_template_kwargs=request.chat_template_kwargs,
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    sampling: dict[str, Any] = sampling_options(body, max_tokens=max_tokens)
+    if body.logprobs:
+        sampling["logprobs"] = True
+        sampling["top_logprobs"] = body.top_logprobs or 0
+    choice = body.tool_choice
+    names = {"tool_choice.name": "tool_choice.function.name"}
+    if body.max_completion_tokens is not None:  # the core names the limit ``max_tokens``
+        names["max_tokens"] = "max_completion_tokens"
+    return Turn(
+        messages=turn_messages(body.messages),
+        model=body.model,
+        tools=tool_specs(body.tools),
+        tool_choice=choice.function.name if isinstance(choice, NamedToolChoice) else choice or "auto",
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+        output=output_format(body.response_format, body.guided_regex),
+        sampling=sampling,
+        chat_template_kwargs=body.chat_template_kwargs,
         request_id=request_id,
-        **options,
+        param_names=names,
     )
 
 
-def _usage(usage: outputs.Usage) -> Usage:
-    """The engine's token counts as the response's ``usage`` object."""
-    return Usage(
-        prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, total_tokens=usage.total_tokens
-    )
+def _read(request: Request, request_id: str) -> tuple[ChatCompletionRequest, Turn]:
+    """Decode the body and translate it: request-sized CPU work, for the CPU pool."""
+    body = decode_body(request, chat_request_decoder)
+    return body, chat_turn(body, request_id)
+
+
+def _usage(usage: TurnUsage) -> Usage:
+    return Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                 total_tokens=usage.total_tokens)
 
 
 def _tool_calls_out(calls: list[ToolCall]) -> list[ToolCallOut]:
     return [ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments)) for c in calls]
 
 
-def _chat_call(
-    engine: Engine, request: Request, request_id: str
-) -> tuple[ChatCompletionRequest, list[dict[str, Any]], ToolSettings | None, str, dict[str, Any]]:
-    """Decode and check the body; its messages, tool settings, model and the engine call's keyword arguments
-    (schemas and grammars compiled): request-sized CPU work, for the CPU pool."""
-    body = decode_body(request, chat_request_decoder)
-    messages = template_messages(body.messages)
-    check_tool_parameters(body.tools or [])
-    tools = _tool_settings(body)
-    model = engine.resolve_model(body.model, task="generate")
-    return body, messages, tools, model, _engine_call(body, model, request_id)
-
-
-def _named_as_sent(exc: ContextLengthExceededError, body: ChatCompletionRequest) -> ContextLengthExceededError:
-    """The engine names ``max_tokens``; a client that sent ``max_completion_tokens`` reads that name."""
-    if exc.param == "max_tokens" and body.max_completion_tokens is not None:
-        exc.param = "max_completion_tokens"
-    return exc
-
-
-async def chat_completions(engine: Engine, request: Request, request_id: str) -> Response:
+async def chat_completions(engine: EngineAPI, request: Request, request_id: str) -> Response:
     """Answer a chat completion request, streamed as server-sent events when ``stream`` is set."""
-    body, messages, tools, model, call = await run_cpu(_chat_call, engine, request, request_id)
+    body, turn = await run_cpu(_read, request, request_id)
+    prepared = await prepare(engine, turn)
     if body.stream:
-        stream = engine.stream_chat(messages, **call)
-        try:
-            [first] = await first_items([stream])
-        except ContextLengthExceededError as exc:
-            raise _named_as_sent(exc, body) from None
+        events = await stream_turn(engine, prepared)
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        chunks = _ChatChunks(request_id, int(time.time()), model, include_usage, bool(body.logprobs), tools)
-        return streaming_response(EventStream(stream, chunks.on_delta, FRAMING, first=first, closing=chunks.closing))
+        chunks = ChatChunks(request_id, int(time.time()), prepared.model, include_usage, bool(body.logprobs))
+        return streaming_response(EventStream(events, chunks.on_event, FRAMING, closing=chunks.closing))  # type: ignore[arg-type]
 
-    try:
-        completion = await engine.chat(messages, **call)
-    except ContextLengthExceededError as exc:
-        raise _named_as_sent(exc, body) from None
+    answer = await answer_turn(engine, prepared)
     choices = []
-    for choice in completion.choices:
-        content, calls = split_choice(choice.text, tools) if tools is not None else (choice.text, [])
-        message = AssistantMessage(content=content, tool_calls=_tool_calls_out(calls) if calls else UNSET)
+    for choice in answer.choices:
+        reasoning = choice.reasoning if choice.reasoning is not None else UNSET
+        message = AssistantMessage(
+            content=choice.content,
+            reasoning_content=reasoning,
+            reasoning=reasoning,
+            tool_calls=_tool_calls_out(choice.tool_calls) if choice.tool_calls else UNSET,
+        )
         choices.append(
             ChatChoice(
                 index=choice.index,
                 message=message,
                 logprobs=chat_logprobs(choice.logprobs or []) if body.logprobs else None,
-                finish_reason=finish_reason(choice.finish_reason, bool(calls)),
+                finish_reason=choice.finish_reason,
             )
         )
     return json_response(
         ChatCompletion(
-            id=request_id, created=int(time.time()), model=model, choices=choices, usage=_usage(completion.usage)
+            id=request_id, created=int(time.time()), model=prepared.model, choices=choices, usage=_usage(answer.usage)
         )
     )
 
 
 @dataclass(eq=False)
-class _ChatChunks(StreamedAnswer):
-    """Turns engine deltas into chat chunk events; holds the per-choice streaming state."""
+class ChatChunks(StreamedAnswer):
+    """Renders a turn's events as chat completion chunks."""
 
     logprobs: bool
-    tools: ToolSettings | None
     usage: Usage | None = None
     _started: set[int] = field(default_factory=set)
-    _splitters: dict[int, ChoiceSplitter] = field(default_factory=dict)
 
     def _chunk(self, choice: ChatChunkChoice) -> bytes:
         return event(
@@ -185,51 +136,39 @@ class _ChatChunks(StreamedAnswer):
             )
         )
 
-    def on_delta(self, delta: Delta) -> bytes:
-        """Every event one delta produces, joined."""
-        index = delta.index
+    def on_event(self, item: TurnEvent) -> bytes:
+        """The chunks of one event (a choice's first event is preceded by its role chunk)."""
+        if isinstance(item, TurnUsage):
+            self.usage = _usage(item)
+            return b""
+        index = item.index
         parts = []
         if index not in self._started:
             self._started.add(index)
             parts.append(self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""))))
-        logprobs = chat_logprobs(delta.logprobs) if self.logprobs and delta.logprobs else None
-        made_calls = False
-        if self.tools is None:
-            if delta.text or logprobs:
-                parts.append(self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(content=delta.text), logprobs=logprobs)))
+        if isinstance(item, ChoiceDone):
+            parts.append(self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=item.finish_reason)))
+            return b"".join(parts)
+        logprobs = chat_logprobs(item.logprobs) if self.logprobs and item.logprobs else None
+        if isinstance(item, ReasoningDelta):
+            delta = ChatDelta(reasoning_content=item.text, reasoning=item.text)
+        elif isinstance(item, TextDelta):
+            if not item.text and logprobs is None:
+                return b"".join(parts)
+            delta = ChatDelta(content=item.text or UNSET)
         else:
-            splitter = self._splitters.get(index) or self._splitters.setdefault(index, ChoiceSplitter(self.tools))
-            pieces = splitter.feed(delta.text, last=delta.finish_reason is not None)
-            parts += self._split_events(index, pieces, logprobs)
-            made_calls = splitter.made_calls
-        if delta.finish_reason is not None:
-            reason = finish_reason(delta.finish_reason, made_calls)
-            parts.append(self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=reason)))
-        if delta.usage is not None:
-            self.usage = _usage(delta.usage)
+            return b"".join(parts) + self._call_chunks(item, logprobs)
+        parts.append(self._chunk(ChatChunkChoice(index=index, delta=delta, logprobs=logprobs)))
         return b"".join(parts)
 
-    def _split_events(self, index: int, pieces: list[str | ToolCall], logprobs: ChatLogprobs | None) -> list[bytes]:
-        """Content chunks, and a tool call as two chunks: its id and name, then its arguments.  The
-        delta's log-probabilities go with the first chunk."""
-        parts = []
-        for piece in pieces:
-            if isinstance(piece, str):
-                parts.append(self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(content=piece), logprobs=logprobs)))
-            else:
-                header = ToolCallDelta(
-                    index=piece.index,
-                    id=piece.id,
-                    type="function",
-                    function=FunctionCallDelta(name=piece.name, arguments=""),
-                )
-                arguments = ToolCallDelta(index=piece.index, function=FunctionCallDelta(arguments=piece.arguments))
-                parts.append(self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(tool_calls=[header]), logprobs=logprobs)))
-                parts.append(self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(tool_calls=[arguments]))))
-            logprobs = None
-        if logprobs is not None:  # the text is held back, but its logprobs are known now
-            parts.append(self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(), logprobs=logprobs)))
-        return parts
+    def _call_chunks(self, item: ToolCallMade, logprobs: Any) -> bytes:
+        """A tool call as two chunks: its id and name, then its arguments."""
+        call = item.call
+        header = ToolCallDelta(index=call.index, id=call.id, type="function",
+                               function=FunctionCallDelta(name=call.name, arguments=""))
+        arguments = ToolCallDelta(index=call.index, function=FunctionCallDelta(arguments=call.arguments))
+        return (self._chunk(ChatChunkChoice(index=item.index, delta=ChatDelta(tool_calls=[header]), logprobs=logprobs))
+                + self._chunk(ChatChunkChoice(index=item.index, delta=ChatDelta(tool_calls=[arguments]))))
 
     def closing(self) -> bytes:
         """The closing chunk with no choices and the request's usage (``stream_options.include_usage``)."""

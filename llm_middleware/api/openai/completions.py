@@ -8,17 +8,17 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from ...runtime.cpu_pool import run_cpu
+from ...conversation.guided import regex_spec
 from ...engine.outputs import Completion, Delta
 from ...engine.sampling_params import MAX_TOP_LOGPROBS
 from ...errors import InvalidRequestError
+from ...runtime.cpu_pool import run_cpu
 from ..core.decoding import decode_body
 from ..core.http import Request, Response
 from ..core.options import sampling_options
 from ..core.responses import json_response
 from ..core.sse import EventStream, event, streaming_response
 from ..core.streams import first_items, merge, resume
-from .guided import guided_regex_spec
 from .logprobs import completion_logprobs
 from .streaming import FRAMING, StreamedAnswer
 from .types.common import Usage
@@ -76,7 +76,7 @@ def _completion_call(engine: Engine, request: Request) -> tuple[CompletionReques
         options["logprobs"] = True
         options["top_logprobs"] = body.logprobs
     if body.guided_regex is not None:
-        options["guided"] = guided_regex_spec(body.guided_regex)
+        options["guided"] = regex_spec(body.guided_regex, "guided_regex")
     return body, prompts, model, options
 
 

@@ -1,13 +1,11 @@
-"""Chat messages of a request -> the plain dicts a chat template renders."""
+"""OpenAI chat messages and tools -> the conversation core's messages (plain dicts) and tool specs."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ...engine.text.messages import template_message
-from ...errors import InvalidRequestError
-from ..core.limits import check_json_depth
-from ..core.tool_calls import new_tool_call_id
+from ...conversation.tool_calls import new_tool_call_id
+from ...conversation.turn import ToolSpec
 from .types.chat import ChatMessage, ToolCallIn, ToolDefinition
 
 
@@ -19,12 +17,10 @@ def _tool_call(call: ToolCallIn) -> dict[str, Any]:
     }
 
 
-def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
-    """The conversation as chat templates expect it (flattened as ``engine.chat`` flattens it)."""
-    if not messages:
-        raise InvalidRequestError("'messages' must contain at least one message.", param="messages")
+def turn_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """The conversation as dicts in OpenAI's chat shape (checked and flattened by the core)."""
     out = []
-    for i, message in enumerate(messages):
+    for message in messages:
         content = message.content
         item: dict[str, Any] = {
             "role": message.role,
@@ -36,20 +32,15 @@ def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
             item["tool_calls"] = [_tool_call(call) for call in message.tool_calls]
         if message.tool_call_id is not None:
             item["tool_call_id"] = message.tool_call_id
-        item = template_message(item, i)
-        for j, call in enumerate(item.get("tool_calls") or ()):
-            check_json_depth(call["function"]["arguments"], f"messages[{i}].tool_calls[{j}].function.arguments")
+        if message.reasoning_content is not None:
+            item["reasoning_content"] = message.reasoning_content
         out.append(item)
     return out
 
 
-def template_tools(tools: list[ToolDefinition]) -> list[dict[str, Any]]:
-    """Tool definitions in OpenAI's shape (``{"type": "function", "function": {...}}``), which templates render."""
-    out = []
-    for tool in tools:
-        function: dict[str, Any] = {"name": tool.function.name}
-        if tool.function.description is not None:
-            function["description"] = tool.function.description
-        function["parameters"] = tool.function.parameters or {"type": "object", "properties": {}}
-        out.append({"type": "function", "function": function})
-    return out
+def tool_specs(tools: list[ToolDefinition] | None) -> list[ToolSpec]:
+    """``tools`` as the core's tool specs."""
+    return [
+        ToolSpec(t.function.name, t.function.description, t.function.parameters, f"tools[{i}].function.parameters")
+        for i, t in enumerate(tools or ())
+    ]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...runtime.cpu_pool import run_cpu
+from ...conversation.turn import check_messages, check_tools, template_tools
 from ...errors import InvalidRequestError
+from ...runtime.cpu_pool import run_cpu
 from ..core.decoding import decode_body
 from ..core.http import Request, Response
 from ..core.responses import json_response
-from .guided import check_tool_parameters
-from .messages import template_messages, template_tools
+from .messages import tool_specs, turn_messages
 from .types.tokenize import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -31,12 +31,13 @@ if TYPE_CHECKING:
 def _tokens(engine: Engine, body: TokenizeRequest, model: str) -> TokenizeResponse:
     if (body.prompt is None) == (body.messages is None):
         raise InvalidRequestError("Give exactly one of 'prompt' and 'messages'.", param="prompt")
-    check_tool_parameters(body.tools or [])
+    tools = tool_specs(body.tools)
+    check_tools(tools)
     if body.messages is not None:
         text = engine.apply_chat_template(
-            template_messages(body.messages),
+            check_messages(turn_messages(body.messages)),
             model=model,
-            tools=template_tools(body.tools) if body.tools else None,
+            tools=template_tools(tools) if tools else None,
             chat_template_kwargs=body.chat_template_kwargs,
         )
     else:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache
 from typing import Any
 
 from ...errors import ContextLengthExceededError, InvalidRequestError
-from .chat_template import render_chat
+from .chat_template import check_template_kwargs, render_chat, reserved_names
 from .detokenizer import TokenDecoder
+from .reasoning import Begins, ReasoningFormat, are_added_tokens, output_begins, reasoning_markers
 from .token_bytes import TokenBytes
+
+# What a template is asked to render to learn its generation prompt: one user turn, without markers.
+_PROBE = [{"role": "user", "content": "."}]
 
 
 class TextCodec:
@@ -22,6 +28,9 @@ class TextCodec:
         self.max_token_chars = max(map(len, tokenizer.get_vocab()), default=1) or 1
         self.token_bytes = TokenBytes(tokenizer)
         self.token_decoder = TokenDecoder(tokenizer)
+        self.reasoning_markers = reasoning_markers(tokenizer)
+        # One probe per distinct set of template variables (requests mostly send none or enable_thinking).
+        self._begins = lru_cache(maxsize=64)(self._probe_begins)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -54,3 +63,21 @@ class TextCodec:
     def piece(self, token: int) -> str:
         """One token's text as logprobs show it (part of a character, for some tokens)."""
         return self.tokenizer.decode([token], clean_up_tokenization_spaces=False)
+
+    def reasoning_format(self, template_kwargs: dict[str, Any] | None) -> ReasoningFormat | None:
+        """The model's reasoning markers and where its output begins when the template renders with
+        ``template_kwargs``; None for a model without reasoning markers."""
+        if self.reasoning_markers is None:
+            return None
+        variables = check_template_kwargs(template_kwargs, reserved_names(self.tokenizer))
+        start, end = self.reasoning_markers
+        begins = self._begins(json.dumps(variables, sort_keys=True))
+        return ReasoningFormat(start, end, begins, are_added_tokens(self.tokenizer, start, end))
+
+    def _probe_begins(self, variables: str) -> Begins:
+        assert self.reasoning_markers is not None
+        try:
+            prompt = render_chat(self.tokenizer, _PROBE, None, json.loads(variables))
+        except InvalidRequestError:  # a template that refuses a lone user turn: the output tells
+            return "either"
+        return output_begins(prompt, *self.reasoning_markers)

@@ -41,6 +41,7 @@ class ChatMessage(Struct, kw_only=True):
     name: str | None = None
     tool_calls: Annotated[list[ToolCallIn], Meta(max_length=MAX_TOOL_CALLS)] | None = None
     tool_call_id: str | None = None
+    reasoning_content: str | None = None
 
 
 class FunctionDefinition(Struct, kw_only=True):
@@ -145,6 +146,8 @@ class AssistantMessage(Struct, kw_only=True):
 
     role: Literal["assistant"] = "assistant"
     content: str | None
+    reasoning_content: str | UnsetType = UNSET
+    reasoning: str | UnsetType = UNSET
     tool_calls: list[ToolCallOut] | UnsetType = UNSET
 
 
@@ -189,6 +192,8 @@ class ChatDelta(Struct, kw_only=True):
 
     role: Literal["assistant"] | UnsetType = UNSET
     content: str | None | UnsetType = UNSET
+    reasoning_content: str | UnsetType = UNSET
+    reasoning: str | UnsetType = UNSET
     tool_calls: list[ToolCallDelta] | UnsetType = UNSET
 
 

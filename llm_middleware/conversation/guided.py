@@ -11,19 +11,26 @@ rather than answered with unconstrained text.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
-from ...engine.sampling_params import SamplingParams
-from ...errors import InvalidRequestError
-from ...markers import HERMES_END, HERMES_START
+from ..engine.sampling_params import SamplingParams
+from ..engine.text.reasoning import ReasoningFormat
+from ..errors import InvalidRequestError
+from ..markers import HERMES_END, HERMES_START
 from .limits import check_json_depth
 
 #: Whether the engine's sampler takes a grammar (``SamplingParams.guided``).
 GUIDED_SUPPORTED = "guided" in {f.name for f in fields(SamplingParams)}
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+# The answer's JSON as the engine writes a ``json_schema`` spec: compact (see ``engine.sampling.grammar``).
+_COMPACT = {"whitespace_flexible": False}
+# Between the reasoning's end marker and the answer: the blank lines templates put there, no more.
+_GAP = r"/[ \n]{0,2}/"
 
 # Calls are written the way Hermes templates render them (`{"name": "f", "arguments": {...}}`), with no
 # other whitespace: free whitespace lets a weak model wander through blank space instead of answering.
@@ -113,4 +120,54 @@ def tool_call_spec(tools: Sequence[tuple[str, dict[str, Any] | None]], *, severa
     from llguidance import LLMatcher
 
     _check_grammar(LLMatcher.grammar_from_lark(grammar), "tools")
+    return {"lark": grammar}
+
+
+def _lark_regex(pattern: str) -> str:
+    """``pattern`` as a Lark regex literal: bare slashes and line breaks escaped, escapes kept as they are."""
+    out, escaped = [], False
+    for char in pattern:
+        if escaped:
+            out.append(char)
+            escaped = False
+        elif char == "\\":
+            out.append(char)
+            escaped = True
+        elif char == "/":
+            out.append("\\/")
+        else:
+            out.append({"\n": "\\n", "\r": "\\r"}.get(char, char))
+    return "/" + "".join(out) + "/"
+
+
+def _answer_rules(spec: dict[str, Any]) -> str:
+    """A spec's grammar as Lark rules whose first one is ``answer``."""
+    if "json_schema" in spec:
+        schema = {**spec["json_schema"], "x-guidance": _COMPACT}
+        return f"answer: %json {json.dumps(schema)}\n"
+    if "regex" in spec:
+        return f"answer: {_lark_regex(spec['regex'])}\n"
+    return re.sub(r"^start:", "answer:", spec["lark"], count=1, flags=re.MULTILINE)
+
+
+def after_reasoning(spec: dict[str, Any], fmt: ReasoningFormat, param: str) -> dict[str, Any]:
+    """``spec`` applied to the answer only.
+
+    Where the template opens a reasoning block (the output begins inside it), the model reasons
+    freely up to the end marker and the grammar applies after it (and a blank line or two).  Where
+    the template leaves it to the model whether to open a block, the constrained answer starts at
+    once, as it would with thinking switched off.
+    """
+    if fmt.begins != "reasoning" or not fmt.grammar_sees_reasoning:
+        return spec
+    # Free text up to the end marker: a token the text cannot spell, or (a marker written as text)
+    # the shortest text that ends with it.
+    if fmt.marker_tokens:
+        thought = f"thought: THOUGHT {fmt.end}\n"
+    else:
+        thought = f"thought[lazy]: THOUGHT {json.dumps(fmt.end)}\n"
+    grammar = f"start: thought {_GAP} answer\n" + thought + "THOUGHT: /(?s:.*)/\n" + _answer_rules(spec)
+    from llguidance import LLMatcher
+
+    _check_grammar(LLMatcher.grammar_from_lark(grammar), param)
     return {"lark": grammar}

@@ -25,7 +25,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from ...markers import HERMES_END, HERMES_START, LLAMA_START, MISTRAL_ARGS, MISTRAL_START
+from ..markers import HERMES_END, HERMES_START, LLAMA_START, MISTRAL_ARGS, MISTRAL_START
 
 _MARKERS = (HERMES_START, MISTRAL_START, LLAMA_START)
 
