@@ -268,3 +268,65 @@ async def test_a_streamed_background_response_and_shutdown(api_engine) -> None:
     assert engine.closed == 2
     late = await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi", "background": True})
     assert late.status == 503
+
+
+@pytest.fixture(scope="module")
+def thinking_api(tmp_path_factory: pytest.TempPathFactory):
+    """The API over an engine whose model thinks (``thinking_engine``) before it answers or calls a tool."""
+    from thinking_engine import ThinkingEngine
+
+    from llm_middleware.demo_model import build_demo_model
+
+    model_dir = build_demo_model(tmp_path_factory.mktemp("qwen3-thinking"), arch="qwen3", size="tiny", thinking=True)
+    engine = ThinkingEngine(model_dir, name="thinker", seed=0)
+    engine.wait_ready_sync()
+    yield API(engine, base_path="/ai")
+    engine.shutdown()
+
+
+async def test_reasoning_items_whole_and_streamed(thinking_api: API) -> None:
+    from thinking_engine import ANSWER, THOUGHT
+
+    body = {"model": "thinker", "input": "What is the weather?", "max_output_tokens": 200}
+    whole = (await call(thinking_api, "POST", "/v1/responses", body)).json()
+    reasoning, message = whole["output"]
+    assert reasoning["type"] == "reasoning" and reasoning["id"].startswith("rs_") and reasoning["summary"] == []
+    assert reasoning["content"] == [{"type": "reasoning_text", "text": THOUGHT}]
+    assert output_text(whole) == ANSWER and whole["status"] == "completed"
+    events = (await call(thinking_api, "POST", "/v1/responses", {**body, "stream": True})).events
+    deltas = [e for e in events if e["type"] == "response.reasoning_text.delta"]
+    assert len(deltas) > 1 and "".join(e["delta"] for e in deltas) == THOUGHT
+    assert all(e["output_index"] == 0 for e in deltas)
+    kinds = [e["type"] for e in events]
+    assert kinds.index("response.reasoning_text.done") < kinds.index("response.output_text.delta")
+    assert events[-1]["response"]["output"] == [{**reasoning, "id": deltas[0]["item_id"]},
+                                                {**message, "id": events[-1]["response"]["output"][1]["id"]}]
+    # Thinking switched off: no reasoning item.
+    off = (await call(thinking_api, "POST", "/v1/responses", {
+        **body, "max_output_tokens": 8, "reasoning": {"effort": "none"}})).json()
+    assert [item["type"] for item in off["output"]] == ["message"]
+
+
+async def test_a_tool_call_after_thinking_and_the_reasoning_given_back(thinking_api: API) -> None:
+    from calling_engine import CALL, PREAMBLE
+    from thinking_engine import THOUGHT
+
+    tool = {"type": "function", "name": "get_weather", "parameters": {
+        "type": "object", "properties": {"unit": {"enum": ["c", "f"]}}, "required": ["unit"]}}
+    called = (await call(thinking_api, "POST", "/v1/responses", {
+        "model": "thinker", "input": "What is the weather?", "tools": [tool], "max_output_tokens": 200})).json()
+    assert [item["type"] for item in called["output"]] == ["reasoning", "message", "function_call"]
+    assert called["output"][0]["content"][0]["text"] == THOUGHT and output_text(called) == PREAMBLE
+    fc = called["output"][2]
+    assert (fc["name"], json.loads(fc["arguments"])) == (CALL["name"], CALL["arguments"])
+    # The Agents SDK's way: the output replayed as input, the reasoning item included, with the call's result.
+    replayed = await call(thinking_api, "POST", "/v1/responses", {
+        "model": "thinker", "tools": [tool], "max_output_tokens": 200, "input": [
+            {"role": "user", "content": "What is the weather?"}, *called["output"],
+            {"type": "function_call_output", "call_id": fc["call_id"], "output": "sunny"}]})
+    chained = await call(thinking_api, "POST", "/v1/responses", {
+        "model": "thinker", "tools": [tool], "max_output_tokens": 200, "previous_response_id": called["id"],
+        "input": [{"type": "function_call_output", "call_id": fc["call_id"], "output": "sunny"}]})
+    assert replayed.status == chained.status == 200
+    assert [item["type"] for item in replayed.json()["output"]] == [item["type"] for item in chained.json()["output"]]
+    assert replayed.json()["usage"]["input_tokens"] == chained.json()["usage"]["input_tokens"]  # the same prompt
