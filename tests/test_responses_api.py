@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 import jsonschema
@@ -199,21 +200,33 @@ async def test_errors_name_the_field(api: API) -> None:
     assert missing.status == 404 and missing.json()["error"]["type"] == "invalid_request_error"
 
 
+async def until(condition: Any) -> None:
+    """Wait for ``condition``; the bound only stops a test that would hang."""
+    for _ in range(6000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition never held")
+
+
 class GatedEngine:
-    """The test engine, with each stream waiting for ``gate`` before its first delta."""
+    """The test engine, with each stream waiting for ``gate`` before its first delta (a thread-safe
+    signal: background runs are on a loop of their own)."""
 
     def __init__(self, engine: Any) -> None:
         self._engine = engine
-        self.gate = asyncio.Event()
-        self.closed = 0
+        self.gate = threading.Event()
+        self.started = self.closed = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
     def stream_chat(self, messages: list, **kwargs: Any):
         async def gated():
+            self.started += 1
             try:
-                await self.gate.wait()
+                while not self.gate.is_set():
+                    await asyncio.sleep(0.01)
                 async for delta in self._engine.stream_chat(messages, **kwargs):
                     yield delta
             finally:
@@ -227,19 +240,17 @@ async def test_background_responses_run_after_the_request_and_can_be_cancelled(a
     queued = (await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi", "background": True})).json()
     assert queued["status"] == "queued" and queued["background"] is True and queued["output"] == []
     path = f"/v1/responses/{queued['id']}"
-    await asyncio.sleep(0.05)
+    await until(lambda: engine.started == 1)
     assert (await call(api, "GET", path)).json()["status"] == "in_progress"
     assert (await call(api, "POST", path + "/cancel", identity="key:bob")).status == 404
     cancelled = (await call(api, "POST", path + "/cancel")).json()
     assert cancelled["status"] == "cancelled"
-    while len(api.background):
-        await asyncio.sleep(0.01)
+    await until(lambda: len(api.background) == 0)
     assert engine.closed == 1 and (await call(api, "GET", path)).json()["status"] == "cancelled"
 
     engine.gate.set()  # a run left alone ends, and is stored
     done = (await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi", "background": True})).json()
-    while len(api.background):
-        await asyncio.sleep(0.01)
+    await until(lambda: len(api.background) == 0)
     finished = (await call(api, "GET", f"/v1/responses/{done['id']}")).json()
     assert finished["status"] == "incomplete" and finished["usage"]["output_tokens"] == 6
     assert (await call(api, "POST", f"/v1/responses/{done['id']}/cancel")).json() == finished  # as it was
@@ -259,9 +270,9 @@ async def test_a_streamed_background_response_and_shutdown(api_engine) -> None:
     assert kinds[-1] == "response.incomplete"
     assert [e["sequence_number"] for e in streamed.events] == list(range(len(kinds)))
 
-    engine.gate = asyncio.Event()  # held: the server stops while it waits
+    engine.gate = threading.Event()  # held: the server stops while it waits
     queued = (await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi", "background": True})).json()
-    await asyncio.sleep(0.05)
+    await until(lambda: engine.started == 2)
     await api.stop_background()
     failed = (await call(api, "GET", f"/v1/responses/{queued['id']}")).json()
     assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"

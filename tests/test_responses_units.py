@@ -170,15 +170,26 @@ def test_a_cut_response_is_incomplete_and_a_failed_one_says_why() -> None:
 # ---- background runs ----------------------------------------------------------------------------------
 
 
+async def wait_for(condition, what: str) -> None:
+    for _ in range(3000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{what} did not happen")
+
+
 async def test_runs_are_found_by_owner_followed_and_cancelled_from_another_thread() -> None:
     runs = BackgroundRuns()
-    gate = asyncio.Event()
+    gate = threading.Event()  # the runs live on the registry's own loop: only thread-safe signals reach them
     seen: list[str | None] = []
+    loops: list[asyncio.AbstractEventLoop] = []
 
     async def work(run: Run) -> None:
+        loops.append(asyncio.get_running_loop())
         run.publish(b"one")
         try:
-            await gate.wait()
+            while not gate.is_set():
+                await asyncio.sleep(0.01)
             run.publish(b"two")
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
@@ -186,7 +197,7 @@ async def test_runs_are_found_by_owner_followed_and_cancelled_from_another_threa
             run.publish(b"stopped")
 
     run = Run("resp_a", "key:alice")
-    runs.start(run, work)
+    await runs.start(run, work)
     assert runs.find("key:alice", "resp_a") is run and runs.find("key:bob", "resp_a") is None
 
     followed: list[bytes] = []
@@ -199,16 +210,17 @@ async def test_runs_are_found_by_owner_followed_and_cancelled_from_another_threa
 
     reader = threading.Thread(target=follow)
     reader.start()
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: followed == [b"one"], "the first frame")
     gate.set()
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: followed == [b"one", b"two"], "the second frame")
     threading.Thread(target=run.stop, args=("cancel",)).start()
-    while not run.ended:
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: run.ended, "the run's end")
     await asyncio.to_thread(reader.join)
     assert seen == ["cancel"] and followed == [b"one", b"two", b"stopped"]
+    assert loops[0] is not asyncio.get_running_loop()  # not the loop of the request that started it
     assert runs.find("key:alice", "resp_a") is None and len(runs) == 0
     assert [data async for data in run.frames(after=0)] == [b"two", b"stopped"]
+    await runs.shutdown()
 
 
 async def test_shutdown_stops_every_run_and_refuses_new_ones() -> None:
@@ -223,14 +235,14 @@ async def test_shutdown_stops_every_run_and_refuses_new_ones() -> None:
             reasons.append(run.stop_reason)
 
     for n in range(3):
-        runs.start(Run(f"resp_{n}", "anonymous"), work)
+        await runs.start(Run(f"resp_{n}", "anonymous"), work)
     await runs.shutdown()
-    assert reasons == ["shutdown"] * 3 and len(runs) == 0
+    assert reasons == ["shutdown"] * 3 and len(runs) == 0 and runs.closed
     late = Run("resp_late", "anonymous")  # one that slipped in as the server stopped
-    runs.start(late, work)
-    while not late.ended:
-        await asyncio.sleep(0.01)
+    await runs.start(late, work)
+    await wait_for(lambda: late.ended, "the late run's end")
     assert reasons[-1] == "shutdown"
+    runs.shutdown_sync()
 
 
 # ---- routes with {name} segments ----------------------------------------------------------------------

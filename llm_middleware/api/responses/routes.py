@@ -210,17 +210,19 @@ class ResponsesRoutes:
             if self.runs.closed:
                 raise EngineNotReadyError("The server is stopping; start background responses elsewhere.",
                                           retry_after=1)
+            # Encoded now: once the run starts, the builder changes the response on the run's own loop.
+            queued = _encoder.encode(response)
             await self.store.put(
                 StoredResponse(id=response.id, owner=request.identity, created_at=time.time(), status="queued",
-                               response=_encoder.encode(response)),
+                               response=queued),
                 input_items,
             )
             run = Run(response.id, request.identity)
             run.publish(frames(builder.created()))
-            self.runs.start(run, partial(self._run_in_background, prepared, builder, logprobs, save))
+            await self.runs.start(run, partial(self._run_in_background, prepared, builder, logprobs, save))
             if body.stream:
                 return _sse(EventStream(run.frames(), lambda data: data, _FRAMING))
-            return json_response(response)
+            return Response(status=200, headers=list(JSON_HEADERS), body=queued)
 
         turn = await stream_turn(self.engine, prepared)
         generated = self._generate(turn, builder, logprobs, save, input_items, catch=bool(body.stream))

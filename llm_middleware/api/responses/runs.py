@@ -1,10 +1,11 @@
 """Background responses: runs that outlive the request that started them.
 
-A run is a task on the event loop of the request that started it (the server's loop, or the
-middleware's own loop thread under WSGI), held here so it survives the client going away.  It
-can be cancelled from any request, on any loop, and every run still going when the server stops
-is cancelled as a shutdown, which the run records as a failure.  Streamed clients follow a run
-through :meth:`Run.frames`, which any number of readers on any loop may tail.
+A run is a task on an event loop of the registry's own (a thread of its own), not on the loop of
+the request that started it: that loop may end with the request (test clients, servers that run a
+loop per request) while the run must go on.  A run can be cancelled from any request, on any loop,
+and every run still going when the server stops is cancelled as a shutdown, which the run records
+as a failure.  Streamed clients follow a run through :meth:`Run.frames`, which any number of
+readers on any loop may tail.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Literal
+
+from ...runtime.loop_thread import LoopThread
 
 #: Why a run was cancelled: a client asked, or the server is stopping.
 StopReason = Literal["cancel", "shutdown"]
@@ -94,6 +97,7 @@ class BackgroundRuns:
         self._runs: dict[str, Run] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._loop_thread = LoopThread("llm-background-runs")
 
     def __len__(self) -> int:
         with self._lock:
@@ -104,12 +108,15 @@ class BackgroundRuns:
         """True once the registry shut down: new runs are refused."""
         return self._closed
 
-    def start(self, run: Run, work: Callable[[Run], Coroutine[Any, Any, None]]) -> None:
-        """Run ``work(run)`` as a task on the running loop, held until it returns.
+    async def start(self, run: Run, work: Callable[[Run], Coroutine[Any, Any, None]]) -> None:
+        """Run ``work(run)`` as a task on the registry's loop, held until it returns.
 
         The task gets a context of its own: it belongs to no request.  When the registry has
         already shut down, the run is stopped as a shutdown as soon as it begins.
         """
+        await self._loop_thread.call(self._spawn(run, work))
+
+    async def _spawn(self, run: Run, work: Callable[[Run], Coroutine[Any, Any, None]]) -> None:
         loop = asyncio.get_running_loop()
         task = loop.create_task(work(run), context=contextvars.Context())
         run._loop, run._task = loop, task
@@ -147,6 +154,7 @@ class BackgroundRuns:
         deadline = time.monotonic() + timeout
         while any(not run.ended for run in runs) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        self._loop_thread.close()
 
     def shutdown_sync(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
         """:meth:`shutdown` for a thread outside the runs' loops (a WSGI server closing)."""
@@ -154,3 +162,4 @@ class BackgroundRuns:
         deadline = time.monotonic() + timeout
         for run in runs:
             run._ended.wait(max(0.0, deadline - time.monotonic()))
+        self._loop_thread.close()
