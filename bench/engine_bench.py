@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--size", choices=["tiny", "small", "4b"], default="small")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--quantize", choices=["4bit", "8bit"], default=None, help="also run the engine quantized")
+    parser.add_argument("--quantize", choices=["4bit", "8bit", "nf4"], default=None, help="also run the engine quantized")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-generate", action="store_true", help="only run the engine")
     parser.add_argument("--compile", action="store_true", help="also run the engine with compile=True (CUDA)")

@@ -312,7 +312,8 @@ def main() -> None:
     parser.add_argument("--streams", default="1,32", help="comma-separated concurrent stream counts")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--quantize", choices=["4bit", "8bit"], help="also serve the model quantized")
+    parser.add_argument("--quantize", help="also serve the model quantized, each way of a comma-separated list "
+                        "(4bit, 8bit, nf4)")
     parser.add_argument("--no-baselines", action="store_true", help="skip the in-process transformers baselines")
     parser.add_argument("--passthrough-requests", type=int, default=2000, help="0 skips the pass-through workload")
     parser.add_argument("--client-processes", type=int, default=None,
@@ -360,7 +361,7 @@ def main() -> None:
         # Prompt chunks keep the engine's default size for the device (see the README's option table).
         options: dict[str, Any] = {"max_batch_size": max(streams), "device": args.device, "dtype": args.dtype, "seed": 0,
                                    **args.options}
-        for variant in [{}] + ([{"quantize": args.quantize}] if args.quantize else []):
+        for variant in [{}] + [{"quantize": q} for q in (args.quantize.split(",") if args.quantize else [])]:
             server = Server(path, {**options, **variant}, log=args.server_log)
             try:
                 server.wait_ready("/ai/health")

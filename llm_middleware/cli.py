@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
     serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     serve.add_argument(
-        "--quantize", choices=["4bit", "8bit"], help="quantize the weights on load with bitsandbytes (CUDA)"
+        "--quantize", choices=["4bit", "8bit", "nf4"], help="quantize the weights on load (nf4: with bitsandbytes)"
     )
     serve.add_argument(
         "--max-batch-size", type=int, help="most requests decoded together in one step (engine default: 32)"

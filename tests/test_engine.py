@@ -487,17 +487,15 @@ def test_invalid_sampling_rejected(engine: Engine) -> None:
         engine.complete_sync("Hello", temprature=0.5)
 
 
-@pytest.mark.parametrize("quantize", ["8bit", "4bit"])
-def test_quantized_loading_generates(tiny_model_dir: Path, quantize: str) -> None:
+def test_nf4_loading_generates(tiny_model_dir: Path) -> None:
     pytest.importorskip("bitsandbytes")
     import bitsandbytes as bnb
 
-    eng = Engine(tiny_model_dir, quantize=quantize, seed=0)
+    eng = Engine(tiny_model_dir, quantize="nf4", seed=0)
     try:
         eng.wait_ready_sync()
         model = default_worker(eng).model
-        kinds = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
-        assert any(isinstance(m, kinds) for m in model.modules())
+        assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
         # Quantized projections keep their own kernels: no merged forward replaces them.
         assert not any("forward" in vars(layer.self_attn) or "forward" in vars(layer.mlp) for layer in model.model.layers)
         done = eng.complete_sync("Hello", max_tokens=5, temperature=0, ignore_eos=True)

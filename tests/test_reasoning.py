@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import openai
 import pytest
 from calling_engine import CALL, PREAMBLE
@@ -19,6 +20,8 @@ from servers import Server, server_env, serving
 from thinking_engine import ANSWER, THOUGHT
 from transformers import AutoTokenizer
 
+from llm_middleware.api.openai.messages import turn_messages
+from llm_middleware.api.openai.types.chat import chat_request_decoder
 from llm_middleware.conversation import guided
 from llm_middleware.conversation.events import ChoiceDone, ReasoningDelta, TextDelta, TurnUsage
 from llm_middleware.conversation.reasoning import ReasoningSplitter
@@ -137,6 +140,14 @@ def test_history_with_reasoning_content_is_accepted(client: openai.OpenAI) -> No
 
 
 # ---- the pieces ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["reasoning_content", "reasoning"])
+def test_history_reasoning_reaches_the_template_as_reasoning_content(key: str) -> None:
+    body = msgspec.json.encode({"messages": [*HELLO, {"role": "assistant", "content": ANSWER, key: THOUGHT}]})
+    messages = turn_messages(chat_request_decoder.decode(body).messages)
+    assert messages[1]["reasoning_content"] == THOUGHT and "reasoning" not in messages[1]
+
 
 OPENED = ReasoningFormat("<think>", "</think>", "reasoning")
 EITHER = ReasoningFormat("<think>", "</think>", "either")

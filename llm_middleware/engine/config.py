@@ -13,7 +13,7 @@ class ModelConfig:
     """How one model is loaded and batched.  Every field is an ``Engine``/``add_model`` keyword."""
 
     task: Literal["auto", "generate", "embed"] = "auto"
-    quantize: Literal["4bit", "8bit"] | None = None
+    quantize: Literal["4bit", "8bit", "nf4"] | None = None
     dtype: str = "auto"
     device: str = "auto"
     device_map: str | dict[str, Any] | None = None
@@ -34,7 +34,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.task in ("auto", "generate", "embed"), "task", "must be 'auto', 'generate' or 'embed'"),
-            (self.quantize in (None, "4bit", "8bit"), "quantize", "must be None, '4bit' or '8bit'"),
+            (self.quantize in (None, "4bit", "8bit", "nf4"), "quantize", "must be None, '4bit', '8bit' or 'nf4'"),
             (self.max_batch_size >= 1, "max_batch_size", "must be at least 1"),
             (self.max_waiting >= 0, "max_waiting", "must be >= 0"),
             (self.max_model_len is None or self.max_model_len >= 2, "max_model_len", "must be at least 2"),

@@ -32,8 +32,9 @@ def turn_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
             item["tool_calls"] = [_tool_call(call) for call in message.tool_calls]
         if message.tool_call_id is not None:
             item["tool_call_id"] = message.tool_call_id
-        if message.reasoning_content is not None:
-            item["reasoning_content"] = message.reasoning_content
+        reasoning = message.reasoning_content if message.reasoning_content is not None else message.reasoning
+        if reasoning is not None:
+            item["reasoning_content"] = reasoning
         out.append(item)
     return out
 

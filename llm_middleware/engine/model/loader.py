@@ -14,10 +14,11 @@ import torch
 
 from ...demo_model import is_demo_model
 from ...errors import InvalidRequestError
+from ..quantization.linear import quantize_linears
 
 logger = logging.getLogger("llm_middleware")
 
-Quantize = Literal["4bit", "8bit"] | None
+Quantize = Literal["4bit", "8bit", "nf4"] | None
 
 
 class ModelLoadError(RuntimeError):
@@ -105,11 +106,16 @@ def detect_task(source: str) -> Literal["generate", "embed"]:
     return "generate"
 
 
+#: Bits of the ``quantize`` options the engine packs itself (``quantization.packing``).
+PACKED_BITS = {"4bit": 4, "8bit": 8}
+
+
 def quantization_config(quantize: Quantize, dtype: Any) -> Any:
-    if quantize is None:
+    """bitsandbytes' settings for ``quantize="nf4"``; None for the other options."""
+    if quantize is None or quantize in PACKED_BITS:
         return None
-    if quantize not in ("4bit", "8bit"):
-        raise InvalidRequestError(f"quantize must be None, '4bit' or '8bit', got {quantize!r}")
+    if quantize != "nf4":
+        raise InvalidRequestError(f"quantize must be None, '4bit', '8bit' or 'nf4', got {quantize!r}")
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
@@ -118,8 +124,6 @@ def quantization_config(quantize: Quantize, dtype: Any) -> Any:
         ) from None
     from transformers import BitsAndBytesConfig
 
-    if quantize == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
     compute = dtype if isinstance(dtype, torch.dtype) else torch.bfloat16
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
 
@@ -176,6 +180,11 @@ def load(
                 common["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
             model = AutoModelForCausalLM.from_pretrained(source, attn_implementation=attn_implementation, **common)
             _check(cancel)
+            if quantize in PACKED_BITS:
+                # Loaded on the host (or spread by the device map), each weight is packed on its
+                # device in turn: the GPU never holds the full-width weights.
+                quantize_linears(model, PACKED_BITS[quantize], dev)
+                _check(cancel)
             if "device_map" not in common:
                 model = model.to(dev)
             dev = model.get_input_embeddings().weight.device

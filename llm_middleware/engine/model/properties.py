@@ -38,7 +38,10 @@ class ModelProperties:
         gen = model.generation_config
         eos_ids = sorted(_eos_ids(gen, tokenizer))
         pad_id = next((i for i in (getattr(gen, "pad_token_id", None), tokenizer.pad_token_id, *eos_ids) if i is not None), 0)
-        output = model.get_output_embeddings().weight
+        output = model.get_output_embeddings()
+        # A packed output layer holds buffers rather than a weight.
+        where = next(output.parameters(), None)
+        where = where if where is not None else next(output.buffers())
         return cls(
             max_model_len=min(context, config.max_model_len or context),
             eos_ids=eos_ids,
@@ -49,8 +52,8 @@ class ModelProperties:
             head_dim=getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
             dtype=_activation_dtype(model),
             layer_devices=_layer_devices(model, text.num_hidden_layers, device),
-            output_device=output.device,
-            logits_width=output.shape[0],
+            output_device=where.device,
+            logits_width=output.out_features if hasattr(output, "out_features") else output.weight.shape[0],
         )
 
 

@@ -23,6 +23,7 @@ from ..attention.kv_cache import KVCache
 from ..attention.paged import ATTENTION_NAME, PLAIN, AttentionMetadata, AttentionVariant, attend, write_cache
 from ..kernels.cpu import paged_decode as cpu_attention
 from ..kernels.cpu import row_ops as cpu_ops
+from ..quantization.linear import PackedLinear
 from .fused_norms import FusedRMSNorm
 from .probe import reproduced
 from .row_linear import RowLinear
@@ -30,9 +31,23 @@ from .row_linear import RowLinear
 logger = logging.getLogger("llm_middleware")
 
 
-def _merge(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """One weight (and bias) for linears that read the same input; each keeps a view of its rows."""
-    if any(type(lin) is not nn.Linear for lin in linears):  # quantized layers keep their own kernels
+def _is_linear(module: Any) -> bool:
+    """A plain linear layer or one packed by the engine (bitsandbytes' layers keep their own forwards)."""
+    return type(module) in (nn.Linear, PackedLinear)
+
+
+def _facts(linear: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device and the input dtype of a linear layer, plain or packed."""
+    if isinstance(linear, PackedLinear):
+        return linear.device, linear.dtype
+    return linear.weight.device, linear.weight.dtype
+
+
+def _merge(linears: list[nn.Module]) -> RowLinear | PackedLinear | None:
+    """One product for linears that read the same input; each keeps a view of its rows."""
+    if all(type(lin) is PackedLinear for lin in linears):
+        return PackedLinear.merge(linears)
+    if any(type(lin) is not nn.Linear for lin in linears):  # bitsandbytes' layers keep their own kernels
         return None
     weights = [lin.weight for lin in linears]
     if len({(w.dtype, w.device, w.shape[1]) for w in weights}) != 1 or not weights[0].dtype.is_floating_point:
@@ -49,7 +64,7 @@ def _merge(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]
         if bias is not None:
             lin.bias = nn.Parameter(bias[start : start + rows], requires_grad=False)
         start += rows
-    return weight, bias
+    return RowLinear(weight, bias)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -60,16 +75,17 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class _FusedAttention:
     """Replacement ``forward`` of a Llama-family attention module (q/k/v/o projections)."""
 
-    def __init__(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None,
-                 variant: AttentionVariant) -> None:
+    def __init__(self, module: nn.Module, project: RowLinear | PackedLinear, variant: AttentionVariant) -> None:
         self.module = module
-        self.weight = weight
-        self.project = RowLinear(weight, bias)
+        self.project = project
+        self.weight = getattr(project, "weight", None)  # a merged full-width weight (the CPU decode step reads it)
+        self.device, self.dtype = _facts(module.q_proj)
+        self.in_features = module.q_proj.in_features
         self.layer = module.layer_idx
         self.variant = variant  # what the module's own forward asks the attention function for
         self.head_dim = module.head_dim
-        self.heads = module.q_proj.weight.shape[0] // self.head_dim
-        self.kv_heads = module.k_proj.weight.shape[0] // self.head_dim
+        self.heads = module.q_proj.out_features // self.head_dim
+        self.kv_heads = module.k_proj.out_features // self.head_dim
         self.scaling = module.scaling
         self.q_norm = getattr(module, "q_norm", None)
         self.k_norm = getattr(module, "k_norm", None)
@@ -81,11 +97,11 @@ class _FusedAttention:
         # power-of-two half head.
         self.kernel: Any = None
         if self.head_dim % 2 == 0 and (self.q_norm is None and self.k_norm is None or plain_norms):
-            if weight.is_cuda and half & (half - 1) == 0:
+            if self.device.type == "cuda" and half & (half - 1) == 0:
                 from ..kernels.cuda.rope_cache import rope_and_cache
 
                 self.kernel = rope_and_cache
-            elif weight.device.type == "cpu" and cpu_ops.available(weight.dtype):
+            elif self.device.type == "cpu" and cpu_ops.available(self.dtype):
                 self.kernel = cpu_ops.rope_and_cache
 
     def __call__(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
@@ -136,20 +152,22 @@ class _FusedAttention:
 class _FusedMLP:
     """Replacement ``forward`` of a gated MLP: ``down(act(gate(x)) * up(x))`` with one gate/up product."""
 
-    def __init__(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, module: nn.Module, project: RowLinear | PackedLinear) -> None:
         self.module = module
-        self.weight = weight
-        self.project = RowLinear(weight, bias)
-        self.split = module.gate_proj.weight.shape[0]
+        self.project = project
+        self.weight = getattr(project, "weight", None)  # a merged full-width weight (the CPU decode step reads it)
+        self.device, self.dtype = _facts(module.gate_proj)
+        self.in_features = module.gate_proj.in_features
+        self.split = module.gate_proj.out_features
         act = module.act_fn
         self.act = act.forward if isinstance(act, nn.Module) else act  # without nn.Module.__call__'s cost
         self.silu_mul: Any = None  # one kernel for the activation and the product
-        if type(module.act_fn).__name__ in ("SiLU", "SiLUActivation") and 2 * self.split == weight.shape[0]:
-            if weight.is_cuda:
+        if type(module.act_fn).__name__ in ("SiLU", "SiLUActivation") and self.split == module.up_proj.out_features:
+            if self.device.type == "cuda":
                 from ..kernels.cuda.row_ops import silu_mul
 
                 self.silu_mul = silu_mul
-            elif weight.device.type == "cpu" and cpu_ops.available(weight.dtype):
+            elif self.device.type == "cpu" and cpu_ops.available(self.dtype):
                 self.silu_mul = cpu_ops.silu_mul
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,7 +178,7 @@ class _FusedMLP:
         return self.module.down_proj.forward(self.act(gate) * up)
 
 
-def _randn(*shape: int, like: torch.Tensor, seed: int) -> torch.Tensor:
+def _randn(*shape: int, like: _FusedAttention | _FusedMLP, seed: int) -> torch.Tensor:
     generator = torch.Generator(device="cpu").manual_seed(seed)
     return torch.randn(*shape, generator=generator).to(like.device, like.dtype)
 
@@ -175,12 +193,12 @@ def _probe_cache(attentions: list[nn.Module]) -> KVCache:
     """A small cache of its own for the probes: the engine's cache is sized after the swap."""
     first = attentions[0]
     layers = 1 + max(m.layer_idx for m in attentions)
-    devices = [first.k_proj.weight.device] * layers
+    devices = [_facts(first.k_proj)[0]] * layers
     for m in attentions:
-        devices[m.layer_idx] = m.k_proj.weight.device
+        devices[m.layer_idx] = _facts(m.k_proj)[0]
     return KVCache(num_layers=layers, num_blocks=5, block_size=_PROBE_BLOCK_SIZE,
-                   num_kv_heads=first.k_proj.weight.shape[0] // first.head_dim, head_dim=first.head_dim,
-                   dtype=first.k_proj.weight.dtype, devices=devices)
+                   num_kv_heads=first.k_proj.out_features // first.head_dim, head_dim=first.head_dim,
+                   dtype=_facts(first.k_proj)[1], devices=devices)
 
 
 @torch.inference_mode()
@@ -189,7 +207,7 @@ def _attention_reproduces(module: nn.Module, fused: _FusedAttention, rotary: nn.
     keys, values = cache.keys[layer], cache.values[layer]
     if keys.shape[1:] != (fused.kv_heads, fused.head_dim):
         return False
-    dim, bs = fused.weight.shape[1], _PROBE_BLOCK_SIZE
+    dim, bs = fused.in_features, _PROBE_BLOCK_SIZE
     table = torch.tensor(_PROBE_TABLE)
     prompt_pos = torch.arange(4).expand(2, 4)
     decode_pos = torch.full((2, 1), 4)
@@ -206,7 +224,7 @@ def _attention_reproduces(module: nn.Module, fused: _FusedAttention, rotary: nn.
         (decode_pos, decode_args),
     ):
         slots = (table.gather(1, positions // bs) * bs + positions % bs).reshape(-1).to(keys.device)
-        hidden = _randn(2, positions.shape[1], dim, like=fused.weight, seed=len(steps))
+        hidden = _randn(2, positions.shape[1], dim, like=fused, seed=len(steps))
         meta = AttentionMetadata(kv_cache=cache, slot_mapping=slots, **meta_args)
         steps.append((hidden, rotary(hidden, positions.to(hidden.device)), meta))
     results = []
@@ -225,28 +243,32 @@ def _attention_reproduces(module: nn.Module, fused: _FusedAttention, rotary: nn.
 
 @torch.inference_mode()
 def _mlp_reproduces(module: nn.Module, fused: _FusedMLP) -> bool:
-    probe = _randn(2, 3, fused.weight.shape[1], like=fused.weight, seed=0)
+    probe = _randn(2, 3, fused.in_features, like=fused, seed=0)
     return reproduced(fused(probe), type(module).forward(module, probe), 1e-4)
 
 
 def _is_attention(module: nn.Module) -> bool:
-    # Plain linears only: quantized ones keep their own kernels, and their packed weights' shapes
-    # say nothing about the heads.
-    return (all(type(getattr(module, n, None)) is nn.Linear for n in ("q_proj", "k_proj", "v_proj"))
-            and isinstance(getattr(module, "o_proj", None), nn.Linear)
+    # Plain or engine-packed linears only: bitsandbytes' keep their own kernels, and their packed
+    # weights' shapes say nothing about the heads.
+    return (all(_is_linear(getattr(module, n, None)) for n in ("q_proj", "k_proj", "v_proj"))
+            and isinstance(getattr(module, "o_proj", None), (nn.Linear, PackedLinear))
             and isinstance(getattr(module, "layer_idx", None), int) and isinstance(getattr(module, "head_dim", None), int)
             and getattr(getattr(module, "config", None), "_attn_implementation", None) == ATTENTION_NAME)
 
 
 def _is_gated_mlp(module: nn.Module) -> bool:
-    return all(isinstance(getattr(module, n, None), nn.Linear) for n in ("gate_proj", "up_proj", "down_proj")) and callable(
+    return all(isinstance(getattr(module, n, None), (nn.Linear, PackedLinear))
+               for n in ("gate_proj", "up_proj", "down_proj")) and callable(
         getattr(module, "act_fn", None)
     )
 
 
-def _unmerge(linears: list[nn.Linear]) -> None:
+def _unmerge(linears: list[nn.Module]) -> None:
     """Give each linear its own storage back (a swap that did not reproduce must cost no memory)."""
     for lin in linears:
+        if isinstance(lin, PackedLinear):
+            lin.own()
+            continue
         lin.weight = nn.Parameter(lin.weight.detach().clone(), requires_grad=False)
         if lin.bias is not None:
             lin.bias = nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
@@ -259,7 +281,7 @@ def _swap(module: nn.Module, linears: list[nn.Linear], build: Any, reproduces: A
         merged = _merge(linears)
         if merged is None:
             return False
-        fused = build(*merged)
+        fused = build(merged)
         if reproduces(fused):
             module.forward = fused
             return True
@@ -283,12 +305,12 @@ def fuse_layers(model: nn.Module, variants: dict[int, AttentionVariant]) -> tupl
     cache = _probe_cache(attentions) if attentions else None
     swapped_attention = sum(
         _swap(m, [m.q_proj, m.k_proj, m.v_proj],
-              lambda w, b, m=m: _FusedAttention(m, w, b, variants.get(m.layer_idx, PLAIN)),
+              lambda project, m=m: _FusedAttention(m, project, variants.get(m.layer_idx, PLAIN)),
               lambda fused, m=m: _attention_reproduces(m, fused, rotary, cache))
         for m in attentions
     )
     swapped_mlp = sum(
-        _swap(m, [m.gate_proj, m.up_proj], lambda w, b, m=m: _FusedMLP(m, w, b),
+        _swap(m, [m.gate_proj, m.up_proj], lambda project, m=m: _FusedMLP(m, project),
               lambda fused, m=m: _mlp_reproduces(m, fused))
         for m in modules if _is_gated_mlp(m)
     )

@@ -42,6 +42,7 @@ class ChatMessage(Struct, kw_only=True):
     tool_calls: Annotated[list[ToolCallIn], Meta(max_length=MAX_TOOL_CALLS)] | None = None
     tool_call_id: str | None = None
     reasoning_content: str | None = None
+    reasoning: str | None = None  # the same, as newer clients send it back
 
 
 class FunctionDefinition(Struct, kw_only=True):
