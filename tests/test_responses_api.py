@@ -341,3 +341,13 @@ async def test_a_tool_call_after_thinking_and_the_reasoning_given_back(thinking_
     assert replayed.status == chained.status == 200
     assert [item["type"] for item in replayed.json()["output"]] == [item["type"] for item in chained.json()["output"]]
     assert replayed.json()["usage"]["input_tokens"] == chained.json()["usage"]["input_tokens"]  # the same prompt
+
+
+async def test_the_openapi_document_lists_the_routes(api: API) -> None:
+    paths = (await call(api, "GET", "/openapi.json")).json()["paths"]
+    assert set(paths["/v1/responses"]) == {"post"}
+    assert set(paths["/v1/responses/{response_id}"]) == {"get", "delete"}
+    for path in ("/v1/responses/{response_id}/cancel", "/v1/responses/{response_id}/input_items"):
+        [operation] = paths[path].values()
+        assert operation["parameters"][0]["name"] == "response_id"
+    assert api.route_path("/v1/responses/resp_1/input_items") == "/v1/responses/{response_id}/input_items"
