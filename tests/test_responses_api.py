@@ -168,6 +168,18 @@ async def test_streamed_function_call(api: API) -> None:
     assert kinds[-1] == "response.completed"
 
 
+async def test_logprobs_when_included(api: API) -> None:
+    body = {**GREEDY, **FIXED, "input": "Hi", "include": ["message.output_text.logprobs"], "top_logprobs": 2}
+    whole = (await call(api, "POST", "/v1/responses", body)).json()
+    [part] = whole["output"][0]["content"]
+    assert len(part["logprobs"]) == 6 and all(len(lp["top_logprobs"]) == 2 for lp in part["logprobs"])
+    events = (await call(api, "POST", "/v1/responses", {**body, "stream": True})).events
+    streamed = [lp for e in events if e["type"] == "response.output_text.delta" for lp in e["logprobs"]]
+    assert streamed == part["logprobs"]
+    plain = (await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi"})).json()
+    assert plain["output"][0]["content"][0]["logprobs"] == []
+
+
 async def test_json_schema_format(api: API) -> None:
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer"}},
               "required": ["ok", "n"], "additionalProperties": False}
@@ -247,8 +259,16 @@ async def test_background_responses_run_after_the_request_and_can_be_cancelled(a
     assert cancelled["status"] == "cancelled"
     await until(lambda: len(api.background) == 0)
     assert engine.closed == 1 and (await call(api, "GET", path)).json()["status"] == "cancelled"
+    refused = await call(api, "GET", path, query=b"stream=true")  # nothing left to follow
+    assert refused.status == 400 and refused.json()["error"]["param"] == "stream"
 
-    engine.gate.set()  # a run left alone ends, and is stored
+    held = (await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi", "background": True})).json()
+    await until(lambda: engine.started == 2)
+    following = asyncio.ensure_future(call(api, "GET", f"/v1/responses/{held['id']}", query=b"stream=true&starting_after=1"))
+    engine.gate.set()  # a run left alone ends, and is stored; a client following it gets the rest of its events
+    followed = (await following).events
+    assert followed[0]["sequence_number"] == 2 and followed[-1]["type"] == "response.incomplete"
+    assert [e["sequence_number"] for e in followed] == list(range(2, 2 + len(followed)))
     done = (await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi", "background": True})).json()
     await until(lambda: len(api.background) == 0)
     finished = (await call(api, "GET", f"/v1/responses/{done['id']}")).json()
@@ -351,3 +371,24 @@ async def test_the_openapi_document_lists_the_routes(api: API) -> None:
         [operation] = paths[path].values()
         assert operation["parameters"][0]["name"] == "response_id"
     assert api.route_path("/v1/responses/resp_1/input_items") == "/v1/responses/{response_id}/input_items"
+
+
+async def test_the_identity_authorize_returns_owns_the_response(api_engine) -> None:
+    import httpx
+
+    from llm_middleware.middleware import LLMMiddleware, RequestInfo
+
+    async def home(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - never reached
+        raise AssertionError
+
+    def user_of(info: RequestInfo) -> str | bool:  # the host app's session: here, a header naming the user
+        return info.headers.get("x-user") or False
+
+    app = LLMMiddleware(home, engine=api_engine, authorize=user_of)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test/ai/v1") as http:
+        made = await http.post("/responses", json={**GREEDY, **FIXED, "input": "Hi"}, headers={"x-user": "ann"})
+        path = f"/responses/{made.json()['id']}"
+        assert (await http.get(path, headers={"x-user": "ann"})).json()["id"] == made.json()["id"]
+        assert (await http.get(path, headers={"x-user": "ben"})).status_code == 404
+        assert (await http.get(path)).status_code == 401
+    assert api_engine.state == "ready"  # the middleware was given the engine: it leaves it running

@@ -84,6 +84,12 @@ def frames(events: list[StreamEvent]) -> bytes:
     return b"".join(frame(event) for event in events)
 
 
+def _publish(run: Run, events: list[StreamEvent]) -> None:
+    """Each event a frame of its own: a follower's ``starting_after`` counts frames as sequence numbers."""
+    for event in events:
+        run.publish(frame(event))
+
+
 def _logprobs(logprobs: list[EngineLogprob] | None) -> list[TokenLogprob] | None:
     if not logprobs:
         return None
@@ -218,7 +224,7 @@ class ResponsesRoutes:
                 input_items,
             )
             run = Run(response.id, request.identity)
-            run.publish(frames(builder.created()))
+            _publish(run, builder.created())
             await self.runs.start(run, partial(self._run_in_background, prepared, builder, logprobs, save))
             if body.stream:
                 return _sse(EventStream(run.frames(), lambda data: data, _FRAMING))
@@ -280,22 +286,22 @@ class ResponsesRoutes:
         """A background response: queued, then in progress, then ended and stored; cancelled by a client
         (who already stored that), or failed by a shutdown."""
         try:
-            run.publish(frames(builder.in_progress()))
+            _publish(run, builder.in_progress())
             await self.store.update(run.owner, run.response_id, status="in_progress",
                                     response=_encoder.encode(builder.response), if_status=("queued",))
             try:
                 turn = await stream_turn(self.engine, prepared)  # type: ignore[arg-type]
             except Exception as exc:
-                run.publish(frames(builder.fail(client_error(exc, streaming=True))))
+                _publish(run, builder.fail(client_error(exc, streaming=True)))
                 if save is not None:
                     await save(None)
                 return
             async for events in self._generate(turn, builder, logprobs, save, None, catch=True):
-                run.publish(frames(events))
+                _publish(run, events)
         except asyncio.CancelledError:
             if run.stop_reason == "shutdown":
                 error = LLMError("The server shut down before the response was complete.")
-                run.publish(frames(builder.fail(error)))
+                _publish(run, builder.fail(error))
                 if save is not None:
                     await save(None)
 
