@@ -130,7 +130,7 @@ def test_builder_events_accumulate_in_the_sdk() -> None:
     events += builder.reasoning("Think") + builder.reasoning("ing.")
     events += builder.text("Hel") + builder.text("lo")
     events += builder.tool_call("call_1", "weather", '{"city": "Paris"}')
-    events += builder.finish("tool_calls", usage_of(10, 5, 0, 0))
+    events += builder.finish("tool_calls", usage_of(10, 5))
     kinds = [type(e).__struct_config__.tag for e in events]
     assert kinds == [
         "response.created", "response.in_progress",
@@ -155,7 +155,7 @@ def test_builder_events_accumulate_in_the_sdk() -> None:
 
 def test_a_cut_response_is_incomplete_and_a_failed_one_says_why() -> None:
     builder = ResponseBuilder(skeleton())
-    events = builder.created() + builder.text("abc") + builder.finish("length", usage_of(3, 1, 0, 0))
+    events = builder.created() + builder.text("abc") + builder.finish("length", usage_of(3, 1))
     assert events[-1].response.status == "incomplete"
     assert events[-1].response.incomplete_details.reason == "max_output_tokens"
     assert events[-2].item.status == "incomplete"

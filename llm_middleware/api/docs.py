@@ -39,7 +39,7 @@ def openapi_document(routes: list[Route], *, title: str, version: str, error_typ
             content.update(_json(schema_of[route.response_type]))
         if route.stream_type is not None:
             content["text/event-stream"] = {
-                "schema": {"type": "string", "description": "`data: <chunk>` events, then `data: [DONE]`"},
+                "schema": {"type": "string", "description": route.stream_description},
                 "x-chunk-schema": schema_of[route.stream_type],
             }
         operation: dict[str, Any] = {

@@ -20,7 +20,8 @@ class Route:
     a ``{name}`` segment matches any one segment (:func:`path_params` reads it).
 
     ``id_prefix`` starts generated request ids (``chatcmpl-``), which become the response's ``id``.
-    ``request_type``/``response_type``/``stream_type`` are the body Structs, for the OpenAPI document.
+    ``request_type``/``response_type``/``stream_type`` are the body Structs, for the OpenAPI document;
+    ``stream_description`` says how the stream is framed.
     """
 
     method: str
@@ -33,6 +34,7 @@ class Route:
     response_type: type | None = None
     stream_type: type | None = None
     param_name: str | None = None
+    stream_description: str = "`data: <chunk>` events, then `data: [DONE]`"
 
 
 class MethodNotAllowedError(HTTPError):

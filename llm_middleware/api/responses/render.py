@@ -8,8 +8,6 @@ object up to date; a whole response is the builder's final object, its events dr
 from __future__ import annotations
 
 import time
-from typing import Any
-
 import msgspec
 
 from ...errors import LLMError
@@ -51,20 +49,20 @@ from .types import (
 RUNNING = ("queued", "in_progress")
 
 
-def usage_of(input_tokens: int, output_tokens: int, cached_tokens: int, reasoning_tokens: int) -> ResponseUsage:
-    """Token counts as the response's ``usage``."""
+def usage_of(input_tokens: int, output_tokens: int) -> ResponseUsage:
+    """Token counts as the response's ``usage`` (cached and reasoning tokens are not counted apart: 0)."""
     return ResponseUsage(
         input_tokens=input_tokens,
-        input_tokens_details=InputTokensDetails(cached_tokens=cached_tokens),
+        input_tokens_details=InputTokensDetails(),
         output_tokens=output_tokens,
-        output_tokens_details=OutputTokensDetails(reasoning_tokens=reasoning_tokens),
+        output_tokens_details=OutputTokensDetails(),
         total_tokens=input_tokens + output_tokens,
     )
 
 
-def copy(response: ResponseObject, **changes: Any) -> ResponseObject:
-    """``response`` with ``changes``; its output list is copied, so later items do not show in events already sent."""
-    return msgspec.structs.replace(response, output=list(response.output), **changes)
+def copy(response: ResponseObject) -> ResponseObject:
+    """``response`` with its output list copied, so later items do not show in events already made."""
+    return msgspec.structs.replace(response, output=list(response.output))
 
 
 class ResponseBuilder:
@@ -84,6 +82,7 @@ class ResponseBuilder:
 
     @property
     def output_index(self) -> int:
+        """The index of the last output item."""
         return len(self.response.output) - 1
 
     # ---- the beginning ----------------------------------------------------------------------------
@@ -212,12 +211,6 @@ class ResponseBuilder:
         self.response.error = ResponseError(code=error_code(error), message=error.message)
         events.append(ResponseFailed(sequence_number=self._next(), response=copy(self.response)))
         return events
-
-    def cancelled(self) -> ResponseObject:
-        """The response as a cancel leaves it."""
-        self._close("incomplete")
-        self.response.status = "cancelled"
-        return self.response
 
 
 def error_code(error: LLMError) -> str:

@@ -37,7 +37,7 @@ from ..core.decoding import decode_body
 from ..core.errors import client_error
 from ..core.http import Request, Response
 from ..core.responses import JSON_HEADERS, json_response
-from ..core.routing import NotFoundError, Route, path_params
+from ..core.routing import Route, path_params
 from ..core.sse import HEADERS as SSE_HEADERS
 from ..core.sse import EventStream, Framing
 from ..core.streams import resume
@@ -107,7 +107,6 @@ class _Ending:
     def __init__(self) -> None:
         self.reason = "stop"
         self.usage: TurnUsage | None = None
-        self.reasoning_chars = 0
 
 
 def _render(builder: ResponseBuilder, event: TurnEvent, ending: _Ending, logprobs: bool) -> list[StreamEvent]:
@@ -139,7 +138,9 @@ class ResponsesRoutes:
         """The five routes."""
         return [
             Route("POST", "/v1/responses", self.create, "Create a response",
-                  request_type=ResponsesRequest, response_type=ResponseObject, stream_type=StreamEvent),
+                  request_type=ResponsesRequest, response_type=ResponseObject, stream_type=StreamEvent,
+                  stream_description="`event: <type>` and `data: <event>` per event, numbered by "
+                                     "`sequence_number`; the last is `response.completed`, `.incomplete` or `.failed`"),
             Route("GET", RESPONSE, self.retrieve, "Retrieve a stored response", response_type=ResponseObject),
             Route("DELETE", RESPONSE, self.delete, "Delete a stored response", response_type=DeletedResponse),
             Route("POST", RESPONSE + "/cancel", self.cancel, "Cancel a background response",
@@ -273,7 +274,7 @@ class ResponsesRoutes:
             usage = ending.usage
             events = builder.finish(
                 ending.reason,
-                usage_of(usage.prompt_tokens, usage.completion_tokens, 0, 0) if usage is not None else None,
+                usage_of(usage.prompt_tokens, usage.completion_tokens) if usage is not None else None,
             )
         finally:
             await turn.aclose()

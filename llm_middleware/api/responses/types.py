@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import UNSET, Meta, Struct, UnsetType
+from msgspec import Meta, Struct
 
 from ..core.limits import MAX_CONTENT_PARTS, MAX_MESSAGES, MAX_TOOLS
 
