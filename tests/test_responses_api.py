@@ -392,3 +392,18 @@ async def test_the_identity_authorize_returns_owns_the_response(api_engine) -> N
         assert (await http.get(path, headers={"x-user": "ben"})).status_code == 404
         assert (await http.get(path)).status_code == 401
     assert api_engine.state == "ready"  # the middleware was given the engine: it leaves it running
+
+
+async def test_a_client_leaving_a_stream_cancels_its_generation(api: API, api_engine) -> None:
+    request = Request(method="POST", path="/v1/responses", root_path="/ai", identity="key:alice",
+                      headers={"content-type": "application/json"},
+                      body=json.dumps({**GREEDY, "input": "Hi", "stream": True, "ignore_eos": True,
+                                       "max_output_tokens": 900}).encode())
+    response = await api.handle(request)
+    first = [await anext(response.stream) for _ in range(4)]
+    assert first[0].startswith(b"event: response.created")
+    assert api_engine.stats("tiny")["running"] == 1
+    await response.stream.aclose()
+    await until(lambda: api_engine.stats("tiny")["running"] == 0)
+    created = json.loads(first[0].split(b"\n\n")[0].split(b"data: ", 1)[1])
+    assert (await call(api, "GET", f"/v1/responses/{created['response']['id']}")).status == 404  # never finished

@@ -3,6 +3,7 @@ OpenAI Agents SDK, against a raw ASGI app and Flask, both under hypercorn."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -124,15 +125,25 @@ def test_agents_sdk_runs_an_agent_with_a_function_tool(servers: dict[str, str]) 
         calls.append(city)
         return f"sunny in {city}"
 
-    model = OpenAIResponsesModel(model=MODEL, openai_client=openai.AsyncOpenAI(
-        base_url=servers["flask"] + "/ai/v1", api_key="sk-alice", max_retries=0))
-    # The first turn must call the tool; the SDK then lets the model choose, and the answer is structured.
-    agent = Agent(name="Forecaster", instructions="Be brief.", tools=[get_weather], model=model,
-                  model_settings=ModelSettings(tool_choice="required", parallel_tool_calls=False, temperature=0,
-                                               max_tokens=80),
-                  output_type=Verdict)
-    result = Runner.run_sync(agent, "What is the weather in Paris?")
+    def agent() -> Agent:  # a client per event loop: Runner.run_sync runs one of its own
+        model = OpenAIResponsesModel(model=MODEL, openai_client=openai.AsyncOpenAI(
+            base_url=servers["flask"] + "/ai/v1", api_key="sk-alice", max_retries=0))
+        # The first turn must call the tool; the SDK then lets the model choose, and the answer is structured.
+        return Agent(name="Forecaster", instructions="Be brief.", tools=[get_weather], model=model,
+                     model_settings=ModelSettings(tool_choice="required", parallel_tool_calls=False, temperature=0,
+                                                  max_tokens=80),
+                     output_type=Verdict)
+
+    result = Runner.run_sync(agent(), "What is the weather in Paris?")
     assert len(calls) == 1 and isinstance(result.final_output, Verdict)
     assert result.last_response_id is not None and result.last_response_id.startswith("resp_")
     kinds = [item.type for item in result.new_items]
     assert kinds[:2] == ["tool_call_item", "tool_call_output_item"] and kinds[-1] == "message_output_item"
+
+    async def streamed() -> tuple[Any, list[str]]:
+        run = Runner.run_streamed(agent(), "What is the weather in Rome?")
+        events = [event.type async for event in run.stream_events()]
+        return run, events
+
+    run, events = asyncio.run(streamed())
+    assert len(calls) == 2 and isinstance(run.final_output, Verdict) and "raw_response_event" in events
