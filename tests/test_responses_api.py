@@ -407,3 +407,22 @@ async def test_a_client_leaving_a_stream_cancels_its_generation(api: API, api_en
     await until(lambda: api_engine.stats("tiny")["running"] == 0)
     created = json.loads(first[0].split(b"\n\n")[0].split(b"data: ", 1)[1])
     assert (await call(api, "GET", f"/v1/responses/{created['response']['id']}")).status == 404  # never finished
+
+
+async def test_responses_in_an_sqlite_store_outlive_the_api(api_engine, tmp_path) -> None:
+    from llm_middleware.store import SQLiteResponseStore
+
+    first_store = SQLiteResponseStore(tmp_path / "responses.db")
+    first = API(api_engine, base_path="/ai", response_store=first_store)
+    made = (await call(first, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi"})).json()
+    first_store.close()
+    second_store = SQLiteResponseStore(tmp_path / "responses.db")  # a restart, or another worker process
+    second = API(api_engine, base_path="/ai", response_store=second_store)
+    try:
+        assert (await call(second, "GET", f"/v1/responses/{made['id']}")).json() == made
+        chained = await call(second, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "More",
+                                                               "previous_response_id": made["id"]})
+        assert chained.status == 200 and chained.json()["previous_response_id"] == made["id"]
+        assert (await call(second, "GET", f"/v1/responses/{made['id']}", identity="key:bob")).status == 404
+    finally:
+        second_store.close()
