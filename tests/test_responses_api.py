@@ -290,13 +290,26 @@ async def test_a_streamed_background_response_and_shutdown(api_engine) -> None:
     assert kinds[-1] == "response.incomplete"
     assert [e["sequence_number"] for e in streamed.events] == list(range(len(kinds)))
 
+    # A client that leaves a background stream leaves the run going.
+    engine.gate = threading.Event()
+    request = Request(method="POST", path="/v1/responses", root_path="/ai", identity="key:alice",
+                      headers={"content-type": "application/json"},
+                      body=json.dumps({**GREEDY, **FIXED, "input": "Hi", "background": True, "stream": True}).encode())
+    response = await api.handle(request)
+    opening = await anext(response.stream)
+    await response.stream.aclose()
+    engine.gate.set()
+    await until(lambda: len(api.background) == 0)
+    left = json.loads(opening.split(b"\n\n")[0].split(b"data: ", 1)[1])["response"]["id"]
+    assert (await call(api, "GET", f"/v1/responses/{left}")).json()["status"] == "incomplete"
+
     engine.gate = threading.Event()  # held: the server stops while it waits
     queued = (await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi", "background": True})).json()
-    await until(lambda: engine.started == 2)
+    await until(lambda: engine.started == 3)
     await api.stop_background()
     failed = (await call(api, "GET", f"/v1/responses/{queued['id']}")).json()
     assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
-    assert engine.closed == 2
+    assert engine.closed == 3
     late = await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi", "background": True})
     assert late.status == 503
 
