@@ -81,6 +81,7 @@ def frame(event: StreamEvent) -> bytes:
 
 
 def frames(events: list[StreamEvent]) -> bytes:
+    """The frames of ``events``, joined."""
     return b"".join(frame(event) for event in events)
 
 
@@ -102,11 +103,13 @@ def _logprobs(logprobs: list[EngineLogprob] | None) -> list[TokenLogprob] | None
 
 
 class _Ending:
-    """What the turn's last events said: why it finished, and its token counts."""
+    """What the turn's events said beside its items: why it finished, its token counts, and the
+    log-probabilities of answer text still held back (they go out with that text)."""
 
     def __init__(self) -> None:
         self.reason = "stop"
         self.usage: TurnUsage | None = None
+        self.held: list[EngineLogprob] = []
 
 
 def _render(builder: ResponseBuilder, event: TurnEvent, ending: _Ending, logprobs: bool) -> list[StreamEvent]:
@@ -114,10 +117,14 @@ def _render(builder: ResponseBuilder, event: TurnEvent, ending: _Ending, logprob
     if isinstance(event, ReasoningDelta):
         return builder.reasoning(event.text) if event.text else []
     if isinstance(event, TextDelta):
-        if not event.text:  # log-probabilities of text held back: they go with the text
-            return builder.text("", _logprobs(event.logprobs)) if logprobs and event.logprobs else []
-        return builder.text(event.text, _logprobs(event.logprobs) if logprobs else None)
+        if logprobs and event.logprobs:
+            ending.held += event.logprobs
+        if not event.text:
+            return []
+        held, ending.held = ending.held, []
+        return builder.text(event.text, _logprobs(held) if logprobs else None)
     if isinstance(event, ToolCallMade):
+        ending.held = []  # the text they were for became the call
         return builder.tool_call(event.call.id, event.call.name, event.call.arguments)
     if isinstance(event, ChoiceDone):
         ending.reason = event.finish_reason
