@@ -228,7 +228,7 @@ class GatedEngine:
     def __init__(self, engine: Any) -> None:
         self._engine = engine
         self.gate = threading.Event()
-        self.started = self.closed = 0
+        self.started = self.closed = self.tokens = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
@@ -240,6 +240,7 @@ class GatedEngine:
                 while not self.gate.is_set():
                     await asyncio.sleep(0.01)
                 async for delta in self._engine.stream_chat(messages, **kwargs):
+                    self.tokens += len(delta.token_ids)
                     yield delta
             finally:
                 self.closed += 1
@@ -439,3 +440,26 @@ async def test_responses_in_an_sqlite_store_outlive_the_api(api_engine, tmp_path
         assert (await call(second, "GET", f"/v1/responses/{made['id']}", identity="key:bob")).status == 404
     finally:
         second_store.close()
+
+
+async def test_a_cancel_through_another_process_stops_the_run(api_engine, tmp_path, monkeypatch) -> None:
+    from llm_middleware.api.responses import routes
+    from llm_middleware.store import SQLiteResponseStore
+
+    monkeypatch.setattr(routes, "CANCEL_POLL_SECONDS", 0.01)
+    stores = [SQLiteResponseStore(tmp_path / "shared.db") for _ in range(2)]
+    engine = GatedEngine(api_engine)
+    engine.gate.set()
+    running, other = API(engine, response_store=stores[0]), API(api_engine, response_store=stores[1])  # type: ignore[arg-type]
+    try:
+        long = {**GREEDY, "input": "Hi", "background": True, "ignore_eos": True, "max_output_tokens": 1000}
+        made = (await call(running, "POST", "/v1/responses", long)).json()
+        await until(lambda: engine.started == 1)
+        assert (await call(other, "POST", f"/v1/responses/{made['id']}/cancel")).json()["status"] == "cancelled"
+        await until(lambda: len(running.background) == 0)
+        assert engine.closed == 1 and api_engine.stats("tiny")["running"] == 0
+        assert engine.tokens < 1000  # stopped, not run to its end
+        assert (await call(running, "GET", f"/v1/responses/{made['id']}")).json()["status"] == "cancelled"
+    finally:
+        for store in stores:
+            store.close()

@@ -8,6 +8,7 @@ object goes into the store, owned by the identity of the request that made it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncGenerator
 from functools import partial
@@ -61,6 +62,8 @@ if TYPE_CHECKING:
     from ...engine.interface import EngineAPI
 
 RESPONSE = "/v1/responses/{response_id}"
+#: How often a background run looks in the store for a cancel (or delete) made by another process.
+CANCEL_POLL_SECONDS = 1.0
 _encoder = msgspec.json.Encoder()
 # The core's field names, as this protocol spells them in errors.
 _PARAM_NAMES = {"max_tokens": "max_output_tokens", "messages": "input"}
@@ -304,8 +307,15 @@ class ResponsesRoutes:
                 if save is not None:
                     await save(None)
                 return
-            async for events in self._generate(turn, builder, logprobs, save, None, catch=True):
-                _publish(run, events)
+            check_at = time.monotonic() + CANCEL_POLL_SECONDS
+            async with contextlib.aclosing(self._generate(turn, builder, logprobs, save, None, catch=True)) as events:
+                async for batch in events:
+                    _publish(run, batch)
+                    if time.monotonic() >= check_at:
+                        check_at = time.monotonic() + CANCEL_POLL_SECONDS
+                        record = await self.store.get(run.owner, run.response_id)
+                        if record is None or record.status not in RUNNING:
+                            return  # cancelled or deleted through another process sharing the store
         except asyncio.CancelledError:
             if run.stop_reason == "shutdown":
                 error = LLMError("The server shut down before the response was complete.")
