@@ -65,6 +65,18 @@ def test_items_become_chat_messages() -> None:
     assert start == len(convo.items) and [item.id for item in again.items[:start]] == ids
 
 
+def test_calls_after_a_result_are_a_new_assistant_turn() -> None:
+    convo, _ = conversation([], items(
+        {"role": "user", "content": "Plan a trip."},
+        {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+        {"type": "function_call", "call_id": "c2", "name": "hotel", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c2", "output": "booked"},
+    ))
+    assert [(m["role"], [c["id"] for c in m.get("tool_calls", ())]) for m in convo.messages] == [
+        ("user", []), ("assistant", ["c1"]), ("tool", []), ("assistant", ["c2"]), ("tool", [])]
+
+
 @pytest.mark.parametrize(("item", "param"), [
     ({"type": "function_call_output", "call_id": "call_9", "output": "x"}, "input[1].call_id"),
     ({"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}, "input[1].content[0].type"),

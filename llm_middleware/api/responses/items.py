@@ -162,6 +162,7 @@ class Conversation:
             )
         output = _required(_text(item.output, frozenset({"input_text"}), f"{param}.output"), f"{param}.output")
         self.messages.append({"role": "tool", "tool_call_id": call_id, "name": name, "content": output})
+        self._open_assistant = None  # a call after a result belongs to the next assistant turn
         stored = FunctionCallOutputItem(id=self._item_id(item.id, "function_call_output"), call_id=call_id,
                                         output=output)
         self.items.append(stored)
