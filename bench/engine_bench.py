@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bench.http_bench import bench_generate as generate_rate
-from bench.http_bench import prompts_of
+from bench.http_bench import Prompts
 from llm_middleware.demo_model import build_demo_model
 from llm_middleware.engine import Engine
 
@@ -32,12 +32,15 @@ def bench_generate(model, prompts: list[list[int]], new_tokens: int, repeats: in
     return statistics.median(generate_rate(model, prompts, new_tokens) for _ in range(repeats))
 
 
-async def bench_engine(engine: Engine, prompts: list[list[int]], new_tokens: int, repeats: int) -> float:
+async def bench_engine(engine: Engine, prompts: Prompts, n: int, length: int, new_tokens: int, repeats: int) -> float:
+    """The median tokens/s of ``repeats`` runs of ``n`` concurrent requests, each run with prompts of its own
+    (none found in the prefix cache)."""
     runs = []
     for _ in range(repeats):
+        batch = prompts.distinct(n, length)
         began = time.perf_counter()
         done = await asyncio.gather(*(
-            engine.complete(p, max_tokens=new_tokens, ignore_eos=True, temperature=0) for p in prompts
+            engine.complete(p, max_tokens=new_tokens, ignore_eos=True, temperature=0) for p in batch
         ))
         tokens = sum(c.usage.completion_tokens for c in done)
         runs.append(tokens / (time.perf_counter() - began))
@@ -74,6 +77,7 @@ def main() -> None:
         path = off_main_thread(build_demo_model, Path(tmp) / "model", size=args.size, max_position_embeddings=4096,
                                device=args.device, dtype=args.dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
+        prompts = Prompts(tokenizer)
         common = {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "size": args.size,
                   "device": args.device, "dtype": args.dtype}
 
@@ -83,9 +87,9 @@ def main() -> None:
 
         def baselines() -> None:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(args.device).eval()
-            report("generate", 1, bench_generate(model, prompts_of(tokenizer, 1, args.prompt_tokens), args.new_tokens,
+            report("generate", 1, bench_generate(model, prompts.distinct(1, args.prompt_tokens), args.new_tokens,
                                                  args.repeats))
-            batch = prompts_of(tokenizer, max(streams), args.prompt_tokens)
+            batch = prompts.distinct(max(streams), args.prompt_tokens)
             report("generate_static_batch", max(streams), bench_generate(model, batch, args.new_tokens, args.repeats))
             del model
             if args.device.startswith("cuda"):
@@ -100,10 +104,10 @@ def main() -> None:
             engine.wait_ready_sync()
             load_s = round(time.perf_counter() - began, 1)
             try:
-                asyncio.run(bench_engine(engine, prompts_of(tokenizer, 1, args.prompt_tokens), 8, 1))  # warm-up
+                asyncio.run(bench_engine(engine, prompts, 1, args.prompt_tokens, 8, 1))  # warm-up
                 for n in streams:
-                    tok_s = asyncio.run(bench_engine(engine, prompts_of(tokenizer, n, args.prompt_tokens),
-                                                     args.new_tokens, args.repeats))
+                    tok_s = asyncio.run(bench_engine(engine, prompts, n, args.prompt_tokens, args.new_tokens,
+                                                     args.repeats))
                     memory = engine.stats()
                     extra = {**variant, "load_s": load_s, "weights_mib": round(memory["weight_bytes"] / 2**20, 2),
                              "kv_cache_mib": round(memory["kv_cache_bytes"] / 2**20, 2)}

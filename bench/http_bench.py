@@ -27,6 +27,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -53,9 +54,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def prompts_of(tokenizer: Any, n: int, length: int) -> list[list[int]]:
-    base = tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 400, add_special_tokens=False)
-    return [base[i : i + length] for i in range(n)]
+class Prompts:
+    """Prompt token ids drawn at random from the vocabulary (special tokens left out), fresh at every call:
+    no two workloads of a run, nor the warm-up, share a prefix unless a workload builds one."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        special = set(tokenizer.all_special_ids)
+        self.ids = [i for i in range(len(tokenizer)) if i not in special]
+        self.rng = random.Random(0)
+
+    def __call__(self, length: int) -> list[int]:
+        return self.rng.choices(self.ids, k=length)
+
+    def distinct(self, n: int, length: int) -> list[list[int]]:
+        return [self(length) for _ in range(n)]
+
+    def shared_prefix(self, n: int, prefix: int, length: int) -> list[list[int]]:
+        """``n`` prompts of one common ``prefix``-token system prompt and a distinct ``length``-token user turn each."""
+        common = self(prefix)
+        return [common + self(length) for _ in range(n)]
+
+    def conversations(self, n: int, first: int, turns: int, length: int) -> list[list[list[int]]]:
+        """``n`` conversations of a distinct ``first``-token opening and ``turns - 1`` more ``length``-token user turns."""
+        return [[self(first)] + [self(length) for _ in range(turns - 1)] for _ in range(n)]
 
 
 class Server:
@@ -87,13 +108,21 @@ class Server:
             time.sleep(0.2)
         raise TimeoutError(f"benchmark server not ready after {timeout} s")
 
+    def metrics(self) -> dict[str, float]:
+        """Every sample of the API's Prometheus metrics, by name (one model is served)."""
+        text = httpx.get(self.url + "/ai/metrics", timeout=10).text
+        return {sample.name: sample.value for family in text_string_to_metric_families(text) for sample in family.samples}
+
     def memory(self) -> dict[str, float]:
         """The served model's weights and KV cache in MiB, from the API's Prometheus metrics."""
-        text = httpx.get(self.url + "/ai/metrics", timeout=10).text
-        gauges = {"llm_weight_bytes": "weights_mib", "llm_kv_cache_bytes": "kv_cache_mib"}
-        return {gauges[sample.name]: round(sample.value / 2**20, 2)
-                for family in text_string_to_metric_families(text) for sample in family.samples
-                if sample.name in gauges}
+        samples = self.metrics()
+        return {"weights_mib": round(samples["llm_weight_bytes"] / 2**20, 2),
+                "kv_cache_mib": round(samples["llm_kv_cache_bytes"] / 2**20, 2)}
+
+    def prompt_tokens(self) -> tuple[float, float]:
+        """Prompt tokens served from the prefix cache and computed, so far."""
+        samples = self.metrics()
+        return samples.get("llm_prompt_tokens_cached_total", 0.0), samples.get("llm_prompt_tokens_computed_total", 0.0)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -103,13 +132,14 @@ class Server:
             self.process.kill()
 
 
-async def one_stream(client: httpx.AsyncClient, prompt: list[int], new_tokens: int) -> tuple[float, list[float], int]:
-    """TTFT (s), the gaps between content chunks (s) and the completion tokens of one streamed request."""
+async def one_stream(client: httpx.AsyncClient, prompt: list[int], new_tokens: int) -> tuple[float, list[float], int, str]:
+    """TTFT (s), the gaps between content chunks (s), the completion tokens and the text of one streamed request."""
     body = {"prompt": prompt, "max_tokens": new_tokens, "stream": True, "ignore_eos": True, "temperature": 0,
             "stream_options": {"include_usage": True}}
     began = time.perf_counter()
     arrivals: list[float] = []
     tokens = 0
+    text: list[str] = []
     async with client.stream("POST", "/ai/v1/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -120,29 +150,55 @@ async def one_stream(client: httpx.AsyncClient, prompt: list[int], new_tokens: i
                 tokens = chunk["usage"]["completion_tokens"]
             if chunk["choices"] and (chunk["choices"][0].get("text") or chunk["choices"][0].get("finish_reason")):
                 arrivals.append(time.perf_counter())
+                text.append(chunk["choices"][0].get("text") or "")
     ttft = arrivals[0] - began if arrivals else float("nan")
-    return ttft, [b - a for a, b in zip(arrivals, arrivals[1:])], tokens
+    return ttft, [b - a for a, b in zip(arrivals, arrivals[1:])], tokens, "".join(text)
 
 
-async def _streams(url: str, prompts: list[list[int]], new_tokens: int, start: Any = None) -> tuple[list[Any], float, float]:
-    """Run one client's share of the streams; return their results and the ``perf_counter`` times they began and ended.
+async def conversation(client: httpx.AsyncClient, turns: list[list[int]], new_tokens: int,
+                       tokenizer: Any) -> list[tuple[float, list[float], int, str]]:
+    """Each user turn in order, each request re-sending the conversation so far: the earlier prompts with the
+    answers' text as the client would tokenize it (which need not be the tokens the model drew)."""
+    history: list[int] = []
+    results = []
+    for turn in turns:
+        history = history + turn
+        result = await one_stream(client, history, new_tokens)
+        results.append(result)
+        history = history + tokenizer.encode(result[3], add_special_tokens=False)
+    return results
 
-    Every connection is opened first, as a client that keeps its connections (the ``openai`` SDK
-    does) would have them: the figures are the server's, not TCP and client set-up's.  ``start``
-    (a barrier) makes the shares of several client processes begin together.
+
+async def _streams(url: str, jobs: list[Any], new_tokens: int, start: Any = None,
+                   tokenizer_path: str | None = None) -> tuple[list[Any], float, float]:
+    """Run one client's share of the streams; return each stream's requests' results and the ``perf_counter``
+    times they began and ended.
+
+    A job is a prompt (one request) or, with ``tokenizer_path``, a conversation (its user turns, one
+    request each).  Every connection is opened first, as a client that keeps its connections (the
+    ``openai`` SDK does) would have them: the figures are the server's, not TCP and client set-up's.
+    ``start`` (a barrier) makes the shares of several client processes begin together.
     """
-    limits = httpx.Limits(max_connections=len(prompts), max_keepalive_connections=len(prompts))
+    tokenizer = None
+    if tokenizer_path is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    limits = httpx.Limits(max_connections=len(jobs), max_keepalive_connections=len(jobs))
     async with httpx.AsyncClient(base_url=url, timeout=None, limits=limits) as client:
-        await asyncio.gather(*(client.get("/ai/health") for _ in prompts))
+        await asyncio.gather(*(client.get("/ai/health") for _ in jobs))
         if start is not None:
             start.wait(timeout=300)
         began = time.perf_counter()
-        results = await asyncio.gather(*(one_stream(client, p, new_tokens) for p in prompts))
+        if tokenizer is None:
+            results = [[r] for r in await asyncio.gather(*(one_stream(client, p, new_tokens) for p in jobs))]
+        else:
+            results = await asyncio.gather(*(conversation(client, turns, new_tokens, tokenizer) for turns in jobs))
         return results, began, time.perf_counter()
 
 
-def _client_process(url: str, prompts: list[list[int]], new_tokens: int, start: Any, out: Any) -> None:
-    out.put(asyncio.run(_streams(url, prompts, new_tokens, start)))
+def _client_process(url: str, jobs: list[Any], new_tokens: int, start: Any, out: Any, tokenizer_path: str | None) -> None:
+    out.put(asyncio.run(_streams(url, jobs, new_tokens, start, tokenizer_path)))
 
 
 def client_processes(streams: int) -> int:
@@ -158,29 +214,41 @@ def client_processes(streams: int) -> int:
     return max(1, min(-(-streams // 8), (os.cpu_count() or 1) // 2))
 
 
-def stream_workload(url: str, prompts: list[list[int]], new_tokens: int, processes: int = 1) -> dict[str, float]:
+def stream_workload(url: str, jobs: list[Any], new_tokens: int, processes: int = 1,
+                    tokenizer_path: str | None = None) -> dict[str, float]:
+    """Figures of ``jobs`` (prompts, or conversations with ``tokenizer_path``) run at once as streams.
+
+    ``ttft_ms_*`` are over every request; for conversations ``later_ttft_ms_p50`` is over the turns after
+    the first, and ``total_s`` is the time until the last stream's last turn ended.
+    """
     if processes == 1:
-        outcomes = [asyncio.run(_streams(url, prompts, new_tokens))]
+        outcomes = [asyncio.run(_streams(url, jobs, new_tokens, None, tokenizer_path))]
     else:
-        per = -(-len(prompts) // processes)
-        shares = [prompts[i : i + per] for i in range(0, len(prompts), per)]
+        per = -(-len(jobs) // processes)
+        shares = [jobs[i : i + per] for i in range(0, len(jobs), per)]
         context = multiprocessing.get_context("spawn")
         start, out = context.Barrier(len(shares)), context.Queue()
-        clients = [context.Process(target=_client_process, args=(url, share, new_tokens, start, out)) for share in shares]
+        clients = [context.Process(target=_client_process, args=(url, share, new_tokens, start, out, tokenizer_path))
+                   for share in shares]
         for client in clients:
             client.start()
         outcomes = [out.get() for _ in clients]
         for client in clients:
             client.join()
-    results = [r for share, _, _ in outcomes for r in share]
+    streams = [stream for share, _, _ in outcomes for stream in share]
+    results = [r for stream in streams for r in stream]
     elapsed = max(end for _, _, end in outcomes) - min(began for _, began, _ in outcomes)
     ttfts = [r[0] * 1000 for r in results]
     gaps = [g * 1000 for r in results for g in r[1]]
-    return {
+    figures = {
         "tokens_per_s": round(sum(r[2] for r in results) / elapsed, 1),
         "ttft_ms_p50": round(percentile(ttfts, 0.5), 1), "ttft_ms_p99": round(percentile(ttfts, 0.99), 1),
         "itl_ms_p50": round(percentile(gaps, 0.5), 2), "itl_ms_p99": round(percentile(gaps, 0.99), 2),
     }
+    if tokenizer_path is not None:
+        later = [r[0] * 1000 for stream in streams for r in stream[1:]]
+        figures.update(later_ttft_ms_p50=round(percentile(later, 0.5), 1), total_s=round(elapsed, 2))
+    return figures
 
 
 async def passthrough_rate(url: str, requests: int, concurrency: int) -> float:
@@ -323,11 +391,35 @@ def main() -> None:
                         help="more engine options for the served model, as JSON (e.g. '{\"burst_window_ms\": 0}')")
     parser.add_argument("--server-log", type=Path, help="append the API servers' debug log (each step that starts "
                         "prompts, each burst) to this file")
+    parser.add_argument("--workload", default="standard",
+                        help="comma-separated server workloads: standard (--streams streams of distinct prompts), "
+                             "shared-prefix (--prefix-streams streams: a common --prefix-tokens system prompt and a "
+                             "distinct --turn-tokens user turn each), multi-turn (--prefix-streams conversations: a "
+                             "distinct --prefix-tokens opening, then --turns user turns of --turn-tokens, each request "
+                             "re-sending the conversation)")
+    parser.add_argument("--prefix-cache", choices=["on", "off", "both"], default="on",
+                        help="serve with prefix caching on, off, or each in turn (same run)")
+    parser.add_argument("--prefix-streams", type=int, default=None,
+                        help="streams of the shared-prefix and multi-turn workloads (default 64 on CUDA, 16 elsewhere)")
+    parser.add_argument("--prefix-tokens", type=int, default=1024)
+    parser.add_argument("--turn-tokens", type=int, default=64)
+    parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--warm-up-each", action="store_true",
+                        help="before each shared-prefix and multi-turn workload, run it once with prompts of its own "
+                             "and 4 new tokens (2 turns): its first prompt chunks over a cached context pay one-off "
+                             "costs (allocator growth, kernel selection) that the standard warm-up does not")
     parser.add_argument("--smoke", action="store_true", help="tiny model, few tokens: checks the harness, not speed")
     args = parser.parse_args()
     if args.smoke:
-        args.size, args.streams, args.new_tokens, args.prompt_tokens, args.passthrough_requests = "tiny", "1,2", 8, 16, 50
+        args.size, args.streams, args.new_tokens, args.prompt_tokens = "tiny", "1,2", 8, 16
+        args.passthrough_requests = min(args.passthrough_requests, 50)
+        args.prefix_streams, args.prefix_tokens, args.turn_tokens, args.turns = 2, 40, 8, 2
     streams = [int(n) for n in args.streams.split(",")]
+    workloads = args.workload.split(",")
+    unknown = set(workloads) - {"standard", "shared-prefix", "multi-turn"}
+    if unknown:
+        parser.error(f"unknown workload {', '.join(sorted(unknown))}")
+    prefix_streams = args.prefix_streams or (64 if args.device.startswith("cuda") else 16)
     common = {"size": args.size, "device": args.device, "dtype": args.dtype, "prompt_tokens": args.prompt_tokens,
               "new_tokens": args.new_tokens}
 
@@ -343,7 +435,8 @@ def main() -> None:
         path = build_demo_model(Path(tmp) / "model", size=args.size, max_position_embeddings=4096,
                                 device=args.device, dtype=args.dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        biggest = prompts_of(tokenizer, max(streams), args.prompt_tokens)
+        prompts = Prompts(tokenizer)
+        biggest = prompts.distinct(max(streams), args.prompt_tokens)
         if not args.no_baselines:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(args.device).eval()
             report("generate", streams=1, tokens_per_s=round(bench_generate(model, biggest[:1], args.new_tokens), 1))
@@ -359,22 +452,51 @@ def main() -> None:
                 report("mistralrs", streams=n, tokens_per_s=round(rate, 1))
 
         # Prompt chunks keep the engine's default size for the device (see the README's option table).
-        options: dict[str, Any] = {"max_batch_size": max(streams), "device": args.device, "dtype": args.dtype, "seed": 0,
+        largest = max([*streams, prefix_streams] if workloads != ["standard"] else streams)
+        options: dict[str, Any] = {"max_batch_size": largest, "device": args.device, "dtype": args.dtype, "seed": 0,
                                    **args.options}
-        for variant in [{}] + [{"quantize": q} for q in (args.quantize.split(",") if args.quantize else [])]:
-            server = Server(path, {**options, **variant}, log=args.server_log)
+        caching = {"on": [True], "off": [False], "both": [True, False]}[args.prefix_cache]
+        variants = [{}] + [{"quantize": q} for q in (args.quantize.split(",") if args.quantize else [])]
+        for variant, cache in [(v, c) for v in variants for c in caching]:
+            labels = {**variant, "prefix_cache": "on" if cache else "off"}
+            server = Server(path, {**options, **variant, "prefix_caching": cache}, log=args.server_log)
             try:
                 server.wait_ready("/ai/health")
                 memory = server.memory()
                 # Warm-up at the largest burst and with a lone request: the first prefill of each
                 # shape pays one-off allocator growth and kernel selection, which is start-up cost,
-                # not serving speed.
-                stream_workload(server.url, biggest, 4, processes_for(len(biggest)))
-                stream_workload(server.url, biggest[:1], 4)
-                for n in streams:
-                    procs = processes_for(n)
-                    figures = stream_workload(server.url, biggest[:n], args.new_tokens, procs)
-                    report("server", streams=n, client_processes=procs, **variant, **figures, **memory)
+                # not serving speed.  Its prompts are its own: nothing later finds them cached.
+                stream_workload(server.url, prompts.distinct(largest, args.prompt_tokens), 4, processes_for(largest))
+                stream_workload(server.url, prompts.distinct(1, args.prompt_tokens), 4)
+
+                def measure(workload: str, jobs: list[Any], tokenizer_path: str | None = None,
+                            warm_up: list[Any] | None = None, **shape: Any) -> None:
+                    procs = processes_for(len(jobs))
+                    if warm_up is not None and args.warm_up_each:
+                        stream_workload(server.url, warm_up, 4, procs, tokenizer_path)
+                    before = server.prompt_tokens()
+                    figures = stream_workload(server.url, jobs, args.new_tokens, procs, tokenizer_path)
+                    cached, computed = (b - a for a, b in zip(before, server.prompt_tokens()))
+                    share = round(cached / (cached + computed), 3) if cached + computed else 0.0
+                    report(workload, streams=len(jobs), client_processes=procs, **labels, **shape, **figures,
+                           cached_prompt_share=share, **memory)
+
+                for workload in workloads:
+                    if workload == "standard":
+                        for n in streams:
+                            measure("server", prompts.distinct(n, args.prompt_tokens))
+                    elif workload == "shared-prefix":
+                        # Each its own common prefix: the warm-up's blocks serve nothing measured.
+                        warm_up, jobs = (prompts.shared_prefix(prefix_streams, args.prefix_tokens, args.turn_tokens)
+                                         for _ in range(2))
+                        measure("shared_prefix", jobs, warm_up=warm_up, prefix_tokens=args.prefix_tokens,
+                                turn_tokens=args.turn_tokens)
+                    else:
+                        warm_up = prompts.conversations(prefix_streams, args.prefix_tokens, 2, args.turn_tokens)
+                        measure("multi_turn", prompts.conversations(prefix_streams, args.prefix_tokens, args.turns,
+                                                                    args.turn_tokens),
+                                str(path), warm_up=warm_up, prefix_tokens=args.prefix_tokens,
+                                turn_tokens=args.turn_tokens, turns=args.turns)
             finally:
                 server.stop()
 

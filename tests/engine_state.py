@@ -22,6 +22,12 @@ async def idle_stats(engine: Engine, timeout: float) -> dict[str, int]:
     return engine.stats()
 
 
+def kv_accounting(stats: dict[str, int]) -> dict[str, int]:
+    """The counts that must return to where they were once the engine is idle again: sequences and KV
+    blocks (blocks holding a cached prefix but no sequence count as free)."""
+    return {name: stats[name] for name in ("running", "waiting", "free_kv_blocks", "total_kv_blocks")}
+
+
 def default_worker(engine: Engine) -> Any:
     """The generation worker behind ``engine``'s default model (tests reach into its state)."""
     return engine._models[engine.resolve_model(None)].worker  # noqa: SLF001

@@ -84,3 +84,13 @@ async def test_unsupported_and_malformed_requests(call_api) -> None:
         result = await call_api("POST", "/v1/completions", body)
         assert result.status == 400, body
         assert result.json()["error"]["param"] == param, body
+
+
+async def test_token_id_prompt_longer_than_the_prompt_list_cap(call_api) -> None:
+    # A list of token ids is one prompt: only a list of prompts is capped at 128 entries.
+    tokens = (await call_api("POST", "/tokenize", {"prompt": "The quick brown fox jumps over the lazy dog. " * 20})).json()
+    ids = tokens["tokens"][:150]
+    assert len(ids) == 150
+    result = await call_api("POST", "/v1/completions", {"prompt": ids, "max_tokens": 2, **GREEDY})
+    assert result.status == 200, result.body
+    assert result.json()["usage"]["prompt_tokens"] == 150

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -31,6 +33,7 @@ def test_http_bench_smoke_prints_every_workload(tmp_path: Path) -> None:
             assert 0 <= line["itl_ms_p50"] <= line["itl_ms_p99"]
             assert line["weights_mib"] > 0
             assert 0 < line["kv_cache_mib"] < 2  # 2 streams x 1,024 tokens, as asked (4,096 would be 4 MiB)
+            assert line["prefix_cache"] == "on" and line["cached_prompt_share"] == 0  # no two prompts share a block
         elif line["workload"] == "passthrough":
             assert line["requests_per_s"] > 0
         elif line["workload"] == "passthrough_call":
@@ -41,3 +44,20 @@ def test_http_bench_smoke_prints_every_workload(tmp_path: Path) -> None:
     steps = log.read_text()  # how each burst was gathered and chunked
     assert re.search(r"burst: [12] requests after [\d.]+ ms", steps)
     assert re.search(r"step: [01] decode rows and [12] prompts \((16|32) prompt tokens\); \d+ waiting, \d+ being read", steps)
+
+
+def test_http_bench_smoke_runs_the_prefix_workloads_with_the_cache_on_and_off() -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "bench.http_bench", "--smoke", "--no-baselines", "--passthrough-requests",
+                          "0", "--client-processes", "1", "--workload", "shared-prefix,multi-turn", "--prefix-cache",
+                          "both"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=280, check=True).stdout
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [(line["workload"], line["prefix_cache"]) for line in lines] == [
+        ("shared_prefix", "on"), ("multi_turn", "on"), ("shared_prefix", "off"), ("multi_turn", "off")]
+    for line in lines:
+        assert line["streams"] == 2 and 0 < line["ttft_ms_p50"] <= line["ttft_ms_p99"]
+        # The common system prompt, and each conversation's earlier turns, come from the cache when it is on.
+        assert (0 < line["cached_prompt_share"] < 1) if line["prefix_cache"] == "on" else line["cached_prompt_share"] == 0
+        if line["workload"] == "multi_turn":
+            assert line["turns"] == 2 and 0 < line["later_ttft_ms_p50"]
+            assert line["tokens_per_s"] * line["total_s"] == pytest.approx(2 * 2 * 8, rel=0.02)  # streams x turns x tokens

@@ -7,6 +7,7 @@ Skipped where no GPU is present (CI); run on a GPU machine with ``python -m pyte
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,11 @@ import pytest
 import torch
 
 from arch_models import ARCHS, greedy, load_reference
-from engine_state import default_worker
+from engine_state import default_worker, idle_stats
+from test_prefix_cache import OPTIONS as PREFIX_OPTIONS
+from test_prefix_cache import (CASES, concurrent_prompts, greedy_cases, preemption_and_cancellation, seeded_sampling,
+                               shutdown_releases_every_block)
+
 from llm_middleware.engine import Engine
 from quantized_reference import round_tripped
 
@@ -364,3 +369,52 @@ async def test_window_softcap_and_sink_models_equal_generate_on_cuda(arch: str, 
         eng.shutdown()
     model = load_reference(model_dir).cuda()
     assert got == [greedy(model, p, 32) for p in prompts]
+
+
+# ---- prefix caching on CUDA: captured decode graphs and async scheduling on ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def cuda_prefix_engines(tiny_model_dir: Path) -> Iterator[tuple[Engine, Engine]]:
+    """A CUDA engine with prefix caching and its reference without, both with graphs and async scheduling."""
+    engines = [Engine(tiny_model_dir, device="cuda", dtype="float32", cuda_graphs=True, async_scheduling=True,
+                      prefix_caching=caching, **PREFIX_OPTIONS) for caching in (True, False)]
+    try:
+        for engine in engines:
+            engine.wait_ready_sync()
+        assert all(default_worker(e).pipelining.enabled and default_worker(e).pipelining.prompts for e in engines)
+        yield engines[0], engines[1]
+    finally:
+        for engine in engines:
+            engine.shutdown()
+
+
+async def test_prefix_cache_keeps_greedy_output_on_cuda(cuda_prefix_engines: tuple[Engine, Engine]) -> None:
+    cached, uncached = cuda_prefix_engines
+    # Prompts sharing nothing, part of a block, whole blocks, the whole prompt: the same tokens as without the cache.
+    found = await greedy_cases(cached, uncached)
+    assert found == {name: count for name, (_, count) in CASES.items()}
+    await concurrent_prompts(cached, uncached)
+    stats = await idle_stats(cached, timeout=30)
+    assert stats["free_kv_blocks"] == stats["total_kv_blocks"]
+
+
+async def test_prefix_cache_keeps_seeded_sampling_on_cuda(cuda_prefix_engines: tuple[Engine, Engine]) -> None:
+    await seeded_sampling(*cuda_prefix_engines)
+
+
+def test_prefix_cache_counts_stay_exact_on_cuda(tiny_model_dir: Path,
+                                                cuda_prefix_engines: tuple[Engine, Engine]) -> None:
+    options = dict(device="cuda", dtype="float32", cuda_graphs=True, async_scheduling=True, **PREFIX_OPTIONS)
+    small = Engine(tiny_model_dir, kv_cache_blocks=10, max_model_len=32, **options)
+    try:
+        small.wait_ready_sync()
+        preemption_and_cancellation(small, cuda_prefix_engines[1])
+    finally:
+        small.shutdown()
+    engine = Engine(tiny_model_dir, **options)
+    try:
+        engine.wait_ready_sync()
+        shutdown_releases_every_block(engine)
+    finally:
+        engine.shutdown()

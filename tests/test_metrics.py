@@ -120,6 +120,37 @@ async def test_access_log_line_per_request(engine: Engine, caplog: pytest.LogCap
     assert "model=tiny stream=true" in text and "completion_tokens=5" in text
 
 
+async def test_prompts_served_from_the_prefix_cache(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="llm_middleware.access")
+    mw = LLMMiddleware(ShopASGI(), engine=engine)
+    system = {"role": "system", "content": "You answer questions about the catalogue of a shop. " * 3}
+    before = await scrape(mw)
+    usages = []
+    for question in ("Which lamps are in stock?", "Which chairs are in stock?"):
+        body = {"messages": [system, {"role": "user", "content": question}], "max_tokens": 2, "temperature": 0}
+        status, _, answer = await asgi_request(mw, "/ai/v1/chat/completions", json=body)
+        assert status == 200
+        usages.append(json.loads(answer)["usage"])
+    first, second = (usage["prompt_tokens_details"]["cached_tokens"] for usage in usages)
+    assert first == 0 and 0 < second < usages[1]["prompt_tokens"]  # the second found the system prompt's blocks
+    chats = [line for line in access_lines(caplog) if line["path"] == "/ai/v1/chat/completions"]
+    assert [line["cached_tokens"] for line in chats] == [0, second]
+
+    after = await scrape(mw)
+    model = (("model", "tiny"),)
+
+    def grew(name: str) -> float:
+        return after[(name, model)] - before.get((name, model), 0)
+
+    assert grew("llm_prompt_tokens_cached_total") == second
+    assert grew("llm_prompt_tokens_computed_total") == sum(u["prompt_tokens"] for u in usages) - second
+    served = after[("llm_prompt_tokens_cached_total", model)]
+    assert after[("llm_prefix_cache_hit_rate", model)] == pytest.approx(
+        served / (served + after[("llm_prompt_tokens_computed_total", model)]))
+    assert after[("llm_kv_blocks_cached", model)] >= second // default_worker(engine).blocks.block_size
+    assert after[("llm_kv_blocks_used", model)] == 0  # cached blocks that no sequence holds are free
+
+
 def test_wsgi_stream_is_logged_once_it_is_closed(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="llm_middleware.access")
     mw = LLMMiddleware(shop_wsgi, engine=engine)

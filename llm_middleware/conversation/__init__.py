@@ -15,8 +15,8 @@ Public pieces, by module:
   ``check_tools``, ``template_tools``.
 - ``events``: ``ReasoningDelta(index, text, logprobs)``, ``TextDelta(index, text, logprobs)``,
   ``ToolCallMade(index, call, logprobs)``, ``ChoiceDone(index, finish_reason)``,
-  ``TurnUsage(prompt_tokens, completion_tokens)`` (``total_tokens`` derived; the engine does not count
-  cached prompt tokens), ``TurnEvent`` (their union).
+  ``TurnUsage(prompt_tokens, completion_tokens, cached_tokens)`` (``total_tokens`` derived;
+  ``cached_tokens`` came from the prefix cache), ``TurnEvent`` (their union).
 - ``stream``: ``TurnSplitter`` (``TurnSplitter.of(prepared)``; ``on_delta(delta) -> list[TurnEvent]``),
   ``stream_turn(engine, prepared) -> TurnStream`` (async; awaits the first engine output),
   ``answer_turn(engine, prepared) -> TurnAnswer``, ``TurnAnswer(choices, usage)``,

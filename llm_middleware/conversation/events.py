@@ -52,10 +52,12 @@ class ChoiceDone:
 
 @dataclass(slots=True, frozen=True)
 class TurnUsage:
-    """Token counts of the whole turn (all choices together); the last event."""
+    """Token counts of the whole turn (all choices together); the last event.  ``cached_tokens`` of the
+    prompt were served from the engine's prefix cache."""
 
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -30,6 +30,7 @@ class ModelConfig:
     compile: bool = False
     async_scheduling: bool | None = None
     burst_window_ms: float = 2.0
+    prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         checks = [

@@ -100,12 +100,15 @@ class Engine(EngineAPI):
             self._models.loaded_worker(entry)
 
     def stats(self, model: str | None = None) -> dict[str, int]:
-        """Live counts of a model's batch: ``running``, ``waiting``, ``free_kv_blocks``, ``total_kv_blocks``;
-        and its memory: ``weight_bytes`` (``model.footprint.weight_bytes``) and ``kv_cache_bytes``."""
+        """Live counts of a model's batch: ``running``, ``waiting``, ``free_kv_blocks`` (cached ones included),
+        ``total_kv_blocks``, ``cached_kv_blocks`` (holding a cached prefix, in use or free); the prompt tokens
+        of its sequences so far, ``cached_prompt_tokens`` (served from the prefix cache) and
+        ``computed_prompt_tokens``; and its memory: ``weight_bytes`` (``model.footprint.weight_bytes``) and
+        ``kv_cache_bytes``."""
         worker = self._models[self.resolve_model(model)].worker
         if worker is None:
-            return {"running": 0, "waiting": 0, "free_kv_blocks": 0, "total_kv_blocks": 0, "weight_bytes": 0,
-                    "kv_cache_bytes": 0}
+            return {"running": 0, "waiting": 0, "free_kv_blocks": 0, "total_kv_blocks": 0, "cached_kv_blocks": 0,
+                    "cached_prompt_tokens": 0, "computed_prompt_tokens": 0, "weight_bytes": 0, "kv_cache_bytes": 0}
         return worker.stats()
 
     async def check_room(self, sequences: int, *, model: str | None = None) -> None:

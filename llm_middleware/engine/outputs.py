@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 FinishReason = Literal["stop", "length"]
 
@@ -31,14 +31,25 @@ class TokenLogprob:
 
 @dataclass(slots=True)
 class Usage:
-    """Token counts of one request (all choices together)."""
+    """Token counts of one request (all choices together); ``cached_tokens`` of the prompt were served
+    from the prefix cache rather than computed."""
 
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    @classmethod
+    def from_json(cls, value: Any) -> Usage | None:
+        """The counts of an OpenAI ``usage`` object (as JSON data), or None where ``value`` is none."""
+        if not isinstance(value, dict):
+            return None
+        details = value.get("prompt_tokens_details")
+        return cls(int(value.get("prompt_tokens") or 0), int(value.get("completion_tokens") or 0),
+                   int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0)
 
 
 @dataclass(slots=True)

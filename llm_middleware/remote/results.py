@@ -26,15 +26,6 @@ def finish_reason(value: Any) -> FinishReason | None:
     return "length" if value == "length" else "stop"
 
 
-def usage(value: Any) -> Usage | None:
-    """The token counts of a ``usage`` object."""
-    if not isinstance(value, dict):
-        return None
-    return Usage(
-        prompt_tokens=int(value.get("prompt_tokens") or 0), completion_tokens=int(value.get("completion_tokens") or 0)
-    )
-
-
 def chat_logprobs(value: Any) -> list[TokenLogprob] | None:
     """Chat's ``logprobs: {"content": [{token, logprob, top_logprobs}]}``."""
     if not isinstance(value, dict) or not value.get("content"):
@@ -99,7 +90,7 @@ class _ChunkDeltas:
             text, logprobs = self._content(index, choice, reason)
             if text or logprobs or reason:
                 deltas.append(Delta(index, text, [], logprobs, reason))
-        if (counts := usage(chunk.get("usage"))) is not None:
+        if (counts := Usage.from_json(chunk.get("usage"))) is not None:
             deltas.append(Delta(self._last_index, "", [], usage=counts))
         return deltas
 
@@ -195,13 +186,13 @@ def text_completion(answer: dict[str, Any], request_id: str | None, model: str) 
 def _completion(answer: dict[str, Any], request_id: str | None, model: str, choices: list[Choice]) -> Completion:
     return Completion(
         id=request_id or str(answer.get("id") or ""), model=model, choices=choices,
-        usage=usage(answer.get("usage")) or Usage(0, 0), prompt_token_ids=[],
+        usage=Usage.from_json(answer.get("usage")) or Usage(0, 0), prompt_token_ids=[],
     )
 
 
 def embeddings(answer: dict[str, Any], model: str) -> Embeddings:
     """Float vectors in input order, and the prompt's token count."""
     data = sorted(answer.get("data") or [], key=lambda item: item.get("index", 0))
-    counts = usage(answer.get("usage"))
+    counts = Usage.from_json(answer.get("usage"))
     vectors = [item["embedding"] for item in data]
     return Embeddings(model=model, vectors=vectors, prompt_tokens=counts.prompt_tokens if counts else 0)

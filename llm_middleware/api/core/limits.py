@@ -13,4 +13,7 @@ MAX_CONTENT_PARTS = 256  # per message
 MAX_TOOLS = 128  # OpenAI's
 MAX_TOOL_CALLS = 128  # per assistant message of the history
 MAX_PROMPTS = 128  # per completions request
+#: Token ids of one completions prompt, or entries of its list however they read (the engine refuses a
+#: prompt longer than the model's context; this bounds what is decoded before it can).
+MAX_PROMPT_LIST = 2**20
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's

@@ -38,7 +38,7 @@ from .types.chat import (
     ToolCallOut,
     chat_request_decoder,
 )
-from .types.common import Usage
+from .types.common import PromptTokensDetails, Usage
 
 if TYPE_CHECKING:
     from ...engine.interface import EngineAPI
@@ -78,8 +78,10 @@ def _read(request: Request, request_id: str) -> tuple[ChatCompletionRequest, Tur
 
 
 def _usage(usage: TurnUsage) -> Usage:
-    return Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                 total_tokens=usage.total_tokens)
+    return Usage(
+        prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, total_tokens=usage.total_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens),
+    )
 
 
 def _tool_calls_out(calls: list[ToolCall]) -> list[ToolCallOut]:

@@ -15,13 +15,14 @@ from ...errors import InvalidRequestError
 from ...runtime.cpu_pool import run_cpu
 from ..core.decoding import decode_body
 from ..core.http import Request, Response
+from ..core.limits import MAX_PROMPTS
 from ..core.options import sampling_options
 from ..core.responses import json_response
 from ..core.sse import EventStream, event, streaming_response
 from ..core.streams import first_items, merge, resume
 from .logprobs import completion_logprobs
 from .streaming import FRAMING, StreamedAnswer
-from .types.common import Usage
+from .types.common import PromptTokensDetails, Usage
 from .types.completions import CompletionChoice, CompletionRequest, TextCompletion, completion_request_decoder
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ def _prompts(prompt: str | list[Any]) -> list[Prompt]:
         return [prompt]
     if _is_token_ids(prompt):
         return [prompt]
+    if len(prompt) > MAX_PROMPTS:
+        raise InvalidRequestError(f"'prompt' holds more than {MAX_PROMPTS} prompts; send fewer at once.", param="prompt")
     if prompt and all(isinstance(p, str) or _is_token_ids(p) for p in prompt):
         return prompt
     raise InvalidRequestError(
@@ -126,6 +129,7 @@ async def completions(engine: Engine, request: Request, request_id: str) -> Resp
         prompt_tokens=sum(r.usage.prompt_tokens for r in results),
         completion_tokens=sum(r.usage.completion_tokens for r in results),
         total_tokens=sum(r.usage.total_tokens for r in results),
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=sum(r.usage.cached_tokens for r in results)),
     )
     return json_response(TextCompletion(id=request_id, created=int(time.time()), model=model, choices=choices, usage=usage))
 
@@ -177,6 +181,7 @@ class _CompletionChunks(StreamedAnswer):
             self._usage.prompt_tokens += delta.usage.prompt_tokens
             self._usage.completion_tokens += delta.usage.completion_tokens
             self._usage.total_tokens += delta.usage.total_tokens
+            self._usage.prompt_tokens_details.cached_tokens += delta.usage.cached_tokens
         return b"".join(parts)
 
     def on_item(self, item: tuple[int, Delta]) -> bytes:

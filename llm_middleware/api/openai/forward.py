@@ -96,11 +96,8 @@ async def forward(engine: ForwardingEngine, route: str, request: Request, reques
 def read_answer(message: dict[str, Any]) -> ForwardedAnswer:
     """What an OpenAI answer or stream chunk says about its model, output and token counts."""
     model = message.get("model")
-    usage = message.get("usage")
     return ForwardedAnswer(
         model=model if isinstance(model, str) else None,
         has_output=bool(message.get("choices")),
-        usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-        if isinstance(usage, dict)
-        else None,
+        usage=Usage.from_json(message.get("usage")),
     )

@@ -20,7 +20,8 @@ class GenerationRequest:
 
     What its steps read of its parameters is made once, when it is prepared: the tokens that end
     it (``stop_ids``), its ``logit_bias`` as token ids and values on the device (``bias``), and the
-    tokens banned until ``min_tokens`` (``min_tokens_ban``).
+    tokens banned until ``min_tokens`` (``min_tokens_ban``); with prefix caching, the root of its
+    blocks' hash chain (``prefix_root``) and the hashes of its prompt's full blocks (``prompt_hashes``).
     """
 
     request_id: str
@@ -34,6 +35,8 @@ class GenerationRequest:
     stop_ids: frozenset[int] = frozenset()
     bias: tuple[torch.Tensor, torch.Tensor] | None = None
     min_tokens_ban: torch.Tensor | None = None
+    prefix_root: bytes = b""
+    prompt_hashes: list[bytes] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:

@@ -30,8 +30,9 @@ class Scheduler:
     """Continuous batching policy; never touches tensors.
 
     Running sequences decode every step (so streams never stall behind a long prompt); the
-    remaining per-step token budget prefills waiting prompts in chunks.  When the KV cache
-    runs out, the most recently admitted sequence is preempted and later recomputed.
+    remaining per-step token budget prefills waiting prompts in chunks, each from the end of its
+    longest cached prefix.  When the KV cache runs out, the most recently admitted sequence is
+    preempted and later recomputed (from whatever of it the cache still holds).
     """
 
     def __init__(self, block_manager: BlockManager, *, max_batch_size: int, max_prefill_tokens: int) -> None:
@@ -87,20 +88,37 @@ class Scheduler:
                 budget -= chunk
         while admit and self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
             seq = self.waiting[0]
-            chunk = self._fit(seq, min(seq.num_uncomputed, budget))
+            # A new sequence starts from the longest prefix of it the cache holds and computes the rest.
+            cached = self.blocks.cached_prefix(seq)
+            if self.blocks.awaits_block(seq, cached):
+                break  # the next block of its prefix is being computed (by a sibling choice, say): wait for it
+            uncomputed = seq.num_uncomputed - len(cached) * self.blocks.block_size
+            chunk = self._fit(seq, min(uncomputed, budget), self.blocks.num_reclaimed(cached))
             if not chunk:
                 break
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
+            self.blocks.share(seq, cached)
             self.blocks.allocate(seq, chunk)
             batch.prefill.append((seq, chunk))
             budget -= chunk
         return batch
 
-    def _fit(self, seq: Sequence, chunk: int) -> int:
-        """The largest part of ``chunk`` whose KV slots are free now."""
-        free_slots = self.blocks.num_free * self.blocks.block_size
+    def launched(self, batch: ScheduledBatch) -> None:
+        """``batch``'s step is queued on the device: its tokens count as computed, and the blocks they
+        fill join the prefix cache."""
+        for seq in batch.decode:
+            seq.num_computed += 1
+            self.blocks.commit(seq)
+        for seq, n in batch.prefill:
+            seq.num_computed += n
+            self.blocks.commit(seq)
+
+    def _fit(self, seq: Sequence, chunk: int, reclaimed: int = 0) -> int:
+        """The largest part of ``chunk`` whose KV slots are free now, once ``reclaimed`` free blocks
+        (cached ones ``seq`` takes) are taken."""
+        free_slots = (self.blocks.num_free - reclaimed) * self.blocks.block_size
         partial = len(seq.block_table) * self.blocks.block_size - seq.num_computed
         return max(0, min(chunk, free_slots + partial))
 

@@ -32,12 +32,17 @@ class Sequence:
     ``token_ids`` holds the prompt followed by the output; the KV cache holds the first
     ``num_computed`` of them.  A sequence with one uncomputed token is decoding; with more,
     it is (still) prefilling.
+
+    ``block_hashes`` names the full blocks of ``token_ids`` whose tokens the host knows, as far as
+    they are known (``prefix_hash``); the first ``num_committed_blocks`` of ``block_table`` are
+    computed and in the prefix cache (or hold the same contents as a block that is), so the
+    sequence never writes to them again.
     """
 
     __slots__ = (
         "seq_id", "request", "index", "token_ids", "num_prompt_tokens", "num_computed",
         "block_table", "status", "params", "generator", "detokenizer", "finish_reason",
-        "max_total_tokens", "matcher", "pipelined",
+        "max_total_tokens", "matcher", "pipelined", "block_hashes", "num_committed_blocks", "num_cached_tokens",
     )
 
     def __init__(
@@ -50,6 +55,7 @@ class Sequence:
         detokenizer: IncrementalDetokenizer,
         max_total_tokens: int,
         matcher: Any = None,
+        block_hashes: list[bytes] | None = None,
     ) -> None:
         self.seq_id = next(_ids)
         self.request = request
@@ -68,6 +74,10 @@ class Sequence:
         # Whether a step may be launched before the host has read this sequence's previous token:
         # grammars and penalties need the token values to prepare the next draw.
         self.pipelined = matcher is None and not params.penalized
+        self.block_hashes: list[bytes] = list(block_hashes or ())
+        self.num_committed_blocks = 0
+        # Prompt tokens served from the prefix cache when the sequence first started (None before).
+        self.num_cached_tokens: int | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -86,8 +96,8 @@ class Sequence:
         return self.token_ids[self.num_prompt_tokens :]
 
     def reset_for_recompute(self) -> None:
-        """Forget the KV cache (after preemption): everything is prefilled again later."""
+        """Forget the KV cache (after preemption, its blocks freed): everything is prefilled again later,
+        from whatever of it the prefix cache still holds."""
         self.num_computed = 0
-        self.block_table = []
         self.status = SequenceStatus.WAITING
 

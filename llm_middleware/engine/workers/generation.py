@@ -17,6 +17,7 @@ from ..outputs import Delta, Usage
 from ..sampling.grammar import GrammarCompiler
 from ..sampling.sampler import Sampler, SampleResult
 from ..sampling_params import SamplingParams
+from ..scheduling import prefix_hash
 from ..scheduling.block_manager import BlockManager
 from ..scheduling.burst import BurstPolicy
 from ..scheduling.intake import Intake
@@ -59,7 +60,7 @@ class GenerationWorker(StepWorker):
         self.runner = serving.runner
         self.text = TextCodec(self.tokenizer, self.max_model_len)
         self.vocab_size = self.text.vocab_size
-        self.blocks = BlockManager(self.kv_cache.num_blocks, config.block_size)
+        self.blocks = BlockManager(self.kv_cache.num_blocks, config.block_size, caching=config.prefix_caching)
         self.scheduler = Scheduler(
             self.blocks, max_batch_size=config.max_batch_size,
             max_prefill_tokens=config.max_prefill_tokens or _default_prefill_tokens(loaded.device),
@@ -72,7 +73,9 @@ class GenerationWorker(StepWorker):
             generator.seed()
         self.sampler = Sampler(generator)
         grammars = GrammarCompiler(self.tokenizer, props.logits_width, self.eos_ids)
-        self.requests = RequestFactory(props, self.text.token_decoder, grammars)
+        # Each worker caches its own model's blocks; the chain's root names the model all the same.
+        prefix_root = prefix_hash.root(name.encode()) if config.prefix_caching else None
+        self.requests = RequestFactory(props, self.text.token_decoder, grammars, config.block_size, prefix_root)
         self.assembler = OutputAssembler(self.text)
         # Overlap pays only where the device runs asynchronously: by default where a CUDA decoder runs.
         overlap = config.async_scheduling if config.async_scheduling is not None else self.runner.decoder is not None
@@ -139,6 +142,9 @@ class GenerationWorker(StepWorker):
             "waiting": len(self._inbox) + len(self.scheduler.waiting),
             "free_kv_blocks": self.blocks.num_free,
             "total_kv_blocks": self.blocks.num_blocks,
+            "cached_kv_blocks": self.blocks.num_cached,
+            "cached_prompt_tokens": self.blocks.cached_prompt_tokens,
+            "computed_prompt_tokens": self.blocks.computed_prompt_tokens,
             "weight_bytes": self.weight_bytes,
             "kv_cache_bytes": self.kv_cache.nbytes,
         }
@@ -200,10 +206,7 @@ class GenerationWorker(StepWorker):
                 logits, sampled = self.runner.step(batch)
             else:
                 logits, sampled = self.runner.step(batch, previous.draws.tokens, previous.rows)
-            for seq in batch.decode:
-                seq.num_computed += 1
-            for seq, n in batch.prefill:
-                seq.num_computed += n
+            self.scheduler.launched(batch)
             if logits is None:
                 return None
             draws = self.sampler.sample(logits, sampled)
@@ -241,7 +244,9 @@ class GenerationWorker(StepWorker):
         request = seq.request
         request.num_finished += 1
         if request.finished:
-            delta.usage = Usage(len(request.prompt_ids), sum(s.num_output_tokens for s in request.seqs))
+            # The prompt is counted once, as its first choice found it (the others share its blocks).
+            delta.usage = Usage(len(request.prompt_ids), sum(s.num_output_tokens for s in request.seqs),
+                                request.seqs[0].num_cached_tokens or 0)
             self._active.discard(request)
 
     def _fail_step(self, exc: Exception, requests: set[GenerationRequest], outbox: Outbox) -> None:

@@ -10,6 +10,7 @@ from ..model.properties import ModelProperties
 from ..sampling.grammar import GrammarCompiler
 from ..sampling.sampler import logit_bias_tensors, token_tensor
 from ..sampling_params import SamplingParams
+from ..scheduling import prefix_hash
 from ..scheduling.request import GenerationRequest
 from ..scheduling.sequence import Sequence
 from ..text.detokenizer import IncrementalDetokenizer, TokenDecoder
@@ -18,11 +19,14 @@ from ..text.detokenizer import IncrementalDetokenizer, TokenDecoder
 class RequestFactory:
     """Checks a request's prompt and lengths, then makes its sequences, grammar matchers, bias tensors and stop sets."""
 
-    def __init__(self, props: ModelProperties, decoder: TokenDecoder, grammars: GrammarCompiler) -> None:
+    def __init__(self, props: ModelProperties, decoder: TokenDecoder, grammars: GrammarCompiler, block_size: int,
+                 prefix_root: bytes | None) -> None:
         self.props = props
         self.max_model_len = props.max_model_len
         self.decoder = decoder
         self.grammars = grammars
+        self.block_size = block_size
+        self.prefix_root = prefix_root  # None: no prefix caching
 
     def check(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Raise for an empty prompt, or a prompt (with ``max_tokens``) longer than the context."""
@@ -45,7 +49,8 @@ class RequestFactory:
 
     def build(self, prompt_ids: list[int], params: SamplingParams, sink: AsyncSink,
               request_id: str) -> GenerationRequest:
-        """The request with its ``n`` sequences; compiles its grammar (request-sized CPU work)."""
+        """The request with its ``n`` sequences; compiles its grammar and hashes its prompt's blocks
+        (request-sized CPU work)."""
         props = self.props
         params = params.with_defaults(props.defaults)
         matcher = self.grammars.compile(params.guided) if params.guided is not None else None
@@ -55,6 +60,9 @@ class RequestFactory:
         request.bias = logit_bias_tensors(params.logit_bias, props.logits_width)
         if params.min_tokens:
             request.min_tokens_ban = token_tensor([*props.eos_ids, *params.stop_token_ids], props.logits_width)
+        if self.prefix_root is not None:
+            request.prefix_root = self.prefix_root
+            request.prompt_hashes = prefix_hash.chain(request.prefix_root, prompt_ids, self.block_size)
         for index in range(params.n):
             generator = None
             if params.seed is not None:
@@ -63,7 +71,8 @@ class RequestFactory:
             detok = IncrementalDetokenizer(self.decoder, prompt_ids, params.stop)
             max_total = len(prompt_ids) + min(room, params.max_tokens or room)
             seq_matcher = matcher.deep_copy() if matcher is not None else None
-            request.seqs.append(Sequence(request, index, prompt_ids, params, generator, detok, max_total, seq_matcher))
+            request.seqs.append(Sequence(request, index, prompt_ids, params, generator, detok, max_total, seq_matcher,
+                                         request.prompt_hashes))
             request.pending_ids.append([])
             request.pending_logprobs.append([])
         return request

@@ -4,10 +4,12 @@ The line is ``key=value`` pairs (values with spaces or quotes are JSON-quoted), 
 shippers parse without configuration::
 
     request_id=chatcmpl-3f2a... method=POST path=/ai/v1/chat/completions status=200 outcome=completed
-    model=tiny stream=true prompt_tokens=12 completion_tokens=30 ttft_ms=41.7 duration_ms=388.2 client=127.0.0.1
+    model=tiny stream=true prompt_tokens=12 cached_tokens=0 completion_tokens=30 ttft_ms=41.7
+    duration_ms=388.2 client=127.0.0.1
 
-``ttft_ms`` is ``-`` for requests that streamed no token.  Each pair is also attached to the
-record as ``record.access`` (a dict), for JSON formatters.
+``cached_tokens`` of the prompt tokens were served from the prefix cache.  ``ttft_ms`` is ``-`` for
+requests that streamed no token.  Each pair is also attached to the record as ``record.access`` (a
+dict), for JSON formatters.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def access_fields(exchange: Exchange) -> dict[str, Any]:
         "model": exchange.model or None,
         "stream": exchange.stream,
         "prompt_tokens": exchange.prompt_tokens,
+        "cached_tokens": exchange.cached_tokens,
         "completion_tokens": exchange.completion_tokens,
         "ttft_ms": round(exchange.ttft * 1000, 1) if exchange.ttft is not None else None,
         "duration_ms": round(exchange.duration * 1000, 1),

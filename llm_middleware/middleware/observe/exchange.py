@@ -32,6 +32,7 @@ class Exchange:
     stream: bool = False
     model: str = ""
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     completion_tokens: int = 0
     ttft: float | None = None
     outcome: str = "completed"

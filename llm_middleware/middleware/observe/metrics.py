@@ -2,8 +2,9 @@
 
 Every middleware has its own ``CollectorRegistry`` (several can live in one process, each
 with its own engine); nothing is registered globally.  Counters and histograms are updated
-as requests run; the engine's live counts (waiting, running, KV blocks) and memory (weights, KV
-cache) are read from ``engine.stats()`` at each scrape.
+as requests run; the engine's live counts (waiting, running, KV blocks), its prompt tokens served
+from the prefix cache and computed, and memory (weights, KV cache) are read from ``engine.stats()``
+at each scrape.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ...api.core.http import Response
@@ -40,6 +41,15 @@ class _EngineCollector(Collector):
             "running": GaugeMetricFamily("llm_running_sequences", "Sequences in the running batch", labels=["model"]),
             "used": GaugeMetricFamily("llm_kv_blocks_used", "KV-cache blocks holding sequences", labels=["model"]),
             "free": GaugeMetricFamily("llm_kv_blocks_free", "Free KV-cache blocks", labels=["model"]),
+            "cached": GaugeMetricFamily("llm_kv_blocks_cached", "KV-cache blocks holding a cached prefix, in use or free",
+                                        labels=["model"]),
+            "cached_tokens": CounterMetricFamily("llm_prompt_tokens_cached", "Prompt tokens served from the prefix cache",
+                                                 labels=["model"]),
+            "computed_tokens": CounterMetricFamily("llm_prompt_tokens_computed", "Prompt tokens computed",
+                                                   labels=["model"]),
+            "hit_rate": GaugeMetricFamily("llm_prefix_cache_hit_rate",
+                                          "Share of the prompt tokens so far served from the prefix cache",
+                                          labels=["model"]),
             "weights": GaugeMetricFamily("llm_weight_bytes", "Bytes of the model's weights as loaded", labels=["model"]),
             "cache": GaugeMetricFamily("llm_kv_cache_bytes", "Bytes of the model's KV cache", labels=["model"]),
         }
@@ -57,6 +67,13 @@ class _EngineCollector(Collector):
             families["running"].add_metric([info.name], stats["running"])
             families["used"].add_metric([info.name], stats["total_kv_blocks"] - stats["free_kv_blocks"])
             families["free"].add_metric([info.name], stats["free_kv_blocks"])
+            if "cached_kv_blocks" in stats:  # the engine's own KV cache (a remote engine's lives upstream)
+                families["cached"].add_metric([info.name], stats["cached_kv_blocks"])
+                families["cached_tokens"].add_metric([info.name], stats["cached_prompt_tokens"])
+                families["computed_tokens"].add_metric([info.name], stats["computed_prompt_tokens"])
+                prompt_tokens = stats["cached_prompt_tokens"] + stats["computed_prompt_tokens"]
+                families["hit_rate"].add_metric(
+                    [info.name], stats["cached_prompt_tokens"] / prompt_tokens if prompt_tokens else 0.0)
         yield from families.values()
 
 

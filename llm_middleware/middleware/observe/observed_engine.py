@@ -82,6 +82,7 @@ class ObservedEngine:
         if exchange is not None:
             exchange.model = model
             exchange.prompt_tokens += usage.prompt_tokens
+            exchange.cached_tokens += usage.cached_tokens
             exchange.completion_tokens += usage.completion_tokens
 
     async def _measured(self, model: str, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from msgspec import Struct
+from msgspec import Struct, field
 
 
 class StreamOptions(Struct, kw_only=True):
@@ -36,9 +36,16 @@ class SamplingFields(Struct, kw_only=True):
     guided_regex: str | None = None
 
 
+class PromptTokensDetails(Struct, kw_only=True):
+    """What the prompt's tokens were: ``cached_tokens`` of them came from the prefix cache."""
+
+    cached_tokens: int = 0
+
+
 class Usage(Struct, kw_only=True):
     """Token counts of a request (all choices together)."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = field(default_factory=PromptTokensDetails)

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from ...core.limits import MAX_PROMPTS
+from ...core.limits import MAX_PROMPT_LIST
 from .common import SamplingFields, Usage
 
 
@@ -15,7 +15,7 @@ class CompletionRequest(SamplingFields, kw_only=True):
     """Body of ``POST /v1/completions``: ``prompt`` is a string, a list of strings, token ids,
     or a list of token-id lists."""
 
-    prompt: str | Annotated[list[Any], Meta(max_length=MAX_PROMPTS)]
+    prompt: str | Annotated[list[Any], Meta(max_length=MAX_PROMPT_LIST)]
     echo: bool = False
     logprobs: int | None = None
     best_of: int | None = None
