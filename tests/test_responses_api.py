@@ -128,6 +128,9 @@ async def test_previous_response_id_continues_the_conversation(api: API) -> None
         {"role": "user", "content": "And then?"}]})
     assert output_text(second.json()) == output_text(whole.json())
     assert second.json()["previous_response_id"] == first["id"]
+    usage = whole.json()["usage"]  # the same prompt again: its full blocks come from the prefix cache
+    assert usage["input_tokens"] == second.json()["usage"]["input_tokens"]
+    assert 0 < usage["input_tokens_details"]["cached_tokens"] < usage["input_tokens"]
     listed = (await call(api, "GET", f"/v1/responses/{second.json()['id']}/input_items",
                          query=b"order=asc")).json()
     assert [item["content"][0]["text"] for item in listed["data"]] == ["And then?"]

@@ -49,11 +49,12 @@ from .types import (
 RUNNING = ("queued", "in_progress")
 
 
-def usage_of(input_tokens: int, output_tokens: int) -> ResponseUsage:
-    """Token counts as the response's ``usage`` (cached and reasoning tokens are not counted apart: 0)."""
+def usage_of(input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> ResponseUsage:
+    """Token counts as the response's ``usage``: ``cached_tokens`` of the input came from the prefix
+    cache (reasoning tokens are not counted apart: 0)."""
     return ResponseUsage(
         input_tokens=input_tokens,
-        input_tokens_details=InputTokensDetails(),
+        input_tokens_details=InputTokensDetails(cached_tokens=cached_tokens),
         output_tokens=output_tokens,
         output_tokens_details=OutputTokensDetails(),
         total_tokens=input_tokens + output_tokens,

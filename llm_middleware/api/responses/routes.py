@@ -284,7 +284,7 @@ class ResponsesRoutes:
             usage = ending.usage
             events = builder.finish(
                 ending.reason,
-                usage_of(usage.prompt_tokens, usage.completion_tokens) if usage is not None else None,
+                usage_of(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens) if usage is not None else None,
             )
         finally:
             await turn.aclose()
