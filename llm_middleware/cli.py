@@ -28,6 +28,17 @@ def api_keys(args: argparse.Namespace) -> list[str] | None:
     return keys or None
 
 
+def response_store_url(url: str) -> str:
+    """``url`` when it names a response store; otherwise argparse's error, with what would do."""
+    from .store.resolve import store_from_url
+
+    try:
+        store_from_url(url)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return url
+
+
 async def not_found_app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
     """The app behind the API when it is served alone: 404 for every path outside the base path."""
     if scope["type"] == "http":
@@ -111,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on SIGTERM/Ctrl-C, time that requests in flight get to finish while new ones get 503",
     )
+    server.add_argument(
+        "--response-store",
+        type=response_store_url,
+        metavar="URL",
+        help="where stored responses live: sqlite:///relative.db or sqlite:////absolute.db (shared by the "
+        "processes of one host, kept across restarts); default: in-process, bounded",
+    )
 
     pages = serve.add_argument_group(
         "pages",
@@ -166,6 +184,7 @@ async def serve(args: argparse.Namespace) -> None:
         public_paths=args.public_paths if args.public_paths is not None else ("/health",),
         request_timeout=args.request_timeout or None,
         drain_timeout=args.drain_timeout,
+        response_store=args.response_store,
         **{name: value for name, value in engine_options.items() if value is not None},
     )
     await serve_app(app, args.host, args.port)

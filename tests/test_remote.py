@@ -396,3 +396,21 @@ def test_forwarded_requests_are_counted_in_metrics(fleet: Fleet) -> None:
                           json={**body, "stream": True, "stream_options": {"include_usage": True}})
     assert streamed.status_code == 200 and whole["usage"]["completion_tokens"] == 3
     assert completion_tokens() == before + 6
+
+
+async def test_responses_over_the_fleet(fleet: Fleet) -> None:
+    """The Responses API runs over the remote engine's chat streams; the store stays at the front."""
+    async with httpx.AsyncClient(base_url=fleet.front, timeout=30) as client:
+        body = {"model": "chat", "input": "Hello", "max_output_tokens": 5, "min_tokens": 5}
+        first = (await client.post("/ai/v1/responses", json=body)).json()
+        assert first["status"] == "incomplete" and first["model"] == "chat" and first["usage"]["output_tokens"] == 5
+        assert (await client.get(f"/ai/v1/responses/{first['id']}")).json() == first
+        async with client.stream("POST", "/ai/v1/responses",
+                                 json={**body, "previous_response_id": first["id"], "stream": True}) as response:
+            lines = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+        events = [json.loads(line.removeprefix("data: ")) for line in lines]
+        assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.incomplete"
+        assert events[-1]["response"]["previous_response_id"] == first["id"]
+        assert [e["sequence_number"] for e in events] == list(range(len(events)))
+        missing = await client.post("/ai/v1/responses", json={**body, "previous_response_id": "resp_gone"})
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "previous_response_not_found"

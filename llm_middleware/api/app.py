@@ -8,6 +8,8 @@ from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LLMError
+from ..store.memory import MemoryResponseStore
+from ..store.protocol import ResponseStore
 from ..tools.toolbox import ToolBox
 from .anthropic.errors import exception_response as anthropic_exception_response
 from .anthropic.routes import MESSAGES_PATH, anthropic_routes
@@ -30,6 +32,8 @@ from .openai.types.embeddings import EmbeddingList, EmbeddingRequest
 from .openai.types.server import HealthStatus, ModelCard, ModelList
 from .openai.types.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from .playground import playground
+from .responses.routes import ResponsesRoutes
+from .responses.runs import BackgroundRuns
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
@@ -67,6 +71,8 @@ class API:
     when a request carries no root path.  ``include_docs`` serves ``/openapi.json`` and ``/docs``
     (Swagger UI from the installed ``swagger-ui-py`` package, or from ``docs_cdn`` when given);
     ``include_playground`` serves ``/playground``; ``tools`` are the tools the server runs itself.
+    ``response_store`` keeps stored responses (a new in-process store when None); background
+    responses run until they end, are cancelled, or :meth:`stop_background` fails them.
     """
 
     #: How the middleware answers the failures it finds itself (a refused key, a body too large).
@@ -77,15 +83,19 @@ class API:
     read_forwarded: AnswerReader = staticmethod(read_answer)
 
     def __init__(self, engine: Engine, *, base_path: str = "/ai", include_docs: bool = True,
-                 docs_cdn: str | None = None, include_playground: bool = False, tools: ToolBox | None = None) -> None:
+                 docs_cdn: str | None = None, include_playground: bool = False, tools: ToolBox | None = None,
+                 response_store: ResponseStore | None = None) -> None:
         self.engine = engine
         self.tools = tools if tools is not None else ToolBox()
         self.base_path = base_path
+        self.response_store = response_store if response_store is not None else MemoryResponseStore()
         routes = openai_routes(engine, self.tools)
         if isinstance(engine, ForwardingEngine):  # e.g. RemoteEngine: upstream servers answer OpenAI requests
             # Chat stays here when the server runs tools: the loop runs where the tools are.
             routes = forwarding_routes(routes, engine, keep={"/v1/chat/completions"} if self.tools else set())
         routes += anthropic_routes(engine)
+        self.background = BackgroundRuns()
+        routes += ResponsesRoutes(engine, self.response_store, self.background).routes()
         self._operations = list(routes)
         if include_docs:
             routes += [
@@ -110,6 +120,14 @@ class API:
             self._operations, title="llm_middleware OpenAI-compatible API",
             version=distribution_version("llm_middleware"), error_type=ErrorBody,
         )
+
+    async def stop_background(self) -> None:
+        """Fail every background response still running (the server is stopping), and wait until each is stored."""
+        await self.background.shutdown()
+
+    def close_background(self) -> None:
+        """:meth:`stop_background` from a thread outside the event loops (a WSGI server closing)."""
+        self.background.shutdown_sync()
 
     def route_path(self, path: str) -> str | None:
         """The path of the route serving ``path``, with parameters as placeholders

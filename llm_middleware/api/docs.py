@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import importlib.util
+import re
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ def openapi_document(routes: list[Route], *, title: str, version: str, error_typ
             }
         operation: dict[str, Any] = {
             "summary": route.summary,
-            "operationId": route.method.lower() + route.path.replace("/", "_").rstrip("_"),
+            "operationId": route.method.lower() + re.sub(r"[{}]", "", route.path).replace("/", "_").rstrip("_"),
             "responses": {
                 "200": {"description": "OK", "content": content},
                 "default": {"description": "An error", "content": _json(schema_of[route.error_type])}
@@ -69,9 +70,10 @@ def openapi_document(routes: list[Route], *, title: str, version: str, error_typ
         }
         if route.request_type is not None:
             operation["requestBody"] = {"required": True, "content": _json(schema_of[route.request_type])}
-        if route.prefix and route.param_name:
+        names = [route.param_name] if route.prefix and route.param_name else re.findall(r"\{(\w+)\}", route.path)
+        if names:
             operation["parameters"] = [
-                {"name": route.param_name, "in": "path", "required": True, "schema": {"type": "string"}}
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in names
             ]
         paths.setdefault(path, {})[route.method.lower()] = operation
     return {

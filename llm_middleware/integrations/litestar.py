@@ -26,6 +26,7 @@ from ..middleware.policy.auth import Authorize
 from ..tools.mcp import MCPServer
 from ..tools.tool import Tool
 from ..tools.toolbox import DEFAULT_MAX_TOOL_RESULT_SIZE, DEFAULT_MAX_TOOL_ROUNDS, DEFAULT_TOOL_TIMEOUT, ToolPermission
+from ..store.resolve import ResponseStoreOption
 from .openapi import TAG, TAG_DESCRIPTION, operations_under
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class LLMPlugin(InitPlugin):
         mcp_servers: Iterable[MCPServer | str | Sequence[str]] = (),
         tool_permission: ToolPermission | None = None,
         max_tool_result_size: int = DEFAULT_MAX_TOOL_RESULT_SIZE,
+        response_store: ResponseStoreOption = None,
         include_in_schema: bool = False,
         **engine_options: Any,
     ) -> None:
@@ -77,6 +79,7 @@ class LLMPlugin(InitPlugin):
             request_timeout=request_timeout, drain_timeout=drain_timeout, tools=tools,
             max_tool_rounds=max_tool_rounds, tool_timeout=tool_timeout, tool_dispatch_url=tool_dispatch_url,
             mcp_servers=mcp_servers, tool_permission=tool_permission, max_tool_result_size=max_tool_result_size,
+            response_store=response_store,
         )
         engine, owns_engine = resolve_engine(engine, model, engine_options)
         self.endpoint = APIEndpoint(engine, owns_engine=owns_engine, options=options)

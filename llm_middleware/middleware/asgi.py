@@ -73,8 +73,10 @@ async def discard_body(receive: ASGIReceiveCallable, limit: int = DISCARD_LIMIT)
         size += len(message.get("body", b""))
 
 
-def build_request(scope: HTTPScope, path: str, root_path: str, headers: dict[str, str], body: bytes) -> Request:
-    """The API's view of an ASGI request whose path relative to the base path is ``path``."""
+def build_request(
+    scope: HTTPScope, path: str, root_path: str, headers: dict[str, str], body: bytes, identity: str
+) -> Request:
+    """The API's view of an ASGI request whose path relative to the base path is ``path``, let in as ``identity``."""
     client = scope.get("client")
     return Request(
         method=scope["method"],
@@ -84,6 +86,7 @@ def build_request(scope: HTTPScope, path: str, root_path: str, headers: dict[str
         query_string=scope.get("query_string", b""),
         body=body,
         client=(client[0], client[1]) if client else None,
+        identity=identity,
     )
 
 

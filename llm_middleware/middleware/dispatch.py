@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.typing import ASGIApplication, ASGIReceiveCallable, ASGISendCallable, Scope
 
+from ..store.resolve import ResponseStoreOption
 from ..tools.mcp import MCPServer
 from ..tools.tool import Tool
 from ..tools.toolbox import DEFAULT_MAX_TOOL_RESULT_SIZE, DEFAULT_MAX_TOOL_ROUNDS, DEFAULT_TOOL_TIMEOUT, ToolPermission
@@ -55,10 +56,11 @@ class LLMMiddleware:
         include_playground: Serve ``{base_path}/playground``, a page to chat with the models from a
             browser (behind the same access rules as every route).
         api_keys: Keys that clients send as ``Authorization: Bearer <key>`` or ``x-api-key``.
-        authorize: ``authorize(info) -> bool`` (or an async function): True lets the request in;
-            ``info`` has ``method``, ``path`` (relative to ``base_path``), ``headers``, ``client``
-            and ``cookies``.  With ``api_keys`` too, either one is enough.  With neither, the
-            API is open.
+        authorize: ``authorize(info)`` (or an async function): a non-empty string naming the
+            caller lets the request in as that identity, True lets it in anonymously, anything
+            false refuses it; ``info`` has ``method``, ``path`` (relative to ``base_path``),
+            ``headers``, ``client`` and ``cookies``.  With ``api_keys`` too, either one is enough.
+            With neither, the API is open.
         public_paths: Paths under ``base_path`` that need no credentials (exact matches).
         request_timeout: Seconds after which a request is ended (504, or an error event
             mid-stream) and its engine request cancelled; None for no limit.
@@ -75,6 +77,9 @@ class LLMMiddleware:
             spoken to over stdio) or :class:`~llm_middleware.MCPServer` objects.
         tool_permission: ``tool_permission(call, info) -> bool`` (or async) decides each call.
         max_tool_result_size: Most characters of a tool's result; a longer one is an error for the model.
+        response_store: Where stored responses live: None for a bounded in-process store, a URL
+            (``"sqlite:////var/lib/app/responses.db"``, ``"memory://?max_entries=5000"``), or an
+            object implementing :class:`~llm_middleware.store.ResponseStore`.
         **engine_options: Keyword arguments for the engine built from ``model``.
     """
 
@@ -102,6 +107,7 @@ class LLMMiddleware:
         mcp_servers: Iterable[MCPServer | str | Sequence[str]] = (),
         tool_permission: ToolPermission | None = None,
         max_tool_result_size: int = DEFAULT_MAX_TOOL_RESULT_SIZE,
+        response_store: ResponseStoreOption = None,
         **engine_options: Any,
     ) -> None:
         self.app = app
@@ -113,6 +119,7 @@ class LLMMiddleware:
             request_timeout=request_timeout, drain_timeout=drain_timeout, tools=tools,
             max_tool_rounds=max_tool_rounds, tool_timeout=tool_timeout, tool_dispatch_url=tool_dispatch_url,
             mcp_servers=mcp_servers, tool_permission=tool_permission, max_tool_result_size=max_tool_result_size,
+            response_store=response_store,
         )
         engine, owns_engine = resolve_engine(engine, model, engine_options)
         self.endpoint = APIEndpoint(engine, owns_engine=owns_engine, options=options)

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope
 
 from ..api.app import API
-from ..api.core.http import Request, Response
+from ..api.core.http import ANONYMOUS, Request, Response
 from ..api.core.routing import MethodNotAllowedError
 from . import asgi, wsgi
 from ..runtime.loop_thread import LoopThread
+from ..store.protocol import ResponseStore
 from .observe.access_log import log_access
 from .observe.exchange import Exchange, ObservedStream, current_exchange
 from .observe.metrics import Metrics
@@ -63,7 +64,9 @@ class APIEndpoint:
         self._api = API(
             observed, base_path=self.base_path, include_docs=options.include_docs,  # type: ignore[arg-type]
             docs_cdn=options.docs_cdn, include_playground=options.include_playground, tools=self.tools,
+            response_store=options.response_store,  # type: ignore[arg-type]
         )
+        self._owns_response_store = options.owns_response_store
         self._cors = CORSPolicy(options.allowed_origins) if options.allowed_origins is not None else None
         self._auth = Authenticator(options.api_keys, options.authorize, options.public_paths)
         self._drain = Drain(options.drain_timeout)
@@ -111,14 +114,25 @@ class APIEndpoint:
         self.metrics.count_tool_call(self.tools.label(result.name), result.outcome, result.seconds)
 
     async def stop(self) -> None:
-        """Drain, then shut down an owned engine: the server is shutting down."""
+        """Drain, fail the background responses still running, then shut down an owned engine: the
+        server is shutting down."""
         await self.drain()
+        await self._api.stop_background()
         await asyncio.to_thread(self.shutdown_engine)
 
     def close(self) -> None:
-        """Shut down an owned engine and stop the WSGI event loop thread."""
+        """Shut down an owned engine, close a response store made from a URL, and stop the WSGI event
+        loop thread."""
+        self._api.close_background()
         self.shutdown_engine()
+        if self._owns_response_store:
+            self.response_store.close()  # type: ignore[attr-defined]  # ours: a memory or SQLite store
         self._loop.close()
+
+    @property
+    def response_store(self) -> ResponseStore:
+        """Where the API keeps stored responses."""
+        return self._api.response_store
 
     # ---- one request, whichever the protocol ----------------------------------------------------
 
@@ -130,20 +144,22 @@ class APIEndpoint:
 
     async def _admit(
         self, method: str, path: str, headers: dict[str, str], client: tuple[str, int] | None
-    ) -> Response | None:
-        """The answer to give without reading the body, or None to go on to the API."""
+    ) -> tuple[Response | None, str]:
+        """The answer to give without reading the body (None to go on to the API), and the
+        identity the request was let in with."""
+        identity = ANONYMOUS
         try:
             if self._cors is not None and self._cors.is_preflight(method, headers):
-                return self._cors.preflight(headers)
-            await self._auth.check(request_info(method, path, headers, client))
+                return self._cors.preflight(headers), identity
+            identity = await self._auth.check(request_info(method, path, headers, client))
             self._drain.check()
             if path == METRICS_PATH:
                 if method != "GET":
                     raise MethodNotAllowedError(method, METRICS_PATH, ["GET"])
-                return self.metrics.response()
+                return self.metrics.response(), identity
         except Exception as exc:  # a refusal, or the host app's authorize failed (a logged 500)
-            return self._api.error_renderer(path)(exc)
-        return None
+            return self._api.error_renderer(path)(exc), identity
+        return None, identity
 
     async def _respond(self, exchange: Exchange, request: Request) -> Response:
         """The API's answer, within the request's deadline; the request counts as in flight meanwhile."""
@@ -196,7 +212,7 @@ class APIEndpoint:
         client = (client[0], client[1]) if client else None
         exchange = self._begin(scope["method"], path, scope["path"], client)
         try:
-            response = await self._admit(scope["method"], path, headers, client)
+            response, identity = await self._admit(scope["method"], path, headers, client)
             if response is None:
                 try:
                     body = await asgi.read_body(receive, headers, self.max_body_size)
@@ -207,7 +223,9 @@ class APIEndpoint:
             if response is not None:
                 await asgi.send_response(send, self._finish(exchange, headers, response))
                 return
-            request = asgi.build_request(scope, path, scope.get("root_path", "") + self.base_path, headers, body)
+            request = asgi.build_request(
+                scope, path, scope.get("root_path", "") + self.base_path, headers, body, identity
+            )
 
             async def answer() -> None:
                 await asgi.send_response(send, self._finish(exchange, headers, await self._respond(exchange, request)))
@@ -228,14 +246,14 @@ class APIEndpoint:
         client = wsgi.client_address(environ)
         exchange = self._begin(method, path, root_path + (path if path != "/" else ""), client)
         try:
-            response = self._loop.run(self._admit(method, path, headers, client))
+            response, identity = self._loop.run(self._admit(method, path, headers, client))
             if response is None:
                 try:
                     body = wsgi.read_body(environ, headers, self.max_body_size)
                 except BodyTooLargeError as exc:
                     response = self._api.error_renderer(path)(exc)
                 else:
-                    request = wsgi.build_request(environ, path, root_path, headers, body)
+                    request = wsgi.build_request(environ, path, root_path, headers, body, identity)
                     response = self._loop.run(self._respond(exchange, request))
             response = self._finish(exchange, headers, response)
             result = wsgi.serve_response(response, start_response, self._loop)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..store.resolve import ResponseStoreOption, open_response_store
 from ..tools.mcp import MCPServer
 from ..tools.tool import Tool
 from ..tools.toolbox import (
@@ -27,7 +28,9 @@ if TYPE_CHECKING:
 class APIOptions:
     """How the API is served (see :class:`~llm_middleware.LLMMiddleware` for each option).
 
-    ``base_path`` is normalised (``"ai/"`` -> ``"/ai"``) and the numbers are checked at construction.
+    ``base_path`` is normalised (``"ai/"`` -> ``"/ai"``) and the numbers are checked at construction;
+    ``response_store`` becomes the store itself (a URL or None is opened here, and
+    ``owns_response_store`` says so).
     """
 
     base_path: str = "/ai"
@@ -48,6 +51,8 @@ class APIOptions:
     mcp_servers: Iterable[MCPServer | str | Sequence[str]] = ()
     tool_permission: ToolPermission | None = None
     max_tool_result_size: int = DEFAULT_MAX_TOOL_RESULT_SIZE
+    response_store: ResponseStoreOption = None
+    owns_response_store: bool = field(default=False, init=False)
 
     def toolbox(self) -> ToolBox:
         """The server-side tools these options describe (checked here, at construction)."""
@@ -63,6 +68,9 @@ class APIOptions:
             object.__setattr__(self, "allowed_origins", list(self.allowed_origins))
         if self.request_timeout is not None and self.request_timeout <= 0:
             raise ValueError(f"request_timeout must be > 0 seconds or None, got {self.request_timeout}")
+        store, owned = open_response_store(self.response_store)
+        object.__setattr__(self, "response_store", store)
+        object.__setattr__(self, "owns_response_store", owned)
 
 
 def resolve_engine(

@@ -55,9 +55,9 @@ def read_body(environ: WSGIEnvironment, headers: dict[str, str], limit: int) -> 
 
 
 def build_request(
-    environ: WSGIEnvironment, path: str, root_path: str, headers: dict[str, str], body: bytes
+    environ: WSGIEnvironment, path: str, root_path: str, headers: dict[str, str], body: bytes, identity: str
 ) -> Request:
-    """The API's view of a WSGI request whose path relative to the base path is ``path``."""
+    """The API's view of a WSGI request whose path relative to the base path is ``path``, let in as ``identity``."""
     return Request(
         method=environ["REQUEST_METHOD"],
         path=path,
@@ -66,6 +66,7 @@ def build_request(
         query_string=environ.get("QUERY_STRING", "").encode("latin-1"),
         body=body,
         client=client_address(environ),
+        identity=identity,
     )
 
 

@@ -58,6 +58,13 @@ class CPUPool:
         call = partial(contextvars.copy_context().run, fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self._running_executor(), call)
 
+    def shutdown(self) -> None:
+        """Wait for the calls in progress and stop the threads; a later call makes new ones."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None and self._pid == os.getpid():
+            executor.shutdown(wait=True)
+
 
 #: The process's pool for request-sized CPU work.
 cpu_pool = CPUPool()

@@ -12,8 +12,9 @@ from .http import Request
 
 T = TypeVar("T")
 
-# msgspec ends a validation message with " - at `$.messages[0].role`".
-_PATH_SUFFIX = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+# msgspec ends a validation message with " - at `$.messages[0].role`" (" - at `key` in `$.metadata`" for a
+# mapping's key).
+_PATH_SUFFIX = re.compile(r" - at (?:`key` in )?`\$\.?(?P<path>[^`]*)`$")
 # ... or names a missing field of the top-level object: "Object missing required field `messages`".
 _MISSING_FIELD = re.compile(r"missing required field `(?P<field>[^`]+)`")
 

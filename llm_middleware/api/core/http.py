@@ -13,13 +13,21 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 
+#: The identity of a request made without a credential of its own: every request of an open API, a
+#: public path reached without a key, and an ``authorize`` that answers plain True.
+ANONYMOUS = "anonymous"
+
+
 @dataclass(slots=True)
 class Request:
     """An HTTP request under the API's base path.
 
     ``path`` is relative to the base path (``/v1/models``); ``root_path`` is everything in
     front of it (the server's root path plus the base path), for building absolute URLs.
-    Header names are lower-case.
+    Header names are lower-case.  ``identity`` names the credential the request was let in with
+    (whatever it owns, such as stored responses, is visible to that identity only): ``"key:"``
+    and a SHA-256 digest of its API key, ``"user:"`` and what ``authorize`` returned, or
+    :data:`ANONYMOUS`.
     """
 
     method: str
@@ -29,6 +37,7 @@ class Request:
     query_string: bytes = b""
     body: bytes = b""
     client: tuple[str, int] | None = None
+    identity: str = ANONYMOUS
 
 
 class BodyStream(Protocol):

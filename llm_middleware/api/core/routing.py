@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -15,7 +16,8 @@ Handler = Callable[[Request, str], Awaitable[Response]]
 
 @dataclass(slots=True, frozen=True)
 class Route:
-    """One endpoint.  ``path`` ending in ``/`` (with ``prefix=True``) matches every path below it.
+    """One endpoint.  ``path`` ending in ``/`` (with ``prefix=True``) matches every path below it;
+    a ``{name}`` segment matches any one segment (:func:`path_params` reads it).
 
     ``id_prefix`` starts generated request ids (``chatcmpl-``), which become the response's ``id``.
     ``request_type``/``response_type``/``stream_type`` are the body Structs, for the OpenAPI document;
@@ -57,6 +59,16 @@ class NotFoundError(LLMError):
     code = "not_found"
 
 
+def _pattern(path: str) -> re.Pattern[str]:
+    return re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(path)))
+
+
+def path_params(template: str, path: str) -> dict[str, str]:
+    """The ``{name}`` segments of ``template`` as ``path`` fills them (empty when it does not match)."""
+    match = _pattern(template).fullmatch(path)
+    return match.groupdict() if match else {}
+
+
 class Router:
     """Finds the route of a request: exact paths by lookup, then the prefix routes in order."""
 
@@ -64,6 +76,7 @@ class Router:
         self.routes = list(routes)
         self._exact: dict[tuple[str, str], Route] = {(r.method, r.path): r for r in routes if not r.prefix}
         self._prefixes = [r for r in routes if r.prefix]
+        self._templates = [(r, _pattern(r.path)) for r in routes if not r.prefix and "{" in r.path]
         self._methods: dict[str, list[str]] = {}
         for r in routes:
             self._methods.setdefault(r.path, []).append(r.method)
@@ -74,6 +87,11 @@ class Router:
         if route is not None:
             return route
         methods = self._methods.get(path)
+        for candidate, pattern in self._templates:
+            if pattern.fullmatch(path):
+                if candidate.method == method:
+                    return candidate
+                methods = self._methods[candidate.path]
         for candidate in self._prefixes:
             if path.startswith(candidate.path):  # with an empty parameter too: the handler says what is missing
                 if candidate.method == method:
@@ -88,6 +106,9 @@ class Router:
         (``/v1/models/{model}``); None for an unknown path.  A label of low cardinality for metrics."""
         if path in self._methods:
             return path
+        for candidate, pattern in self._templates:
+            if pattern.fullmatch(path):
+                return candidate.path
         for candidate in self._prefixes:
             if path.startswith(candidate.path):
                 return candidate.path + "{" + (candidate.param_name or "id") + "}"

@@ -1,24 +1,35 @@
 """Who may call the API: API keys, a check of the host app's own, and paths left public.
 
 A request passes when its path is public, when it carries one of ``api_keys``, or when
-``authorize`` returns true for it: either credential is enough, so browser users of the host
-app (a session cookie, checked by ``authorize``) and scripts (a key) share one API.
-With neither ``api_keys`` nor ``authorize`` the API is open.
+``authorize`` lets it in: either credential is enough, so browser users of the host app (a
+session cookie, checked by ``authorize``) and scripts (a key) share one API.  With neither
+``api_keys`` nor ``authorize`` the API is open.
+
+A request that passes has an identity, which owns what it stores (stored responses): a digest
+of its API key, or what ``authorize`` returned, or anonymous (see :func:`key_identity`,
+:func:`authorized_identity`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from ...api.core.errors import HTTPError
+from ...api.core.http import ANONYMOUS
 from ...request_info import RequestInfo
 from ...runtime.cpu_pool import run_cpu
 
 
-#: ``authorize(info)`` returns (or, when async, resolves to) True to let the request in.
-Authorize = Callable[[RequestInfo], bool | Awaitable[bool]]
+#: ``authorize(info)`` returns (or, when async, resolves to) the caller's identity: a non-empty string
+#: (or another object with a ``str`` of its own) lets the request in as that identity, True lets it
+#: in anonymously, anything false refuses it.
+Authorize = Callable[[RequestInfo], object | Awaitable[object]]
+
+# Keeps the digests of API keys apart from digests of the same bytes made for any other purpose.
+_KEY_DIGEST_PREFIX = b"llm_middleware api key\x00"
 
 
 class AuthenticationError(HTTPError):
@@ -33,6 +44,33 @@ class AuthenticationError(HTTPError):
             "Missing or invalid API key. Send it as 'Authorization: Bearer <key>' or in an 'x-api-key' header.",
             headers=[("www-authenticate", "Bearer")],
         )
+
+
+def key_identity(key: str) -> str:
+    """The identity of requests made with the API key ``key``: ``"key:"`` and a SHA-256 digest, so
+    that what is stored under it never reveals the key."""
+    return "key:" + hashlib.sha256(_KEY_DIGEST_PREFIX + key.encode()).hexdigest()
+
+
+def authorized_identity(verdict: object) -> str | None:
+    """The identity an ``authorize`` verdict gives its request; None when it refuses the request.
+
+    True is :data:`ANONYMOUS`; a false value (False, None, ``""``) refuses; a string is the
+    identity ``"user:" + verdict``, and any other object is taken by its ``str``, which must be
+    its own (the default ``<object at 0x...>`` differs from one request to the next).
+    """
+    if verdict is True:
+        return ANONYMOUS
+    if isinstance(verdict, bool) or not verdict:
+        return None
+    if isinstance(verdict, str):
+        return "user:" + verdict
+    if type(verdict).__str__ is object.__str__ and type(verdict).__repr__ is object.__repr__:
+        raise TypeError(
+            f"authorize returned a {type(verdict).__name__} without a str of its own: return True, "
+            "False, or a string naming the caller"
+        )
+    return "user:" + str(verdict)
 
 
 def _presented_keys(headers: Mapping[str, str]) -> list[str]:
@@ -56,7 +94,7 @@ class Authenticator:
         if any(not key.strip() for key in keys):
             # An empty key would let in every request that sends "Bearer " with nothing after it.
             raise ValueError("api_keys must not contain empty keys")
-        self._keys = [key.encode() for key in keys]
+        self._keys = [(key.encode(), key_identity(key)) for key in keys]
         self._authorize = authorize
         # A synchronous authorize (a database lookup, say) runs on the CPU pool, off the event loop.
         self._authorize_is_async = inspect.iscoroutinefunction(authorize) or inspect.iscoroutinefunction(
@@ -73,34 +111,51 @@ class Authenticator:
         """True for a path (relative to the base path) that needs no credentials."""
         return path in self.public_paths
 
-    def has_valid_key(self, headers: Mapping[str, str]) -> bool:
-        """True when the request carries one of the API keys.
+    def key_identity(self, headers: Mapping[str, str]) -> str | None:
+        """The identity of the first valid API key the request carries; None when it carries none.
 
         Every presented key is compared with every configured key in constant time, so the
         time taken says nothing about how much of a key was right.
         """
-        valid = False
+        found = None
         for presented in _presented_keys(headers):
             # Header values are bytes carried as latin-1: compare the bytes the client sent.
             raw = presented.encode("latin-1", "replace")
-            for key in self._keys:
-                valid |= hmac.compare_digest(raw, key)
-        return valid
+            for key, identity in self._keys:
+                if hmac.compare_digest(raw, key) and found is None:
+                    found = identity
+        return found
 
-    async def allows(self, info: RequestInfo) -> bool:
-        """True when ``info`` may reach the API (an API key or ``authorize``, either one)."""
-        if not self.enabled or self.is_public(info.path):
-            return True
-        if self._keys and self.has_valid_key(info.headers):
-            return True
+    def has_valid_key(self, headers: Mapping[str, str]) -> bool:
+        """True when the request carries one of the API keys."""
+        return self.key_identity(headers) is not None
+
+    async def identify(self, info: RequestInfo) -> str | None:
+        """The identity ``info`` reaches the API with; None when it may not.
+
+        A valid key decides without asking ``authorize`` (and names the caller on a public path
+        too); a public path without one, and every request of an open API, are anonymous.
+        """
+        if not self.enabled:
+            return ANONYMOUS
+        if self._keys and (identity := self.key_identity(info.headers)) is not None:
+            return identity
+        if self.is_public(info.path):
+            return ANONYMOUS
         if self._authorize is None:
-            return False
+            return None
         verdict = self._authorize(info) if self._authorize_is_async else await run_cpu(self._authorize, info)
         if inspect.isawaitable(verdict):
             verdict = await verdict
-        return verdict is True
+        return authorized_identity(verdict)
 
-    async def check(self, info: RequestInfo) -> None:
-        """Raise :class:`AuthenticationError` unless ``info`` may reach the API."""
-        if not await self.allows(info):
+    async def allows(self, info: RequestInfo) -> bool:
+        """True when ``info`` may reach the API (an API key or ``authorize``, either one)."""
+        return await self.identify(info) is not None
+
+    async def check(self, info: RequestInfo) -> str:
+        """The identity ``info`` reaches the API with; raise :class:`AuthenticationError` if it may not."""
+        identity = await self.identify(info)
+        if identity is None:
             raise AuthenticationError
+        return identity
