@@ -62,7 +62,7 @@ def launch(args: list[str], port: int, env: Mapping[str, str]) -> subprocess.Pop
     )
 
 
-def wait_until_up(url: str, process: subprocess.Popen[bytes], path: str = "/ai/health", timeout: float = 120) -> None:
+def wait_until_up(url: str, process: subprocess.Popen[bytes], path: str = "/ai/health", timeout: float = 300) -> None:
     """Return once ``url + path`` answers 200; raise with the server's stderr if it exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
