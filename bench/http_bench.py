@@ -223,7 +223,8 @@ def stream_workload(url: str, jobs: list[Any], new_tokens: int, processes: int =
     """Figures of ``jobs`` (prompts, or conversations with ``tokenizer_path``) run at once as streams.
 
     ``ttft_ms_*`` are over every request; for conversations ``later_ttft_ms_p50`` is over the turns after
-    the first, and ``total_s`` is the time until the last stream's last turn ended.
+    the first, ``total_s`` is the time until the last stream's last turn ended, and ``completion_tokens``
+    counts every turn's answer.
     """
     if processes == 1:
         outcomes = [asyncio.run(_streams(url, jobs, new_tokens, None, tokenizer_path))]
@@ -251,7 +252,8 @@ def stream_workload(url: str, jobs: list[Any], new_tokens: int, processes: int =
     }
     if tokenizer_path is not None:
         later = [r[0] * 1000 for stream in streams for r in stream[1:]]
-        figures.update(later_ttft_ms_p50=round(percentile(later, 0.5), 1), total_s=round(elapsed, 2))
+        figures.update(later_ttft_ms_p50=round(percentile(later, 0.5), 1), total_s=round(elapsed, 2),
+                       completion_tokens=sum(r[2] for r in results))
     return figures
 
 

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,4 +59,4 @@ def test_http_bench_smoke_runs_the_prefix_workloads_with_the_cache_on_and_off() 
         assert (0 < line["cached_prompt_share"] < 1) if line["prefix_cache"] == "on" else line["cached_prompt_share"] == 0
         if line["workload"] == "multi_turn":
             assert line["turns"] == 2 and 0 < line["later_ttft_ms_p50"]
-            assert line["tokens_per_s"] * line["total_s"] == pytest.approx(2 * 2 * 8, rel=0.02)  # streams x turns x tokens
+            assert line["completion_tokens"] == 2 * 2 * 8 and line["total_s"] > 0  # streams x turns x new tokens
