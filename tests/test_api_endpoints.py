@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import html
 import json
 import math
+import re
 import struct
 from pathlib import Path
 
@@ -12,6 +15,8 @@ import pytest
 
 from llm_middleware.api.app import API
 from llm_middleware.api.core.http import Request
+from llm_middleware.api import docs
+from llm_middleware.api.docs import SwaggerUIMissingError, swagger_ui_dir
 from llm_middleware.engine import Engine
 from llm_middleware.errors import EngineNotReadyError
 
@@ -97,10 +102,55 @@ async def test_openapi_and_swagger(api, api_engine) -> None:
     request_ref = doc["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     name = request_ref["$ref"].rsplit("/", 1)[1]
     assert "messages" in doc["components"]["schemas"][name]["properties"]
-    page = await api.handle(Request("GET", "/docs", "/shop/ai", {}))
-    assert page.status == 200 and b"/shop/ai/openapi.json" in page.body and b"swagger-ui" in page.body
     bare = API(api_engine, include_docs=False)
     assert (await bare.handle(Request("GET", "/docs", "/ai", {}))).status == 404
+
+
+def _urls(page: bytes, tag: str, attribute: str) -> list[str]:
+    """The URLs in ``attribute`` of every ``tag`` element of ``page``."""
+    return [html.unescape(url) for url in re.findall(rf'<{tag} [^>]*{attribute}="([^"]+)"', page.decode())]
+
+
+async def test_swagger_ui_is_served_from_the_package_unless_a_cdn_is_chosen(api, api_engine) -> None:
+    page = await api.handle(Request("GET", "/docs", "/shop/ai", {}))
+    assert page.status == 200 and b'url: "/shop/ai/openapi.json"' in page.body
+    assets = _urls(page.body, "script", "src") + _urls(page.body, "link", "href")
+    assert len(assets) == 2 and all(url.startswith("/shop/ai/docs?asset=") for url in assets)
+    folder = swagger_ui_dir()
+    for url in assets:
+        path, query = url.split("?", 1)
+        asset = await api.handle(Request("GET", path.removeprefix("/shop/ai"), "/shop/ai", {}, query.encode()))
+        name = query.split("&")[0].removeprefix("asset=")
+        assert asset.status == 200 and asset.body == (folder / name).read_bytes()
+        assert asset.headers[0][1].startswith("text/javascript" if name.endswith(".js") else "text/css")
+    unknown = await api.handle(Request("GET", "/docs", "/ai", {}, b"asset=../../etc/passwd"))
+    assert unknown.status == 404 and b"passwd" not in unknown.body
+    cdn = await API(api_engine, docs_cdn="https://cdn.example/swagger-ui-dist@5/").handle(Request("GET", "/docs", "/ai", {}))
+    assert _urls(cdn.body, "script", "src") == ["https://cdn.example/swagger-ui-dist@5/swagger-ui-bundle.js"]
+    assert _urls(cdn.body, "link", "href") == ["https://cdn.example/swagger-ui-dist@5/swagger-ui.css"]
+    assert (await API(api_engine, docs_cdn="https://cdn.example").handle(
+        Request("GET", "/docs", "/ai", {}, b"asset=swagger-ui.css"))).status == 404
+
+
+def test_docs_without_swagger_ui_installed_say_what_to_do(api_engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(docs, "_ASSET_PACKAGE", "swagger_ui_not_installed")
+    with pytest.raises(SwaggerUIMissingError, match="pip install swagger-ui-py"):
+        API(api_engine)
+    API(api_engine, docs_cdn=docs.SWAGGER_UI_CDN)  # a CDN, or no docs, needs no package
+    API(api_engine, include_docs=False)
+
+
+async def test_playground_page_is_opt_in_and_self_contained(api, api_engine) -> None:
+    assert (await api.handle(Request("GET", "/playground", "/ai", {}))).status == 404
+    page = await API(api_engine, include_playground=True).handle(Request("GET", "/playground", '/a"<b>', {}))
+    headers = dict(page.headers)
+    assert page.status == 200 and headers["content-type"].startswith("text/html")
+    assert b'data-root="/a&quot;&lt;b&gt;"' in page.body  # the root path is escaped into one attribute
+    assert not re.search(rb"(src|href)=", page.body)  # nothing loaded from elsewhere
+    policy = headers["content-security-policy"]
+    script = re.search(rb"<script>(.*?)</script>", page.body, re.DOTALL).group(1)
+    digest = base64.b64encode(hashlib.sha256(script).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in policy and "connect-src 'self'" in policy
 
 
 async def test_dispatch_errors(call_api) -> None:

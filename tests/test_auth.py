@@ -21,7 +21,8 @@ from llm_middleware.cli import api_keys as cli_api_keys
 from llm_middleware.engine.engine import Engine
 from llm_middleware.integrations.litestar import LLMPlugin
 from llm_middleware.middleware import LLMMiddleware, RequestInfo
-from llm_middleware.middleware.policy.auth import Authenticator, request_info
+from llm_middleware.middleware.policy.auth import Authenticator
+from llm_middleware.request_info import request_info
 
 KEY = "sk-secret-1"
 API_KEY, SESSION = "sk-server-key", "valid-session"
@@ -203,3 +204,16 @@ def test_openai_sdk_sees_an_authentication_error(secured_url: str) -> None:
         ask("sk-wrong")
     assert info.value.code == "invalid_api_key"
     assert ask(API_KEY).usage.completion_tokens == 2
+
+
+def test_pages_are_behind_the_keys_unless_public(engine: Engine) -> None:
+    secured = LLMPlugin(engine=engine, api_keys=[KEY], include_playground=True)
+    with TestClient(Litestar([], plugins=[secured])) as client:
+        for page in ("/ai/playground", "/ai/docs", "/ai/openapi.json"):
+            refused = client.get(page)
+            assert_401(refused.status_code, dict(refused.headers), refused.content)
+            assert client.get(page, headers=dict(bearer(KEY))).status_code == 200
+    opened = LLMPlugin(engine=engine, api_keys=[KEY], include_playground=True, public_paths=["/playground"])
+    with TestClient(Litestar([], plugins=[opened])) as client:
+        assert client.get("/ai/playground").status_code == 200
+        assert client.get("/ai/v1/models").status_code == 401  # what the page calls still needs the key

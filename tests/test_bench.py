@@ -59,4 +59,4 @@ def test_http_bench_smoke_runs_the_prefix_workloads_with_the_cache_on_and_off() 
         assert (0 < line["cached_prompt_share"] < 1) if line["prefix_cache"] == "on" else line["cached_prompt_share"] == 0
         if line["workload"] == "multi_turn":
             assert line["turns"] == 2 and 0 < line["later_ttft_ms_p50"]
-            assert line["completion_tokens"] == 2 * 2 * 8 and line["total_s"] > 0  # streams x turns x new tokens
+            assert line["tokens"] == 2 * 2 * 8  # streams x turns x new tokens

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llm_middleware.api.docs import SWAGGER_UI_CDN
 from llm_middleware.cli import build_parser
 
 
@@ -28,6 +29,27 @@ def test_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     for option in ("--model", "--demo", "--base-path", "--host", "--port", "--quantize", "--max-batch-size",
                    "--api-key", "--public-path", "--request-timeout", "--drain-timeout"):
         assert option in text
+
+
+def test_help_groups_the_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    text = capsys.readouterr().out
+    headings = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert headings == ["options", "model", "server", "access", "timeouts", "pages"]
+    pages = text[text.index("\npages:"):]
+    assert all(option in pages for option in ("--playground", "--docs-offline", "--docs-cdn", "--no-docs"))
+
+
+def test_page_options() -> None:
+    parse = build_parser().parse_args
+    default = parse(["serve", "--demo"])
+    assert (getattr(default, "docs", "offline"), default.docs_cdn, default.playground) == ("offline", None, False)
+    assert parse(["serve", "--demo", "--docs-cdn"]).docs_cdn == SWAGGER_UI_CDN
+    assert parse(["serve", "--demo", "--docs-cdn", "https://cdn.example/ui"]).docs_cdn == "https://cdn.example/ui"
+    assert parse(["serve", "--demo", "--no-docs", "--playground"]).docs == "off"
+    with pytest.raises(SystemExit):
+        parse(["serve", "--demo", "--docs-offline", "--docs-cdn"])
 
 
 def test_model_or_demo_is_required() -> None:

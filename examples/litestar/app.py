@@ -1,7 +1,8 @@
 """A Litestar app with its own routes and an OpenAI-compatible API under ``/ai``.
 
 Run it with ``hypercorn examples.litestar.app:app`` (or ``litestar --app examples.litestar.app:app run``).
-The plugin mounts the API and ties the engine to the app's lifespan.
+The plugin mounts the API, ties the engine to the app's lifespan and lists the API's operations
+in Litestar's own OpenAPI document (``/schema``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from litestar import Litestar, MediaType, get, post
 from examples._model import model_path, summary_messages
 from llm_middleware.integrations.litestar import LLMPlugin
 
-llm = LLMPlugin(base_path="/ai", model=model_path())
+llm = LLMPlugin(base_path="/ai", model=model_path(), include_in_schema=True)  # the API in /schema too
 
 
 @get("/", media_type=MediaType.HTML)

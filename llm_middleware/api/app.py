@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import re
 import uuid
-from functools import partial
-from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING
+from functools import cached_property, partial
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LLMError
+from ..tools.toolbox import ToolBox
+from .anthropic.errors import exception_response as anthropic_exception_response
+from .anthropic.routes import MESSAGES_PATH, anthropic_routes
 from .core.errors import ErrorRenderer
 from .core.forwarding import AnswerReader
 from .core.http import Request, Response
 from .core.routing import Route, Router
-from .docs import openapi_document, openapi_handler, swagger_ui
+from .docs import SwaggerUI, distribution_version, openapi_document, openapi_handler
 from .openai.chat import chat_completions
 from .openai.completions import completions
 from .openai.embeddings import embeddings
@@ -27,6 +29,7 @@ from .openai.types.completions import CompletionRequest, TextCompletion
 from .openai.types.embeddings import EmbeddingList, EmbeddingRequest
 from .openai.types.server import HealthStatus, ModelCard, ModelList
 from .openai.types.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from .playground import playground
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
@@ -35,17 +38,10 @@ if TYPE_CHECKING:
 _VALID_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
 
 
-def _package_version() -> str:
-    try:
-        return version("llm_middleware")
-    except PackageNotFoundError:
-        return "0"
-
-
-def openai_routes(engine: Engine) -> list[Route]:
-    """OpenAI's routes (and the server's own: tokenize, health) over ``engine``."""
+def openai_routes(engine: Engine, tools: ToolBox | None = None) -> list[Route]:
+    """OpenAI's routes (and the server's own: tokenize, health) over ``engine``, chat with the server's ``tools``."""
     return [
-        Route("POST", "/v1/chat/completions", partial(chat_completions, engine), "Create a chat completion",
+        Route("POST", "/v1/chat/completions", partial(chat_completions, engine, tools=tools), "Create a chat completion",
               id_prefix="chatcmpl-", request_type=ChatCompletionRequest, response_type=ChatCompletion,
               stream_type=ChatCompletionChunk),
         Route("POST", "/v1/completions", partial(completions, engine), "Create a text completion",
@@ -68,29 +64,52 @@ class API:
     """The API's endpoints over one :class:`~llm_middleware.engine.Engine`.
 
     ``base_path`` is where the API is mounted; the docs fall back to it for their server URL
-    when a request carries no root path.  ``include_docs`` serves ``/openapi.json`` and ``/docs``.
+    when a request carries no root path.  ``include_docs`` serves ``/openapi.json`` and ``/docs``
+    (Swagger UI from the installed ``swagger-ui-py`` package, or from ``docs_cdn`` when given);
+    ``include_playground`` serves ``/playground``; ``tools`` are the tools the server runs itself.
     """
 
     #: How the middleware answers the failures it finds itself (a refused key, a body too large).
     render_error: ErrorRenderer = staticmethod(exception_response)
+    #: Paths (and the paths below them) whose failures are answered in another protocol's error shape.
+    error_shapes: tuple[tuple[str, ErrorRenderer], ...] = ((MESSAGES_PATH, anthropic_exception_response),)
     #: How the middleware's metrics read the answers of an engine that relays whole requests.
     read_forwarded: AnswerReader = staticmethod(read_answer)
 
-    def __init__(self, engine: Engine, *, base_path: str = "/ai", include_docs: bool = True) -> None:
+    def __init__(self, engine: Engine, *, base_path: str = "/ai", include_docs: bool = True,
+                 docs_cdn: str | None = None, include_playground: bool = False, tools: ToolBox | None = None) -> None:
         self.engine = engine
+        self.tools = tools if tools is not None else ToolBox()
         self.base_path = base_path
-        routes = openai_routes(engine)
+        routes = openai_routes(engine, self.tools)
         if isinstance(engine, ForwardingEngine):  # e.g. RemoteEngine: upstream servers answer OpenAI requests
-            routes = forwarding_routes(routes, engine)
+            # Chat stays here when the server runs tools: the loop runs where the tools are.
+            routes = forwarding_routes(routes, engine, keep={"/v1/chat/completions"} if self.tools else set())
+        routes += anthropic_routes(engine)
+        self._operations = list(routes)
         if include_docs:
-            document = openapi_document(
-                routes, title="llm_middleware OpenAI-compatible API", version=_package_version(), error_type=ErrorBody
-            )
             routes += [
-                Route("GET", "/openapi.json", openapi_handler(document, base_path), "The OpenAPI document"),
-                Route("GET", "/docs", swagger_ui, "Interactive API docs"),
+                Route("GET", "/openapi.json", openapi_handler(self.openapi, base_path), "The OpenAPI document"),
+                Route("GET", "/docs", SwaggerUI(docs_cdn), "Interactive API docs"),
             ]
+        if include_playground:
+            routes.append(Route("GET", "/playground", playground, "A page to try the API from a browser"))
         self._router = Router(routes)
+
+    def error_renderer(self, path: str) -> ErrorRenderer:
+        """How failures of a request for ``path`` are answered: in the error shape of the protocol it speaks."""
+        for prefix, render in self.error_shapes:
+            if path == prefix or path.startswith(prefix + "/"):
+                return render
+        return self.render_error
+
+    @cached_property
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI document of the API's operations, paths relative to the base path, without ``servers``."""
+        return openapi_document(
+            self._operations, title="llm_middleware OpenAI-compatible API",
+            version=distribution_version("llm_middleware"), error_type=ErrorBody,
+        )
 
     def route_path(self, path: str) -> str | None:
         """The path of the route serving ``path``, with parameters as placeholders
@@ -100,10 +119,11 @@ class API:
     async def handle(self, request: Request) -> Response:
         """Answer ``request``; never raises (every failure becomes an error response)."""
         route: Route | None = None
+        render_error = self.error_renderer(request.path)
         try:
             route = self._router.find(request.method, request.path)
         except LLMError as exc:
-            response = self.render_error(exc)
+            response = render_error(exc)
         incoming = request.headers.get("x-request-id")
         if incoming is not None and _VALID_REQUEST_ID.fullmatch(incoming):
             request_id = incoming
@@ -113,6 +133,6 @@ class API:
             try:
                 response = await route.handler(request, request_id)
             except Exception as exc:
-                response = self.render_error(exc)
+                response = render_error(exc)
         response.headers.append(("x-request-id", request_id))
         return response

@@ -44,10 +44,12 @@ class ToolCallMade:
 @dataclass(slots=True, frozen=True)
 class ChoiceDone:
     """A choice ended: ``stop`` (end of text or a stop sequence), ``length`` (token limit) or
-    ``tool_calls`` (it stopped after making calls)."""
+    ``tool_calls`` (it stopped after making calls).  ``stop_sequence`` is the stop string that ended
+    it, where one did."""
 
     index: int
     finish_reason: str
+    stop_sequence: str | None = None
 
 
 @dataclass(slots=True, frozen=True)

@@ -69,7 +69,7 @@ class TurnSplitter:
                 events.append(TextDelta(index, "", delta.logprobs))
         if last:
             made_calls = choice.calls is not None and choice.calls.made_calls
-            events.append(ChoiceDone(index, finish_reason(delta.finish_reason, made_calls)))
+            events.append(ChoiceDone(index, finish_reason(delta.finish_reason, made_calls), delta.stop))
         if delta.usage is not None:
             events.append(TurnUsage(delta.usage.prompt_tokens, delta.usage.completion_tokens, delta.usage.cached_tokens))
         return events
@@ -118,7 +118,8 @@ async def stream_turn(engine: EngineAPI, prepared: PreparedTurn) -> TurnStream:
 @dataclass(slots=True)
 class ChoiceAnswer:
     """One whole choice: its reasoning (None when it wrote none), its answer text (None when it only
-    made calls), its tool calls, why it finished, and its tokens' log-probabilities when asked for."""
+    made calls), its tool calls, why it finished (and the stop string that ended it, if one did), and its
+    tokens' log-probabilities when asked for."""
 
     index: int
     reasoning: str | None = None
@@ -126,6 +127,7 @@ class ChoiceAnswer:
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish_reason: str = "stop"
     logprobs: list[TokenLogprob] | None = None
+    stop_sequence: str | None = None
 
 
 @dataclass(slots=True)
@@ -149,6 +151,7 @@ def gather(events: list[TurnEvent]) -> TurnAnswer:
         choice = choices.get(event.index) or choices.setdefault(event.index, ChoiceAnswer(event.index))
         if isinstance(event, ChoiceDone):
             choice.finish_reason = event.finish_reason
+            choice.stop_sequence = event.stop_sequence
             continue
         if event.logprobs is not None:
             choice.logprobs = [*(choice.logprobs or ()), *event.logprobs]
@@ -177,7 +180,7 @@ async def answer_turn(engine: EngineAPI, prepared: PreparedTurn) -> TurnAnswer:
     events: list[TurnEvent] = []
     for choice in completion.choices:
         events += splitter.on_delta(Delta(choice.index, choice.text, choice.token_ids, choice.logprobs,
-                                          choice.finish_reason))
+                                          choice.finish_reason, stop=choice.stop))
     events.append(TurnUsage(completion.usage.prompt_tokens, completion.usage.completion_tokens,
                             completion.usage.cached_tokens))
     return gather(events)

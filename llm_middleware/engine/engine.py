@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import EngineNotReadyError, InvalidRequestError
 from ..runtime.cpu_pool import run_cpu
 from .delivery import AsyncSink
-from .interface import EngineAPI, EngineState, Task
+from .interface import EngineAPI, EngineState, Task, runs_server_tools
 from .outputs import Completion, Delta, Embeddings, ModelInfo
 from .registry import ModelRegistry, ServedModel
 from .sampling_params import SamplingParams
@@ -176,6 +176,7 @@ class Engine(EngineAPI):
         ids = await run_cpu(worker.text.prompt_ids, prompt)
         return await self._whole(worker, ids, SamplingParams.from_options(sampling), request_id)
 
+    @runs_server_tools
     async def chat(self, messages: list[dict[str, Any]], *, model: str | None = None,
                    tools: list[dict[str, Any]] | None = None, chat_template_kwargs: dict[str, Any] | None = None,
                    request_id: str | None = None, **sampling: Any) -> Completion:

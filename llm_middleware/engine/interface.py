@@ -8,7 +8,8 @@ until it returns.  Streams are relayed item by item; closing a sync stream cance
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, ClassVar, Literal
 
 from ..runtime.loop_thread import LoopThread
@@ -17,7 +18,24 @@ from .outputs import Completion, Delta, Embeddings, ModelInfo
 from .text.reasoning import ReasoningFormat
 
 EngineState = Literal["stopped", "loading", "ready", "failed", "stopping"]
+ChatMethod = Callable[..., Awaitable[Completion]]
 Task = Literal["generate", "embed"]
+
+
+def runs_server_tools(chat: ChatMethod) -> ChatMethod:
+    """Let an engine's ``chat`` take Python functions (or ``Tool`` objects) as ``tools``: the server-side tool
+    loop then runs them and answers, its rounds calling the engine with plain tool descriptions."""
+
+    @functools.wraps(chat)
+    async def chat_with_host_tools(self: EngineAPI, messages: list[dict[str, Any]], *,
+                                   tools: list[Any] | None = None, **options: Any) -> Completion:
+        if tools and any(not isinstance(tool, Mapping) for tool in tools):
+            from ..conversation.tool_loop import chat_with_tools  # the loop sits above the engine it drives
+
+            return await chat_with_tools(self, messages, tools, **options)
+        return await chat(self, messages, tools=tools, **options)
+
+    return chat_with_host_tools
 
 
 class EngineAPI(ABC):
@@ -103,7 +121,10 @@ class EngineAPI(ABC):
     async def chat(self, messages: list[dict[str, Any]], *, model: str | None = None,
                    tools: list[dict[str, Any]] | None = None, chat_template_kwargs: dict[str, Any] | None = None,
                    request_id: str | None = None, **sampling: Any) -> Completion:
-        """The assistant's whole reply to ``messages``."""
+        """The assistant's whole reply to ``messages``.  ``tools`` are OpenAI-style tool dicts (the reply's
+        text holds the model's calls), or Python functions and :class:`~llm_middleware.Tool` objects that the
+        server runs in its tool loop (``max_tool_rounds``, ``tool_timeout`` and ``tool_permission`` as for
+        the middleware); then the reply is the final answer and usage sums every round."""
 
     @abstractmethod
     def stream_complete(self, prompt: str | list[int], *, model: str | None = None,

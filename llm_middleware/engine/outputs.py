@@ -57,8 +57,8 @@ class Delta:
     """A piece of one choice's output, as streamed.
 
     ``text`` is always whole UTF-8 characters and never contains a stop string.  The last
-    delta of a choice has ``finish_reason`` set; the last delta of the whole request (after
-    every choice finished) carries ``usage``.
+    delta of a choice has ``finish_reason`` set (and ``stop``, the stop string, when one ended
+    it); the last delta of the whole request (after every choice finished) carries ``usage``.
     """
 
     index: int
@@ -67,6 +67,7 @@ class Delta:
     logprobs: list[TokenLogprob] | None = None
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    stop: str | None = None
 
     def followed_by(self, later: Delta) -> Delta:
         """This delta and the next one of the same choice, as one."""
@@ -74,7 +75,7 @@ class Delta:
         if self.logprobs is not None or later.logprobs is not None:
             logprobs = [*(self.logprobs or ()), *(later.logprobs or ())]
         return Delta(self.index, self.text + later.text, self.token_ids + later.token_ids, logprobs,
-                     later.finish_reason, later.usage)
+                     later.finish_reason, later.usage, later.stop)
 
 
 @dataclass(slots=True)
@@ -86,6 +87,7 @@ class Choice:
     token_ids: list[int]
     finish_reason: FinishReason
     logprobs: list[TokenLogprob] | None = None
+    stop: str | None = None  # the stop string that ended the text, if one did
 
 
 @dataclass(slots=True)
@@ -110,6 +112,7 @@ class Completion:
         ids: dict[int, list[int]] = {}
         logprobs: dict[int, list[TokenLogprob]] = {}
         reasons: dict[int, FinishReason] = {}
+        stops: dict[int, str] = {}
         usage = Usage(len(prompt_ids), 0)
         for d in deltas:
             texts.setdefault(d.index, []).append(d.text)
@@ -118,10 +121,13 @@ class Completion:
                 logprobs.setdefault(d.index, []).extend(d.logprobs)
             if d.finish_reason is not None:
                 reasons[d.index] = d.finish_reason
+            if d.stop is not None:
+                stops[d.index] = d.stop
             if d.usage is not None:
                 usage = d.usage
         choices = [
-            Choice(index=i, text="".join(texts[i]), token_ids=ids[i], finish_reason=reasons[i], logprobs=logprobs.get(i))
+            Choice(index=i, text="".join(texts[i]), token_ids=ids[i], finish_reason=reasons[i],
+                   logprobs=logprobs.get(i), stop=stops.get(i))
             for i in sorted(texts)
         ]
         return cls(id=request_id, model=model, choices=choices, usage=usage, prompt_token_ids=prompt_ids)

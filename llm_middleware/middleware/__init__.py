@@ -8,6 +8,6 @@ bodies or error shape: the API renders errors and says how its streams end.
 """
 
 from .dispatch import LLMMiddleware
-from .policy.auth import RequestInfo
+from ..request_info import RequestInfo
 
 __all__ = ["LLMMiddleware", "RequestInfo"]

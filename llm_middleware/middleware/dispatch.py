@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from asgiref.typing import ASGIApplication, ASGIReceiveCallable, ASGISendCallable, Scope
 
+from ..tools.mcp import MCPServer
+from ..tools.tool import Tool
+from ..tools.toolbox import DEFAULT_MAX_TOOL_RESULT_SIZE, DEFAULT_MAX_TOOL_ROUNDS, DEFAULT_TOOL_TIMEOUT, ToolPermission
 from .dual_call import mark_coroutine_function
 from .endpoint import APIEndpoint
 from .lifespan import run_lifespan
@@ -46,7 +49,11 @@ class LLMMiddleware:
         allowed_origins: Browser origins allowed to call the API (``["*"]`` for any); None sends
             no CORS headers.
         max_body_size: Largest request body in bytes; larger ones get a 413 without being read.
-        include_docs: Serve ``{base_path}/docs`` and ``{base_path}/openapi.json``.
+        include_docs: Serve ``{base_path}/docs`` (Swagger UI) and ``{base_path}/openapi.json``.
+        docs_cdn: Where the docs page loads Swagger UI from (e.g. ``SWAGGER_UI_CDN``); None serves
+            it from the installed ``swagger-ui-py`` package, so the page works offline.
+        include_playground: Serve ``{base_path}/playground``, a page to chat with the models from a
+            browser (behind the same access rules as every route).
         api_keys: Keys that clients send as ``Authorization: Bearer <key>`` or ``x-api-key``.
         authorize: ``authorize(info) -> bool`` (or an async function): True lets the request in;
             ``info`` has ``method``, ``path`` (relative to ``base_path``), ``headers``, ``client``
@@ -57,6 +64,17 @@ class LLMMiddleware:
             mid-stream) and its engine request cancelled; None for no limit.
         drain_timeout: Seconds that requests in flight get to finish on shutdown, while new
             ones get 503; those still running then end with an error.
+        tools: Functions (or :class:`~llm_middleware.Tool` objects) the model may call, run by the
+            server: offered on every chat request beside the client's own tools.
+        max_tool_rounds: Most rounds of server-side tool calls per request (a request may ask for
+            fewer); then one last generation runs without the server's tools.
+        tool_timeout: Seconds one tool call may take before the model is told it timed out.
+        tool_dispatch_url: Where calls to tools that a client sent (and the server has no function
+            for) are POSTed as ``{"name", "arguments"}``; the answer is the result.
+        mcp_servers: MCP servers whose tools are offered too: URLs (streamable HTTP), commands (lists,
+            spoken to over stdio) or :class:`~llm_middleware.MCPServer` objects.
+        tool_permission: ``tool_permission(call, info) -> bool`` (or async) decides each call.
+        max_tool_result_size: Most characters of a tool's result; a longer one is an error for the model.
         **engine_options: Keyword arguments for the engine built from ``model``.
     """
 
@@ -70,19 +88,31 @@ class LLMMiddleware:
         allowed_origins: Iterable[str] | None = None,
         max_body_size: int = 10 * 2**20,
         include_docs: bool = True,
+        docs_cdn: str | None = None,
+        include_playground: bool = False,
         api_keys: Iterable[str] | None = None,
         authorize: Authorize | None = None,
         public_paths: Iterable[str] = ("/health",),
         request_timeout: float | None = 600.0,
         drain_timeout: float = 30.0,
+        tools: Iterable[Tool | Callable[..., Any]] = (),
+        max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
+        tool_timeout: float = DEFAULT_TOOL_TIMEOUT,
+        tool_dispatch_url: str | None = None,
+        mcp_servers: Iterable[MCPServer | str | Sequence[str]] = (),
+        tool_permission: ToolPermission | None = None,
+        max_tool_result_size: int = DEFAULT_MAX_TOOL_RESULT_SIZE,
         **engine_options: Any,
     ) -> None:
         self.app = app
         self.app_is_asgi = is_asgi_app(app)
         options = APIOptions(
             base_path=base_path, allowed_origins=allowed_origins, max_body_size=max_body_size,
-            include_docs=include_docs, api_keys=api_keys, authorize=authorize, public_paths=public_paths,
-            request_timeout=request_timeout, drain_timeout=drain_timeout,
+            include_docs=include_docs, docs_cdn=docs_cdn, include_playground=include_playground,
+            api_keys=api_keys, authorize=authorize, public_paths=public_paths,
+            request_timeout=request_timeout, drain_timeout=drain_timeout, tools=tools,
+            max_tool_rounds=max_tool_rounds, tool_timeout=tool_timeout, tool_dispatch_url=tool_dispatch_url,
+            mcp_servers=mcp_servers, tool_permission=tool_permission, max_tool_result_size=max_tool_result_size,
         )
         engine, owns_engine = resolve_engine(engine, model, engine_options)
         self.endpoint = APIEndpoint(engine, owns_engine=owns_engine, options=options)

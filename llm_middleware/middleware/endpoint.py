@@ -25,7 +25,9 @@ from .observe.exchange import Exchange, ObservedStream, current_exchange
 from .observe.metrics import Metrics
 from .observe.observed_engine import ObservedEngine
 from .options import APIOptions
-from .policy.auth import Authenticator, request_info
+from ..request_info import request_info
+from ..tools.calls import ToolResult
+from .policy.auth import Authenticator
 from .policy.body_limit import BodyTooLargeError
 from .policy.cors import CORSPolicy
 from .policy.deadline import Deadline, RequestTimeoutError, respond_within
@@ -55,15 +57,23 @@ class APIEndpoint:
         self.max_body_size = options.max_body_size
         self.request_timeout = options.request_timeout
         self.metrics = Metrics(engine)
+        self.tools = options.toolbox()
+        self.tools.observers.append(self._count_tool_call)
         observed = ObservedEngine(engine, self.metrics, API.read_forwarded)
-        self._api = API(observed, base_path=self.base_path, include_docs=options.include_docs)  # type: ignore[arg-type]
-        self._render_error = self._api.render_error
+        self._api = API(
+            observed, base_path=self.base_path, include_docs=options.include_docs,  # type: ignore[arg-type]
+            docs_cdn=options.docs_cdn, include_playground=options.include_playground, tools=self.tools,
+        )
         self._cors = CORSPolicy(options.allowed_origins) if options.allowed_origins is not None else None
         self._auth = Authenticator(options.api_keys, options.authorize, options.public_paths)
         self._drain = Drain(options.drain_timeout)
         self._loop = LoopThread()
         self._start_lock = threading.Lock()
         self._started_in: int | None = None
+
+    def openapi(self) -> dict[str, Any]:
+        """The API's OpenAPI document, paths relative to the base path."""
+        return self._api.openapi
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -75,6 +85,7 @@ class APIEndpoint:
         with self._start_lock:
             if self._started_in != os.getpid():
                 self.engine.start()
+                self.tools.start()
                 self._started_in = os.getpid()
 
     def open(self) -> None:
@@ -82,6 +93,7 @@ class APIEndpoint:
         self._drain.reopen()
         with self._start_lock:
             self.engine.start()
+            self.tools.start()
             self._started_in = os.getpid()
 
     async def drain(self) -> None:
@@ -89,9 +101,14 @@ class APIEndpoint:
         await self._drain.drain()
 
     def shutdown_engine(self) -> None:
-        """Shut the engine down if this endpoint created it; an engine passed in is left to its owner."""
+        """Close the MCP connections, and shut the engine down if this endpoint created it (an engine passed
+        in is left to its owner)."""
+        self.tools.stop()
         if self.owns_engine:
             self.engine.shutdown()
+
+    def _count_tool_call(self, result: ToolResult, round: int, request_id: str) -> None:
+        self.metrics.count_tool_call(self.tools.label(result.name), result.outcome, result.seconds)
 
     async def stop(self) -> None:
         """Drain, then shut down an owned engine: the server is shutting down."""
@@ -125,7 +142,7 @@ class APIEndpoint:
                     raise MethodNotAllowedError(method, METRICS_PATH, ["GET"])
                 return self.metrics.response()
         except Exception as exc:  # a refusal, or the host app's authorize failed (a logged 500)
-            return self._render_error(exc)
+            return self._api.error_renderer(path)(exc)
         return None
 
     async def _respond(self, exchange: Exchange, request: Request) -> Response:
@@ -133,7 +150,7 @@ class APIEndpoint:
         deadline = Deadline(self.request_timeout)
         exchange.deadline = deadline
         self._drain.enter(deadline)
-        return await respond_within(deadline, self._api.handle(request), self._render_error)
+        return await respond_within(deadline, self._api.handle(request), self._api.error_renderer(request.path))
 
     def _finish(self, exchange: Exchange, headers: dict[str, str], response: Response) -> Response:
         """Note what is being sent, add CORS headers, and watch a stream for its end."""
@@ -186,7 +203,7 @@ class APIEndpoint:
                 except asgi.ClientDisconnectedError:
                     return
                 except BodyTooLargeError as exc:
-                    response = self._render_error(exc)
+                    response = self._api.error_renderer(path)(exc)
             if response is not None:
                 await asgi.send_response(send, self._finish(exchange, headers, response))
                 return
@@ -216,7 +233,7 @@ class APIEndpoint:
                 try:
                     body = wsgi.read_body(environ, headers, self.max_body_size)
                 except BodyTooLargeError as exc:
-                    response = self._render_error(exc)
+                    response = self._api.error_renderer(path)(exc)
                 else:
                     request = wsgi.build_request(environ, path, root_path, headers, body)
                     response = self._loop.run(self._respond(exchange, request))

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..tools.mcp import MCPServer
+from ..tools.tool import Tool
+from ..tools.toolbox import (
+    DEFAULT_MAX_TOOL_RESULT_SIZE,
+    DEFAULT_MAX_TOOL_ROUNDS,
+    DEFAULT_TOOL_TIMEOUT,
+    ToolBox,
+    ToolPermission,
+)
 from .paths import normalize_base_path
 from .policy.auth import Authorize
 
@@ -25,11 +34,28 @@ class APIOptions:
     allowed_origins: Iterable[str] | None = None
     max_body_size: int = 10 * 2**20
     include_docs: bool = True
+    docs_cdn: str | None = None
+    include_playground: bool = False
     api_keys: Iterable[str] | None = None
     authorize: Authorize | None = None
     public_paths: Iterable[str] = ("/health",)
     request_timeout: float | None = 600.0
     drain_timeout: float = 30.0
+    tools: Iterable[Tool | Callable[..., Any]] = ()
+    max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS
+    tool_timeout: float = DEFAULT_TOOL_TIMEOUT
+    tool_dispatch_url: str | None = None
+    mcp_servers: Iterable[MCPServer | str | Sequence[str]] = ()
+    tool_permission: ToolPermission | None = None
+    max_tool_result_size: int = DEFAULT_MAX_TOOL_RESULT_SIZE
+
+    def toolbox(self) -> ToolBox:
+        """The server-side tools these options describe (checked here, at construction)."""
+        return ToolBox(
+            self.tools, max_tool_rounds=self.max_tool_rounds, tool_timeout=self.tool_timeout,
+            tool_dispatch_url=self.tool_dispatch_url, mcp_servers=self.mcp_servers,
+            tool_permission=self.tool_permission, max_tool_result_size=self.max_tool_result_size,
+        )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_path", normalize_base_path(self.base_path))

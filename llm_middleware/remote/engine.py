@@ -8,7 +8,7 @@ import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from ..engine.interface import EngineAPI, EngineState
+from ..engine.interface import EngineAPI, EngineState, runs_server_tools
 from ..engine.outputs import Completion, Delta, Embeddings, ModelInfo
 from ..engine.text.reasoning import ReasoningFormat
 from ..errors import EngineNotReadyError, InvalidRequestError
@@ -244,6 +244,7 @@ class RemoteEngine(EngineAPI):
         call = calls.ChatCall(messages, model, tools, chat_template_kwargs, request_id, sampling)
         return self._loop.relay(call.deltas(self._started()))
 
+    @runs_server_tools
     async def chat(self, messages: list[dict[str, Any]], *, model: str | None = None,
                    tools: list[dict[str, Any]] | None = None, chat_template_kwargs: dict[str, Any] | None = None,
                    request_id: str | None = None, **sampling: Any) -> Completion:

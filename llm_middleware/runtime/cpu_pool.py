@@ -32,8 +32,9 @@ THREADS = 8
 class CPUPool:
     """A bounded thread pool, made lazily in each process that uses it."""
 
-    def __init__(self, threads: int = THREADS) -> None:
+    def __init__(self, threads: int = THREADS, name: str = "llm-cpu") -> None:
         self.threads = threads
+        self.name = name
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._pid: int | None = None
@@ -44,7 +45,7 @@ class CPUPool:
             return self._executor
         with self._lock:
             if self._executor is None or self._pid != os.getpid():
-                self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="llm-cpu")
+                self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix=self.name)
                 self._pid = os.getpid()
             return self._executor
 

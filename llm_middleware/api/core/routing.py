@@ -18,7 +18,9 @@ class Route:
     """One endpoint.  ``path`` ending in ``/`` (with ``prefix=True``) matches every path below it.
 
     ``id_prefix`` starts generated request ids (``chatcmpl-``), which become the response's ``id``.
-    ``request_type``/``response_type``/``stream_type`` are the body Structs, for the OpenAPI document.
+    ``request_type``/``response_type``/``stream_type`` are the body Structs, for the OpenAPI document;
+    ``error_type`` is the error body where it is not the API's usual one, and ``stream_format`` says
+    how the stream's events are framed.
     """
 
     method: str
@@ -31,6 +33,8 @@ class Route:
     response_type: type | None = None
     stream_type: type | None = None
     param_name: str | None = None
+    error_type: type | None = None
+    stream_format: str = "`data: <chunk>` events, then `data: [DONE]`"
 
 
 class MethodNotAllowedError(HTTPError):

@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from msgspec import UNSET
 
 from ...conversation.answer import ToolCall
-from ...conversation.events import ChoiceDone, ReasoningDelta, TextDelta, ToolCallMade, TurnEvent, TurnUsage
+from ...conversation.events import ChoiceDone, ReasoningDelta, TextDelta, ToolCallMade, TurnUsage
 from ...conversation.stream import answer_turn, stream_turn
+from ...conversation.tool_loop import (
+    LoopEvent,
+    ToolDone,
+    ToolLoop,
+    ToolRunning,
+    answer_with_tools,
+    check_rounds,
+    stream_with_tools,
+    uses_server_tools,
+)
 from ...conversation.turn import Turn, prepare
 from ...errors import InvalidRequestError
+from ...request_info import request_info
 from ...runtime.cpu_pool import run_cpu
+from ...tools.toolbox import ToolBox
 from ..core.decoding import decode_body
 from ..core.http import Request, Response
 from ..core.options import sampling_options
@@ -36,6 +49,8 @@ from .types.chat import (
     NamedToolChoice,
     ToolCallDelta,
     ToolCallOut,
+    ToolProgressChunk,
+    ToolProgressData,
     chat_request_decoder,
 )
 from .types.common import PromptTokensDetails, Usage
@@ -88,17 +103,40 @@ def _tool_calls_out(calls: list[ToolCall]) -> list[ToolCallOut]:
     return [ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments)) for c in calls]
 
 
-async def chat_completions(engine: EngineAPI, request: Request, request_id: str) -> Response:
-    """Answer a chat completion request, streamed as server-sent events when ``stream`` is set."""
+async def chat_completions(
+    engine: EngineAPI, request: Request, request_id: str, *, tools: ToolBox | None = None
+) -> Response:
+    """Answer a chat completion request, streamed as server-sent events when ``stream`` is set; with the
+    server's ``tools`` (if it has any to offer) through the tool loop."""
     body, turn = await run_cpu(_read, request, request_id)
-    prepared = await prepare(engine, turn)
+    if tools is not None and tools:
+        await tools.ready()
+    loop = None
+    if tools is not None and uses_server_tools(tools, turn):
+        info = request_info(request.method, request.path, request.headers, request.client)
+        loop = ToolLoop.of(tools, info, body.max_tool_rounds)
+    elif body.max_tool_rounds is not None:
+        check_rounds(body.max_tool_rounds)  # bad input all the same
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
     if body.stream:
-        events = await stream_turn(engine, prepared)
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
-        chunks = ChatChunks(request_id, int(time.time()), prepared.model, include_usage, bool(body.logprobs))
+        if loop is None:
+            prepared = await prepare(engine, turn)
+            events: AsyncIterator[LoopEvent] = await stream_turn(engine, prepared)
+            model = prepared.model
+        else:
+            events = await stream_with_tools(engine, turn, loop)
+            model = engine.resolve_model(turn.model, task="generate")
+        progress = body.stream_options is not None and body.stream_options.include_tool_progress
+        chunks = ChatChunks(request_id, int(time.time()), model, include_usage, bool(body.logprobs), progress)
         return streaming_response(EventStream(events, chunks.on_event, FRAMING, closing=chunks.closing))  # type: ignore[arg-type]
 
-    answer = await answer_turn(engine, prepared)
+    if loop is None:
+        prepared = await prepare(engine, turn)
+        answer = await answer_turn(engine, prepared)
+        model = prepared.model
+    else:
+        answer = (await answer_with_tools(engine, turn, loop)).answer
+        model = engine.resolve_model(turn.model, task="generate")
     choices = []
     for choice in answer.choices:
         reasoning = choice.reasoning if choice.reasoning is not None else UNSET
@@ -117,9 +155,7 @@ async def chat_completions(engine: EngineAPI, request: Request, request_id: str)
             )
         )
     return json_response(
-        ChatCompletion(
-            id=request_id, created=int(time.time()), model=prepared.model, choices=choices, usage=_usage(answer.usage)
-        )
+        ChatCompletion(id=request_id, created=int(time.time()), model=model, choices=choices, usage=_usage(answer.usage))
     )
 
 
@@ -128,6 +164,7 @@ class ChatChunks(StreamedAnswer):
     """Renders a turn's events as chat completion chunks."""
 
     logprobs: bool
+    tool_progress: bool = False
     usage: Usage | None = None
     _started: set[int] = field(default_factory=set)
 
@@ -138,11 +175,13 @@ class ChatChunks(StreamedAnswer):
             )
         )
 
-    def on_event(self, item: TurnEvent) -> bytes:
+    def on_event(self, item: LoopEvent) -> bytes:
         """The chunks of one event (a choice's first event is preceded by its role chunk)."""
         if isinstance(item, TurnUsage):
             self.usage = _usage(item)
             return b""
+        if isinstance(item, ToolRunning | ToolDone):
+            return self._progress(item) if self.tool_progress else b""
         index = item.index
         parts = []
         if index not in self._started:
@@ -171,6 +210,17 @@ class ChatChunks(StreamedAnswer):
         arguments = ToolCallDelta(index=call.index, function=FunctionCallDelta(arguments=call.arguments))
         return (self._chunk(ChatChunkChoice(index=item.index, delta=ChatDelta(tool_calls=[header]), logprobs=logprobs))
                 + self._chunk(ChatChunkChoice(index=item.index, delta=ChatDelta(tool_calls=[arguments]))))
+
+    def _progress(self, item: ToolRunning | ToolDone) -> bytes:
+        """A server-side tool call starting or ending, as a named event whose data is also a chunk without
+        choices (so OpenAI's SDKs parse it like the usage chunk)."""
+        done = isinstance(item, ToolDone)
+        progress = ToolProgressChunk(
+            id=self.request_id, created=self.created, model=self.model, choices=[], usage=self.usage_field,
+            round=item.round, tool_name=item.call.name, phase="complete" if done else "calling",
+            data=ToolProgressData(call_id=item.call.id, outcome=item.result.outcome if done else None),  # type: ignore[union-attr]
+        )
+        return b"event: agentic_tool_call_progress\n" + event(progress)
 
     def closing(self) -> bytes:
         """The closing chunk with no choices and the request's usage (``stream_options.include_usage``)."""

@@ -9,7 +9,7 @@ as every answer of this API does; the engine gives the model its public name.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Collection
 from dataclasses import replace
 from functools import partial
 from typing import Any, Protocol, runtime_checkable
@@ -57,11 +57,12 @@ class ForwardingEngine(Protocol):
         ...
 
 
-def forwarding_routes(routes: list[Route], engine: ForwardingEngine) -> list[Route]:
-    """``routes`` with the forwarded paths answered by ``engine`` instead of the API's own handlers."""
+def forwarding_routes(routes: list[Route], engine: ForwardingEngine, keep: Collection[str] = ()) -> list[Route]:
+    """``routes`` with the forwarded paths (but those in ``keep``) answered by ``engine`` instead of the API's
+    own handlers."""
     return [
         replace(route, handler=partial(forward, engine, FORWARDED_ROUTES[route.path]))
-        if route.path in FORWARDED_ROUTES
+        if route.path in FORWARDED_ROUTES and route.path not in keep
         else route
         for route in routes
     ]

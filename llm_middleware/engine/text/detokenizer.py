@@ -170,7 +170,7 @@ class _WindowDecoder:
 class IncrementalDetokenizer:
     """Turns one sequence's output token ids into text deltas."""
 
-    __slots__ = ("_decoder", "_stops", "_max_stop", "text", "_emitted", "stopped")
+    __slots__ = ("_decoder", "_stops", "_max_stop", "text", "_emitted", "stopped", "stop")
 
     def __init__(self, decoder: TokenDecoder, prompt_ids: list[int], stop: list[str]) -> None:
         self._decoder = decoder.stream(prompt_ids)
@@ -179,6 +179,7 @@ class IncrementalDetokenizer:
         self.text = ""  # all output text so far, stop string excluded
         self._emitted = 0
         self.stopped = False
+        self.stop: str | None = None  # the stop string that ended the text
 
     def add(self, token_id: int) -> None:
         """Append a token; updates ``text`` (whole characters only) and ``stopped``."""
@@ -195,9 +196,10 @@ class IncrementalDetokenizer:
             self._check_stop(start)
 
     def _check_stop(self, start: int) -> None:
-        hits = [i for i in (self.text.find(s, start) for s in self._stops) if i >= 0]
+        hits = [(i, s) for s in self._stops if (i := self.text.find(s, start)) >= 0]
         if hits:
-            self.text = self.text[: min(hits)]
+            at, self.stop = min(hits, key=lambda hit: hit[0])
+            self.text = self.text[:at]
             self.stopped = True
 
     def take(self, final: bool) -> str:

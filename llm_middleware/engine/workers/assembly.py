@@ -57,6 +57,7 @@ class OutputAssembler:
             token_ids=request.pending_ids[seq.index],
             logprobs=request.pending_logprobs[seq.index] if want_logprobs else None,
             finish_reason=seq.finish_reason,
+            stop=seq.detokenizer.stop if finished else None,
         )
         request.pending_ids[seq.index] = []
         request.pending_logprobs[seq.index] = []

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 # Token latencies of a CPU demo model and of a GPU server both land inside these buckets.
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_TOOL_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
@@ -103,6 +104,13 @@ class Metrics:
             ["model"], buckets=_ITL_BUCKETS, registry=self.registry,
         )
         self._inter_token_by_model: dict[str, Any] = {}
+        self.tool_calls = Counter(
+            "llm_tool_calls", "Server-side tool calls, by tool and outcome", ["tool", "outcome"], registry=self.registry
+        )
+        self.tool_duration = Histogram(
+            "llm_tool_call_duration_seconds", "Time one server-side tool call took, by tool",
+            ["tool"], buckets=_TOOL_BUCKETS, registry=self.registry,
+        )
         self.registry.register(_EngineCollector(engine))
 
     def count_request(self, route: str, status: int, model: str, seconds: float) -> None:
@@ -125,6 +133,11 @@ class Metrics:
         if child is None:  # labels() takes a lock and builds a key: once per model, not per token
             child = self._inter_token_by_model[model] = self.inter_token.labels(model)
         child.observe(seconds)
+
+    def count_tool_call(self, tool: str, outcome: str, seconds: float) -> None:
+        """A server-side tool call ended with ``outcome`` after ``seconds``."""
+        self.tool_calls.labels(tool, outcome).inc()
+        self.tool_duration.labels(tool).observe(seconds)
 
     def response(self) -> Response:
         """The Prometheus text exposition of every metric."""

@@ -11,33 +11,10 @@ from __future__ import annotations
 import hmac
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
-from http.cookies import CookieError, SimpleCookie
-from types import MappingProxyType
 
 from ...api.core.errors import HTTPError
+from ...request_info import RequestInfo
 from ...runtime.cpu_pool import run_cpu
-
-
-@dataclass(frozen=True, slots=True)
-class RequestInfo:
-    """What ``authorize`` sees of a request: ``path`` is relative to the base path
-    (``/v1/chat/completions``), header names are lower-case, ``client`` is ``(host, port)``."""
-
-    method: str
-    path: str
-    headers: Mapping[str, str]
-    client: tuple[str, int] | None
-
-    @property
-    def cookies(self) -> dict[str, str]:
-        """The request's cookies by name (empty when the Cookie header is missing or malformed)."""
-        jar: SimpleCookie = SimpleCookie()
-        try:
-            jar.load(self.headers.get("cookie", ""))
-        except CookieError:
-            return {}
-        return {name: morsel.value for name, morsel in jar.items()}
 
 
 #: ``authorize(info)`` returns (or, when async, resolves to) True to let the request in.
@@ -56,11 +33,6 @@ class AuthenticationError(HTTPError):
             "Missing or invalid API key. Send it as 'Authorization: Bearer <key>' or in an 'x-api-key' header.",
             headers=[("www-authenticate", "Bearer")],
         )
-
-
-def request_info(method: str, path: str, headers: Mapping[str, str], client: tuple[str, int] | None) -> RequestInfo:
-    """A read-only :class:`RequestInfo` (``headers`` cannot be changed through it)."""
-    return RequestInfo(method=method, path=path, headers=MappingProxyType(dict(headers)), client=client)
 
 
 def _presented_keys(headers: Mapping[str, str]) -> list[str]:

@@ -102,6 +102,7 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    max_tool_rounds: int | None = None
 
 
 class TopLogprobOut(Struct, kw_only=True):
@@ -220,6 +221,31 @@ class ChatCompletionChunk(Struct, kw_only=True):
     model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None | UnsetType = UNSET
+
+
+class ToolProgressData(Struct, kw_only=True):
+    """What a progress event tells of one server-side call: its id and, once complete, its outcome."""
+
+    tool_type: Literal["custom"] = "custom"
+    call_id: str
+    outcome: str | None = None
+
+
+class ToolProgressChunk(Struct, kw_only=True):
+    """An ``agentic_tool_call_progress`` event (``stream_options.include_tool_progress``): mistral.rs's
+    fields (``type``, ``round``, ``tool_name``, ``phase``, ``data``) on a chunk without choices."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None | UnsetType = UNSET
+    type: Literal["agentic_tool_call_progress"] = "agentic_tool_call_progress"
+    round: int
+    tool_name: str
+    phase: Literal["calling", "complete"]
+    data: ToolProgressData
 
 
 chat_request_decoder = msgspec.json.Decoder(ChatCompletionRequest)

@@ -9,6 +9,7 @@ class StreamOptions(Struct, kw_only=True):
     """Options of a streamed response."""
 
     include_usage: bool = False
+    include_tool_progress: bool = False
 
 
 class SamplingFields(Struct, kw_only=True):
