@@ -3,19 +3,15 @@
     python -m bench.http_bench                                   # CPU: 24M-parameter Qwen3 shape, 1 and 32 streams
     python -m bench.http_bench --size 4b --device cuda --dtype bfloat16 --streams 1,64,256 --new-tokens 256
     python -m bench.http_bench --smoke                           # seconds: checks that every line is produced
-    python -m bench.http_bench --workload shared-prefix,multi-turn,standard --prefix-cache both --no-baselines
 
 Builds a random-weight model from a fixed config (no download), then prints one JSON line
 per workload:
 
 * ``server``: ``llm-middleware``'s API behind hypercorn on loopback, N concurrent streaming
-  clients (``/v1/completions``, random prompts, fixed output length with ``ignore_eos``): tokens/s, TTFT and
+  clients (``/v1/completions``, fixed output length with ``ignore_eos``): tokens/s, TTFT and
   inter-token latency p50/p99 (milliseconds), and the memory of the model's weights and KV
   cache (MiB, from the API's metrics).  The clients run in one process per 8 streams
   (``--client-processes``), so that the client's own work does not set the figure.
-* ``shared_prefix`` and ``multi_turn`` (``--workload``): prompts that share a common system prompt, and
-  conversations re-sent turn after turn, served with the prefix cache on, off or both (``--prefix-cache``),
-  with the share of prompt tokens the cache served.
 * ``generate`` (one stream), ``generate_static_batch`` and ``generate_batch`` (transformers'
   own continuous batching), in-process on the same model; ``mistralrs`` where that package
   is installed.
