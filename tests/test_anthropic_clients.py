@@ -45,6 +45,11 @@ TOOLS = [
 ]
 
 
+def _prompt(message: anthropic.types.Message) -> int:
+    """The prompt's size: Anthropic counts tokens read from the (prefix) cache apart from ``input_tokens``."""
+    return message.usage.input_tokens + (message.usage.cache_read_input_tokens or 0)
+
+
 @pytest.fixture(scope="module")
 def servers(tiny_model_dir: Path) -> Iterator[dict[str, str]]:
     """Base URLs of the module's servers."""
@@ -89,7 +94,7 @@ def test_create_and_count_tokens(client: anthropic.Anthropic, model: str) -> Non
     assert (message.stop_reason == "max_tokens") == (message.usage.output_tokens == 6)
     assert [block.type for block in message.content] in (["text"], [])
     counted = client.messages.count_tokens(model=model, messages=HELLO, system="Be brief.")
-    assert counted.input_tokens == message.usage.input_tokens > 0
+    assert counted.input_tokens == _prompt(message) > 0
     with_tools = client.messages.count_tokens(model=model, messages=HELLO, system="Be brief.", tools=TOOLS)
     assert with_tools.input_tokens > counted.input_tokens  # the tools are rendered into the prompt
 
@@ -101,7 +106,7 @@ def test_stream_helpers_assemble_the_same_message(client: anthropic.Anthropic, m
         final = stream.get_final_message()
     assert streamed == _text(final) == _text(whole)
     assert final.stop_reason == whole.stop_reason and final.usage.output_tokens == whole.usage.output_tokens
-    assert final.usage.input_tokens == whole.usage.input_tokens
+    assert _prompt(final) == _prompt(whole)
 
 
 def test_stream_frames_name_their_events(servers: dict[str, str], model: str) -> None:
@@ -148,7 +153,7 @@ def test_forced_tool_use_then_tool_result(client: anthropic.Anthropic, model: st
         ],
     )
     assert answer.stop_reason in ("end_turn", "max_tokens", "tool_use")
-    assert answer.usage.input_tokens > message.usage.input_tokens
+    assert _prompt(answer) > _prompt(message)
 
 
 class Verdict(BaseModel):
@@ -296,12 +301,12 @@ def test_messages_over_a_remote_engine(front: str, servers: dict[str, str], mode
         here = direct.messages.create(model=model, max_tokens=6, messages=HELLO, extra_body=GREEDY)
         there = relayed.messages.create(model="chat", max_tokens=6, messages=HELLO, extra_body=GREEDY)
         assert _text(there) == _text(here) and there.model == "chat"
-        assert there.usage.input_tokens == here.usage.input_tokens
+        assert _prompt(there) == _prompt(here)
         assert there.usage.output_tokens == here.usage.output_tokens
         with relayed.messages.stream(model="chat", max_tokens=6, messages=HELLO, extra_body=GREEDY) as stream:
             assert "".join(stream.text_stream) == _text(here)
         counted = relayed.messages.count_tokens(model="chat", messages=HELLO)
-        assert counted.input_tokens == here.usage.input_tokens
+        assert counted.input_tokens == _prompt(here)
         # A forced call needs the tool-call grammar, which OpenAI-compatible upstreams do not take: refused, not
         # answered with unconstrained text.
         with pytest.raises(anthropic.BadRequestError):

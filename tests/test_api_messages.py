@@ -42,6 +42,11 @@ async def _post(api, path: str, body: dict | bytes, headers: dict | None = None)
     return response.status, dict(response.headers), frames
 
 
+def _prompt(usage: dict) -> int:
+    """The prompt's size: Anthropic counts tokens read from the (prefix) cache apart from ``input_tokens``."""
+    return usage["input_tokens"] + usage["cache_read_input_tokens"]
+
+
 def _message(**fields) -> dict:
     return {"model": "tiny", "max_tokens": 8, "messages": HELLO, "temperature": 0, **fields}
 
@@ -55,7 +60,7 @@ async def test_message_matches_chat_completion_and_its_stream(api) -> None:
     text = "".join(block["text"] for block in message["content"])
     assert text == chat["choices"][0]["message"]["content"]
     assert message["usage"]["output_tokens"] == chat["usage"]["completion_tokens"]
-    assert message["usage"]["input_tokens"] == chat["usage"]["prompt_tokens"]
+    assert _prompt(message["usage"]) == chat["usage"]["prompt_tokens"]
     assert message["stop_reason"] == {"length": "max_tokens", "stop": "end_turn"}[chat["choices"][0]["finish_reason"]]
 
     status, headers, frames = await _post(api, "/v1/messages", _message(stream=True))
@@ -64,7 +69,7 @@ async def test_message_matches_chat_completion_and_its_stream(api) -> None:
     streamed = "".join(data["delta"]["text"] for name, data in frames if name == "content_block_delta")
     assert streamed == text
     assert frames[-2][1]["delta"]["stop_reason"] == message["stop_reason"]
-    assert frames[-2][1]["usage"]["input_tokens"] == message["usage"]["input_tokens"]
+    assert _prompt(frames[-2][1]["usage"]) == _prompt(message["usage"])
     assert frames[-2][1]["usage"]["output_tokens"] == message["usage"]["output_tokens"]
 
 
@@ -93,7 +98,7 @@ async def test_thinking_switches_the_template_and_count_tokens_agrees(api) -> No
         _, _, counted = await _post(api, "/v1/messages/count_tokens", {
             "model": "tiny", "messages": HELLO, "thinking": {"type": kind},
         })
-        assert status == 200 and counted["input_tokens"] == message["usage"]["input_tokens"]
+        assert status == 200 and counted["input_tokens"] == _prompt(message["usage"])
         counts[kind] = counted["input_tokens"]
     # The demo template writes an empty thinking block into the prompt when thinking is switched off.
     assert counts["enabled"] == counts["adaptive"] < counts["disabled"]

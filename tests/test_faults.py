@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from asgi_streams import ASGIStream
-from engine_state import default_worker, idle_stats
+from engine_state import default_worker, idle_stats, kv_accounting
 from test_dispatch import ShopASGI, asgi_request
 
 from llm_middleware.engine.engine import Engine
@@ -52,7 +52,7 @@ def fault(engine: Engine) -> Iterator[StepFault]:
 
 
 async def settle(engine: Engine) -> dict[str, int]:
-    return await idle_stats(engine, timeout=4.0)
+    return kv_accounting(await idle_stats(engine, timeout=4.0))
 
 
 async def test_step_failure_before_the_first_token_is_a_500(

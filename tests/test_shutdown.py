@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from asgi_streams import ASGIStream
-from engine_state import default_worker, idle_stats
+from engine_state import default_worker, idle_stats, kv_accounting
 from servers import free_port, launch, server_env, wait_until_up
 from test_dispatch import ShopASGI, asgi_request
 
@@ -38,7 +38,7 @@ def slow_engine(tiny_model_dir: Path) -> Iterator[Engine]:
 
 
 async def idle(engine: Engine) -> dict[str, int]:
-    return await idle_stats(engine, timeout=6.0)
+    return kv_accounting(await idle_stats(engine, timeout=6.0))
 
 
 # ---- request timeout ----------------------------------------------------------------------------
