@@ -227,7 +227,8 @@ def test_chat_whole_and_streamed(client: Client, model: str) -> None:
     chunks = client.call("chat.completions.create", **request, stream=True, stream_options={"include_usage": True})
     check_chunk_order(chunks, 1)
     assert chat_text(chunks) == choice.message.content and chunks[-2].choices[0].finish_reason == "length"
-    assert chunks[-1].usage == whole.usage
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")  # the repeat may find its prompt cached
+    assert [getattr(chunks[-1].usage, n) for n in counts] == [getattr(whole.usage, n) for n in counts]
     # Without include_usage no chunk carries usage.
     plain = client.call("chat.completions.create", **request, stream=True)
     assert chat_text(plain) == choice.message.content and all(c.usage is None and c.choices for c in plain)
