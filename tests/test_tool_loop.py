@@ -270,3 +270,49 @@ def test_engine_chat_runs_host_functions(tiny_model_dir: Path) -> None:
             engine.chat_sync(ASK, tools=[lookup_order, {"type": "function", "function": {"name": "x"}}])
     finally:
         engine.shutdown()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_responses_api_shows_the_calls_the_server_ran(urls: dict[str, str], stream: bool) -> None:
+    url = urls["asgi"]
+    reset(url)
+    options: dict[str, Any] = {"model": "tiny", "input": "What about my order 42?", "max_output_tokens": 64,
+                               "tool_choice": {"type": "function", "name": "lookup_order"}}
+    if stream:
+        events = list(client(url).responses.create(stream=True, **options))
+        response = events[-1].response  # type: ignore[union-attr]
+        assert events[-1].type in ("response.completed", "response.incomplete")  # the answer may reach its limit
+    else:
+        response = client(url).responses.create(**options)
+    call, output = response.output[0], response.output[1]
+    assert (call.type, call.name, call.status) == ("function_call", "lookup_order", "completed")  # type: ignore[union-attr]
+    assert output.type == "function_call_output" and output.call_id == call.call_id  # type: ignore[union-attr]
+    assert "of alice: shipped" in output.output  # type: ignore[union-attr]
+    assert all(item.type != "function_call" for item in response.output[2:])
+    assert [c["user"] for c in calls(url)] == ["alice"]
+    assert "of alice: shipped" in prompts(url)[1]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_messages_show_the_calls_the_server_ran(urls: dict[str, str], stream: bool) -> None:
+    import anthropic
+
+    url = urls["asgi"]
+    reset(url)
+    claude = anthropic.Anthropic(base_url=url + "/ai", api_key="unused", default_headers={"x-user": "alice"},
+                                 max_retries=0)
+    options: dict[str, Any] = {"model": "tiny", "max_tokens": 64, "messages": ASK,
+                               "tool_choice": {"type": "tool", "name": "stock_level"}}
+    if stream:
+        with claude.messages.stream(**options) as events:
+            message = events.get_final_message()
+        assert all(block.type != "tool_use" for block in message.content)
+    else:
+        message = claude.messages.create(**options)
+        use, result = message.content[0], message.content[1]
+        assert (use.type, use.name) == ("tool_use", "stock_level")  # type: ignore[union-attr]
+        assert result.type == "tool_result" and '"in_stock":7' in result.content  # type: ignore[union-attr]
+        assert all(block.type != "tool_use" for block in message.content[2:])
+    assert message.stop_reason in ("end_turn", "max_tokens")
+    assert [c["tool"] for c in calls(url)] == ["stock_level"]
+    assert '"in_stock":7' in prompts(url)[1]

@@ -93,9 +93,9 @@ class API:
         if isinstance(engine, ForwardingEngine):  # e.g. RemoteEngine: upstream servers answer OpenAI requests
             # Chat stays here when the server runs tools: the loop runs where the tools are.
             routes = forwarding_routes(routes, engine, keep={"/v1/chat/completions"} if self.tools else set())
-        routes += anthropic_routes(engine)
+        routes += anthropic_routes(engine, self.tools)
         self.background = BackgroundRuns()
-        routes += ResponsesRoutes(engine, self.response_store, self.background).routes()
+        routes += ResponsesRoutes(engine, self.response_store, self.background, self.tools).routes()
         self._operations = list(routes)
         if include_docs:
             routes += [

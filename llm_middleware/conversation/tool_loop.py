@@ -101,6 +101,12 @@ def _server_specs(toolbox: ToolBox, turn: Turn) -> list[ToolSpec]:
     return specs
 
 
+def offered(toolbox: ToolBox, turn: Turn) -> Turn:
+    """``turn`` with the server's tools offered beside the client's (what the loop's first generation is
+    asked), for a protocol that prepares the turn itself before the loop runs."""
+    return replace(turn, tools=[*turn.tools, *_server_specs(toolbox, turn)])
+
+
 @dataclass(eq=False)
 class _Loop:
     engine: EngineAPI
@@ -111,6 +117,7 @@ class _Loop:
     rounds: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
 
     def next_turn(self) -> Turn:
         """The turn of the next generation: the server's tools while rounds are left, ``tool_choice`` as
@@ -144,6 +151,7 @@ class _Loop:
                     if isinstance(event, TurnUsage):
                         self.prompt_tokens += event.prompt_tokens
                         self.completion_tokens += event.completion_tokens
+                        self.cached_tokens += event.cached_tokens
                     elif isinstance(event, ToolCallMade) and self.runs(event.call):
                         server_calls.append(event.call)
                     elif isinstance(event, ChoiceDone):
@@ -159,7 +167,7 @@ class _Loop:
                 if not server_calls or client_calls:
                     if done is not None:
                         yield done
-                    yield TurnUsage(self.prompt_tokens, self.completion_tokens)
+                    yield TurnUsage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
                     return
                 self.rounds += 1
                 for call in server_calls:

@@ -6,8 +6,11 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ...conversation.stream import TurnAnswer, answer_turn, stream_turn
+from ...conversation.tool_loop import ToolLoop, answer_with_tools, stream_with_tools, uses_server_tools
 from ...conversation.turn import PreparedTurn, Turn, prepare
+from ...request_info import request_info
 from ...runtime.cpu_pool import run_cpu
+from ...tools.toolbox import ToolBox
 from ..core.decoding import decode_body
 from ..core.http import Request, Response
 from ..core.responses import json_response
@@ -16,14 +19,16 @@ from ..core.sse import EventStream, streaming_response
 from ..openai.forward import ForwardingEngine
 from . import request as translate
 from .errors import FRAMING
-from .render import MessageStream, content_blocks, stop_reason, usage
+from .render import MessageStream, content_blocks, stop_reason, tool_use, usage
 from .types import (
+    ContentBlock,
     CountTokensRequest,
     ErrorResponse,
     Message,
     MessagesRequest,
     StreamEvent,
     TokenCount,
+    ToolResultBlock,
     count_tokens_request_decoder,
     messages_request_decoder,
 )
@@ -75,15 +80,41 @@ def message(message_id: str, model: str, answer: TurnAnswer) -> Message:
     )
 
 
-async def create_message(engine: EngineAPI, request: Request, request_id: str) -> Response:
-    """Answer a Messages request: the whole message, or its events when ``stream`` is set."""
+async def create_message(engine: EngineAPI, request: Request, request_id: str, *,
+                         tools: ToolBox | None = None) -> Response:
+    """Answer a Messages request: the whole message, or its events when ``stream`` is set; with the
+    server's ``tools`` (if it has any to offer) through the tool loop."""
     body, turn = await run_cpu(_decode_turn, request, request_id)
+    if tools is not None and tools:
+        await tools.ready()
+        if uses_server_tools(tools, turn):
+            info = request_info(request.method, request.path, request.headers, request.client)
+            return await _with_tools(engine, body, turn, ToolLoop.of(tools, info, None), request_id)
     prepared = await prepare(engine, turn)
     if body.stream:
         events = await stream_turn(engine, prepared)
         frames = MessageStream(request_id, prepared.model)
         return streaming_response(EventStream(events, frames.on_event, FRAMING, closing=frames.closing))
     return json_response(message(request_id, prepared.model, await answer_turn(engine, prepared)))
+
+
+async def _with_tools(engine: EngineAPI, body: MessagesRequest, turn: Turn, loop: ToolLoop,
+                      request_id: str) -> Response:
+    """A message through the tool loop: streamed, the server's calls are not sent; whole, each call it ran
+    is a ``tool_use`` block and a ``tool_result`` block before the answer's own blocks."""
+    model = engine.resolve_model(turn.model, task="generate")
+    if body.stream:
+        events = await stream_with_tools(engine, turn, loop)
+        frames = MessageStream(request_id, model)
+        return streaming_response(EventStream(events, frames.on_event, FRAMING, closing=frames.closing))
+    answered = await answer_with_tools(engine, turn, loop)
+    whole = message(request_id, model, answered.answer)
+    ran: list[ContentBlock] = []
+    for done in answered.calls:
+        ran += [tool_use(done.call), ToolResultBlock(tool_use_id=done.call.id, content=done.result.content,
+                                                     is_error=done.result.outcome != "ok")]
+    whole.content = [*ran, *whole.content]
+    return json_response(whole)
 
 
 async def _prompt_tokens(engine: EngineAPI, prepared: PreparedTurn) -> int:
@@ -121,10 +152,10 @@ async def count_tokens(engine: EngineAPI, request: Request, request_id: str) -> 
     return json_response(TokenCount(input_tokens=await _prompt_tokens(engine, prepared)))
 
 
-def anthropic_routes(engine: EngineAPI) -> list[Route]:
-    """Anthropic's Messages routes over ``engine``."""
+def anthropic_routes(engine: EngineAPI, tools: ToolBox | None = None) -> list[Route]:
+    """Anthropic's Messages routes over ``engine``, messages with the server's ``tools``."""
     return [
-        Route("POST", MESSAGES_PATH, partial(create_message, engine), "Create a message (Anthropic Messages API)",
+        Route("POST", MESSAGES_PATH, partial(create_message, engine, tools=tools), "Create a message (Anthropic Messages API)",
               id_prefix="msg_", request_type=MessagesRequest, response_type=Message, stream_type=StreamEvent,
               error_type=ErrorResponse, stream_format=STREAM_FORMAT),
         Route("POST", MESSAGES_PATH + "/count_tokens", partial(count_tokens, engine),

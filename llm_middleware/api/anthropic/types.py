@@ -240,7 +240,15 @@ class ToolUseBlock(Struct, kw_only=True, tag_field="type", tag="tool_use"):
     input: dict[str, Any]
 
 
-ContentBlock = TextBlock | ThinkingBlock | ToolUseBlock
+class ToolResultBlock(Struct, kw_only=True, tag_field="type", tag="tool_result"):
+    """The result of a call the server ran itself (after that call's ``tool_use`` block)."""
+
+    tool_use_id: str
+    content: str
+    is_error: bool = False
+
+
+ContentBlock = TextBlock | ThinkingBlock | ToolUseBlock | ToolResultBlock
 
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
 

@@ -19,6 +19,7 @@ from .types import (
     FunctionCallArgumentsDelta,
     FunctionCallArgumentsDone,
     FunctionCallItem,
+    FunctionCallOutputItem,
     IncompleteDetails,
     InputTokensDetails,
     MessageItem,
@@ -104,7 +105,14 @@ class ResponseBuilder:
 
     # ---- what the model writes ------------------------------------------------------------------
 
-    def _add(self, item: MessageItem | ReasoningItem | FunctionCallItem) -> list[StreamEvent]:
+    def tool_result(self, call_id: str, output: str) -> list[StreamEvent]:
+        """The server ran the call ``call_id`` itself: its result as a completed ``function_call_output`` item."""
+        item = FunctionCallOutputItem(id=new_id(ID_PREFIXES["function_call_output"]), call_id=call_id, output=output)
+        events = self._add(item)
+        events.append(OutputItemDone(sequence_number=self._next(), output_index=self.output_index, item=item))
+        return events
+
+    def _add(self, item: MessageItem | ReasoningItem | FunctionCallItem | FunctionCallOutputItem) -> list[StreamEvent]:
         events = self._close("completed")
         self.response.output.append(item)
         # A copy: the item changes as it fills, and each event shows it as it was.

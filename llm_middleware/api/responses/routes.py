@@ -30,10 +30,21 @@ from ...conversation import (
     prepare,
     stream_turn,
 )
+from ...conversation.tool_loop import (
+    LoopEvent,
+    ToolDone,
+    ToolLoop,
+    ToolRunning,
+    offered,
+    stream_with_tools,
+    uses_server_tools,
+)
 from ...engine.outputs import TokenLogprob as EngineLogprob
 from ...errors import EngineNotReadyError, InvalidRequestError, LLMError
+from ...request_info import request_info
 from ...runtime.cpu_pool import run_cpu
 from ...store.protocol import ResponseStore, StoredItem, StoredResponse
+from ...tools.toolbox import ToolBox
 from ..core.decoding import decode_body
 from ..core.errors import client_error
 from ..core.http import Request, Response
@@ -115,8 +126,15 @@ class _Ending:
         self.held: list[EngineLogprob] = []
 
 
-def _render(builder: ResponseBuilder, event: TurnEvent, ending: _Ending, logprobs: bool) -> list[StreamEvent]:
-    """The Responses events of one turn event (one choice: the Responses API has no ``n``)."""
+def _render(builder: ResponseBuilder, event: LoopEvent, ending: _Ending, logprobs: bool) -> list[StreamEvent]:
+    """The Responses events of one turn event (one choice: the Responses API has no ``n``); a call the
+    server ran is a completed ``function_call`` item and its ``function_call_output``."""
+    if isinstance(event, ToolRunning):
+        return []
+    if isinstance(event, ToolDone):
+        ending.held = []
+        call = event.call
+        return [*builder.tool_call(call.id, call.name, call.arguments), *builder.tool_result(call.id, event.result.content)]
     if isinstance(event, ReasoningDelta):
         return builder.reasoning(event.text) if event.text else []
     if isinstance(event, TextDelta):
@@ -139,10 +157,12 @@ def _render(builder: ResponseBuilder, event: TurnEvent, ending: _Ending, logprob
 class ResponsesRoutes:
     """The Responses API over ``engine``, keeping responses in ``store`` and background runs in ``runs``."""
 
-    def __init__(self, engine: EngineAPI, store: ResponseStore, runs: BackgroundRuns) -> None:
+    def __init__(self, engine: EngineAPI, store: ResponseStore, runs: BackgroundRuns,
+                 tools: ToolBox | None = None) -> None:
         self.engine = engine
         self.store = store
         self.runs = runs
+        self.tools = tools if tools is not None else ToolBox()
 
     def routes(self) -> list[Route]:
         """The five routes."""
@@ -177,11 +197,10 @@ class ResponsesRoutes:
             )
         return stored.conversation
 
-    @staticmethod
-    def _decode(request: Request) -> ResponsesRequest:
+    def _decode(self, request: Request) -> ResponsesRequest:
         """The checked body: request-sized work, for the CPU pool."""
         body = decode_body(request, responses_request_decoder)
-        fields.check_request(body)
+        fields.check_request(body, [tool.name for tool in self.tools.offered()])
         return body
 
     def _turn(self, body: ResponsesRequest, convo: Conversation, request_id: str) -> Turn:
@@ -213,7 +232,14 @@ class ResponsesRoutes:
         body = await run_cpu(self._decode, request)
         history = await self._history(body, request.identity)
         convo, start = await run_cpu(lambda: conversation(items_decoder.decode(history), body.input))
-        prepared = await prepare(self.engine, self._turn(body, convo, request_id))
+        turn_request = self._turn(body, convo, request_id)
+        if self.tools:
+            await self.tools.ready()
+        loop = None
+        if not body.background and uses_server_tools(self.tools, turn_request):
+            info = request_info(request.method, request.path, request.headers, request.client)
+            loop = ToolLoop.of(self.tools, info, None)
+        prepared = await prepare(self.engine, turn_request if loop is None else offered(self.tools, turn_request))
         response = ResponseObject(
             id=new_id("resp_"), created_at=int(time.time()), status="queued" if body.background else "in_progress",
             model=prepared.model, **fields.echoed(body),
@@ -241,7 +267,10 @@ class ResponsesRoutes:
                 return _sse(EventStream(run.frames(), lambda data: data, _FRAMING))
             return Response(status=200, headers=list(JSON_HEADERS), body=queued)
 
-        turn = await stream_turn(self.engine, prepared)
+        if loop is None:
+            turn = await stream_turn(self.engine, prepared)
+        else:
+            turn = await stream_with_tools(self.engine, turn_request, loop)  # type: ignore[assignment]
         generated = self._generate(turn, builder, logprobs, save, input_items, catch=bool(body.stream))
         if body.stream:
             opening = frames(builder.created())

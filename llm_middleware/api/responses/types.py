@@ -203,7 +203,8 @@ class ReasoningItem(Struct, kw_only=True, tag="reasoning", tag_field="type"):
 
 
 class FunctionCallOutputItem(Struct, kw_only=True, tag="function_call_output", tag_field="type"):
-    """A function's result given back by the caller, as listed by ``input_items``."""
+    """A function's result: given back by the caller (as listed by ``input_items``), or of a call the
+    server ran itself (in a response's output, after its ``function_call``)."""
 
     id: str
     call_id: str
@@ -211,7 +212,7 @@ class FunctionCallOutputItem(Struct, kw_only=True, tag="function_call_output", t
     status: str = "completed"
 
 
-OutputItem = MessageItem | FunctionCallItem | ReasoningItem
+OutputItem = MessageItem | FunctionCallItem | ReasoningItem | FunctionCallOutputItem
 StoredInputItem = MessageItem | FunctionCallItem | ReasoningItem | FunctionCallOutputItem
 
 # ---- the response object ----------------------------------------------------------------------------
