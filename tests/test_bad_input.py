@@ -101,7 +101,7 @@ CHAT_CASES: list[tuple[str, Any, int, str | None]] = [
                                          "response_format": {"type": "json_object"}}, 400, "guided_regex"),
     ("tool_choice naming no tool", {"messages": HELLO, "tools": [TOOL],
                                     "tool_choice": {"type": "function", "function": {"name": "nope"}}}, 400, "tool_choice.function.name"),
-    # Caps on what a request carries (README: *Limits on what a request can ask for*).
+    # Caps on what a request carries (docs/api.md: *Limits on what a request can ask for*).
     ("a template of the client's own", {"messages": HELLO, "chat_template_kwargs": {"chat_template": "{{ 1 }}"}},
      400, "chat_template_kwargs.chat_template"),
     ("tokenize as a template variable", {"messages": HELLO, "chat_template_kwargs": {"tokenize": True}},
