@@ -222,20 +222,32 @@ def test_streamed_answers_parse_with_and_without_progress_events(urls: dict[str,
     assert ("event: agentic_tool_call_progress\ndata: " in raw) == progress and raw.endswith("data: [DONE]\n\n")
 
 
+def wait_for_call(url: str, call: dict[str, str], why: str) -> None:
+    deadline = time.monotonic() + 60
+    while call not in calls(url):
+        assert time.monotonic() < deadline, why
+        time.sleep(0.1)
+
+
 def test_a_client_that_leaves_mid_loop_cancels_the_async_tool(urls: dict[str, str]) -> None:
     url = urls["asgi"]
     reset(url)
     body = {"model": "tiny", "messages": ASK, "tool_choice": forced("wait_forever"), "max_tokens": 64, "stream": True}
     with httpx.stream("POST", url + "/ai/v1/chat/completions", json=body, timeout=60) as response:
         assert response.status_code == 200
-        deadline = time.monotonic() + 60
-        while {"tool": "wait_forever", "phase": "started"} not in calls(url):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-    deadline = time.monotonic() + 60
-    while {"tool": "wait_forever", "phase": "cancelled"} not in calls(url):
-        assert time.monotonic() < deadline, "the tool was not cancelled"
-        time.sleep(0.1)
+        wait_for_call(url, {"tool": "wait_forever", "phase": "started"}, "the tool never started")
+    wait_for_call(url, {"tool": "wait_forever", "phase": "cancelled"}, "the tool was not cancelled")
+
+
+def test_cancelling_a_background_response_cancels_its_async_tool(urls: dict[str, str]) -> None:
+    url = urls["asgi"]
+    reset(url)
+    made = client(url).responses.create(model="tiny", input="What about my order 42?", max_output_tokens=64,
+                                        background=True, tool_choice={"type": "function", "name": "wait_forever"})
+    wait_for_call(url, {"tool": "wait_forever", "phase": "started"}, "the tool never started")
+    assert client(url).responses.cancel(made.id).status == "cancelled"
+    wait_for_call(url, {"tool": "wait_forever", "phase": "cancelled"}, "the tool was not cancelled")
+    assert client(url).responses.retrieve(made.id).status == "cancelled"
 
 
 def test_the_loop_reports_metrics(urls: dict[str, str]) -> None:
@@ -291,6 +303,29 @@ def test_the_responses_api_shows_the_calls_the_server_ran(urls: dict[str, str], 
     assert all(item.type != "function_call" for item in response.output[2:])
     assert [c["user"] for c in calls(url)] == ["alice"]
     assert "of alice: shipped" in prompts(url)[1]
+
+
+def test_a_background_response_runs_the_servers_tools_on_the_hosts_loop(urls: dict[str, str]) -> None:
+    url = urls["asgi"]
+    reset(url)
+    options: dict[str, Any] = {"model": "tiny", "input": "What about my order 42?", "max_output_tokens": 64,
+                               "tool_choice": {"type": "function", "name": "stock_level"}}
+    client(url).responses.create(**options)  # in the foreground: the async tool runs on the host's loop
+    made = client(url).responses.create(background=True, **options)
+    assert made.status in ("queued", "in_progress")
+    deadline = time.monotonic() + 120
+    response = made
+    while response.status in ("queued", "in_progress") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        response = client(url).responses.retrieve(made.id)
+    assert response.status in ("completed", "incomplete")
+    call, output = response.output[0], response.output[1]
+    assert (call.type, call.name, call.status) == ("function_call", "stock_level", "completed")  # type: ignore[union-attr]
+    assert output.type == "function_call_output" and '"in_stock":7' in output.output  # type: ignore[union-attr]
+    assert all(item.type != "function_call" for item in response.output[2:])
+    foreground, background = calls(url)
+    assert background["user"] == "alice" and background["thread"] == foreground["thread"]
+    assert '"in_stock":7' in prompts(url)[3]
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -40,7 +40,8 @@ def lookup_order(order_id: Short, info: RequestInfo) -> str:
 
 async def stock_level(item: Short, info: RequestInfo) -> dict[str, Any]:
     """How many of an item are in stock."""
-    _record(tool="stock_level", item=item, user=info.headers.get("x-user", "nobody"))
+    _record(tool="stock_level", item=item, user=info.headers.get("x-user", "nobody"),
+            thread=threading.current_thread().name)
     return {"item": item, "in_stock": 7}
 
 

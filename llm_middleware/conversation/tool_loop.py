@@ -15,6 +15,7 @@ Besides the core's events the loop tells of each call it runs (:class:`ToolRunni
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..engine.outputs import Choice, Completion, Usage
 from ..errors import InvalidRequestError
 from ..request_info import RequestInfo
+from ..runtime.loop_thread import on_loop
 from ..tools.calls import ToolResult
 from ..tools.toolbox import DEFAULT_MAX_TOOL_ROUNDS, DEFAULT_TOOL_TIMEOUT, PendingCall, ToolBox, ToolPermission
 from .answer import ToolCall
@@ -59,11 +61,14 @@ LoopEvent = TurnEvent | ToolRunning | ToolDone
 @dataclass(frozen=True, slots=True)
 class ToolLoop:
     """What one request brings to the loop: the server's tools, the caller's request (given to tools
-    that ask for it) and the most rounds of tool calls it may run."""
+    that ask for it), the most rounds of tool calls it may run, and the event loop the tools run on
+    (``home``: the loop that served the request, for a loop that goes on elsewhere, as a background
+    response does; None: wherever the loop runs)."""
 
     toolbox: ToolBox
     info: RequestInfo | None
     max_rounds: int
+    home: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def of(cls, toolbox: ToolBox, info: RequestInfo | None, requested: int | None,
@@ -172,10 +177,10 @@ class _Loop:
                 self.rounds += 1
                 for call in server_calls:
                     yield ToolRunning(0, self.rounds, call)
-                results = await self.loop.toolbox.run_round(
+                results = await on_loop(self.loop.home, self.loop.toolbox.run_round(
                     [PendingCall(call.id, call.name, call.arguments) for call in server_calls],
                     info=self.loop.info, round=self.rounds, request_id=self.turn.request_id or "-",
-                )
+                ))
                 for call, result in zip(server_calls, results, strict=True):
                     yield ToolDone(0, self.rounds, call, result)
                 self._append(text, reasoning, server_calls, results)

@@ -220,3 +220,12 @@ class LoopThread:
 def _serve(loop: asyncio.AbstractEventLoop) -> None:
     asyncio.set_event_loop(loop)
     loop.run_forever()
+
+
+async def on_loop(loop: asyncio.AbstractEventLoop | None, coro: Coroutine[Any, Any, T]) -> T:
+    """Await ``coro`` run on ``loop`` (where the host's async objects belong) from another loop; on the
+    calling loop when ``loop`` is None, is the calling loop, or no longer runs.  Cancelling the caller
+    cancels it."""
+    if loop is None or loop is asyncio.get_running_loop() or loop.is_closed() or not loop.is_running():
+        return await coro
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
@@ -25,7 +26,6 @@ from ...conversation import (
     ToolCallMade,
     ToolSpec,
     Turn,
-    TurnEvent,
     TurnUsage,
     prepare,
     stream_turn,
@@ -236,10 +236,16 @@ class ResponsesRoutes:
         if self.tools:
             await self.tools.ready()
         loop = None
-        if not body.background and uses_server_tools(self.tools, turn_request):
+        if uses_server_tools(self.tools, turn_request):
             info = request_info(request.method, request.path, request.headers, request.client)
-            loop = ToolLoop.of(self.tools, info, None)
+            # A background run goes on on a loop of its own; its tools run on this one, the host's.
+            loop = replace(ToolLoop.of(self.tools, info, None), home=asyncio.get_running_loop())
         prepared = await prepare(self.engine, turn_request if loop is None else offered(self.tools, turn_request))
+        begin: Callable[[], Awaitable[AsyncGenerator[LoopEvent, None]]]
+        if loop is None:
+            begin = partial(stream_turn, self.engine, prepared)
+        else:
+            begin = partial(stream_with_tools, self.engine, turn_request, loop)
         response = ResponseObject(
             id=new_id("resp_"), created_at=int(time.time()), status="queued" if body.background else "in_progress",
             model=prepared.model, **fields.echoed(body),
@@ -262,16 +268,12 @@ class ResponsesRoutes:
             )
             run = Run(response.id, request.identity)
             _publish(run, builder.created())
-            await self.runs.start(run, partial(self._run_in_background, prepared, builder, logprobs, save))
+            await self.runs.start(run, partial(self._run_in_background, begin, builder, logprobs, save))
             if body.stream:
                 return _sse(EventStream(run.frames(), lambda data: data, _FRAMING))
             return Response(status=200, headers=list(JSON_HEADERS), body=queued)
 
-        if loop is None:
-            turn = await stream_turn(self.engine, prepared)
-        else:
-            turn = await stream_with_tools(self.engine, turn_request, loop)  # type: ignore[assignment]
-        generated = self._generate(turn, builder, logprobs, save, input_items, catch=bool(body.stream))
+        generated = self._generate(await begin(), builder, logprobs, save, input_items, catch=bool(body.stream))
         if body.stream:
             opening = frames(builder.created())
             return _sse(EventStream(resume(opening, _encoded(generated)), lambda data: data, _FRAMING))
@@ -295,7 +297,7 @@ class ResponsesRoutes:
             await self.store.update(owner, response.id, status=response.status, response=record,
                                     conversation=history, if_status=RUNNING)
 
-    async def _generate(self, turn: AsyncGenerator[TurnEvent, None], builder: ResponseBuilder, logprobs: bool,
+    async def _generate(self, turn: AsyncGenerator[LoopEvent, None], builder: ResponseBuilder, logprobs: bool,
                         save: partial[object] | None, input_items: list[StoredItem] | None, *,
                         catch: bool) -> AsyncGenerator[list[StreamEvent], None]:
         """The Responses events of ``turn``, the response stored before its last event.  With ``catch``,
@@ -321,8 +323,9 @@ class ResponsesRoutes:
             await save(input_items)
         yield events
 
-    async def _run_in_background(self, prepared: object, builder: ResponseBuilder, logprobs: bool,
-                                 save: partial[object] | None, run: Run) -> None:
+    async def _run_in_background(self, begin: Callable[[], Awaitable[AsyncGenerator[LoopEvent, None]]],
+                                 builder: ResponseBuilder, logprobs: bool, save: partial[object] | None,
+                                 run: Run) -> None:
         """A background response: queued, then in progress, then ended and stored; cancelled by a client
         (who already stored that), or failed by a shutdown."""
         try:
@@ -330,7 +333,7 @@ class ResponsesRoutes:
             await self.store.update(run.owner, run.response_id, status="in_progress",
                                     response=_encoder.encode(builder.response), if_status=("queued",))
             try:
-                turn = await stream_turn(self.engine, prepared)  # type: ignore[arg-type]
+                turn = await begin()
             except Exception as exc:
                 _publish(run, builder.fail(client_error(exc, streaming=True)))
                 if save is not None:
