@@ -354,40 +354,34 @@ class _Event(Struct, kw_only=True, tag_field="type"):
     sequence_number: int
 
 
-class ResponseCreated(_Event, tag="response.created"):
+class _ResponseEvent(_Event):
+    """An event that carries the whole response as it stands."""
+
+    response: ResponseObject
+
+
+class ResponseCreated(_ResponseEvent, tag="response.created"):
     """The first event of every stream."""
 
-    response: ResponseObject
 
-
-class ResponseQueued(_Event, tag="response.queued"):
+class ResponseQueued(_ResponseEvent, tag="response.queued"):
     """A background response waits for its turn."""
 
-    response: ResponseObject
 
-
-class ResponseInProgress(_Event, tag="response.in_progress"):
+class ResponseInProgress(_ResponseEvent, tag="response.in_progress"):
     """Generation started."""
 
-    response: ResponseObject
 
-
-class ResponseCompleted(_Event, tag="response.completed"):
+class ResponseCompleted(_ResponseEvent, tag="response.completed"):
     """The response is whole."""
 
-    response: ResponseObject
 
-
-class ResponseIncomplete(_Event, tag="response.incomplete"):
+class ResponseIncomplete(_ResponseEvent, tag="response.incomplete"):
     """The response stopped early (``incomplete_details`` says why)."""
 
-    response: ResponseObject
 
-
-class ResponseFailed(_Event, tag="response.failed"):
+class ResponseFailed(_ResponseEvent, tag="response.failed"):
     """The response failed (``error`` says why)."""
-
-    response: ResponseObject
 
 
 class OutputItemAdded(_Event, tag="response.output_item.added"):
