@@ -22,6 +22,7 @@ import httpx
 import msgspec
 import pytest
 from openai import BadRequestError, OpenAI
+from pydantic import BaseModel
 from llm_middleware import RequestInfo
 from servers import ROOT, Server, free_port, server_env, serving
 
@@ -91,6 +92,10 @@ def prompts(url: str) -> list[str]:
 
 
 ASK = [{"role": "user", "content": "What about my order 42?"}]
+
+
+class Verdict(BaseModel):
+    ok: bool
 
 
 @pytest.mark.parametrize("app", APPS)
@@ -296,13 +301,24 @@ def test_the_responses_api_shows_the_calls_the_server_ran(urls: dict[str, str], 
         assert events[-1].type in ("response.completed", "response.incomplete")  # the answer may reach its limit
     else:
         response = client(url).responses.create(**options)
-    call, output = response.output[0], response.output[1]
-    assert (call.type, call.name, call.status) == ("function_call", "lookup_order", "completed")  # type: ignore[union-attr]
-    assert output.type == "function_call_output" and output.call_id == call.call_id  # type: ignore[union-attr]
-    assert "of alice: shipped" in output.output  # type: ignore[union-attr]
-    assert all(item.type != "function_call" for item in response.output[2:])
+    call = response.output[0]
+    assert (call.type, call.name, call.status, call.server_label) == ("mcp_call", "lookup_order", "completed", "app")  # type: ignore[union-attr]
+    assert json.loads(call.arguments).keys() == {"order_id"} and "of alice: shipped" in call.output  # type: ignore[union-attr]
+    assert all(item.type not in ("function_call", "mcp_call") for item in response.output[1:])
     assert [c["user"] for c in calls(url)] == ["alice"]
     assert "of alice: shipped" in prompts(url)[1]
+    if stream:
+        kinds = [event.type for event in events if "mcp_call" in event.type or event.type.startswith("response.output_item")]
+        assert kinds[:6] == ["response.output_item.added", "response.mcp_call_arguments.delta",
+                             "response.mcp_call_arguments.done", "response.mcp_call.in_progress",
+                             "response.mcp_call.completed", "response.output_item.done"]
+    # Given back, as a client replays a conversation, the call and its result are where the loop put them.
+    replay = client(url).responses.create(
+        model="tiny", max_output_tokens=4,
+        input=[{"role": "user", "content": "What about my order 42?"}, call.model_dump(exclude_none=True),  # type: ignore[list-item]
+               {"role": "user", "content": "Thanks"}],
+    )
+    assert replay.status in ("completed", "incomplete") and "of alice: shipped" in prompts(url)[-1]
 
 
 def test_a_background_response_runs_the_servers_tools_on_the_hosts_loop(urls: dict[str, str]) -> None:
@@ -319,13 +335,45 @@ def test_a_background_response_runs_the_servers_tools_on_the_hosts_loop(urls: di
         time.sleep(0.1)
         response = client(url).responses.retrieve(made.id)
     assert response.status in ("completed", "incomplete")
-    call, output = response.output[0], response.output[1]
-    assert (call.type, call.name, call.status) == ("function_call", "stock_level", "completed")  # type: ignore[union-attr]
-    assert output.type == "function_call_output" and '"in_stock":7' in output.output  # type: ignore[union-attr]
-    assert all(item.type != "function_call" for item in response.output[2:])
+    call = response.output[0]
+    assert (call.type, call.name, call.status) == ("mcp_call", "stock_level", "completed")  # type: ignore[union-attr]
+    assert '"in_stock":7' in call.output  # type: ignore[union-attr]
     foreground, background = calls(url)
     assert background["user"] == "alice" and background["thread"] == foreground["thread"]
     assert '"in_stock":7' in prompts(url)[3]
+
+
+def test_a_failed_server_call_is_a_failed_mcp_call_item(urls: dict[str, str]) -> None:
+    response = client(urls["asgi"]).responses.create(model="tiny", input="Go", max_output_tokens=64,
+                                                     tool_choice={"type": "function", "name": "explode"})
+    call = response.output[0]
+    assert (call.type, call.status, call.output) == ("mcp_call", "failed", None)  # type: ignore[union-attr]
+    assert call.error.type == "mcp_tool_execution_error" and call.error.content == "Error: explode failed."  # type: ignore[union-attr]
+
+
+def test_an_agents_sdk_agent_sees_the_servers_calls_as_done(urls: dict[str, str]) -> None:
+    import openai
+    from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, set_tracing_disabled
+
+    set_tracing_disabled(True)
+    url = urls["flask"]  # fewer tools: two turns fit the tiny model's context
+    reset(url)
+
+    def agent() -> Agent:
+        model = OpenAIResponsesModel(model="tiny", openai_client=openai.AsyncOpenAI(
+            base_url=url + "/ai/v1", api_key="unused", default_headers={"x-user": "alice"}, max_retries=0))
+        # The agent has no tools of its own: the server's lookup_order is forced in the first round, then the
+        # answer is structured so that a random model ends it.
+        return Agent(name="Shop", instructions="Be brief.", model=model, output_type=Verdict,
+                     model_settings=ModelSettings(tool_choice="lookup_order", temperature=0, max_tokens=80))
+
+    result = Runner.run_sync(agent(), "What about my order 42?")
+    assert [item.type for item in result.new_items] == ["tool_call_item", "message_output_item"]
+    assert result.new_items[0].raw_item.type == "mcp_call"  # type: ignore[union-attr]
+    assert [c["tool"] for c in calls(url)] == ["lookup_order"]
+    # The next turn replays the conversation, the server's call included.
+    again = Runner.run_sync(agent(), [*result.to_input_list(), {"role": "user", "content": "And order 7?"}])
+    assert again.final_output is not None and [c["tool"] for c in calls(url)] == ["lookup_order"] * 2
 
 
 @pytest.mark.parametrize("stream", [False, True])

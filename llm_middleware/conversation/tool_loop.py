@@ -38,11 +38,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class ToolRunning:
-    """The server started a call the model made in round ``round`` (counted from 1)."""
+    """The server started a call the model made in round ``round`` (counted from 1), run by ``source``
+    (see :meth:`ToolBox.source`)."""
 
     index: int
     round: int
     call: ToolCall
+    source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +178,7 @@ class _Loop:
                     return
                 self.rounds += 1
                 for call in server_calls:
-                    yield ToolRunning(0, self.rounds, call)
+                    yield ToolRunning(0, self.rounds, call, self.loop.toolbox.source(call.name))
                 results = await on_loop(self.loop.home, self.loop.toolbox.run_round(
                     [PendingCall(call.id, call.name, call.arguments) for call in server_calls],
                     info=self.loop.info, round=self.rounds, request_id=self.turn.request_id or "-",

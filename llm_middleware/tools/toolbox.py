@@ -146,6 +146,17 @@ class ToolBox:
             return True
         return self.dispatcher is not None and name in client_tools
 
+    def source(self, name: str) -> str:
+        """Where a call to ``name`` runs, as a client may be told: ``app`` (the host's functions), the
+        MCP server's ``name`` (``mcp`` when it has none: its URL or command stays private) or
+        ``dispatcher``."""
+        if name in self.tools:
+            return "app"
+        mcp_tool = self.mcp.tools().get(name)
+        if mcp_tool is not None:
+            return mcp_tool.server.server.name or "mcp"
+        return "dispatcher"
+
     def label(self, name: str) -> str:
         """``name`` for metrics when it is a tool the server knows, else ``other`` (names a model or
         client made up must not grow the label set without bound)."""

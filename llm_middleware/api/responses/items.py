@@ -27,12 +27,15 @@ from .types import (
     OutputText,
     ReasoningItem,
     ReasoningText,
+    ServerToolCallItem,
     StoredInputItem,
     SummaryText,
+    ToolExecutionError,
 )
 
 #: Prefixes of the ids this server gives items, by kind (OpenAI's).
-ID_PREFIXES = {"message": "msg_", "function_call": "fc_", "function_call_output": "fco_", "reasoning": "rs_"}
+ID_PREFIXES = {"message": "msg_", "function_call": "fc_", "function_call_output": "fco_", "reasoning": "rs_",
+               "mcp_call": "mcp_"}
 _ROLES = frozenset({"user", "assistant", "system", "developer"})
 _ASSISTANT_PARTS = frozenset({"output_text", "input_text", "refusal"})
 
@@ -80,6 +83,7 @@ class Conversation:
     _calls: dict[str, str] = field(default_factory=dict)  # call_id -> function name
     _reasoning: list[str] = field(default_factory=list)  # thinking waiting for the assistant turn it led to
     _open_assistant: dict[str, Any] | None = None  # the assistant message later calls join
+    _results: list[dict[str, Any]] = field(default_factory=list)  # of server calls, after all calls of their turn
 
     def _item_id(self, given: str | None, kind: str) -> str:
         item_id = given if given and given not in self._ids else new_id(ID_PREFIXES[kind])
@@ -98,6 +102,9 @@ class Conversation:
     def add(self, item: InputItem, param: str) -> StoredInputItem:
         """Add one item (``param`` names it in errors: ``input[3]``); returns its stored form."""
         kind = item.type or "message"
+        if kind == "mcp_call":
+            return self._server_call(item, param)
+        self.end_server_calls()
         if kind == "message":
             return self._message(item, param)
         if kind == "function_call":
@@ -108,7 +115,7 @@ class Conversation:
             return self._reasoning_item(item, param)
         raise InvalidRequestError(
             f"Input items of type '{kind}' are not supported; this server takes message, function_call, "
-            "function_call_output and reasoning items.",
+            "function_call_output, reasoning and mcp_call items.",
             param=f"{param}.type",
         )
 
@@ -135,8 +142,8 @@ class Conversation:
         self.items.append(stored)
         return stored
 
-    def _function_call(self, item: InputItem, param: str) -> FunctionCallItem:
-        call_id = _required(item.call_id, f"{param}.call_id")
+    def _call(self, call_id: str, item: InputItem, param: str) -> tuple[str, str]:
+        """A call joins the assistant turn it belongs to (a new one after thinking); its name and arguments."""
         name = _required(item.name, f"{param}.name")
         arguments = _required(item.arguments, f"{param}.arguments")
         decoded = decode_arguments(arguments, f"{param}.arguments")
@@ -148,6 +155,11 @@ class Conversation:
             {"id": call_id, "type": "function", "function": {"name": name, "arguments": decoded}}
         )
         self._calls[call_id] = name
+        return name, arguments
+
+    def _function_call(self, item: InputItem, param: str) -> FunctionCallItem:
+        call_id = _required(item.call_id, f"{param}.call_id")
+        name, arguments = self._call(call_id, item, param)
         stored = FunctionCallItem(id=self._item_id(item.id, "function_call"), call_id=call_id, name=name,
                                   arguments=arguments)
         self.items.append(stored)
@@ -167,6 +179,37 @@ class Conversation:
                                         output=output)
         self.items.append(stored)
         return stored
+
+    def _server_call(self, item: InputItem, param: str) -> ServerToolCallItem:
+        """A call the server ran, replayed: the call joins the assistant turn, its result (or the error the
+        model was told) follows once every call of that turn is in, as the tool loop wrote them."""
+        item_id = self._item_id(item.id, "mcp_call")
+        name, arguments = self._call(item_id, item, param)
+        output = _text(item.output, frozenset({"input_text", "output_text"}), f"{param}.output")
+        error = item.error
+        if isinstance(error, str) or error is None:
+            error_text = error
+        else:
+            error_text = error.message or _text(error.content, frozenset({"input_text", "output_text", "text"}),
+                                                f"{param}.error.content")
+        if output is None and error_text is None:
+            raise InvalidRequestError("An 'mcp_call' item needs its 'output' or its 'error'.", param=f"{param}.output")
+        result = output if output is not None else error_text
+        self._results.append({"role": "tool", "tool_call_id": item_id, "name": name, "content": result})
+        stored = ServerToolCallItem(
+            id=item_id, server_label=item.server_label or "app", name=name, arguments=arguments,
+            output=output, error=ToolExecutionError(content=error_text) if output is None and error_text else None,
+            status="completed" if output is not None else "failed",
+        )
+        self.items.append(stored)
+        return stored
+
+    def end_server_calls(self) -> None:
+        """The results of the replayed server calls before, now that their turn's calls are all in."""
+        if self._results:
+            self.messages += self._results
+            self._results = []
+            self._open_assistant = None
 
     def _reasoning_item(self, item: InputItem, param: str) -> ReasoningItem:
         content = item.content if isinstance(item.content, list) else []
@@ -194,6 +237,7 @@ def conversation(history: list[InputItem], input_: str | list[InputItem] | None)
     else:
         for i, item in enumerate(input_ or ()):
             convo.add(item, f"input[{i}]")
+    convo.end_server_calls()
     if not convo.messages:
         raise InvalidRequestError("'input' must hold at least one item.", param="input")
     return convo, start

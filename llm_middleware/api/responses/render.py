@@ -19,11 +19,11 @@ from .types import (
     FunctionCallArgumentsDelta,
     FunctionCallArgumentsDone,
     FunctionCallItem,
-    FunctionCallOutputItem,
     IncompleteDetails,
     InputTokensDetails,
     MessageItem,
     OutputItemAdded,
+    OutputItem,
     OutputItemDone,
     OutputText,
     OutputTextDelta,
@@ -42,8 +42,15 @@ from .types import (
     ResponseObject,
     ResponseQueued,
     ResponseUsage,
+    ServerToolArgumentsDelta,
+    ServerToolArgumentsDone,
+    ServerToolCallItem,
+    ServerToolCompleted,
+    ServerToolFailed,
+    ServerToolInProgress,
     StreamEvent,
     TokenLogprob,
+    ToolExecutionError,
 )
 
 #: Statuses of a response still being made.
@@ -76,6 +83,7 @@ class ResponseBuilder:
         self._open: MessageItem | ReasoningItem | None = None  # the item text is flowing into
         self._text: list[str] = []
         self._logprobs: list[TokenLogprob] = []
+        self._running: dict[str, int] = {}  # call id -> output index of a server call not yet ended
 
     def _next(self) -> int:
         number = self._sequence
@@ -105,14 +113,36 @@ class ResponseBuilder:
 
     # ---- what the model writes ------------------------------------------------------------------
 
-    def tool_result(self, call_id: str, output: str) -> list[StreamEvent]:
-        """The server ran the call ``call_id`` itself: its result as a completed ``function_call_output`` item."""
-        item = FunctionCallOutputItem(id=new_id(ID_PREFIXES["function_call_output"]), call_id=call_id, output=output)
+    def server_call(self, call_id: str, name: str, arguments: str, source: str) -> list[StreamEvent]:
+        """The server runs the call ``call_id`` itself: an ``mcp_call`` item in progress."""
+        item = ServerToolCallItem(id=new_id(ID_PREFIXES["mcp_call"]), server_label=source, name=name, arguments="",
+                                  status="in_progress")
         events = self._add(item)
-        events.append(OutputItemDone(sequence_number=self._next(), output_index=self.output_index, item=item))
+        index = self.output_index
+        events += [
+            ServerToolArgumentsDelta(sequence_number=self._next(), item_id=item.id, output_index=index, delta=arguments),
+            ServerToolArgumentsDone(sequence_number=self._next(), item_id=item.id, output_index=index,
+                                    arguments=arguments),
+            ServerToolInProgress(sequence_number=self._next(), item_id=item.id, output_index=index),
+        ]
+        item.arguments = arguments
+        self._running[call_id] = index
         return events
 
-    def _add(self, item: MessageItem | ReasoningItem | FunctionCallItem | FunctionCallOutputItem) -> list[StreamEvent]:
+    def server_result(self, call_id: str, output: str, ok: bool) -> list[StreamEvent]:
+        """The call ``call_id`` the server ran ended: its result, or (not ``ok``) what the model was told instead."""
+        index = self._running.pop(call_id)
+        item = self.response.output[index]
+        assert isinstance(item, ServerToolCallItem)
+        event: type[ServerToolCompleted | ServerToolFailed]
+        if ok:
+            item.output, item.status, event = output, "completed", ServerToolCompleted
+        else:
+            item.error, item.status, event = ToolExecutionError(content=output), "failed", ServerToolFailed
+        return [event(sequence_number=self._next(), item_id=item.id, output_index=index),
+                OutputItemDone(sequence_number=self._next(), output_index=index, item=item)]
+
+    def _add(self, item: OutputItem) -> list[StreamEvent]:
         events = self._close("completed")
         self.response.output.append(item)
         # A copy: the item changes as it fills, and each event shows it as it was.

@@ -128,13 +128,12 @@ class _Ending:
 
 def _render(builder: ResponseBuilder, event: LoopEvent, ending: _Ending, logprobs: bool) -> list[StreamEvent]:
     """The Responses events of one turn event (one choice: the Responses API has no ``n``); a call the
-    server ran is a completed ``function_call`` item and its ``function_call_output``."""
+    server runs is an ``mcp_call`` item, in progress while it runs."""
     if isinstance(event, ToolRunning):
-        return []
+        ending.held = []  # the text they were for became the call
+        return builder.server_call(event.call.id, event.call.name, event.call.arguments, event.source)
     if isinstance(event, ToolDone):
-        ending.held = []
-        call = event.call
-        return [*builder.tool_call(call.id, call.name, call.arguments), *builder.tool_result(call.id, event.result.content)]
+        return builder.server_result(event.call.id, event.result.content, event.result.outcome == "ok")
     if isinstance(event, ReasoningDelta):
         return builder.reasoning(event.text) if event.text else []
     if isinstance(event, TextDelta):

@@ -30,9 +30,18 @@ class InputPart(Struct, kw_only=True):
 Parts = Annotated[list[InputPart], Meta(max_length=MAX_CONTENT_PARTS)]
 
 
+class InputToolError(Struct, kw_only=True):
+    """The ``error`` of a replayed ``mcp_call`` item: OpenAI's error object (only its text is read)."""
+
+    type: str | None = None
+    message: str | None = None
+    content: str | Parts | None = None
+
+
 class InputItem(Struct, kw_only=True):
     """One item of ``input``, told apart by ``type`` (an item without one is a message): ``message``,
-    ``function_call``, ``function_call_output`` or ``reasoning``; each uses the fields of its kind."""
+    ``function_call``, ``function_call_output``, ``reasoning`` or a replayed ``mcp_call`` (a call the
+    server ran); each uses the fields of its kind."""
 
     type: str | None = None
     id: str | None = None
@@ -44,6 +53,8 @@ class InputItem(Struct, kw_only=True):
     arguments: str | None = None
     output: str | Parts | None = None
     summary: Parts | None = None
+    server_label: str | None = None
+    error: str | InputToolError | None = None
 
 
 class FunctionTool(Struct, kw_only=True):
@@ -203,8 +214,7 @@ class ReasoningItem(Struct, kw_only=True, tag="reasoning", tag_field="type"):
 
 
 class FunctionCallOutputItem(Struct, kw_only=True, tag="function_call_output", tag_field="type"):
-    """A function's result: given back by the caller (as listed by ``input_items``), or of a call the
-    server ran itself (in a response's output, after its ``function_call``)."""
+    """A function's result, given back by the caller (as listed by ``input_items``)."""
 
     id: str
     call_id: str
@@ -212,8 +222,28 @@ class FunctionCallOutputItem(Struct, kw_only=True, tag="function_call_output", t
     status: str = "completed"
 
 
-OutputItem = MessageItem | FunctionCallItem | ReasoningItem | FunctionCallOutputItem
-StoredInputItem = MessageItem | FunctionCallItem | ReasoningItem | FunctionCallOutputItem
+class ToolExecutionError(Struct, kw_only=True, tag="mcp_tool_execution_error", tag_field="type"):
+    """Why a call the server ran failed: what the model was told instead of a result."""
+
+    content: str
+
+
+class ServerToolCallItem(Struct, kw_only=True, tag="mcp_call", tag_field="type"):
+    """A call the server ran itself (a host function, an MCP server's tool or a dispatched call), with its
+    result: OpenAI's item for tools run on the server's side, which clients show and never run again.
+    ``server_label`` says what ran it (``app``, an MCP server's name, ``dispatcher``)."""
+
+    id: str
+    server_label: str
+    name: str
+    arguments: str
+    output: str | None = None
+    error: ToolExecutionError | None = None
+    status: str = "completed"
+
+
+OutputItem = MessageItem | FunctionCallItem | ReasoningItem | ServerToolCallItem
+StoredInputItem = MessageItem | FunctionCallItem | ReasoningItem | FunctionCallOutputItem | ServerToolCallItem
 
 # ---- the response object ----------------------------------------------------------------------------
 
@@ -471,6 +501,35 @@ class FunctionCallArgumentsDone(_Event, tag="response.function_call_arguments.do
     arguments: str
 
 
+class _ServerToolEvent(_Event):
+    item_id: str
+    output_index: int
+
+
+class ServerToolArgumentsDelta(_ServerToolEvent, tag="response.mcp_call_arguments.delta"):
+    """The arguments of a call the server runs (whole: one delta)."""
+
+    delta: str
+
+
+class ServerToolArgumentsDone(_ServerToolEvent, tag="response.mcp_call_arguments.done"):
+    """The arguments of a call the server runs, whole."""
+
+    arguments: str
+
+
+class ServerToolInProgress(_ServerToolEvent, tag="response.mcp_call.in_progress"):
+    """The server is running the call."""
+
+
+class ServerToolCompleted(_ServerToolEvent, tag="response.mcp_call.completed"):
+    """The call gave a result (the item's ``output``)."""
+
+
+class ServerToolFailed(_ServerToolEvent, tag="response.mcp_call.failed"):
+    """The call failed (the item's ``error`` holds what the model was told)."""
+
+
 class ErrorEvent(_Event, tag="error"):
     """A failure after the stream started."""
 
@@ -482,7 +541,9 @@ class ErrorEvent(_Event, tag="error"):
 StreamEvent = (
     ResponseCreated | ResponseQueued | ResponseInProgress | ResponseCompleted | ResponseIncomplete | ResponseFailed
     | OutputItemAdded | OutputItemDone | ContentPartAdded | ContentPartDone | OutputTextDelta | OutputTextDone
-    | ReasoningTextDelta | ReasoningTextDone | FunctionCallArgumentsDelta | FunctionCallArgumentsDone | ErrorEvent
+    | ReasoningTextDelta | ReasoningTextDone | FunctionCallArgumentsDelta | FunctionCallArgumentsDone
+    | ServerToolArgumentsDelta | ServerToolArgumentsDone | ServerToolInProgress | ServerToolCompleted
+    | ServerToolFailed | ErrorEvent
 )
 
 #: Decodes a stored response object (to change its status on cancel, to replay it).
