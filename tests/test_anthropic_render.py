@@ -40,7 +40,8 @@ def test_blocks_open_and_close_as_the_kind_of_output_changes() -> None:
     assert shape == [
         ("message_start", None, None), ("ping", None, None),
         ("content_block_start", 0, "thinking"), ("content_block_delta", 0, "thinking_delta"),
-        ("content_block_delta", 0, "thinking_delta"), ("content_block_stop", 0, None),
+        ("content_block_delta", 0, "thinking_delta"), ("content_block_delta", 0, "signature_delta"),
+        ("content_block_stop", 0, None),
         ("content_block_start", 1, "text"), ("content_block_delta", 1, "text_delta"),
         ("content_block_delta", 1, "text_delta"), ("content_block_stop", 1, None),
         ("content_block_start", 2, "tool_use"), ("content_block_delta", 2, "input_json_delta"),
@@ -91,3 +92,25 @@ async def test_a_failure_mid_stream_ends_with_an_error_event() -> None:
     assert stream.failed
     error = json.loads(raw.strip().split("\n\n")[-1].split("\n")[1].removeprefix("data: "))
     assert error == {"type": "error", "error": {"type": "api_error", "message": "A model step failed."}}
+
+
+def test_the_servers_calls_come_where_they_happened_in_the_stream_and_the_whole_message() -> None:
+    from llm_middleware.conversation.tool_loop import ToolDone, ToolRunning
+    from llm_middleware.tools.calls import ToolResult
+
+    events = [
+        ReasoningDelta(0, "Look it up."), TextDelta(0, "One moment."), ToolRunning(0, 1, CALL, "app"),
+        ToolDone(0, 1, CALL, ToolResult("call_1", "get_forecast", "Error: get_forecast failed.", "error", 0.1)),
+        TextDelta(0, "It failed."), ChoiceDone(0, "stop"), TurnUsage(prompt_tokens=30, completion_tokens=9),
+    ]
+    stream = MessageStream("msg_1", "tiny")
+    frames = _frames(stream, events)
+    starts = [data["content_block"] for name, data in frames if name == "content_block_start"]
+    assert [block["type"] for block in starts] == ["thinking", "text", "mcp_tool_use", "mcp_tool_result", "text"]
+    assert starts[2]["input"] == {"city": "Paris", "days": 3} and starts[2]["server_name"] == "app"
+    assert starts[3] == {"type": "mcp_tool_result", "tool_use_id": "call_1", "content": "Error: get_forecast failed.",
+                         "is_error": True}
+    whole = json.loads(encoder.encode(stream.message()))
+    assert [block["type"] for block in whole["content"]] == [block["type"] for block in starts]
+    assert whole["content"][0]["thinking"] == "Look it up." and whole["content"][4]["text"] == "It failed."
+    assert whole["stop_reason"] == "end_turn" and whole["usage"]["output_tokens"] == 9

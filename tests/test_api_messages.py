@@ -182,7 +182,8 @@ async def test_thinking_comes_in_thinking_blocks(thinking_api) -> None:
     empty = {"type": "thinking", "thinking": "", "signature": ""}
     assert frames[2] == ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": empty})
     deltas = [(data["index"], data["delta"]) for name, data in frames if name == "content_block_delta"]
-    assert {(index, delta["type"]) for index, delta in deltas} == {(0, "thinking_delta"), (1, "text_delta")}
+    assert {(index, delta["type"]) for index, delta in deltas} == {(0, "thinking_delta"), (0, "signature_delta"),
+                                                                   (1, "text_delta")}
     assert "".join(delta.get("thinking", "") for _, delta in deltas) == THOUGHT
     assert "".join(delta.get("text", "") for _, delta in deltas) == ANSWER
 

@@ -380,7 +380,7 @@ def test_an_agents_sdk_agent_sees_the_servers_calls_as_done(urls: dict[str, str]
 def test_anthropic_messages_show_the_calls_the_server_ran(urls: dict[str, str], stream: bool) -> None:
     import anthropic
 
-    url = urls["asgi"]
+    url = urls["flask"]  # fewer tools: the replayed turn fits the tiny model's context
     reset(url)
     claude = anthropic.Anthropic(base_url=url + "/ai", api_key="unused", default_headers={"x-user": "alice"},
                                  max_retries=0)
@@ -389,13 +389,30 @@ def test_anthropic_messages_show_the_calls_the_server_ran(urls: dict[str, str], 
     if stream:
         with claude.messages.stream(**options) as events:
             message = events.get_final_message()
-        assert all(block.type != "tool_use" for block in message.content)
     else:
         message = claude.messages.create(**options)
-        use, result = message.content[0], message.content[1]
-        assert (use.type, use.name) == ("tool_use", "stock_level")  # type: ignore[union-attr]
-        assert result.type == "tool_result" and '"in_stock":7' in result.content  # type: ignore[union-attr]
-        assert all(block.type != "tool_use" for block in message.content[2:])
+    use, result = message.content[0], message.content[1]
+    assert (use.type, use.name, use.server_name) == ("mcp_tool_use", "stock_level", "app")  # type: ignore[union-attr]
+    assert result.type == "mcp_tool_result" and result.tool_use_id == use.id and not result.is_error  # type: ignore[union-attr]
+    assert '"in_stock":7' in result.content  # type: ignore[union-attr]
+    assert all(block.type not in ("tool_use", "mcp_tool_use") for block in message.content[2:])
     assert message.stop_reason in ("end_turn", "max_tokens")
     assert [c["tool"] for c in calls(url)] == ["stock_level"]
     assert '"in_stock":7' in prompts(url)[1]
+    # Replayed as the next turn's history, the blocks give the model the conversation the loop wrote.
+    history = [*ASK, {"role": "assistant", "content": [block.model_dump(warnings=False) for block in message.content]},
+               {"role": "user", "content": "Thanks"}]
+    claude.messages.create(model="tiny", max_tokens=2, messages=history)
+    assert prompts(url)[-1].startswith(prompts(url)[1])
+
+
+def test_langchain_anthropic_does_not_take_the_servers_calls_for_its_own(urls: dict[str, str]) -> None:
+    from langchain_anthropic import ChatAnthropic
+
+    url = urls["asgi"]
+    reset(url)
+    chat = ChatAnthropic(model="tiny", base_url=url + "/ai", api_key="unused", max_tokens=64, max_retries=0,
+                         default_headers={"x-user": "alice"})
+    answer = chat.invoke(ASK, tool_choice={"type": "tool", "name": "stock_level"})
+    assert answer.tool_calls == []  # nothing for the client to run
+    assert [c["tool"] for c in calls(url)] == ["stock_level"]

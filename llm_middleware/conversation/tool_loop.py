@@ -225,29 +225,17 @@ async def stream_with_tools(engine: EngineAPI, turn: Turn, loop: ToolLoop) -> As
     return state.run(first)
 
 
-@dataclass(slots=True)
-class LoopAnswer:
-    """A whole answer of the loop: the final answer (usage summed over every round) and the calls the
-    server ran on the way, in order."""
-
-    answer: TurnAnswer
-    calls: list[ToolDone]
-
-
-async def answer_with_tools(engine: EngineAPI, turn: Turn, loop: ToolLoop) -> LoopAnswer:
-    """Run the loop to its end and return the whole answer."""
+async def answer_with_tools(engine: EngineAPI, turn: Turn, loop: ToolLoop) -> TurnAnswer:
+    """Run the loop to its end and return the final answer (usage summed over every round)."""
     events: list[TurnEvent] = []
-    calls: list[ToolDone] = []
     stream = await stream_with_tools(engine, turn, loop)
     try:
         async for event in stream:
-            if isinstance(event, ToolDone):
-                calls.append(event)
-            elif not isinstance(event, ToolRunning):
+            if not isinstance(event, ToolRunning | ToolDone):
                 events.append(event)
     finally:
         await stream.aclose()
-    return LoopAnswer(gather(events), calls)
+    return gather(events)
 
 
 async def chat_with_tools(engine: EngineAPI, messages: list[dict[str, Any]], tools: list[Any], *,
@@ -264,7 +252,7 @@ async def chat_with_tools(engine: EngineAPI, messages: list[dict[str, Any]], too
     request_id = request_id or f"chat-{uuid.uuid4().hex}"
     turn = Turn(messages=messages, model=model, tool_choice=tool_choice, sampling=sampling,
                 chat_template_kwargs=chat_template_kwargs, request_id=request_id)
-    answer = (await answer_with_tools(engine, turn, ToolLoop(toolbox, None, max_tool_rounds))).answer
+    answer = await answer_with_tools(engine, turn, ToolLoop(toolbox, None, max_tool_rounds))
     [choice] = answer.choices
     finish: Any = choice.finish_reason
     return Completion(

@@ -1,7 +1,7 @@
 """A turn's events -> Anthropic's message: whole, or as its stream of ``event:`` frames.
 
 A message answers one choice.  Its content is a sequence of blocks in the order the model wrote
-them: thinking, text, and one ``tool_use`` block per call.  A stream opens a block when its kind of
+them: thinking, text, one ``tool_use`` block per call, and the calls the server ran with their results.  A stream opens a block when its kind of
 output starts, and closes it when another kind starts or the choice ends.
 """
 
@@ -12,6 +12,7 @@ from typing import Any
 
 from ...conversation.answer import ToolCall
 from ...conversation.events import ChoiceDone, ReasoningDelta, TextDelta, ToolCallMade, TurnUsage
+from ...conversation.tool_loop import ToolDone, ToolRunning
 from ..core.responses import encoder
 from .types import (
     ContentBlock,
@@ -26,6 +27,9 @@ from .types import (
     MessageStart,
     MessageStop,
     Ping,
+    ServerToolResultBlock,
+    ServerToolUseBlock,
+    SignatureDelta,
     StopReason,
     StreamEvent,
     TextBlock,
@@ -78,11 +82,13 @@ def sse(event: StreamEvent) -> bytes:
 
 
 class MessageStream:
-    """Turns the events of one turn into the frames of a streamed message; holds the stream's state.
+    """Turns the events of one turn (or of the tool loop) into the frames of a streamed message, and
+    keeps the message they add up to (:meth:`message`).
 
     ``message_start`` (and a ``ping``) go out with the first event, with no usage counted yet (the
     engine counts at the end); :meth:`closing` closes the open block and sends ``message_delta``
-    (stop reason, the whole usage) and ``message_stop``.
+    (stop reason, the whole usage) and ``message_stop``.  A call the server runs is an ``mcp_tool_use``
+    block, its result an ``mcp_tool_result`` block, in the order they happened.
     """
 
     def __init__(self, message_id: str, model: str) -> None:
@@ -90,7 +96,8 @@ class MessageStream:
         self._model = model
         self._started = False
         self._open: str | None = None  # the kind of the open block: "thinking", "text" or None
-        self._blocks = 0
+        self._pieces: list[str] = []  # the open block's text so far
+        self._content: list[ContentBlock] = []
         self._stop_reason: StopReason | None = None
         self._stop_sequence: str | None = None
         self._usage: MessageUsage | None = None
@@ -108,34 +115,58 @@ class MessageStream:
     def _close(self) -> list[bytes]:
         if self._open is None:
             return []
+        index, block = len(self._content) - 1, self._content[-1]
+        text, self._pieces = "".join(self._pieces), []
+        frames = []
+        if isinstance(block, ThinkingBlock):
+            block.thinking = text
+            frames.append(sse(ContentBlockDelta(index=index, delta=SignatureDelta())))
+        elif isinstance(block, TextBlock):
+            block.text = text
         self._open = None
-        self._blocks += 1
-        return [sse(ContentBlockStop(index=self._blocks - 1))]
+        return [*frames, sse(ContentBlockStop(index=index))]
 
     def _open_block(self, kind: str, block: ContentBlock) -> list[bytes]:
         if self._open == kind:
             return []
         frames = self._close()
         self._open = kind
-        return [*frames, sse(ContentBlockStart(index=self._blocks, content_block=block))]
+        self._content.append(block)
+        return [*frames, sse(ContentBlockStart(index=len(self._content) - 1, content_block=block))]
+
+    def _whole(self, block: ContentBlock, shown: ContentBlock, arguments: str | None = None) -> list[bytes]:
+        """A block that comes whole: its start (``shown``), its arguments as one delta, its stop."""
+        frames = self._close()
+        index = len(self._content)
+        self._content.append(block)
+        frames.append(sse(ContentBlockStart(index=index, content_block=shown)))
+        if arguments is not None:
+            frames.append(sse(ContentBlockDelta(index=index, delta=InputJsonDelta(partial_json=arguments))))
+        return [*frames, sse(ContentBlockStop(index=index))]
 
     def on_event(self, event: Any) -> bytes:
         """The frames ``event`` produces, joined (``b""`` for none)."""
         frames = self._start()
         if isinstance(event, ReasoningDelta) and event.text:
             frames += self._open_block("thinking", ThinkingBlock(thinking=""))
-            frames.append(sse(ContentBlockDelta(index=self._blocks, delta=ThinkingDelta(thinking=event.text))))
+            self._pieces.append(event.text)
+            frames.append(sse(ContentBlockDelta(index=len(self._content) - 1, delta=ThinkingDelta(thinking=event.text))))
         elif isinstance(event, TextDelta) and event.text:
             frames += self._open_block("text", TextBlock(text=""))
-            frames.append(sse(ContentBlockDelta(index=self._blocks, delta=TextDeltaOut(text=event.text))))
+            self._pieces.append(event.text)
+            frames.append(sse(ContentBlockDelta(index=len(self._content) - 1, delta=TextDeltaOut(text=event.text))))
         elif isinstance(event, ToolCallMade):
-            frames += self._close()
             call = event.call
-            block = ToolUseBlock(id=call.id, name=call.name, input={})
-            start = ContentBlockStart(index=self._blocks, content_block=block)
-            arguments = ContentBlockDelta(index=self._blocks, delta=InputJsonDelta(partial_json=call.arguments))
-            frames += [sse(start), sse(arguments), sse(ContentBlockStop(index=self._blocks))]
-            self._blocks += 1
+            frames += self._whole(tool_use(call), ToolUseBlock(id=call.id, name=call.name, input={}), call.arguments)
+        elif isinstance(event, ToolRunning):
+            call = event.call
+            # Whole in its start: the SDK's stream accumulator reads input deltas of ``tool_use`` blocks only.
+            block = ServerToolUseBlock(id=call.id, name=call.name, server_name=event.source, input=json.loads(call.arguments))
+            frames += self._whole(block, block)
+        elif isinstance(event, ToolDone):
+            result = ServerToolResultBlock(tool_use_id=event.call.id, content=event.result.content,
+                                           is_error=event.result.outcome != "ok")
+            frames += self._whole(result, result)
         elif isinstance(event, ChoiceDone):
             frames += self._close()
             self._stop_reason = stop_reason(event.finish_reason, event.stop_sequence)
@@ -143,6 +174,13 @@ class MessageStream:
         elif isinstance(event, TurnUsage):
             self._usage = usage(event)
         return b"".join(frames)
+
+    def message(self) -> Message:
+        """The whole message the events so far add up to (the open block closed)."""
+        self._close()
+        return Message(id=self._id, model=self._model, content=self._content, stop_reason=self._stop_reason,
+                       stop_sequence=self._stop_sequence,
+                       usage=self._usage or MessageUsage(input_tokens=0, output_tokens=0))
 
     def closing(self) -> bytes:
         """The last frames: the open block's stop, ``message_delta`` and ``message_stop``."""

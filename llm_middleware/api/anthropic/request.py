@@ -20,6 +20,8 @@ from .types import (
     MessageParam,
     MessagesRequest,
     RedactedThinkingBlockParam,
+    ServerToolResultBlockParam,
+    ServerToolUseBlockParam,
     TextBlockParam,
     ThinkingAdaptive,
     ThinkingBlockParam,
@@ -92,21 +94,44 @@ def _user_messages(message: MessageParam, i: int) -> list[dict[str, Any]]:
     return out
 
 
-def _assistant_message(message: MessageParam, i: int) -> dict[str, Any]:
+def _assistant_messages(message: MessageParam, i: int) -> list[dict[str, Any]]:
     """An assistant turn: its text as ``content``, its tool uses as ``tool_calls``, its thinking as
-    ``reasoning_content`` (which thinking templates render)."""
+    ``reasoning_content`` (which thinking templates render).  Calls the server ran (``mcp_tool_use``)
+    join the calls, and their results (``mcp_tool_result``) follow as ``tool`` messages, as the tool
+    loop wrote them; what comes after a result is the next assistant message."""
     if isinstance(message.content, str):
-        return {"role": "assistant", "content": message.content}
+        return [{"role": "assistant", "content": message.content}]
+    out: list[dict[str, Any]] = []
     texts: list[str] = []
     thoughts: list[str] = []
     calls: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    names: dict[str, str] = {}
+
+    def flush() -> None:
+        assistant: dict[str, Any] = {"role": "assistant", "content": PART_SEPARATOR.join(texts)}
+        if calls:
+            assistant["tool_calls"] = list(calls)
+        if thoughts:
+            assistant["reasoning_content"] = PART_SEPARATOR.join(thoughts)
+        out.extend([assistant, *results])
+        for pieces in (texts, thoughts, calls, results):
+            pieces.clear()
+
     for j, block in enumerate(message.content):
         param = f"messages[{i}].content[{j}]"
+        if results and not isinstance(block, ServerToolResultBlockParam):
+            flush()
         if isinstance(block, TextBlockParam):
             texts.append(block.text)
-        elif isinstance(block, ToolUseBlockParam):
-            function = {"name": block.name, "arguments": block.input}
-            calls.append({"id": block.id, "type": "function", "function": function})
+        elif isinstance(block, ToolUseBlockParam | ServerToolUseBlockParam):
+            calls.append({"id": block.id, "type": "function", "function": {"name": block.name, "arguments": block.input}})
+            names[block.id] = block.name
+        elif isinstance(block, ServerToolResultBlockParam):
+            content = block.content
+            text = content if isinstance(content, str) else _text(list(content or []), f"{param}.content")
+            results.append({"role": "tool", "tool_call_id": block.tool_use_id, "name": names.get(block.tool_use_id, ""),
+                            "content": text})
         elif isinstance(block, ThinkingBlockParam):
             thoughts.append(block.thinking)
         elif isinstance(block, RedactedThinkingBlockParam):
@@ -117,11 +142,8 @@ def _assistant_message(message: MessageParam, i: int) -> dict[str, Any]:
             raise InvalidRequestError(
                 "Content blocks of type 'tool_result' belong in user turns.", param=f"{param}.type"
             )
-    out: dict[str, Any] = {"role": "assistant", "content": PART_SEPARATOR.join(texts)}
-    if calls:
-        out["tool_calls"] = calls
-    if thoughts:
-        out["reasoning_content"] = PART_SEPARATOR.join(thoughts)
+    if texts or thoughts or calls or results or not out:
+        flush()
     return out
 
 
@@ -137,7 +159,7 @@ def template_messages(body: ConversationFields) -> list[dict[str, Any]]:
         if message.role == "user":
             out += _user_messages(message, i)
         else:
-            out.append(_assistant_message(message, i))
+            out += _assistant_messages(message, i)
     return out
 
 

@@ -6,7 +6,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ...conversation.stream import TurnAnswer, answer_turn, stream_turn
-from ...conversation.tool_loop import ToolLoop, answer_with_tools, stream_with_tools, uses_server_tools
+from ...conversation.tool_loop import ToolLoop, stream_with_tools, uses_server_tools
 from ...conversation.turn import PreparedTurn, Turn, prepare
 from ...request_info import request_info
 from ...runtime.cpu_pool import run_cpu
@@ -19,16 +19,14 @@ from ..core.sse import EventStream, streaming_response
 from ..openai.forward import ForwardingEngine
 from . import request as translate
 from .errors import FRAMING
-from .render import MessageStream, content_blocks, stop_reason, tool_use, usage
+from .render import MessageStream, content_blocks, stop_reason, usage
 from .types import (
-    ContentBlock,
     CountTokensRequest,
     ErrorResponse,
     Message,
     MessagesRequest,
     StreamEvent,
     TokenCount,
-    ToolResultBlock,
     count_tokens_request_decoder,
     messages_request_decoder,
 )
@@ -100,21 +98,19 @@ async def create_message(engine: EngineAPI, request: Request, request_id: str, *
 
 async def _with_tools(engine: EngineAPI, body: MessagesRequest, turn: Turn, loop: ToolLoop,
                       request_id: str) -> Response:
-    """A message through the tool loop: streamed, the server's calls are not sent; whole, each call it ran
-    is a ``tool_use`` block and a ``tool_result`` block before the answer's own blocks."""
+    """A message through the tool loop: each call the server ran is an ``mcp_tool_use`` block and its
+    result an ``mcp_tool_result`` block, where they happened among the answer's own blocks."""
     model = engine.resolve_model(turn.model, task="generate")
+    events = await stream_with_tools(engine, turn, loop)
+    frames = MessageStream(request_id, model)
     if body.stream:
-        events = await stream_with_tools(engine, turn, loop)
-        frames = MessageStream(request_id, model)
         return streaming_response(EventStream(events, frames.on_event, FRAMING, closing=frames.closing))
-    answered = await answer_with_tools(engine, turn, loop)
-    whole = message(request_id, model, answered.answer)
-    ran: list[ContentBlock] = []
-    for done in answered.calls:
-        ran += [tool_use(done.call), ToolResultBlock(tool_use_id=done.call.id, content=done.result.content,
-                                                     is_error=done.result.outcome != "ok")]
-    whole.content = [*ran, *whole.content]
-    return json_response(whole)
+    try:
+        async for event in events:
+            frames.on_event(event)
+    finally:
+        await events.aclose()
+    return json_response(frames.message())
 
 
 async def _prompt_tokens(engine: EngineAPI, prepared: PreparedTurn) -> int:

@@ -74,6 +74,25 @@ class RedactedThinkingBlockParam(Struct, kw_only=True, tag_field="type", tag="re
     data: str
 
 
+class ServerToolUseBlockParam(Struct, kw_only=True, tag_field="type", tag="mcp_tool_use"):
+    """A call the server ran itself, replayed in the assistant turn that made it."""
+
+    id: str
+    name: str
+    input: dict[str, Any]
+    server_name: str | None = None
+    cache_control: dict[str, Any] | None = None
+
+
+class ServerToolResultBlockParam(Struct, kw_only=True, tag_field="type", tag="mcp_tool_result"):
+    """The result of a call the server ran itself, replayed after its ``mcp_tool_use`` block."""
+
+    tool_use_id: str
+    content: str | Annotated[list[TextBlockParam], Meta(max_length=MAX_CONTENT_PARTS)] | None = None
+    is_error: bool | None = None
+    cache_control: dict[str, Any] | None = None
+
+
 ContentBlockParam = (
     TextBlockParam
     | ImageBlockParam
@@ -82,6 +101,8 @@ ContentBlockParam = (
     | ToolResultBlockParam
     | ThinkingBlockParam
     | RedactedThinkingBlockParam
+    | ServerToolUseBlockParam
+    | ServerToolResultBlockParam
 )
 
 
@@ -240,15 +261,25 @@ class ToolUseBlock(Struct, kw_only=True, tag_field="type", tag="tool_use"):
     input: dict[str, Any]
 
 
-class ToolResultBlock(Struct, kw_only=True, tag_field="type", tag="tool_result"):
-    """The result of a call the server ran itself (after that call's ``tool_use`` block)."""
+class ServerToolUseBlock(Struct, kw_only=True, tag_field="type", tag="mcp_tool_use"):
+    """A call the server ran itself (Anthropic's block for tools run on the server's side, which clients
+    show and do not run again); ``server_name`` says what ran it (``app``, an MCP server's name, ``dispatcher``)."""
+
+    id: str
+    name: str
+    server_name: str
+    input: dict[str, Any]
+
+
+class ServerToolResultBlock(Struct, kw_only=True, tag_field="type", tag="mcp_tool_result"):
+    """The result of the server's call ``tool_use_id`` (``is_error``: what the model was told instead)."""
 
     tool_use_id: str
     content: str
     is_error: bool = False
 
 
-ContentBlock = TextBlock | ThinkingBlock | ToolUseBlock | ToolResultBlock
+ContentBlock = TextBlock | ThinkingBlock | ToolUseBlock | ServerToolUseBlock | ServerToolResultBlock
 
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
 
@@ -297,6 +328,12 @@ class InputJsonDelta(Struct, kw_only=True, tag_field="type", tag="input_json_del
     partial_json: str
 
 
+class SignatureDelta(Struct, kw_only=True, tag_field="type", tag="signature_delta"):
+    """A thinking block's signature, sent just before the block stops (empty: nothing is signed here)."""
+
+    signature: str = ""
+
+
 class MessageStart(Struct, kw_only=True, tag_field="type", tag="message_start"):
     """The first event: the message with no content yet."""
 
@@ -318,7 +355,7 @@ class ContentBlockDelta(Struct, kw_only=True, tag_field="type", tag="content_blo
     """More of block ``index``."""
 
     index: int
-    delta: TextDelta | ThinkingDelta | InputJsonDelta
+    delta: TextDelta | ThinkingDelta | InputJsonDelta | SignatureDelta
 
 
 class ContentBlockStop(Struct, kw_only=True, tag_field="type", tag="content_block_stop"):

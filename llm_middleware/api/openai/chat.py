@@ -135,7 +135,7 @@ async def chat_completions(
         answer = await answer_turn(engine, prepared)
         model = prepared.model
     else:
-        answer = (await answer_with_tools(engine, turn, loop)).answer
+        answer = await answer_with_tools(engine, turn, loop)
         model = engine.resolve_model(turn.model, task="generate")
     choices = []
     for choice in answer.choices:
