@@ -69,6 +69,14 @@ class EngineNotReadyError(LLMError):
     code = "engine_unavailable"
 
 
+class StoreUnavailableError(LLMError):
+    """The response store could not be read or written in time (HTTP 503; the store's own error is logged)."""
+
+    status = 503
+    type = "server_error"
+    code = "store_unavailable"
+
+
 class EngineStepError(LLMError):
     """A model step failed while this request was in it (HTTP 500)."""
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from servers import ROOT
 
+from llm_middleware.errors import StoreUnavailableError
 from llm_middleware.cli import build_parser
 from llm_middleware.middleware import LLMMiddleware
 from llm_middleware.store import (
@@ -401,8 +402,9 @@ async def test_a_write_gives_up_after_the_busy_timeout(tmp_path: Path) -> None:
         blocker = sqlite3.connect(path, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         try:
-            with pytest.raises(sqlite3.OperationalError, match="locked"):
+            with pytest.raises(StoreUnavailableError) as refused:
                 await store.put(record("second", created_at=1e10))
+            assert refused.value.status == 503 and str(path) not in refused.value.message
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()

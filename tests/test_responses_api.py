@@ -467,3 +467,53 @@ async def test_a_cancel_through_another_process_stops_the_run(api_engine, tmp_pa
     finally:
         for store in stores:
             store.close()
+
+
+async def test_query_numbers_and_ids_are_bounded(api: API) -> None:
+    long = {**GREEDY, "input": "Hi", "background": True, "ignore_eos": True, "max_output_tokens": 1000}
+    made = (await call(api, "POST", "/v1/responses", long)).json()
+    try:
+        for query in (b"stream=true&starting_after=-1000000000000", b"stream=true&starting_after=--1",
+                      b"stream=true&starting_after=%C2%B2"):
+            refused = await call(api, "GET", f"/v1/responses/{made['id']}", query=query)
+            assert (refused.status, refused.json()["error"]["param"]) == (400, "starting_after")
+        for query in (b"limit=%C2%B2", b"limit=0", b"limit=101"):
+            refused = await call(api, "GET", f"/v1/responses/{made['id']}/input_items", query=query)
+            assert (refused.status, refused.json()["error"]["param"]) == (400, "limit")
+    finally:
+        await call(api, "POST", f"/v1/responses/{made['id']}/cancel")
+    item = {"type": "message", "role": "user", "content": "Hi", "id": "x" * 257}
+    refused = await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": [item]})
+    assert refused.status == 400 and "input[0].id" in refused.json()["error"]["param"]
+
+
+async def test_a_cancelled_background_response_can_be_continued(api: API) -> None:
+    long = {**GREEDY, "input": "Hi", "background": True, "ignore_eos": True, "max_output_tokens": 1000}
+    made = (await call(api, "POST", "/v1/responses", long)).json()
+    assert (await call(api, "POST", f"/v1/responses/{made['id']}/cancel")).json()["status"] == "cancelled"
+    chained = await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "More",
+                                                        "previous_response_id": made["id"]})
+    assert chained.status == 200, chained.body
+    alone = (await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "More"})).json()
+    assert chained.json()["usage"]["input_tokens"] > alone["usage"]["input_tokens"]  # "Hi" came first
+
+
+async def test_a_locked_store_is_a_503_to_retry(api_engine, tmp_path) -> None:
+    import sqlite3
+
+    from llm_middleware.store import SQLiteResponseStore
+
+    path = tmp_path / "responses.db"
+    store = SQLiteResponseStore(path, busy_timeout=0.1)
+    api = API(api_engine, response_store=store)
+    await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi"})  # creates the file
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        refused = await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi"})
+        assert refused.status == 503 and refused.json()["error"]["code"] == "store_unavailable"
+        assert str(tmp_path) not in refused.body.decode()
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        store.close()

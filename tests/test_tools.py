@@ -233,6 +233,25 @@ def test_a_round_runs_calls_concurrently_and_cancelling_it_cancels_async_tools()
     assert sorted(started) == ["a", "b"] and sorted(cancelled) == ["a", "b"]
 
 
+def test_a_round_runs_a_bounded_number_of_calls_and_survives_deep_arguments() -> None:
+    from llm_middleware.tools.toolbox import MAX_CALLS_PER_ROUND
+
+    ran: list[str] = []
+
+    def note(word: str) -> str:
+        ran.append(word)
+        return word
+
+    box = ToolBox([note])
+    deep = PendingCall("deep", "note", "[" * 100_000 + "]" * 100_000)  # deeper than json can decode
+    calls = [deep, *(PendingCall(f"c{i}", "note", json.dumps({"word": str(i)})) for i in range(MAX_CALLS_PER_ROUND + 2))]
+    results = asyncio.run(box.run_round(calls, info=None, round=1, request_id="r"))
+    assert [r.call_id for r in results] == [c.call_id for c in calls]
+    assert results[0].outcome == "invalid_arguments" and len(ran) == MAX_CALLS_PER_ROUND - 1
+    assert {r.outcome for r in results[MAX_CALLS_PER_ROUND:]} == {"refused"}
+    assert "at most" in results[-1].content
+
+
 def test_observers_and_the_access_log_see_every_call(caplog: pytest.LogCaptureFixture) -> None:
     seen: list[tuple[str, str, int, str]] = []
     box = ToolBox([lookup_order])
@@ -309,7 +328,8 @@ def test_mcp_server_over_stdio() -> None:
                                    info=None, round=1, request_id="r")
             assert (result.outcome, result.content) == ("ok", "2 letters")
             failed = await box.run(PendingCall("c", "mcp_fails", "{}"), info=None, round=1, request_id="r")
-            assert failed.outcome == "error"
+            # The server's own error text (an exception's) stays in the log: the model, and so the client, read less.
+            assert (failed.outcome, failed.content) == ("error", "Error: the tool mcp_fails failed")
         finally:
             box.stop()
 

@@ -70,7 +70,7 @@ def _json_values(text: str, separators: str) -> list[Any] | None:
             return values
         try:
             value, pos = _json.raw_decode(text, pos)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the decoder goes
             return None
         values.append(value)
 

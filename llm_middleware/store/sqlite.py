@@ -9,6 +9,7 @@ its own connection; nothing opened in a parent process is used after a fork.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..errors import StoreUnavailableError
 from ..runtime.cpu_pool import CPUPool
 from .protocol import (
     DEFAULT_LIMIT,
@@ -34,6 +36,7 @@ from .protocol import (
 MAX_ENTRIES = 100_000
 MAX_AGE = 30 * 24 * 3600.0
 BUSY_TIMEOUT = 5.0
+logger = logging.getLogger("llm_middleware.store")
 #: Threads of the store's pool per process: a few calls may wait on the file while others read.
 THREADS = 4
 
@@ -85,7 +88,7 @@ class SQLiteResponseStore:
     The file and its tables are created on first use.  At most ``max_entries`` records are kept
     (past it the least recently used go); records expire ``max_age`` seconds after their
     ``created_at``.  A write waits up to ``busy_timeout`` seconds for another writer, then fails
-    with ``sqlite3.OperationalError``.  ``clock`` gives the current unix time (``time.time``).
+    with :class:`~llm_middleware.errors.StoreUnavailableError` (a 503 to the client).  ``clock`` gives the current unix time (``time.time``).
     :meth:`close` closes this process's connections (a later call opens them again).
     """
 
@@ -177,7 +180,12 @@ class SQLiteResponseStore:
         return self._clock() - self.max_age
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await self._pool.run(fn, *args)
+        try:
+            return await self._pool.run(fn, *args)
+        except sqlite3.OperationalError:
+            # Locked past busy_timeout, or the file went away: the client may retry; the details are logged.
+            logger.exception("the response store at %s failed", self.path)
+            raise StoreUnavailableError("The response store is busy; try again.", retry_after=1) from None
 
     # ---- the operations, each one transaction ------------------------------------------------------
 

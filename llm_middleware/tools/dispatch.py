@@ -32,12 +32,14 @@ class Dispatcher:
         self.url = url
         self._timeout = httpx.Timeout(timeout, connect=min(timeout, _CONNECT_TIMEOUT))
         self._max_bytes = max_bytes
+        # Made once: building one loads the CA bundle, blocking whichever event loop a call runs on.
+        self._ssl = httpx.create_ssl_context()
 
     async def call(self, name: str, arguments: dict[str, Any]) -> str:
         """The dispatcher's result for one call (``ToolError`` when it cannot be had)."""
         # A client per call: calls come from whichever event loop serves the request, and a pooled
         # client belongs to one loop.
-        async with httpx.AsyncClient(timeout=self._timeout, follow_redirects=False) as client:
+        async with httpx.AsyncClient(timeout=self._timeout, verify=self._ssl, follow_redirects=False) as client:
             try:
                 async with client.stream("POST", self.url, json={"name": name, "arguments": arguments}) as response:
                     body = bytearray()

@@ -151,7 +151,10 @@ class MCPConnection:
             raise ToolError(f"the tool {name} failed") from None
         text = _text(result)
         if result.is_error:
-            raise ToolError(text or f"the tool {name} failed")
+            # An MCP server reports a tool's exception as text, paths and all: logged, never passed on (what the
+            # model reads may reach the client).
+            logger.warning("MCP server %s: %s reported an error: %s", self.server.label, name, text[:2000])
+            raise ToolError(f"the tool {name} failed")
         return text
 
 

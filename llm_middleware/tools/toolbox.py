@@ -39,6 +39,8 @@ ToolObserver = Callable[[ToolResult, int, str], None]
 DEFAULT_MAX_TOOL_ROUNDS = 8
 DEFAULT_TOOL_TIMEOUT = 30.0
 DEFAULT_MAX_TOOL_RESULT_SIZE = 64 * 1024
+#: The most calls of one round that run; a model steered into writing hundreds gets an error for the rest.
+MAX_CALLS_PER_ROUND = 32
 #: Seconds a request waits at most for the MCP servers' first connection.
 MCP_CONNECT_WAIT = 10.0
 
@@ -67,7 +69,7 @@ class _Unavailable(Exception):
 def _arguments_object(arguments: str) -> dict[str, Any]:
     try:
         value = json.loads(arguments or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
 
@@ -167,8 +169,19 @@ class ToolBox:
     async def run_round(
         self, calls: Sequence[PendingCall], *, info: RequestInfo | None, round: int, request_id: str
     ) -> list[ToolResult]:
-        """Run ``calls`` concurrently; their results in the same order."""
-        return list(await asyncio.gather(*(self.run(call, info=info, round=round, request_id=request_id) for call in calls)))
+        """Run ``calls`` concurrently; their results in the same order.  Past ``MAX_CALLS_PER_ROUND`` the calls
+        are not run: the model reads that it made too many."""
+        ran = list(await asyncio.gather(*(self.run(call, info=info, round=round, request_id=request_id)
+                                          for call in calls[:MAX_CALLS_PER_ROUND])))
+        skipped = [
+            ToolResult(call.call_id, call.name,
+                       f"Error: {call.name} was not run: at most {MAX_CALLS_PER_ROUND} calls run in one round.",
+                       "refused", 0.0)
+            for call in calls[MAX_CALLS_PER_ROUND:]
+        ]
+        for result in skipped:
+            self._report(result, round, request_id)
+        return ran + skipped
 
     async def run(self, call: PendingCall, *, info: RequestInfo | None, round: int, request_id: str) -> ToolResult:
         """Run one call and report it; never raises but for cancellation."""

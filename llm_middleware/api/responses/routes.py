@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
@@ -73,9 +74,13 @@ if TYPE_CHECKING:
     from ...engine.interface import EngineAPI
 
 RESPONSE = "/v1/responses/{response_id}"
+#: The most a conversation continued through ``previous_response_id`` may hold (encoded items): far past
+#: any model's context, it bounds what a chain of responses can make the store keep.
+MAX_CONVERSATION_BYTES = 16 * 2**20
 #: How often a background run looks in the store for a cancel (or delete) made by another process.
 CANCEL_POLL_SECONDS = 1.0
 _encoder = msgspec.json.Encoder()
+logger = logging.getLogger("llm_middleware")
 # The core's field names, as this protocol spells them in errors.
 _PARAM_NAMES = {"max_tokens": "max_output_tokens", "messages": "input"}
 
@@ -194,6 +199,11 @@ class ResponsesRoutes:
                 f"Previous response '{body.previous_response_id}' is still {stored.status}; wait until it ends.",
                 param="previous_response_id",
             )
+        if len(stored.conversation) > MAX_CONVERSATION_BYTES:
+            raise InvalidRequestError(
+                f"The conversation of '{body.previous_response_id}' is too long to continue.",
+                param="previous_response_id",
+            )
         return stored.conversation
 
     def _decode(self, request: Request) -> ResponsesRequest:
@@ -260,9 +270,10 @@ class ResponsesRoutes:
                                           retry_after=1)
             # Encoded now: once the run starts, the builder changes the response on the run's own loop.
             queued = _encoder.encode(response)
+            # The conversation so far is stored at once: a response cancelled before it ends continues from it.
             await self.store.put(
                 StoredResponse(id=response.id, owner=request.identity, created_at=time.time(), status="queued",
-                               response=queued),
+                               response=queued, conversation=await run_cpu(as_input, convo.items)),
                 input_items,
             )
             run = Run(response.id, request.identity)
@@ -353,6 +364,12 @@ class ResponsesRoutes:
                 _publish(run, builder.fail(error))
                 if save is not None:
                     await save(None)
+        except Exception as exc:  # the store failed: followers still see the end, and the store may take it
+            logger.exception("background response %s failed", run.response_id)
+            _publish(run, builder.fail(client_error(exc, streaming=True)))
+            if save is not None:
+                with contextlib.suppress(Exception):
+                    await save(None)
 
     # ---- the stored response's routes -------------------------------------------------------------
 
@@ -373,10 +390,8 @@ class ResponsesRoutes:
                 raise InvalidRequestError(
                     "Only a background response still running can be streamed.", param="stream"
                 )
-            after = query.get("starting_after", ["-1"])[-1]
-            if not after.lstrip("-").isdigit():
-                raise InvalidRequestError("'starting_after' must be an integer.", param="starting_after")
-            return _sse(EventStream(run.frames(int(after)), lambda data: data, _FRAMING))
+            after = _query_int(query, "starting_after", "-1", -1, 10**9)
+            return _sse(EventStream(run.frames(after), lambda data: data, _FRAMING))
         return Response(status=200, headers=list(JSON_HEADERS), body=stored.response)
 
     async def delete(self, request: Request, request_id: str) -> Response:
@@ -409,14 +424,12 @@ class ResponsesRoutes:
         template = RESPONSE + "/input_items"
         response_id = path_params(template, request.path).get("response_id", "")
         query = parse_qs(request.query_string.decode("latin-1"))
-        limit_text = query.get("limit", ["20"])[-1]
+        limit = _query_int(query, "limit", "20", 1, 100)
         order = query.get("order", ["desc"])[-1]
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= 100:
-            raise InvalidRequestError("'limit' must be an integer from 1 to 100.", param="limit")
         if order not in ("asc", "desc"):
             raise InvalidRequestError("'order' must be 'asc' or 'desc'.", param="order")
         page = await self.store.list_input_items(
-            request.identity, response_id, after=query.get("after", [None])[-1], limit=int(limit_text),
+            request.identity, response_id, after=query.get("after", [None])[-1], limit=limit,
             order=order,  # type: ignore[arg-type]
         )
         if page is None:
@@ -424,6 +437,15 @@ class ResponsesRoutes:
         # The items were encoded by this module: they go out as they are.
         return json_response(_RawItemList(data=[msgspec.Raw(item.data) for item in page.items],
                                           first_id=page.first_id, last_id=page.last_id, has_more=page.has_more))
+
+
+def _query_int(query: dict[str, list[str]], name: str, default: str, low: int, high: int) -> int:
+    """The query parameter ``name``: ASCII digits (a leading ``-`` for a negative ``low``) from ``low`` to ``high``."""
+    text = query.get(name, [default])[-1]
+    digits = text.removeprefix("-") if low < 0 else text
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 10 and low <= int(text) <= high):
+        raise InvalidRequestError(f"'{name}' must be an integer from {low} to {high}.", param=name)
+    return int(text)
 
 
 class _RawItemList(msgspec.Struct, kw_only=True):

@@ -28,6 +28,8 @@ class InputPart(Struct, kw_only=True):
 
 
 Parts = Annotated[list[InputPart], Meta(max_length=MAX_CONTENT_PARTS)]
+#: The longest item id or call id taken (OpenAI's are about 50 characters): ids are stored, never prompted.
+MAX_ID_LENGTH = 256
 
 
 class InputToolError(Struct, kw_only=True):
@@ -44,11 +46,11 @@ class InputItem(Struct, kw_only=True):
     server ran); each uses the fields of its kind."""
 
     type: str | None = None
-    id: str | None = None
+    id: Annotated[str, Meta(max_length=MAX_ID_LENGTH)] | None = None
     status: str | None = None
     role: str | None = None
     content: str | Parts | None = None
-    call_id: str | None = None
+    call_id: Annotated[str, Meta(max_length=MAX_ID_LENGTH)] | None = None
     name: str | None = None
     arguments: str | None = None
     output: str | Parts | None = None
