@@ -89,6 +89,7 @@ def test_create_and_count_tokens(client: anthropic.Anthropic, model: str) -> Non
     message = client.messages.create(model=model, max_tokens=6, messages=HELLO, system="Be brief.", extra_body=GREEDY)
     assert message.type == "message" and message.role == "assistant" and message.model == model
     assert message.id.startswith("msg_") and message.stop_sequence is None
+    assert message._request_id == message.id  # the SDK reads Anthropic's request-id header
     assert message.stop_reason in ("end_turn", "max_tokens")
     assert 1 <= message.usage.output_tokens <= 6
     assert (message.stop_reason == "max_tokens") == (message.usage.output_tokens == 6)
@@ -192,7 +193,7 @@ def test_errors_raise_the_sdk_classes(client: anthropic.Anthropic, model: str) -
         assert too_long.value.body["type"] == "error"
     with pytest.raises(anthropic.NotFoundError) as unknown:
         client.messages.create(model="claude-none", max_tokens=4, messages=HELLO)
-    assert unknown.value.type == "not_found_error"
+    assert unknown.value.type == "not_found_error" and unknown.value.request_id is not None
     with pytest.raises(anthropic.NotFoundError):
         client.messages.count_tokens(model="claude-none", messages=HELLO)
 

@@ -204,3 +204,17 @@ async def test_thinking_comes_in_thinking_blocks(thinking_api) -> None:
               {"role": "user", "content": "And?"}]
     status, _, message = await _post(thinking_api, "/v1/messages", {**body, "messages": replay})
     assert status == 200 and message["content"][0]["thinking"] == THOUGHT
+
+
+async def test_a_system_turn_among_the_messages_is_a_system_message(api) -> None:
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+             {"role": "system", "content": [{"type": "text", "text": "Answer in French."}]},
+             {"role": "user", "content": "Bye"}]
+    status, _, message = await _post(api, "/v1/messages", _message(messages=turns))
+    chat_turns = [{**turn, "content": "Answer in French."} if turn["role"] == "system" else turn for turn in turns]
+    _, _, chat = await _post(api, "/v1/chat/completions", {"model": "tiny", "messages": chat_turns, "max_tokens": 8,
+                                                          "temperature": 0})
+    assert status == 200 and _prompt(message["usage"]) == chat["usage"]["prompt_tokens"]
+    image = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
+    status, _, refused = await _post(api, "/v1/messages", _message(messages=[{"role": "system", "content": [image]}]))
+    assert status == 400 and "text blocks only" in refused["error"]["message"]

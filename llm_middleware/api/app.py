@@ -152,5 +152,6 @@ class API:
                 response = await route.handler(request, request_id)
             except Exception as exc:
                 response = render_error(exc)
-        response.headers.append(("x-request-id", request_id))
+        # OpenAI's clients read the id from x-request-id, Anthropic's from request-id.
+        response.headers += [("x-request-id", request_id), ("request-id", request_id)]
         return response

@@ -94,6 +94,18 @@ def _user_messages(message: MessageParam, i: int) -> list[dict[str, Any]]:
     return out
 
 
+def _system_turn(message: MessageParam, i: int) -> str:
+    """A system turn among the messages: its text."""
+    if isinstance(message.content, str):
+        return message.content
+    texts = []
+    for j, block in enumerate(message.content):
+        if not isinstance(block, TextBlockParam):
+            raise InvalidRequestError("A system turn takes text blocks only.", param=f"messages[{i}].content[{j}].type")
+        texts.append(block.text)
+    return PART_SEPARATOR.join(texts)
+
+
 def _assistant_messages(message: MessageParam, i: int) -> list[dict[str, Any]]:
     """An assistant turn: its text as ``content``, its tool uses as ``tool_calls``, its thinking as
     ``reasoning_content`` (which thinking templates render).  Calls the server ran (``mcp_tool_use``)
@@ -158,6 +170,8 @@ def template_messages(body: ConversationFields) -> list[dict[str, Any]]:
     for i, message in enumerate(body.messages):
         if message.role == "user":
             out += _user_messages(message, i)
+        elif message.role == "system":
+            out.append({"role": "system", "content": _system_turn(message, i)})
         else:
             out += _assistant_messages(message, i)
     return out

@@ -107,9 +107,9 @@ ContentBlockParam = (
 
 
 class MessageParam(Struct, kw_only=True):
-    """One turn of the conversation: a string or content blocks."""
+    """One turn of the conversation: a string or content blocks (``system`` turns: text only)."""
 
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "system"]
     content: str | Annotated[list[ContentBlockParam], Meta(max_length=MAX_CONTENT_PARTS)]
 
 
