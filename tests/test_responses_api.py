@@ -513,6 +513,10 @@ async def test_a_locked_store_is_a_503_to_retry(api_engine, tmp_path) -> None:
         refused = await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi"})
         assert refused.status == 503 and refused.json()["error"]["code"] == "store_unavailable"
         assert str(tmp_path) not in refused.body.decode()
+        # A streamed client has its whole answer by then: the stream ends as the turn did.
+        streamed = await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "Hi", "stream": True})
+        assert [e["sequence_number"] for e in streamed.events] == list(range(len(streamed.events)))
+        assert streamed.events[-1]["type"] == "response.incomplete"
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()

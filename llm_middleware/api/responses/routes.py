@@ -330,7 +330,13 @@ class ResponsesRoutes:
         finally:
             await turn.aclose()
         if save is not None:
-            await save(input_items)
+            try:
+                await save(input_items)
+            except Exception:
+                if not catch:
+                    raise
+                # The client has the whole answer already: it ends as it ended; only the copy to retrieve is lost.
+                logger.exception("response %s could not be stored", builder.response.id)
         yield events
 
     async def _run_in_background(self, begin: Callable[[], Awaitable[AsyncGenerator[LoopEvent, None]]],
