@@ -346,8 +346,9 @@ class ResponsesRoutes:
         (who already stored that), or failed by a shutdown."""
         try:
             _publish(run, builder.in_progress())
-            await self.store.update(run.owner, run.response_id, status="in_progress",
-                                    response=_encoder.encode(builder.response), if_status=("queued",))
+            if not await self.store.update(run.owner, run.response_id, status="in_progress",
+                                           response=_encoder.encode(builder.response), if_status=("queued",)):
+                return  # cancelled or deleted through another process before it started
             try:
                 turn = await begin()
             except Exception as exc:
@@ -413,7 +414,7 @@ class ResponsesRoutes:
         """``POST /v1/responses/{response_id}/cancel``: a running background response becomes ``cancelled``;
         a finished one comes back as it is."""
         stored = await self._stored(request, RESPONSE + "/cancel")
-        response = response_decoder.decode(stored.response)
+        response = await run_cpu(response_decoder.decode, stored.response)
         if not response.background:
             raise InvalidRequestError("Only background responses can be cancelled.", param="response_id")
         if stored.status in RUNNING:
