@@ -1,7 +1,8 @@
 """A durable response store in an SQLite file, shared by the worker processes of one host.
 
-The standard library's ``sqlite3`` in WAL mode: readers never wait for the writer, and one writer at
-a time holds the file (``BEGIN IMMEDIATE``; the others wait up to ``busy_timeout`` for it).  Every
+The standard library's ``sqlite3`` in WAL mode: one writer at a time holds the file (``BEGIN
+IMMEDIATE``; the others wait up to ``busy_timeout`` for it).  Reads write too (they mark the record
+used, for least-recently-used eviction), so every call takes that turn.  Every
 call runs on a small thread pool of the store's own, never on the event loop and never on asyncio's
 default executor, since a write may wait for another process's transaction.  Each pool thread has
 its own connection; nothing opened in a parent process is used after a fork.
