@@ -93,7 +93,7 @@ async def test_stop_sequence_is_reported(api) -> None:
 
 async def test_thinking_switches_the_template_and_count_tokens_agrees(api) -> None:
     counts = {}
-    for kind in ("enabled", "disabled", "adaptive"):
+    for kind in ("enabled", "disabled", "adaptive", "between_tools"):
         status, _, message = await _post(api, "/v1/messages", _message(thinking={"type": kind, "budget_tokens": 1024}))
         _, _, counted = await _post(api, "/v1/messages/count_tokens", {
             "model": "tiny", "messages": HELLO, "thinking": {"type": kind},
@@ -101,7 +101,7 @@ async def test_thinking_switches_the_template_and_count_tokens_agrees(api) -> No
         assert status == 200 and counted["input_tokens"] == _prompt(message["usage"])
         counts[kind] = counted["input_tokens"]
     # The demo template writes an empty thinking block into the prompt when thinking is switched off.
-    assert counts["enabled"] == counts["adaptive"] < counts["disabled"]
+    assert counts["enabled"] == counts["adaptive"] == counts["between_tools"] < counts["disabled"]
 
 
 async def test_forced_tool_call_is_a_tool_use_block(api) -> None:

@@ -24,6 +24,7 @@ from .types import (
     ServerToolUseBlockParam,
     TextBlockParam,
     ThinkingAdaptive,
+    ThinkingBetweenTools,
     ThinkingBlockParam,
     ThinkingConfig,
     ThinkingEnabled,
@@ -218,7 +219,7 @@ def output(body: ConversationFields) -> OutputFormat:
 
 def thinking(config: ThinkingConfig | None) -> bool | None:
     """The chat template's ``enable_thinking`` switch: None leaves the template's default."""
-    if config is None or isinstance(config, ThinkingAdaptive):
+    if config is None or isinstance(config, ThinkingAdaptive | ThinkingBetweenTools):
         return None
     return isinstance(config, ThinkingEnabled)
 

@@ -174,7 +174,11 @@ class ThinkingAdaptive(Struct, kw_only=True, tag_field="type", tag="adaptive"):
     display: str | None = None
 
 
-ThinkingConfig = ThinkingEnabled | ThinkingDisabled | ThinkingAdaptive
+class ThinkingBetweenTools(Struct, kw_only=True, tag_field="type", tag="between_tools"):
+    """Think between tool calls: as with ``adaptive``, the template's default decides."""
+
+
+ThinkingConfig = ThinkingEnabled | ThinkingDisabled | ThinkingAdaptive | ThinkingBetweenTools
 
 
 class JSONOutputFormat(Struct, kw_only=True, tag_field="type", tag="json_schema"):
