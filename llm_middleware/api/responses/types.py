@@ -134,7 +134,7 @@ class ResponsesRequest(Struct, kw_only=True):
     min_tokens: int | None = None
     ignore_eos: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
-    # Fields of hosted features this server has no counterpart for: refused when set (see the README).
+    # Fields of hosted features this server has no counterpart for: refused when set (see docs/api.md).
     conversation: Any = None
     prompt: Any = None
 
