@@ -283,6 +283,7 @@ def test_engine_chat_runs_host_functions(tiny_model_dir: Path) -> None:
         first, second = engine.prompts()
         assert "order shipped yesterday" not in first and "order shipped yesterday" in second
         assert reply.usage.prompt_tokens == sum(len(engine.tokenize(p)) for p in (first, second))
+        assert reply.usage.cached_tokens > 0  # the second round's prompt begins with the first's
         with pytest.raises(TypeError):
             engine.chat_sync(ASK, tools=[lookup_order, {"type": "function", "function": {"name": "x"}}])
     finally:

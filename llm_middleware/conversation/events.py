@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..engine.outputs import TokenLogprob
+from ..engine.outputs import TokenLogprob, Usage
 from .answer import ToolCall
 
 
@@ -64,6 +64,15 @@ class TurnUsage:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    @classmethod
+    def of(cls, usage: Usage) -> TurnUsage:
+        """The engine's counts as the turn's event."""
+        return cls(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+
+    def counts(self) -> Usage:
+        """The turn's counts as the engine's :class:`Usage`."""
+        return Usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
 
 
 TurnEvent = ReasoningDelta | TextDelta | ToolCallMade | ChoiceDone | TurnUsage

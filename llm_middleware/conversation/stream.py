@@ -71,7 +71,7 @@ class TurnSplitter:
             made_calls = choice.calls is not None and choice.calls.made_calls
             events.append(ChoiceDone(index, finish_reason(delta.finish_reason, made_calls), delta.stop))
         if delta.usage is not None:
-            events.append(TurnUsage(delta.usage.prompt_tokens, delta.usage.completion_tokens, delta.usage.cached_tokens))
+            events.append(TurnUsage.of(delta.usage))
         return events
 
 
@@ -181,6 +181,5 @@ async def answer_turn(engine: EngineAPI, prepared: PreparedTurn) -> TurnAnswer:
     for choice in completion.choices:
         events += splitter.on_delta(Delta(choice.index, choice.text, choice.token_ids, choice.logprobs,
                                           choice.finish_reason, stop=choice.stop))
-    events.append(TurnUsage(completion.usage.prompt_tokens, completion.usage.completion_tokens,
-                            completion.usage.cached_tokens))
+    events.append(TurnUsage.of(completion.usage))
     return gather(events)

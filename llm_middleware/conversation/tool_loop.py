@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from ..engine.outputs import Choice, Completion, Usage
+from ..engine.outputs import Choice, Completion
 from ..errors import InvalidRequestError
 from ..request_info import RequestInfo
 from ..runtime.loop_thread import on_loop
@@ -259,6 +259,6 @@ async def chat_with_tools(engine: EngineAPI, messages: list[dict[str, Any]], too
         id=request_id,
         model=engine.resolve_model(model, task="generate"),
         choices=[Choice(0, choice.content or "", [], finish, choice.logprobs)],
-        usage=Usage(answer.usage.prompt_tokens, answer.usage.completion_tokens),
+        usage=answer.usage.counts(),
         prompt_token_ids=[],
     )
