@@ -30,7 +30,7 @@ from ..tools.toolbox import DEFAULT_MAX_TOOL_ROUNDS, DEFAULT_TOOL_TIMEOUT, Pendi
 from .answer import ToolCall
 from .events import ChoiceDone, ReasoningDelta, TextDelta, ToolCallMade, TurnEvent, TurnUsage
 from .stream import TurnAnswer, gather, stream_turn
-from .turn import ToolSpec, Turn, prepare
+from .turn import PreparedTurn, ToolSpec, Turn, prepare
 
 if TYPE_CHECKING:
     from ..engine.interface import EngineAPI
@@ -136,8 +136,10 @@ class _Loop:
         tools = list(self.turn.tools) if withheld else [*self.turn.tools, *self.server]
         return replace(self.turn, messages=self.messages, tools=tools, tool_choice=choice)
 
-    async def generate(self) -> AsyncIterator[TurnEvent]:
-        prepared = await prepare(self.engine, self.next_turn())
+    async def generate(self, prepared: PreparedTurn | None = None) -> AsyncIterator[TurnEvent]:
+        """Start the next generation (from ``prepared``, the next turn prepared already, where given)."""
+        if prepared is None:
+            prepared = await prepare(self.engine, self.next_turn())
         return await stream_turn(self.engine, prepared)
 
     def runs(self, call: ToolCall) -> bool:
@@ -214,14 +216,16 @@ async def _close(events: AsyncIterator[TurnEvent]) -> None:
         await close()
 
 
-async def stream_with_tools(engine: EngineAPI, turn: Turn, loop: ToolLoop) -> AsyncGenerator[LoopEvent, None]:
+async def stream_with_tools(engine: EngineAPI, turn: Turn, loop: ToolLoop,
+                            prepared: PreparedTurn | None = None) -> AsyncGenerator[LoopEvent, None]:
     """Start ``turn`` with the server's tools offered and return the loop's events.  The first generation
     is started here, so its errors (a clash of names, context length) come before any event; closing
-    the events cancels the generation or the tool calls running then."""
+    the events cancels the generation or the tool calls running then.  ``prepared`` is
+    ``offered(toolbox, turn)`` prepared already, for a caller that needed it first."""
     if turn.sampling.get("n", 1) != 1:
         raise InvalidRequestError("'n' must be 1 when the server runs tools.", param="n")
     state = _Loop(engine, turn, loop, _server_specs(loop.toolbox, turn), messages=list(turn.messages))
-    first = await state.generate()
+    first = await state.generate(prepared)
     return state.run(first)
 
 

@@ -6,11 +6,11 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ...conversation.stream import TurnAnswer, answer_turn, stream_turn
-from ...conversation.tool_loop import ToolLoop, stream_with_tools, uses_server_tools
+from ...conversation.tool_loop import ToolLoop, stream_with_tools
 from ...conversation.turn import PreparedTurn, Turn, prepare
-from ...request_info import request_info
 from ...runtime.cpu_pool import run_cpu
 from ...tools.toolbox import ToolBox
+from ..core.server_tools import server_loop
 from ..core.decoding import decode_body
 from ..core.http import Request, Response
 from ..core.responses import json_response
@@ -83,11 +83,9 @@ async def create_message(engine: EngineAPI, request: Request, request_id: str, *
     """Answer a Messages request: the whole message, or its events when ``stream`` is set; with the
     server's ``tools`` (if it has any to offer) through the tool loop."""
     body, turn = await run_cpu(_decode_turn, request, request_id)
-    if tools is not None and tools:
-        await tools.ready()
-        if uses_server_tools(tools, turn):
-            info = request_info(request.method, request.path, request.headers, request.client)
-            return await _with_tools(engine, body, turn, ToolLoop.of(tools, info, None), request_id)
+    loop = await server_loop(tools, turn, request)
+    if loop is not None:
+        return await _with_tools(engine, body, turn, loop, request_id)
     prepared = await prepare(engine, turn)
     if body.stream:
         events = await stream_turn(engine, prepared)

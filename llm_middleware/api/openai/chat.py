@@ -15,18 +15,16 @@ from ...conversation.stream import answer_turn, stream_turn
 from ...conversation.tool_loop import (
     LoopEvent,
     ToolDone,
-    ToolLoop,
     ToolRunning,
     answer_with_tools,
     check_rounds,
     stream_with_tools,
-    uses_server_tools,
 )
 from ...conversation.turn import Turn, prepare
 from ...errors import InvalidRequestError
-from ...request_info import request_info
 from ...runtime.cpu_pool import run_cpu
 from ...tools.toolbox import ToolBox
+from ..core.server_tools import server_loop
 from ..core.decoding import decode_body
 from ..core.http import Request, Response
 from ..core.options import sampling_options
@@ -109,13 +107,8 @@ async def chat_completions(
     """Answer a chat completion request, streamed as server-sent events when ``stream`` is set; with the
     server's ``tools`` (if it has any to offer) through the tool loop."""
     body, turn = await run_cpu(_read, request, request_id)
-    if tools is not None and tools:
-        await tools.ready()
-    loop = None
-    if tools is not None and uses_server_tools(tools, turn):
-        info = request_info(request.method, request.path, request.headers, request.client)
-        loop = ToolLoop.of(tools, info, body.max_tool_rounds)
-    elif body.max_tool_rounds is not None:
+    loop = await server_loop(tools, turn, request, body.max_tool_rounds)
+    if loop is None and body.max_tool_rounds is not None:
         check_rounds(body.max_tool_rounds)  # bad input all the same
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     if body.stream:

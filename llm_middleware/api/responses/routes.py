@@ -34,18 +34,16 @@ from ...conversation import (
 from ...conversation.tool_loop import (
     LoopEvent,
     ToolDone,
-    ToolLoop,
     ToolRunning,
     offered,
     stream_with_tools,
-    uses_server_tools,
 )
 from ...engine.outputs import TokenLogprob as EngineLogprob
 from ...errors import EngineNotReadyError, InvalidRequestError, LLMError
-from ...request_info import request_info
 from ...runtime.cpu_pool import run_cpu
 from ...store.protocol import ResponseStore, StoredItem, StoredResponse
 from ...tools.toolbox import ToolBox
+from ..core.server_tools import server_loop
 from ..core.decoding import decode_body
 from ..core.errors import client_error
 from ..core.http import Request, Response
@@ -242,19 +240,16 @@ class ResponsesRoutes:
         history = await self._history(body, request.identity)
         convo, start = await run_cpu(lambda: conversation(items_decoder.decode(history), body.input))
         turn_request = self._turn(body, convo, request_id)
-        if self.tools:
-            await self.tools.ready()
-        loop = None
-        if uses_server_tools(self.tools, turn_request):
-            info = request_info(request.method, request.path, request.headers, request.client)
+        loop = await server_loop(self.tools, turn_request, request)
+        if loop is not None:
             # A background run goes on on a loop of its own; its tools run on this one, the host's.
-            loop = replace(ToolLoop.of(self.tools, info, None), home=asyncio.get_running_loop())
+            loop = replace(loop, home=asyncio.get_running_loop())
         prepared = await prepare(self.engine, turn_request if loop is None else offered(self.tools, turn_request))
         begin: Callable[[], Awaitable[AsyncGenerator[LoopEvent, None]]]
         if loop is None:
             begin = partial(stream_turn, self.engine, prepared)
         else:
-            begin = partial(stream_with_tools, self.engine, turn_request, loop)
+            begin = partial(stream_with_tools, self.engine, turn_request, loop, prepared)
         response = ResponseObject(
             id=new_id("resp_"), created_at=int(time.time()), status="queued" if body.background else "in_progress",
             model=prepared.model, **fields.echoed(body),
