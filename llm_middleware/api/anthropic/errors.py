@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from ..core.errors import client_error, error_headers
 from ..core.http import Response
-from ..core.responses import encoder, json_response
-from ..core.sse import Framing
+from ..core.responses import json_response
+from ..core.sse import Framing, named_event
 from .types import ErrorObject, ErrorResponse
 
 _TYPES = {
@@ -50,7 +50,7 @@ def exception_response(exc: BaseException) -> Response:
 def error_event(exc: BaseException) -> bytes:
     """The ``event: error`` that ends a stream failing after it started (no status code left to send)."""
     _, body, _ = _body(exc, streaming=True)
-    return b"event: error\ndata: " + encoder.encode(body) + b"\n\n"
+    return named_event(body)
 
 
 #: Anthropic's streams end after ``message_stop`` (or an ``error`` event) with nothing more.

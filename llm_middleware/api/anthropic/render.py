@@ -13,7 +13,7 @@ from typing import Any
 from ...conversation.answer import ToolCall
 from ...conversation.events import ChoiceDone, ReasoningDelta, TextDelta, ToolCallMade, TurnUsage
 from ...conversation.tool_loop import ToolDone, ToolRunning
-from ..core.responses import encoder
+from ..core.sse import named_event
 from .types import (
     ContentBlock,
     ContentBlockDelta,
@@ -31,7 +31,6 @@ from .types import (
     ServerToolUseBlock,
     SignatureDelta,
     StopReason,
-    StreamEvent,
     TextBlock,
     ThinkingBlock,
     ThinkingDelta,
@@ -75,12 +74,6 @@ def content_blocks(reasoning: str | None, text: str | None, calls: list[ToolCall
     return blocks
 
 
-def sse(event: StreamEvent) -> bytes:
-    """One frame: the ``event:`` line names the event's type (Anthropic's clients dispatch on it)."""
-    name = type(event).__struct_config__.tag
-    return b"event: " + name.encode() + b"\ndata: " + encoder.encode(event) + b"\n\n"
-
-
 class MessageStream:
     """Turns the events of one turn (or of the tool loop) into the frames of a streamed message, and
     keeps the message they add up to (:meth:`message`).
@@ -110,7 +103,7 @@ class MessageStream:
             id=self._id, model=self._model, content=[], stop_reason=None, stop_sequence=None,
             usage=MessageUsage(input_tokens=0, output_tokens=0),
         )
-        return [sse(MessageStart(message=message)), sse(Ping())]
+        return [named_event(MessageStart(message=message)), named_event(Ping())]
 
     def _close(self) -> list[bytes]:
         if self._open is None:
@@ -120,11 +113,11 @@ class MessageStream:
         frames = []
         if isinstance(block, ThinkingBlock):
             block.thinking = text
-            frames.append(sse(ContentBlockDelta(index=index, delta=SignatureDelta())))
+            frames.append(named_event(ContentBlockDelta(index=index, delta=SignatureDelta())))
         elif isinstance(block, TextBlock):
             block.text = text
         self._open = None
-        return [*frames, sse(ContentBlockStop(index=index))]
+        return [*frames, named_event(ContentBlockStop(index=index))]
 
     def _open_block(self, kind: str, block: ContentBlock) -> list[bytes]:
         if self._open == kind:
@@ -132,17 +125,17 @@ class MessageStream:
         frames = self._close()
         self._open = kind
         self._content.append(block)
-        return [*frames, sse(ContentBlockStart(index=len(self._content) - 1, content_block=block))]
+        return [*frames, named_event(ContentBlockStart(index=len(self._content) - 1, content_block=block))]
 
     def _whole(self, block: ContentBlock, shown: ContentBlock, arguments: str | None = None) -> list[bytes]:
         """A block that comes whole: its start (``shown``), its arguments as one delta, its stop."""
         frames = self._close()
         index = len(self._content)
         self._content.append(block)
-        frames.append(sse(ContentBlockStart(index=index, content_block=shown)))
+        frames.append(named_event(ContentBlockStart(index=index, content_block=shown)))
         if arguments is not None:
-            frames.append(sse(ContentBlockDelta(index=index, delta=InputJsonDelta(partial_json=arguments))))
-        return [*frames, sse(ContentBlockStop(index=index))]
+            frames.append(named_event(ContentBlockDelta(index=index, delta=InputJsonDelta(partial_json=arguments))))
+        return [*frames, named_event(ContentBlockStop(index=index))]
 
     def on_event(self, event: Any) -> bytes:
         """The frames ``event`` produces, joined (``b""`` for none)."""
@@ -150,11 +143,11 @@ class MessageStream:
         if isinstance(event, ReasoningDelta) and event.text:
             frames += self._open_block("thinking", ThinkingBlock(thinking=""))
             self._pieces.append(event.text)
-            frames.append(sse(ContentBlockDelta(index=len(self._content) - 1, delta=ThinkingDelta(thinking=event.text))))
+            frames.append(named_event(ContentBlockDelta(index=len(self._content) - 1, delta=ThinkingDelta(thinking=event.text))))
         elif isinstance(event, TextDelta) and event.text:
             frames += self._open_block("text", TextBlock(text=""))
             self._pieces.append(event.text)
-            frames.append(sse(ContentBlockDelta(index=len(self._content) - 1, delta=TextDeltaOut(text=event.text))))
+            frames.append(named_event(ContentBlockDelta(index=len(self._content) - 1, delta=TextDeltaOut(text=event.text))))
         elif isinstance(event, ToolCallMade):
             call = event.call
             frames += self._whole(tool_use(call), ToolUseBlock(id=call.id, name=call.name, input={}), call.arguments)
@@ -196,5 +189,5 @@ class MessageStream:
                 cache_read_input_tokens=totals.cache_read_input_tokens,
             ),
         )
-        frames += [sse(delta), sse(MessageStop())]
+        frames += [named_event(delta), named_event(MessageStop())]
         return b"".join(frames)

@@ -13,6 +13,8 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from msgspec import Struct
+
 from .http import Response
 from .responses import encoder
 
@@ -29,6 +31,13 @@ HEADERS: tuple[tuple[str, str], ...] = (
 def event(message: Any) -> bytes:
     """One ``data:`` event holding ``message`` (a Struct or builtin value) encoded as JSON."""
     return b"data: " + encoder.encode(message) + b"\n\n"
+
+
+def named_event(message: Struct) -> bytes:
+    """One event whose ``event:`` line names it by ``message``'s tag (its ``type``), as the Responses and
+    Messages APIs send them, then its ``data:``."""
+    name = str(type(message).__struct_config__.tag)
+    return b"event: " + name.encode() + b"\n" + event(message)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,7 @@ from ..core.http import Request, Response
 from ..core.responses import JSON_HEADERS, json_response
 from ..core.routing import Route, path_params
 from ..core.sse import HEADERS as SSE_HEADERS
-from ..core.sse import EventStream, Framing
+from ..core.sse import EventStream, Framing, named_event
 from ..core.streams import resume
 from . import request as fields
 from .items import Conversation, as_input, conversation, items_decoder, new_id
@@ -91,21 +91,15 @@ class ResponseNotFoundError(LLMError):
     code = "not_found"
 
 
-def frame(event: StreamEvent) -> bytes:
-    """One server-sent event, named by its type, as OpenAI sends them."""
-    name = type(event).__struct_config__.tag
-    return b"event: " + str(name).encode() + b"\ndata: " + _encoder.encode(event) + b"\n\n"
-
-
 def frames(events: list[StreamEvent]) -> bytes:
     """The frames of ``events``, joined."""
-    return b"".join(frame(event) for event in events)
+    return b"".join(named_event(event) for event in events)
 
 
 def _publish(run: Run, events: list[StreamEvent]) -> None:
     """Each event a frame of its own: a follower's ``starting_after`` counts frames as sequence numbers."""
     for event in events:
-        run.publish(frame(event))
+        run.publish(named_event(event))
 
 
 def _logprobs(logprobs: list[EngineLogprob] | None) -> list[TokenLogprob] | None:
