@@ -21,18 +21,20 @@ from typing import Any
 import torch
 
 from llm_middleware.demo_model import build_demo_model
+from llm_middleware.engine.model.loader import quantization_config
 from llm_middleware.engine.quantization.linear import quantize_linears
+from llm_middleware.engine.quantization.packing import BITS
 
 
 def quantized(path: Path, kind: str) -> Any:
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
     if kind == "nf4":
-        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+        config = quantization_config("nf4", torch.bfloat16)
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, quantization_config=config,
                                                     device_map={"": 0}).eval()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
-    quantize_linears(model, {"4bit": 4, "8bit": 8}[kind], torch.device("cuda"))
+    quantize_linears(model, BITS[kind], torch.device("cuda"))
     return model.cuda()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine_state import default_worker
+
 from llm_middleware.engine import Engine
 
 
@@ -17,7 +19,7 @@ class Stats:
         self.steps = 0
 
     def __call__(self) -> dict[str, int]:
-        worker = self.engine._models[self.engine.resolve_model(None)].worker  # noqa: SLF001
+        worker = default_worker(self.engine)
         if worker is not None and getattr(worker, "before_step", False) is None:  # embedding workers take no steps
             worker.before_step = self._count
         return {**self.engine.stats(), "steps": self.steps}

@@ -146,6 +146,8 @@ class Engine(EngineAPI):
         """The model's reasoning markers, from its tokenizer and chat template, and where a reply rendered
         with ``chat_template_kwargs`` begins (``engine.text.reasoning``); None when it has none."""
         worker = await self._worker(model, "generate")
+        if worker.text.reasoning_markers is None:
+            return None  # nothing to render: no trip to the CPU pool
         return await run_cpu(worker.text.reasoning_format, chat_template_kwargs)
 
     # ---- generation and embeddings ------------------------------------------------------------

@@ -15,6 +15,7 @@ import torch
 from ...demo_model import is_demo_model
 from ...errors import InvalidRequestError
 from ..quantization.linear import quantize_linears
+from ..quantization.packing import BITS
 
 logger = logging.getLogger("llm_middleware")
 
@@ -106,13 +107,9 @@ def detect_task(source: str) -> Literal["generate", "embed"]:
     return "generate"
 
 
-#: Bits of the ``quantize`` options the engine packs itself (``quantization.packing``).
-PACKED_BITS = {"4bit": 4, "8bit": 8}
-
-
 def quantization_config(quantize: Quantize, dtype: Any) -> Any:
     """bitsandbytes' settings for ``quantize="nf4"``; None for the other options."""
-    if quantize is None or quantize in PACKED_BITS:
+    if quantize is None or quantize in BITS:
         return None
     if quantize != "nf4":
         raise InvalidRequestError(f"quantize must be None, '4bit', '8bit' or 'nf4', got {quantize!r}")
@@ -180,10 +177,10 @@ def load(
                 common["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
             model = AutoModelForCausalLM.from_pretrained(source, attn_implementation=attn_implementation, **common)
             _check(cancel)
-            if quantize in PACKED_BITS:
+            if quantize in BITS:
                 # Loaded on the host (or spread by the device map), each weight is packed on its
                 # device in turn: the GPU never holds the full-width weights.
-                quantize_linears(model, PACKED_BITS[quantize], dev)
+                quantize_linears(model, BITS[quantize], dev)
                 _check(cancel)
             if "device_map" not in common:
                 model = model.to(dev)

@@ -31,7 +31,7 @@ class PackedWeight(NamedTuple):
     in_features: int  # K before padding
 
 
-#: Bits of each ``quantize`` option.
+#: Bits of each ``quantize`` option the engine packs itself.
 BITS = {"4bit": 4, "8bit": 8}
 
 

@@ -63,8 +63,9 @@ class BlockManager:
         first = len(table)
         for _ in range(self.blocks_needed(seq, num_new_tokens)):
             table.append(self._take())
-        # The prompt blocks among them, whose hashes are known before they are computed.
-        self._filling.update(seq.block_hashes[first : len(table)])
+        if first < len(table):  # most decode steps take no block
+            # The prompt blocks among them, whose hashes are known before they are computed.
+            self._filling.update(seq.block_hashes[first : len(table)])
 
     def cached_prefix(self, seq: Sequence) -> list[int]:
         """The cached blocks that begin a sequence holding no blocks, up to the block of its last token,

@@ -29,6 +29,7 @@ class TextCodec:
         self.token_bytes = TokenBytes(tokenizer)
         self.token_decoder = TokenDecoder(tokenizer)
         self.reasoning_markers = reasoning_markers(tokenizer)
+        self._marker_tokens = self.reasoning_markers is not None and are_added_tokens(tokenizer, *self.reasoning_markers)
         # One probe per distinct set of template variables (requests mostly send none or enable_thinking).
         self._begins = lru_cache(maxsize=64)(self._probe_begins)
 
@@ -72,7 +73,7 @@ class TextCodec:
         variables = check_template_kwargs(template_kwargs, reserved_names(self.tokenizer))
         start, end = self.reasoning_markers
         begins = self._begins(json.dumps(variables, sort_keys=True))
-        return ReasoningFormat(start, end, begins, are_added_tokens(self.tokenizer, start, end))
+        return ReasoningFormat(start, end, begins, self._marker_tokens)
 
     def _probe_begins(self, variables: str) -> Begins:
         assert self.reasoning_markers is not None
