@@ -521,3 +521,14 @@ async def test_a_locked_store_is_a_503_to_retry(api_engine, tmp_path) -> None:
         blocker.execute("ROLLBACK")
         blocker.close()
         store.close()
+
+
+async def test_tool_choice_must_name_an_offered_tool(api: API) -> None:
+    named = await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "x", "tools": [WEATHER],
+                                                      "tool_choice": {"type": "function", "name": "f"}})
+    assert (named.status, named.json()["error"]["param"]) == (400, "tool_choice.name")
+    nothing = await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "x",
+                                                        "tool_choice": {"type": "function", "name": "f"}})
+    assert (nothing.status, nothing.json()["error"]["param"]) == (400, "tool_choice")
+    required = await call(api, "POST", "/v1/responses", {**GREEDY, **FIXED, "input": "x", "tool_choice": "required"})
+    assert (required.status, required.json()["error"]["param"]) == (400, "tool_choice")

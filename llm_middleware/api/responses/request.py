@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
 
 from typing import Any
 
@@ -27,9 +26,9 @@ _NO_THINKING = frozenset({"none", "minimal"})
 REFUSED_FIELDS = ("conversation", "prompt")
 
 
-def check_request(body: ResponsesRequest, server_tools: Collection[str] = ()) -> None:
-    """Refuse what this server cannot do, naming the field (``tool_choice`` may name one of the
-    ``server_tools`` the server runs itself)."""
+def check_request(body: ResponsesRequest) -> None:
+    """Refuse what this server cannot do, naming the field (whether ``tool_choice`` names an offered
+    tool, the client's or the server's, the conversation core decides)."""
     for name in REFUSED_FIELDS:
         if getattr(body, name) is not None:
             raise InvalidRequestError(
@@ -56,12 +55,6 @@ def check_request(body: ResponsesRequest, server_tools: Collection[str] = ()) ->
                 "'tool_choice' as an object must be {\"type\": \"function\", \"name\": ...}.",
                 param="tool_choice", code="unsupported_parameter",
             )
-        if choice.name not in names and choice.name not in server_tools:
-            raise InvalidRequestError(
-                f"tool_choice names function '{choice.name}', which is not in 'tools'.", param="tool_choice.name"
-            )
-    elif choice == "required" and not names and not server_tools:
-        raise InvalidRequestError("'tool_choice' 'required' needs 'tools' to choose from.", param="tool_choice")
     fmt = body.text.format if body.text is not None else None
     if fmt is not None and fmt.type == "json_schema" and (not fmt.name or fmt.schema is None):
         raise InvalidRequestError(

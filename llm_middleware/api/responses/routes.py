@@ -201,7 +201,7 @@ class ResponsesRoutes:
     def _decode(self, request: Request) -> ResponsesRequest:
         """The checked body: request-sized work, for the CPU pool."""
         body = decode_body(request, responses_request_decoder)
-        fields.check_request(body, [tool.name for tool in self.tools.offered()])
+        fields.check_request(body)
         return body
 
     def _turn(self, body: ResponsesRequest, convo: Conversation, request_id: str) -> Turn:
