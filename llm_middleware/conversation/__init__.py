@@ -9,7 +9,7 @@ Public pieces, by module:
 
 - ``turn``: ``Turn`` (messages, model, tools, tool_choice, parallel_tool_calls, output, sampling,
   chat_template_kwargs, thinking, request_id, param_names), ``ToolSpec(name, description,
-  parameters, param)``, ``OutputFormat(type, schema, name, strict, pattern, param)`` and ``TEXT``,
+  parameters, param)``, ``OutputFormat(type, schema, pattern, param)`` and ``TEXT``,
   ``prepare(engine, turn) -> PreparedTurn`` (async; its CPU work runs on the CPU pool),
   ``PreparedTurn`` (model, messages, call, tools, reasoning, logprobs), ``guided_spec``, ``check_messages``,
   ``check_tools``, ``template_tools``.

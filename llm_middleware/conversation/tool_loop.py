@@ -73,19 +73,18 @@ class ToolLoop:
     home: asyncio.AbstractEventLoop | None = None
 
     @classmethod
-    def of(cls, toolbox: ToolBox, info: RequestInfo | None, requested: int | None,
-           param: str = "max_tool_rounds") -> ToolLoop:
+    def of(cls, toolbox: ToolBox, info: RequestInfo | None, requested: int | None) -> ToolLoop:
         """The loop for a request that asks for at most ``requested`` rounds (None: the server's limit,
         which a request may only lower)."""
         if requested is None:
             return cls(toolbox, info, toolbox.max_tool_rounds)
-        return cls(toolbox, info, min(check_rounds(requested, param), toolbox.max_tool_rounds))
+        return cls(toolbox, info, min(check_rounds(requested), toolbox.max_tool_rounds))
 
 
-def check_rounds(requested: int, param: str = "max_tool_rounds") -> int:
+def check_rounds(requested: int) -> int:
     """A request's own ``max_tool_rounds``, checked."""
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
-        raise InvalidRequestError(f"'{param}' must be an integer >= 0.", param=param)
+        raise InvalidRequestError("'max_tool_rounds' must be an integer >= 0.", param="max_tool_rounds")
     return requested
 
 

@@ -48,8 +48,6 @@ class OutputFormat:
 
     type: Literal["text", "json_object", "json_schema", "regex"] = "text"
     schema: dict[str, Any] | None = None
-    name: str = "response"
-    strict: bool | None = None
     pattern: str | None = None
     param: str = "output"
 
@@ -109,11 +107,6 @@ class PreparedTurn:
     call: dict[str, Any]
     tools: ToolSettings | None
     reasoning: ReasoningFormat | None
-
-    @property
-    def logprobs(self) -> bool:
-        """Whether the turn asked for log-probabilities."""
-        return bool(self.call.get("logprobs"))
 
 
 def check_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ def output_format(response_format: ResponseFormat | None, guided_regex: str | No
     if guided_regex is not None:
         if json_format:
             raise InvalidRequestError(
-                "'guided_regex' cannot be combined with a JSON response_format or a forced tool call.",
+                "'guided_regex' cannot be combined with a JSON response_format.",
                 param="guided_regex",
             )
         return OutputFormat(type="regex", pattern=guided_regex, param="guided_regex")
@@ -27,5 +27,4 @@ def output_format(response_format: ResponseFormat | None, guided_regex: str | No
         raise InvalidRequestError(
             "response_format of type 'json_schema' needs a 'json_schema' object.", param="response_format.json_schema"
         )
-    return OutputFormat(type="json_schema", schema=spec.schema, name=spec.name, strict=spec.strict,
-                        param="response_format.json_schema.schema")
+    return OutputFormat(type="json_schema", schema=spec.schema, param="response_format.json_schema.schema")

@@ -211,7 +211,7 @@ class ResponsesRoutes:
         fmt = body.text.format if body.text is not None else None
         output = OutputFormat()
         if fmt is not None and fmt.type != "text":
-            output = OutputFormat(type=fmt.type, schema=fmt.schema, name=fmt.name or "response", strict=fmt.strict,
+            output = OutputFormat(type=fmt.type, schema=fmt.schema,
                                   param="text.format.schema" if fmt.type == "json_schema" else "text.format")
         return Turn(
             messages=messages,
