@@ -284,8 +284,8 @@ class ResponsesRoutes:
                     input_items: list[StoredItem] | None) -> None:
         """Store the finished response: put it (``input_items`` given) or update the background record."""
         response = builder.response
-        record = _encoder.encode(response)
-        history = as_input([*convo.items, *response.output])
+        # Conversation-sized: encoded on the CPU pool, as the request was decoded.
+        record, history = await run_cpu(lambda: (_encoder.encode(response), as_input([*convo.items, *response.output])))
         if input_items is not None:
             await self.store.put(
                 StoredResponse(id=response.id, owner=owner, created_at=time.time(), status=response.status,
