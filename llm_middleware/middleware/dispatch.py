@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from asgiref.typing import ASGIApplication, ASGIReceiveCallable, ASGISendCallable, Scope
 
 from ..store.resolve import ResponseStoreOption
+from ..runtime.hooks import is_async
 from ..tools.mcp import MCPServer
 from ..tools.tool import Tool
 from ..tools.toolbox import DEFAULT_MAX_TOOL_RESULT_SIZE, DEFAULT_MAX_TOOL_ROUNDS, DEFAULT_TOOL_TIMEOUT, ToolPermission
@@ -25,11 +25,6 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     from ..engine.engine import Engine
-
-
-def is_asgi_app(app: Any) -> bool:
-    """True for an ASGI app: a coroutine function, or an object whose ``__call__`` is one."""
-    return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(getattr(app, "__call__", None))
 
 
 class LLMMiddleware:
@@ -111,7 +106,7 @@ class LLMMiddleware:
         **engine_options: Any,
     ) -> None:
         self.app = app
-        self.app_is_asgi = is_asgi_app(app)
+        self.app_is_asgi = is_async(app)  # an ASGI app is a coroutine function, or its __call__ is
         options = APIOptions(
             base_path=base_path, allowed_origins=allowed_origins, max_body_size=max_body_size,
             include_docs=include_docs, docs_cdn=docs_cdn, include_playground=include_playground,

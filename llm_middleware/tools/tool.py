@@ -16,6 +16,7 @@ from typing import Any, overload
 
 from ..request_info import RequestInfo
 from ..runtime.cpu_pool import CPUPool
+from ..runtime.hooks import is_async
 from .signature import ArgumentsError, request_parameter_of, signature_of
 
 #: OpenAI's rule for function names.
@@ -32,11 +33,6 @@ class ToolError(Exception):
     Any other exception gives the model only that the tool failed (the exception is logged), since what
     the model reads may reach the client.
     """
-
-
-def is_async(fn: Callable[..., Any]) -> bool:
-    """True for a coroutine function, or an object whose ``__call__`` is one."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
 class Tool:

@@ -11,7 +11,6 @@ reported to the observers (metrics) and written as one line on the access log.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import time
@@ -20,12 +19,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..request_info import RequestInfo
-from ..runtime.cpu_pool import run_cpu
+from ..runtime.hooks import call_hook, is_async
 from .calls import Outcome, ToolInvocation, ToolResult, result_text
 from .dispatch import Dispatcher
 from .mcp import MCPServer, MCPSources, MCPTool, mcp_server
 from .signature import ArgumentsError
-from .tool import Tool, ToolError, as_tool, is_async
+from .tool import Tool, ToolError, as_tool
 
 logger = logging.getLogger("llm_middleware.tools")
 access_logger = logging.getLogger("llm_middleware.access")
@@ -230,9 +229,7 @@ class ToolBox:
         if self._permission is None:
             return True
         try:
-            verdict = self._permission(call, info) if self._permission_is_async else await run_cpu(self._permission, call, info)
-            if inspect.isawaitable(verdict):
-                verdict = await verdict
+            verdict = await call_hook(self._permission, self._permission_is_async, call, info)
         except Exception:
             # A permission check that fails refuses: the call is the host's to allow, not ours.
             logger.exception("tool_permission raised for %s; the call is refused", call.name)

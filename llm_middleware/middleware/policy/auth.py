@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from ...api.core.errors import HTTPError
 from ...api.core.http import ANONYMOUS
 from ...request_info import RequestInfo
-from ...runtime.cpu_pool import run_cpu
+from ...runtime.hooks import call_hook, is_async
 
 
 #: ``authorize(info)`` returns (or, when async, resolves to) the caller's identity: a non-empty string
@@ -97,9 +96,7 @@ class Authenticator:
         self._keys = [(key.encode(), key_identity(key)) for key in keys]
         self._authorize = authorize
         # A synchronous authorize (a database lookup, say) runs on the CPU pool, off the event loop.
-        self._authorize_is_async = inspect.iscoroutinefunction(authorize) or inspect.iscoroutinefunction(
-            getattr(authorize, "__call__", None)
-        )
+        self._authorize_is_async = is_async(authorize)
         self.public_paths = frozenset("/" + path.strip("/") for path in public_paths)
 
     @property
@@ -144,10 +141,7 @@ class Authenticator:
             return ANONYMOUS
         if self._authorize is None:
             return None
-        verdict = self._authorize(info) if self._authorize_is_async else await run_cpu(self._authorize, info)
-        if inspect.isawaitable(verdict):
-            verdict = await verdict
-        return authorized_identity(verdict)
+        return authorized_identity(await call_hook(self._authorize, self._authorize_is_async, info))
 
     async def allows(self, info: RequestInfo) -> bool:
         """True when ``info`` may reach the API (an API key or ``authorize``, either one)."""
