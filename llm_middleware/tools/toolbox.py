@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..request_info import RequestInfo
+from .. import access_line
 from ..runtime.hooks import call_hook, is_async
 from .calls import Outcome, ToolInvocation, ToolResult, result_text
 from .dispatch import Dispatcher
@@ -27,7 +28,6 @@ from .signature import ArgumentsError
 from .tool import Tool, ToolError, as_tool
 
 logger = logging.getLogger("llm_middleware.tools")
-access_logger = logging.getLogger("llm_middleware.access")
 
 #: ``tool_permission(call, info)`` returns (or, when async, resolves to) True to let the call run.
 ToolPermission = Callable[[ToolInvocation, RequestInfo | None], bool | Awaitable[bool]]
@@ -241,17 +241,6 @@ class ToolBox:
     def _report(self, result: ToolResult, round: int, request_id: str) -> None:
         for observer in self.observers:
             observer(result, round, request_id)
-        if access_logger.isEnabledFor(logging.INFO):
-            fields = {
-                "request_id": request_id,
-                "tool": result.name,
-                "round": round,
-                "outcome": result.outcome,
-                "duration_ms": round_ms(result.seconds),
-            }
-            access_logger.info(" ".join(f"{key}={value}" for key, value in fields.items()), extra={"access": fields})
-
-
-def round_ms(seconds: float) -> float:
-    """Seconds as milliseconds with one decimal, as the access log writes durations."""
-    return round(seconds * 1000, 1)
+        if access_line.enabled():
+            access_line.write({"request_id": request_id, "tool": result.name, "round": round,
+                               "outcome": result.outcome, "duration_ms": access_line.milliseconds(result.seconds)})
