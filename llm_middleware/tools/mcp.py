@@ -174,6 +174,13 @@ class MCPSources:
                 merged.setdefault(name, tool)
         return merged
 
+    def find(self, name: str) -> MCPTool | None:
+        """The tool ``name`` of the first connected server that offers it (what :meth:`tools` would hold)."""
+        for connection in self.connections:
+            if (tool := connection.tools.get(name)) is not None:
+                return tool
+        return None
+
     def start(self) -> None:
         """Begin connecting to every server (idempotent; returns once the connecting tasks exist)."""
         if self.connections and not self._holds:

@@ -23,7 +23,7 @@ from .. import access_line
 from ..runtime.hooks import call_hook, is_async
 from .calls import Outcome, ToolInvocation, ToolResult, result_text
 from .dispatch import Dispatcher
-from .mcp import MCPServer, MCPSources, MCPTool, mcp_server
+from .mcp import MCPServer, MCPSources, mcp_server
 from .signature import ArgumentsError
 from .tool import Tool, ToolError, as_tool
 
@@ -143,7 +143,7 @@ class ToolBox:
 
     def runs(self, name: str, client_tools: Collection[str]) -> bool:
         """True when the server runs calls to ``name``: a tool of its own, or a client's tool it dispatches."""
-        if name in self.tools or name in self.mcp.tools():
+        if name in self.tools or self.mcp.find(name) is not None:
             return True
         return self.dispatcher is not None and name in client_tools
 
@@ -153,7 +153,7 @@ class ToolBox:
         ``dispatcher``."""
         if name in self.tools:
             return "app"
-        mcp_tool = self.mcp.tools().get(name)
+        mcp_tool = self.mcp.find(name)
         if mcp_tool is not None:
             return mcp_tool.server.server.name or "mcp"
         return "dispatcher"
@@ -161,7 +161,7 @@ class ToolBox:
     def label(self, name: str) -> str:
         """``name`` for metrics when it is a tool the server knows, else ``other`` (names a model or
         client made up must not grow the label set without bound)."""
-        return name if name in self.tools or name in self.mcp.tools() else "other"
+        return name if name in self.tools or self.mcp.find(name) is not None else "other"
 
     # ---- running --------------------------------------------------------------------------------
 
@@ -218,7 +218,7 @@ class ToolBox:
         tool = self.tools.get(call.name)
         if tool is not None:
             return await tool.invoke(call.arguments, info)
-        mcp_tool: MCPTool | None = self.mcp.tools().get(call.name)
+        mcp_tool = self.mcp.find(call.name)
         if mcp_tool is not None:
             return await self.mcp.call(mcp_tool, invocation.arguments)
         if self.dispatcher is not None:
